@@ -1,0 +1,142 @@
+"""Shared plumbing of the factorized conv layers: argument checks, padding,
+channels-last convolutions and FLOP counts. Private to `cpac_jax.layers`."""
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Padding = str | int | Sequence[int] | Sequence[tuple[int, int]]
+
+
+def as_tuple(value: int | Sequence[int] | None, num_spatial: int, name: str,
+             layer: str) -> tuple[int, ...]:
+  """Broadcast an int (or None, meaning 1) to one positive int per axis."""
+  value = 1 if value is None else value
+  values = (value,) * num_spatial if isinstance(value, int) else tuple(value)
+  if len(values) != num_spatial or not all(
+      isinstance(v, int) and v >= 1 for v in values):
+    raise ValueError(
+        f"{layer}: {name} {value!r} is invalid for a {num_spatial}-D kernel; "
+        f"give a positive int or {num_spatial} positive ints")
+  return values
+
+
+def check_padding(padding: Padding, num_spatial: int, layer: str):
+  """'SAME', 'VALID', an int, one int per axis, or one (low, high) per axis,
+  as `nnx.Conv` takes them; returned as a string or a tuple of pairs."""
+  if isinstance(padding, str):
+    if padding.upper() in ("SAME", "VALID"):
+      return padding.upper()
+  elif isinstance(padding, int):
+    return ((padding, padding),) * num_spatial
+  elif isinstance(padding, Sequence) and len(padding) == num_spatial:
+    pairs = tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
+    if all(len(p) == 2 and all(isinstance(v, int) for v in p) for p in pairs):
+      return pairs
+  raise ValueError(
+      f"{layer}: padding {padding!r} is not supported; give 'SAME', 'VALID', "
+      f"an int, or {num_spatial} ints or (low, high) pairs")
+
+
+def explicit_padding(padding, spatial_shape: Sequence[int],
+                     kernel_size: Sequence[int], strides: Sequence[int],
+                     dilation: Sequence[int]) -> list[tuple[int, int]]:
+  """(low, high) per spatial axis. 'SAME' and 'VALID' depend on each axis
+  alone, so a conv can be split into one 1-D conv per axis with these."""
+  if not isinstance(padding, str):
+    return list(padding)
+  dilated = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation)]
+  return lax.padtype_to_pads(spatial_shape, dilated, strides, padding)
+
+
+def output_size(size: int, kernel: int, stride: int, dilation: int,
+                pad: tuple[int, int]) -> int:
+  return (size + pad[0] + pad[1] - (kernel - 1) * dilation - 1) // stride + 1
+
+
+def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
+         padding: Sequence[tuple[int, int]], dilation: Sequence[int], *,
+         feature_group_count: int = 1, precision=None) -> jax.Array:
+  """Channels-last conv: x (N, *spatial, Cin), kernel (*k, Cin/groups, Cout)."""
+  ndim = x.ndim
+  spatial = tuple(range(1, ndim - 1))
+  numbers = lax.ConvDimensionNumbers(
+      lhs_spec=(0, ndim - 1) + spatial,
+      rhs_spec=(ndim - 1, ndim - 2) + tuple(range(ndim - 2)),
+      out_spec=(0, ndim - 1) + spatial)
+  return lax.conv_general_dilated(
+      x, kernel, tuple(strides), list(padding), rhs_dilation=tuple(dilation),
+      dimension_numbers=numbers, feature_group_count=feature_group_count,
+      precision=precision)
+
+
+def flatten_batch(x: jax.Array, num_spatial: int, in_features: int,
+                  layer: str):
+  """(*batch, *spatial, Cin) -> (N, *spatial, Cin) and the batch shape."""
+  if x.ndim < num_spatial + 1 or x.shape[-1] != in_features:
+    raise ValueError(
+        f"{layer}: input of shape {x.shape} doesn't fit a {num_spatial}-D "
+        f"conv with {in_features} input channels; expected "
+        f"(N, {', '.join(['size'] * num_spatial)}, {in_features})")
+  batch_shape = x.shape[:x.ndim - num_spatial - 1]
+  return jnp.reshape(x, (-1,) + x.shape[len(batch_shape):]), batch_shape
+
+
+def dense_conv_flops(batch: int, out_spatial: Sequence[int],
+                     kernel_size: Sequence[int], in_features: int,
+                     out_features: int) -> int:
+  """Multiply-adds of a dense conv."""
+  return (batch * math.prod(out_spatial) * math.prod(kernel_size)
+          * in_features * out_features)
+
+
+def configure(layer, name: str, in_features: int, out_features: int,
+              kernel_size: int | Sequence[int], strides, padding,
+              kernel_dilation) -> None:
+  """Check and set the geometry attributes the factorized convs share."""
+  for what, value in (("in_features", in_features),
+                      ("out_features", out_features)):
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f"{name}: {what} must be a positive int, got {value!r}")
+  if isinstance(kernel_size, int):
+    kernel_size = (kernel_size,)
+  num_spatial = len(tuple(kernel_size))
+  if num_spatial < 1:
+    raise ValueError(f"{name}: kernel_size must name at least one axis")
+  layer.in_features = in_features
+  layer.out_features = out_features
+  layer.kernel_size = as_tuple(kernel_size, num_spatial, "kernel_size", name)
+  layer.strides = as_tuple(strides, num_spatial, "strides", name)
+  layer.kernel_dilation = as_tuple(kernel_dilation, num_spatial,
+                                   "kernel_dilation", name)
+  layer.padding = check_padding(padding, num_spatial, name)
+
+
+def geometry(layer, input_shape: Sequence[int]):
+  """Batch size, input spatial sizes, (low, high) pads and output spatial
+  sizes of `layer` applied to an input (*batch, *spatial, Cin)."""
+  num_spatial = len(layer.kernel_size)
+  batch = math.prod(input_shape[:-1 - num_spatial])
+  spatial = list(input_shape[-1 - num_spatial:-1])
+  pads = explicit_padding(layer.padding, spatial, layer.kernel_size,
+                          layer.strides, layer.kernel_dilation)
+  out = [output_size(*args) for args in zip(
+      spatial, layer.kernel_size, layer.strides, layer.kernel_dilation, pads)]
+  return batch, spatial, pads, out
+
+
+def from_conv_kwargs(conv, caller: str) -> dict:
+  """The constructor arguments that carry an `nnx.Conv`'s setup over."""
+  if conv.feature_group_count != 1 or conv.input_dilation not in (1, None):
+    raise ValueError(
+        f"{caller}: grouped or input-dilated convs are not supported, got "
+        f"feature_group_count={conv.feature_group_count}, "
+        f"input_dilation={conv.input_dilation}")
+  return dict(in_features=conv.in_features, out_features=conv.out_features,
+              kernel_size=conv.kernel_size, strides=conv.strides,
+              padding=conv.padding, kernel_dilation=conv.kernel_dilation,
+              use_bias=conv.bias is not None, dtype=conv.dtype,
+              param_dtype=conv.param_dtype, precision=conv.precision)

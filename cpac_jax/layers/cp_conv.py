@@ -1,0 +1,183 @@
+"""`CPConv`: a convolution whose kernel is held as a rank-R CP decomposition."""
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.nnx.nn import dtypes
+
+from cpac_jax import tensor
+from cpac_jax.layers import _conv
+from cpac_jax.layers._implementation import check_implementation, choose
+
+__all__ = ["CPConv"]
+
+
+class CPConv(nnx.Module):
+  """Convolution whose kernel is held as a rank-R CP decomposition (CPAC-Conv).
+
+  The kernel of shape (*kernel_size, Cin, Cout), laid out as in `nnx.Conv`, is
+  K = sum_r s_0[:, r] o ... o s_{d-1}[:, r] o a_in[:, r] o a_out[:, r], with
+  one factor matrix per mode and no separate weights: R * (sum(kernel_size)
+  + Cin + Cout) parameters, the CPAC-Conv count.
+
+  The forward pass either contracts the input with the factors
+  (`implementation="factorized"`: a 1x1 conv to R channels, a depthwise 1-D
+  conv along each spatial axis, a 1x1 conv to Cout; no dense kernel is formed)
+  or rebuilds the kernel and runs one dense conv (`"reconstructed"`). `"auto"`
+  picks the one with fewer multiply-adds for the input shape at hand.
+
+  Initialisation: factor entries are i.i.d. normal with variance
+  (v / R)^(1/M) for M = d + 2 modes, so that every kernel entry has variance
+  v = 1 / (prod(kernel_size) * Cin), the variance of Flax's default
+  `lecun_normal` kernel init, whatever the rank.
+
+  Args:
+    in_features: input channels Cin.
+    out_features: output channels Cout.
+    kernel_size: spatial size, an int or one per spatial axis; its length
+      sets the dimension (1-D, 2-D, 3-D, ...).
+    strides: an int or one per spatial axis.
+    padding: 'SAME', 'VALID', an int, or one int or (low, high) per axis.
+    kernel_dilation: an int or one per spatial axis.
+    use_bias: whether to add a bias (initialised to zero).
+    rank: CP rank R; an int, a float in (0, 1] for a fraction of the dense
+      parameter count, or 'same' (see `cpac_jax.tensor.rank`).
+    implementation: 'auto', 'factorized' or 'reconstructed'.
+    dtype: computation dtype (default: inferred from input and params).
+    param_dtype: dtype of the factors and bias.
+    precision: passed to `lax.conv_general_dilated` and the matmuls.
+    rngs: random streams for initialisation.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from cpac_jax.layers import CPConv
+    >>> conv = CPConv(8, 16, kernel_size=(3, 3), rank=5, rngs=nnx.Rngs(0))
+    >>> conv(jnp.ones((2, 28, 28, 8))).shape
+    (2, 28, 28, 16)
+    >>> conv.kernel_tensor().shape
+    (3, 3, 8, 16)
+  """
+
+  def __init__(self, in_features: int, out_features: int,
+               kernel_size: int | Sequence[int],
+               strides: int | Sequence[int] = 1, *,
+               padding: _conv.Padding = "SAME",
+               kernel_dilation: int | Sequence[int] = 1,
+               use_bias: bool = True, rank: tensor.RankSpec,
+               implementation: str = "auto", dtype=None,
+               param_dtype=jnp.float32, precision=None, rngs: nnx.Rngs):
+    name = f"CPConv({in_features}->{out_features})"
+    _conv.configure(self, name, in_features, out_features, kernel_size,
+                    strides, padding, kernel_dilation)
+    self.implementation = check_implementation(implementation, name)
+    shape = self.kernel_size + (in_features, out_features)
+    self.rank = tensor.cp_rank(shape, rank, layer=name)
+    self.dtype = dtype
+    self.precision = precision
+
+    variance = 1.0 / (math.prod(self.kernel_size) * in_features)
+    std = (variance / self.rank) ** (1 / (2 * len(shape)))
+    keys = jax.random.split(rngs.params(), len(shape))
+    make = lambda key, size: nnx.Param(
+        std * jax.random.normal(key, (size, self.rank), param_dtype))
+    self.spatial_factors = nnx.List(
+        [make(k, s) for k, s in zip(keys, self.kernel_size)])
+    self.in_factor = make(keys[-2], in_features)
+    self.out_factor = make(keys[-1], out_features)
+    self.bias = (nnx.Param(jnp.zeros((out_features,), param_dtype))
+                 if use_bias else None)
+
+  def factors(self) -> list[jax.Array]:
+    """The CP factor matrices in kernel-mode order (*spatial, Cin, Cout)."""
+    return ([f[...] for f in self.spatial_factors]
+            + [self.in_factor[...], self.out_factor[...]])
+
+  def kernel_tensor(self) -> jax.Array:
+    """The dense kernel this layer represents, (*kernel_size, Cin, Cout)."""
+    return tensor.cp_to_tensor(self.factors())
+
+  def flops(self, input_shape: Sequence[int]) -> dict[str, int]:
+    """Multiply-adds of each implementation for an input (N, *spatial, Cin)."""
+    batch, spatial, _, out = _conv.geometry(self, input_shape)
+    factorized = batch * math.prod(spatial) * self.in_features * self.rank
+    sizes = list(spatial)
+    for axis, kernel in enumerate(self.kernel_size):
+      sizes[axis] = out[axis]
+      factorized += batch * math.prod(sizes) * kernel * self.rank
+    factorized += batch * math.prod(out) * self.rank * self.out_features
+    dense = _conv.dense_conv_flops(batch, out, self.kernel_size,
+                                   self.in_features, self.out_features)
+    rebuild = (math.prod(self.kernel_size) * self.in_features
+               * self.out_features * self.rank)
+    return {"factorized": factorized, "reconstructed": dense + rebuild,
+            "dense": dense}
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(N, *spatial, Cin) -> (N, *spatial', Cout); extra leading batch axes
+    are kept."""
+    name = f"CPConv({self.in_features}->{self.out_features})"
+    num_spatial = len(self.kernel_size)
+    x, batch_shape = _conv.flatten_batch(x, num_spatial, self.in_features, name)
+    bias = self.bias[...] if self.bias is not None else None
+    x, bias, *factors = dtypes.promote_dtype(
+        (x, bias, *self.factors()), dtype=self.dtype)
+    pads = _conv.explicit_padding(self.padding, x.shape[1:-1],
+                                  self.kernel_size, self.strides,
+                                  self.kernel_dilation)
+    if choose(self.implementation, self.flops(x.shape)) == "reconstructed":
+      y = _conv.conv(x, tensor.cp_to_tensor(factors), self.strides, pads,
+                     self.kernel_dilation, precision=self.precision)
+    else:
+      y = self._factorized(x, factors, pads)
+    if bias is not None:
+      y = y + bias
+    return jnp.reshape(y, batch_shape + y.shape[1:])
+
+  def _factorized(self, x, factors, pads):
+    *spatial, in_factor, out_factor = factors
+    num_spatial = len(spatial)
+    h = jnp.einsum("...c,cr->...r", x, in_factor, precision=self.precision)
+    for axis, factor in enumerate(spatial):
+      # A depthwise conv along one axis: kernel (1, .., k, .., 1, 1, R).
+      shape = [1] * num_spatial + [1, self.rank]
+      shape[axis] = factor.shape[0]
+      ones = [1] * num_spatial
+      strides, dilation = list(ones), list(ones)
+      strides[axis] = self.strides[axis]
+      dilation[axis] = self.kernel_dilation[axis]
+      axis_pads = [(0, 0)] * num_spatial
+      axis_pads[axis] = pads[axis]
+      h = _conv.conv(h, jnp.reshape(factor, shape), strides, axis_pads,
+                     dilation, feature_group_count=self.rank,
+                     precision=self.precision)
+    return jnp.einsum("...r,or->...o", h, out_factor, precision=self.precision)
+
+  @classmethod
+  def from_conv(cls, conv: nnx.Conv, rank: tensor.RankSpec, *,
+                n_iter_max: int = 200, tol: float = 1e-8,
+                key: jax.Array | None = None, implementation: str = "auto",
+                rngs: nnx.Rngs | None = None) -> "CPConv":
+    """A CPConv initialised from a trained `nnx.Conv` by CP-ALS of its kernel.
+
+    Takes the conv's strides, padding, dilation, bias and dtypes; each factor
+    gets weights^(1/M) of the decomposition's weights. Grouped convs and
+    input dilation are not supported.
+    """
+    kwargs = _conv.from_conv_kwargs(conv, "CPConv.from_conv")
+    layer = cls(**kwargs, rank=rank, implementation=implementation,
+                rngs=rngs or nnx.Rngs(0))
+    kernel = conv.kernel[...].astype(jnp.float32)
+    cp = tensor.cp_als(kernel, layer.rank, n_iter_max=n_iter_max, tol=tol,
+                       key=key)
+    scale = cp.weights ** (1 / kernel.ndim)
+    factors = [(f * scale).astype(conv.param_dtype) for f in cp.factors]
+    for param, factor in zip(layer.spatial_factors, factors):
+      param.value = factor
+    layer.in_factor.value, layer.out_factor.value = factors[-2:]
+    if conv.bias is not None:
+      layer.bias.value = conv.bias[...]
+    return layer

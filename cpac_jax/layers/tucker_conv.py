@@ -1,0 +1,170 @@
+"""`TuckerConv`: a convolution whose kernel is held in Tucker form."""
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.nnx.nn import dtypes
+
+from cpac_jax import tensor
+from cpac_jax.layers import _conv
+from cpac_jax.layers._implementation import check_implementation, choose
+
+__all__ = ["TuckerConv"]
+
+
+def orthogonal_factor(key: jax.Array, size: int, rank: int,
+                      dtype) -> jax.Array:
+  """A (size, rank) matrix with orthonormal columns (rank <= size)."""
+  return nnx.initializers.orthogonal()(key, (size, rank), dtype)
+
+
+class TuckerConv(nnx.Module):
+  """Convolution whose kernel is held in Tucker form.
+
+  By default Tucker-2 over the channel modes: the kernel (*kernel_size, Cin,
+  Cout) is core x_Cin U_in x_Cout U_out with a core (*kernel_size, r_in,
+  r_out), and the factorized forward is a 1x1 conv to r_in channels, a small
+  dense conv r_in -> r_out, and a 1x1 conv to Cout. With
+  `factorize_spatial=True` every mode is factorized (full Tucker); the
+  factorized forward then rebuilds only the small (*kernel_size, r_in, r_out)
+  kernel from the core and spatial factors, never the Cin x Cout one.
+
+  Initialisation: factors have orthonormal columns and the core is normal
+  with variance v * prod(I_n / r_n) over the factorized modes, so the kernel
+  entries have on average variance v = 1 / (prod(kernel_size) * Cin), that of
+  Flax's default `lecun_normal`.
+
+  Args:
+    in_features, out_features, kernel_size, strides, padding,
+    kernel_dilation, use_bias, dtype, param_dtype, precision: as `nnx.Conv`.
+    rank: an int (every factorized mode), a tuple with one rank per factorized
+      mode in kernel order ((r_in, r_out), or (*spatial ranks, r_in, r_out)
+      with `factorize_spatial`), a float in (0, 1], or 'same'.
+    factorize_spatial: also factorize the spatial modes (full Tucker).
+    implementation: 'auto', 'factorized' or 'reconstructed'.
+    rngs: random streams for initialisation.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from cpac_jax.layers import TuckerConv
+    >>> conv = TuckerConv(64, 64, kernel_size=(3, 3), rank=(16, 16),
+    ...                   rngs=nnx.Rngs(0))
+    >>> conv(jnp.ones((2, 8, 8, 64))).shape
+    (2, 8, 8, 64)
+  """
+
+  def __init__(self, in_features: int, out_features: int,
+               kernel_size: int | Sequence[int],
+               strides: int | Sequence[int] = 1, *,
+               padding: _conv.Padding = "SAME",
+               kernel_dilation: int | Sequence[int] = 1,
+               use_bias: bool = True, rank: tensor.RankSpec,
+               factorize_spatial: bool = False, implementation: str = "auto",
+               dtype=None, param_dtype=jnp.float32, precision=None,
+               rngs: nnx.Rngs):
+    name = f"TuckerConv({in_features}->{out_features})"
+    _conv.configure(self, name, in_features, out_features, kernel_size,
+                    strides, padding, kernel_dilation)
+    num_spatial = len(self.kernel_size)
+    self.implementation = check_implementation(implementation, name)
+    self.factorize_spatial = factorize_spatial
+    self.dtype = dtype
+    self.precision = precision
+    shape = self.kernel_size + (in_features, out_features)
+    self.modes = tuple(range(len(shape)) if factorize_spatial
+                       else (num_spatial, num_spatial + 1))
+    self.rank = tensor.tucker_rank(shape, rank, self.modes, layer=name)
+
+    core_shape = list(shape)
+    for r, m in zip(self.rank, self.modes):
+      core_shape[m] = r
+    variance = 1.0 / (math.prod(self.kernel_size) * in_features)
+    variance *= math.prod(shape[m] / r for r, m in zip(self.rank, self.modes))
+    keys = jax.random.split(rngs.params(), len(self.modes) + 1)
+    self.core = nnx.Param(math.sqrt(variance) * jax.random.normal(
+        keys[0], tuple(core_shape), param_dtype))
+    factors = [orthogonal_factor(k, shape[m], r, param_dtype)
+               for k, r, m in zip(keys[1:], self.rank, self.modes)]
+    self.spatial_factors = nnx.List([nnx.Param(f) for f in factors[:-2]])
+    self.in_factor = nnx.Param(factors[-2])
+    self.out_factor = nnx.Param(factors[-1])
+    self.bias = (nnx.Param(jnp.zeros((out_features,), param_dtype))
+                 if use_bias else None)
+
+  def factors(self) -> list[jax.Array]:
+    """The factor matrices, in the order of `self.modes`."""
+    return ([f[...] for f in self.spatial_factors]
+            + [self.in_factor[...], self.out_factor[...]])
+
+  def kernel_tensor(self) -> jax.Array:
+    """The dense kernel this layer represents, (*kernel_size, Cin, Cout)."""
+    return tensor.multi_mode_dot(self.core[...], self.factors(), self.modes)
+
+  def flops(self, input_shape: Sequence[int]) -> dict[str, int]:
+    """Multiply-adds of each implementation for an input (N, *spatial, Cin)."""
+    batch, spatial, _, out = _conv.geometry(self, input_shape)
+    r_in, r_out = self.rank[-2:]
+    factorized = (batch * math.prod(spatial) * self.in_features * r_in
+                  + _conv.dense_conv_flops(batch, out, self.kernel_size, r_in,
+                                           r_out)
+                  + batch * math.prod(out) * r_out * self.out_features)
+    dense = _conv.dense_conv_flops(batch, out, self.kernel_size,
+                                   self.in_features, self.out_features)
+    # Rebuilding the kernel costs at most one pass over it per rank entry.
+    rebuild = (math.prod(self.kernel_size) * self.in_features
+               * self.out_features * max(self.rank))
+    return {"factorized": factorized, "reconstructed": dense + rebuild,
+            "dense": dense}
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(N, *spatial, Cin) -> (N, *spatial', Cout); extra leading batch axes
+    are kept."""
+    name = f"TuckerConv({self.in_features}->{self.out_features})"
+    num_spatial = len(self.kernel_size)
+    x, batch_shape = _conv.flatten_batch(x, num_spatial, self.in_features, name)
+    bias = self.bias[...] if self.bias is not None else None
+    x, bias, core, *factors = dtypes.promote_dtype(
+        (x, bias, self.core[...], *self.factors()), dtype=self.dtype)
+    pads = _conv.explicit_padding(self.padding, x.shape[1:-1],
+                                  self.kernel_size, self.strides,
+                                  self.kernel_dilation)
+    if choose(self.implementation, self.flops(x.shape)) == "reconstructed":
+      kernel = tensor.multi_mode_dot(core, factors, self.modes)
+      y = _conv.conv(x, kernel, self.strides, pads, self.kernel_dilation,
+                     precision=self.precision)
+    else:
+      *spatial, in_factor, out_factor = factors
+      small = tensor.multi_mode_dot(core, spatial, range(len(spatial)))
+      h = jnp.einsum("...c,cr->...r", x, in_factor, precision=self.precision)
+      h = _conv.conv(h, small, self.strides, pads, self.kernel_dilation,
+                     precision=self.precision)
+      y = jnp.einsum("...r,or->...o", h, out_factor, precision=self.precision)
+    if bias is not None:
+      y = y + bias
+    return jnp.reshape(y, batch_shape + y.shape[1:])
+
+  @classmethod
+  def from_conv(cls, conv: nnx.Conv, rank: tensor.RankSpec, *,
+                factorize_spatial: bool = False, method: str = "hooi",
+                implementation: str = "auto",
+                rngs: nnx.Rngs | None = None) -> "TuckerConv":
+    """A TuckerConv initialised from a trained `nnx.Conv` by a (partial)
+    Tucker decomposition (HOOI by default) of its kernel."""
+    kwargs = _conv.from_conv_kwargs(conv, "TuckerConv.from_conv")
+    layer = cls(**kwargs, rank=rank, factorize_spatial=factorize_spatial,
+                implementation=implementation, rngs=rngs or nnx.Rngs(0))
+    kernel = conv.kernel[...].astype(jnp.float32)
+    core, factors = tensor.tucker(kernel, layer.rank, layer.modes,
+                                  method=method)
+    layer.core.value = core.astype(conv.param_dtype)
+    factors = [f.astype(conv.param_dtype) for f in factors]
+    for param, factor in zip(layer.spatial_factors, factors):
+      param.value = factor
+    layer.in_factor.value, layer.out_factor.value = factors[-2:]
+    if conv.bias is not None:
+      layer.bias.value = conv.bias[...]
+    return layer

@@ -1,0 +1,204 @@
+"""`TuckerDense`: the Tucker Tensor Layer (TTL), a dense layer whose weight
+matrix is the unfolding of a Tucker-form tensor."""
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.nnx.nn import dtypes
+
+from cpac_jax import tensor
+from cpac_jax.layers._implementation import check_implementation, choose
+from cpac_jax.layers.tucker_conv import orthogonal_factor
+
+__all__ = ["TuckerDense"]
+
+
+def _shape(value, what: str, name: str) -> tuple[int, ...]:
+  shape = (value,) if isinstance(value, int) else tuple(value)
+  if not shape or not all(isinstance(s, int) and s >= 1 for s in shape):
+    raise ValueError(
+        f"{name}: {what} {value!r} must be a positive int or a tuple of them")
+  return shape
+
+
+def _cheapest_order(sizes: Sequence[int], ranks: Sequence[int],
+                    rest: int) -> tuple[tuple[int, ...], int]:
+  """The order of mode products (size_i -> rank_i, on a tensor of `rest`
+  other entries) with the fewest multiply-adds, and that count."""
+  best = None
+  for order in itertools.permutations(range(len(sizes))):
+    current, cost = list(sizes), 0
+    for i in order:
+      cost += rest * math.prod(current) * ranks[i]
+      current[i] = ranks[i]
+    if best is None or cost < best[1]:
+      best = (order, cost)
+  return best
+
+
+class TuckerDense(nnx.Module):
+  """The Tucker Tensor Layer: a dense layer with a Tucker-form weight.
+
+  The weight, of shape in_shape + out_shape, is core x_0 U_0 ... x_{M-1}
+  U_{M-1}; its unfolding (prod(in_shape), prod(out_shape)) is the weight
+  matrix of the `nnx.Linear` it replaces. For the TTL paper's MNIST layer,
+  in_shape=(28, 28), out_shape=(300,), rank=(5, 5, 10): 3,530 parameters
+  instead of 235,200 (66.63x fewer).
+
+  The factorized forward projects the tensorized input onto the input factors
+  (one mode product each, in the cheapest order), contracts with the core and
+  expands with the output factors; no dense weight is formed.
+  `"reconstructed"` rebuilds the weight and does one matmul; `"auto"` picks
+  the one with fewer multiply-adds for the batch at hand.
+
+  Initialisation: factors have orthonormal columns and the core is normal
+  with variance v * prod(I_n / r_n), so the weight entries have on average
+  variance v = 1 / prod(in_shape), that of Flax's default `lecun_normal`.
+
+  Args:
+    in_shape: the tensorized input, e.g. (28, 28) for 784 features.
+    out_shape: the tensorized output, e.g. (300,).
+    rank: an int (every mode), one int per mode of in_shape + out_shape, a
+      float in (0, 1] or 'same'.
+    use_bias, dtype, param_dtype, precision: as `nnx.Linear`.
+    implementation: 'auto', 'factorized' or 'reconstructed'.
+    rngs: random streams for initialisation.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from cpac_jax.layers import TuckerDense
+    >>> ttl = TuckerDense(in_shape=(28, 28), out_shape=(300,),
+    ...                   rank=(5, 5, 10), rngs=nnx.Rngs(0))
+    >>> ttl(jnp.ones((4, 784))).shape
+    (4, 300)
+    >>> ttl.weight_tensor().shape
+    (28, 28, 300)
+  """
+
+  def __init__(self, in_shape: int | Sequence[int],
+               out_shape: int | Sequence[int], *, rank: tensor.RankSpec,
+               use_bias: bool = True, implementation: str = "auto",
+               dtype=None, param_dtype=jnp.float32, precision=None,
+               rngs: nnx.Rngs):
+    name = f"TuckerDense({in_shape}->{out_shape})"
+    self.in_shape = _shape(in_shape, "in_shape", name)
+    self.out_shape = _shape(out_shape, "out_shape", name)
+    self.implementation = check_implementation(implementation, name)
+    self.dtype = dtype
+    self.precision = precision
+    shape = self.in_shape + self.out_shape
+    self.rank = tensor.tucker_rank(shape, rank, layer=name)
+    variance = math.prod(s / r for s, r in zip(shape, self.rank))
+    variance /= math.prod(self.in_shape)
+    keys = jax.random.split(rngs.params(), len(shape) + 1)
+    self.core = nnx.Param(math.sqrt(variance) * jax.random.normal(
+        keys[0], self.rank, param_dtype))
+    self.factors = nnx.List([
+        nnx.Param(orthogonal_factor(k, s, r, param_dtype))
+        for k, s, r in zip(keys[1:], shape, self.rank)])
+    self.bias = (nnx.Param(jnp.zeros((math.prod(self.out_shape),),
+                                     param_dtype)) if use_bias else None)
+
+  @property
+  def in_features(self) -> int:
+    return math.prod(self.in_shape)
+
+  @property
+  def out_features(self) -> int:
+    return math.prod(self.out_shape)
+
+  def weight_tensor(self) -> jax.Array:
+    """The dense weight this layer represents, in_shape + out_shape."""
+    return tensor.tucker_to_tensor(
+        (self.core[...], [f[...] for f in self.factors]))
+
+  def _plan(self, batch: int):
+    """Input-mode order, output-mode order and multiply-adds of each path."""
+    num_in = len(self.in_shape)
+    in_ranks, out_ranks = self.rank[:num_in], self.rank[num_in:]
+    in_order, in_cost = _cheapest_order(self.in_shape, in_ranks, batch)
+    out_order, out_cost = _cheapest_order(out_ranks, self.out_shape, batch)
+    core_cost = batch * math.prod(in_ranks) * math.prod(out_ranks)
+    shape = self.in_shape + self.out_shape
+    _, rebuild = _cheapest_order(self.rank, shape, 1)
+    dense = batch * self.in_features * self.out_features
+    flops = {"factorized": in_cost + core_cost + out_cost,
+             "reconstructed": dense + rebuild, "dense": dense}
+    return in_order, out_order, flops
+
+  def flops(self, batch: int) -> dict[str, int]:
+    """Multiply-adds of each implementation for `batch` examples."""
+    return self._plan(batch)[2]
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(N, prod(in_shape)) -> (N, prod(out_shape)), or (N, *in_shape) ->
+    (N, *out_shape); extra leading batch axes are kept."""
+    num_in = len(self.in_shape)
+    if x.shape[-num_in:] == self.in_shape:
+      batch_shape, tensorized = x.shape[:-num_in], True
+    elif x.shape[-1:] == (self.in_features,):
+      batch_shape, tensorized = x.shape[:-1], False
+    else:
+      raise ValueError(
+          f"TuckerDense({self.in_shape}->{self.out_shape}): input of shape "
+          f"{x.shape} fits neither (N, {self.in_features}) nor "
+          f"(N, *{self.in_shape})")
+    batch = math.prod(batch_shape)
+    bias = self.bias[...] if self.bias is not None else None
+    x, bias, core, *factors = dtypes.promote_dtype(
+        (x, bias, self.core[...], *[f[...] for f in self.factors]),
+        dtype=self.dtype)
+    in_order, out_order, flops = self._plan(batch)
+    if choose(self.implementation, flops) == "reconstructed":
+      weight = tensor.tucker_to_tensor((core, factors))
+      weight = jnp.reshape(weight, (self.in_features, self.out_features))
+      y = jnp.dot(jnp.reshape(x, (batch, self.in_features)), weight,
+                  precision=self.precision)
+    else:
+      h = jnp.reshape(x, (batch,) + self.in_shape)
+      for i in in_order:  # (N, *in_shape) -> (N, *in_ranks)
+        h = tensor.mode_dot(h, factors[i].T, i + 1)
+      h = jnp.tensordot(h, core, axes=(tuple(range(1, num_in + 1)),
+                                       tuple(range(num_in))),
+                        precision=self.precision)
+      for i in out_order:  # (N, *out_ranks) -> (N, *out_shape)
+        h = tensor.mode_dot(h, factors[num_in + i], i + 1)
+      y = jnp.reshape(h, (batch, self.out_features))
+    if bias is not None:
+      y = y + bias
+    out_shape = self.out_shape if tensorized else (self.out_features,)
+    return jnp.reshape(y, batch_shape + out_shape)
+
+  @classmethod
+  def from_linear(cls, linear: nnx.Linear, *, in_shape: int | Sequence[int],
+                  out_shape: int | Sequence[int], rank: tensor.RankSpec,
+                  method: str = "hooi", implementation: str = "auto",
+                  rngs: nnx.Rngs | None = None) -> "TuckerDense":
+    """A TuckerDense initialised from a trained `nnx.Linear` by a Tucker
+    decomposition (HOOI by default) of its tensorized kernel."""
+    layer = cls(in_shape, out_shape, rank=rank,
+                use_bias=linear.bias is not None,
+                implementation=implementation, dtype=linear.dtype,
+                param_dtype=linear.param_dtype, precision=linear.precision,
+                rngs=rngs or nnx.Rngs(0))
+    if (layer.in_features, layer.out_features) != (linear.in_features,
+                                                   linear.out_features):
+      raise ValueError(
+          f"TuckerDense.from_linear: in_shape {layer.in_shape} and out_shape "
+          f"{layer.out_shape} hold {layer.in_features} -> "
+          f"{layer.out_features} features, but the linear layer maps "
+          f"{linear.in_features} -> {linear.out_features}")
+    kernel = jnp.reshape(linear.kernel[...].astype(jnp.float32),
+                         layer.in_shape + layer.out_shape)
+    core, factors = tensor.tucker(kernel, layer.rank, method=method)
+    layer.core.value = core.astype(linear.param_dtype)
+    for param, factor in zip(layer.factors, factors):
+      param.value = factor.astype(linear.param_dtype)
+    if linear.bias is not None:
+      layer.bias.value = linear.bias[...]
+    return layer
