@@ -140,3 +140,12 @@ def from_conv_kwargs(conv, caller: str) -> dict:
               padding=conv.padding, kernel_dilation=conv.kernel_dilation,
               use_bias=conv.bias is not None, dtype=conv.dtype,
               param_dtype=conv.param_dtype, precision=conv.precision)
+
+
+def assign(layer, factors: Sequence[jax.Array], bias: jax.Array | None):
+  """Set a factorized conv's factors (kernel-mode order) and bias."""
+  for param, factor in zip(layer.spatial_factors, factors[:-2], strict=True):
+    param[...] = factor
+  layer.in_factor[...], layer.out_factor[...] = factors[-2:]
+  if bias is not None:
+    layer.bias[...] = bias[...]

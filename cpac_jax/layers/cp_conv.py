@@ -9,7 +9,7 @@ from flax import nnx
 from flax.nnx.nn import dtypes
 
 from cpac_jax import tensor
-from cpac_jax.layers import _conv
+from cpac_jax.layers import _conv, _init
 from cpac_jax.layers._implementation import check_implementation, choose
 
 __all__ = ["CPConv"]
@@ -29,10 +29,11 @@ class CPConv(nnx.Module):
   or rebuilds the kernel and runs one dense conv (`"reconstructed"`). `"auto"`
   picks the one with fewer multiply-adds for the input shape at hand.
 
-  Initialisation: factor entries are i.i.d. normal with variance
-  (v / R)^(1/M) for M = d + 2 modes, so that every kernel entry has variance
-  v = 1 / (prod(kernel_size) * Cin), the variance of Flax's default
-  `lecun_normal` kernel init, whatever the rank.
+  Initialisation: each factor column is a random direction whose entries
+  have mean square (v / R)^(1/M) for M = d + 2 modes, so the kernel entries
+  have mean square v = 1 / (prod(kernel_size) * Cin), the variance of Flax's
+  default `lecun_normal` init, whatever the rank, and no rank-1 term starts
+  out dominating or vanishing.
 
   Args:
     in_features: input channels Cin.
@@ -79,15 +80,12 @@ class CPConv(nnx.Module):
     self.dtype = dtype
     self.precision = precision
 
-    variance = 1.0 / (math.prod(self.kernel_size) * in_features)
-    std = (variance / self.rank) ** (1 / (2 * len(shape)))
-    keys = jax.random.split(rngs.params(), len(shape))
-    make = lambda key, size: nnx.Param(
-        std * jax.random.normal(key, (size, self.rank), param_dtype))
-    self.spatial_factors = nnx.List(
-        [make(k, s) for k, s in zip(keys, self.kernel_size)])
-    self.in_factor = make(keys[-2], in_features)
-    self.out_factor = make(keys[-1], out_features)
+    factors = _init.cp_factors(rngs.params(), shape, self.rank,
+                               math.prod(self.kernel_size) * in_features,
+                               param_dtype)
+    self.spatial_factors = nnx.List([nnx.Param(f) for f in factors[:-2]])
+    self.in_factor = nnx.Param(factors[-2])
+    self.out_factor = nnx.Param(factors[-1])
     self.bias = (nnx.Param(jnp.zeros((out_features,), param_dtype))
                  if use_bias else None)
 
@@ -175,9 +173,5 @@ class CPConv(nnx.Module):
                        key=key)
     scale = cp.weights ** (1 / kernel.ndim)
     factors = [(f * scale).astype(conv.param_dtype) for f in cp.factors]
-    for param, factor in zip(layer.spatial_factors, factors):
-      param.value = factor
-    layer.in_factor.value, layer.out_factor.value = factors[-2:]
-    if conv.bias is not None:
-      layer.bias.value = conv.bias[...]
+    _conv.assign(layer, factors, conv.bias)
     return layer

@@ -9,16 +9,10 @@ from flax import nnx
 from flax.nnx.nn import dtypes
 
 from cpac_jax import tensor
-from cpac_jax.layers import _conv
+from cpac_jax.layers import _conv, _init
 from cpac_jax.layers._implementation import check_implementation, choose
 
 __all__ = ["TuckerConv"]
-
-
-def orthogonal_factor(key: jax.Array, size: int, rank: int,
-                      dtype) -> jax.Array:
-  """A (size, rank) matrix with orthonormal columns (rank <= size)."""
-  return nnx.initializers.orthogonal()(key, (size, rank), dtype)
 
 
 class TuckerConv(nnx.Module):
@@ -32,10 +26,10 @@ class TuckerConv(nnx.Module):
   factorized forward then rebuilds only the small (*kernel_size, r_in, r_out)
   kernel from the core and spatial factors, never the Cin x Cout one.
 
-  Initialisation: factors have orthonormal columns and the core is normal
-  with variance v * prod(I_n / r_n) over the factorized modes, so the kernel
-  entries have on average variance v = 1 / (prod(kernel_size) * Cin), that of
-  Flax's default `lecun_normal`.
+  Initialisation: factors have orthonormal columns, which keep the norm, and
+  the core is a random direction scaled so the kernel entries have mean
+  square v = 1 / (prod(kernel_size) * Cin), the variance of Flax's default
+  `lecun_normal`, whatever the rank.
 
   Args:
     in_features, out_features, kernel_size, strides, padding,
@@ -79,16 +73,10 @@ class TuckerConv(nnx.Module):
                        else (num_spatial, num_spatial + 1))
     self.rank = tensor.tucker_rank(shape, rank, self.modes, layer=name)
 
-    core_shape = list(shape)
-    for r, m in zip(self.rank, self.modes):
-      core_shape[m] = r
-    variance = 1.0 / (math.prod(self.kernel_size) * in_features)
-    variance *= math.prod(shape[m] / r for r, m in zip(self.rank, self.modes))
-    keys = jax.random.split(rngs.params(), len(self.modes) + 1)
-    self.core = nnx.Param(math.sqrt(variance) * jax.random.normal(
-        keys[0], tuple(core_shape), param_dtype))
-    factors = [orthogonal_factor(k, shape[m], r, param_dtype)
-               for k, r, m in zip(keys[1:], self.rank, self.modes)]
+    core, factors = _init.tucker(rngs.params(), shape, self.rank, self.modes,
+                                 math.prod(self.kernel_size) * in_features,
+                                 param_dtype)
+    self.core = nnx.Param(core)
     self.spatial_factors = nnx.List([nnx.Param(f) for f in factors[:-2]])
     self.in_factor = nnx.Param(factors[-2])
     self.out_factor = nnx.Param(factors[-1])
@@ -160,11 +148,7 @@ class TuckerConv(nnx.Module):
     kernel = conv.kernel[...].astype(jnp.float32)
     core, factors = tensor.tucker(kernel, layer.rank, layer.modes,
                                   method=method)
-    layer.core.value = core.astype(conv.param_dtype)
+    layer.core[...] = core.astype(conv.param_dtype)
     factors = [f.astype(conv.param_dtype) for f in factors]
-    for param, factor in zip(layer.spatial_factors, factors):
-      param.value = factor
-    layer.in_factor.value, layer.out_factor.value = factors[-2:]
-    if conv.bias is not None:
-      layer.bias.value = conv.bias[...]
+    _conv.assign(layer, factors, conv.bias)
     return layer

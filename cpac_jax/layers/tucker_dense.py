@@ -11,8 +11,8 @@ from flax import nnx
 from flax.nnx.nn import dtypes
 
 from cpac_jax import tensor
+from cpac_jax.layers import _init
 from cpac_jax.layers._implementation import check_implementation, choose
-from cpac_jax.layers.tucker_conv import orthogonal_factor
 
 __all__ = ["TuckerDense"]
 
@@ -55,9 +55,10 @@ class TuckerDense(nnx.Module):
   `"reconstructed"` rebuilds the weight and does one matmul; `"auto"` picks
   the one with fewer multiply-adds for the batch at hand.
 
-  Initialisation: factors have orthonormal columns and the core is normal
-  with variance v * prod(I_n / r_n), so the weight entries have on average
-  variance v = 1 / prod(in_shape), that of Flax's default `lecun_normal`.
+  Initialisation: factors have orthonormal columns, which keep the norm, and
+  the core is a random direction scaled so the weight entries have mean
+  square v = 1 / prod(in_shape), the variance of Flax's default
+  `lecun_normal`, whatever the rank.
 
   Args:
     in_shape: the tensorized input, e.g. (28, 28) for 784 features.
@@ -93,14 +94,11 @@ class TuckerDense(nnx.Module):
     self.precision = precision
     shape = self.in_shape + self.out_shape
     self.rank = tensor.tucker_rank(shape, rank, layer=name)
-    variance = math.prod(s / r for s, r in zip(shape, self.rank))
-    variance /= math.prod(self.in_shape)
-    keys = jax.random.split(rngs.params(), len(shape) + 1)
-    self.core = nnx.Param(math.sqrt(variance) * jax.random.normal(
-        keys[0], self.rank, param_dtype))
-    self.factors = nnx.List([
-        nnx.Param(orthogonal_factor(k, s, r, param_dtype))
-        for k, s, r in zip(keys[1:], shape, self.rank)])
+    core, factors = _init.tucker(rngs.params(), shape, self.rank,
+                                 range(len(shape)), math.prod(self.in_shape),
+                                 param_dtype)
+    self.core = nnx.Param(core)
+    self.factors = nnx.List([nnx.Param(f) for f in factors])
     self.bias = (nnx.Param(jnp.zeros((math.prod(self.out_shape),),
                                      param_dtype)) if use_bias else None)
 
@@ -196,9 +194,9 @@ class TuckerDense(nnx.Module):
     kernel = jnp.reshape(linear.kernel[...].astype(jnp.float32),
                          layer.in_shape + layer.out_shape)
     core, factors = tensor.tucker(kernel, layer.rank, method=method)
-    layer.core.value = core.astype(linear.param_dtype)
+    layer.core[...] = core.astype(linear.param_dtype)
     for param, factor in zip(layer.factors, factors):
-      param.value = factor.astype(linear.param_dtype)
+      param[...] = factor.astype(linear.param_dtype)
     if linear.bias is not None:
-      layer.bias.value = linear.bias[...]
+      layer.bias[...] = linear.bias[...]
     return layer

@@ -1,0 +1,264 @@
+"""cpac_jax.layers against the dense Flax layers they replace."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import cpac_jax as cj
+from cpac_jax import tensor
+from cpac_jax.layers import CPConv, TuckerConv, TuckerDense
+
+CONV_CASES = [  # kernel_size, strides, padding, dilation, spatial input
+    ((3,), 1, "SAME", 1, (11,)),
+    ((5,), 2, "VALID", 1, (16,)),
+    ((3, 3), 1, "VALID", 1, (9, 9)),
+    ((3, 3), 2, "SAME", 1, (10, 9)),
+    ((3, 5), (1, 2), ((1, 2), (0, 3)), (2, 1), (12, 13)),
+    ((1, 1), 1, "SAME", 1, (5, 5)),
+    ((2, 3, 3), (1, 2, 1), 1, 1, (5, 7, 6)),
+]
+
+
+def make_conv(kind, cin, cout, kernel_size, strides, padding, dilation,
+              rank=None, **kwargs):
+  cls, default_rank = {"cp": (CPConv, 4), "tucker2": (TuckerConv, (3, 2)),
+                       "tucker": (TuckerConv, None)}[kind]
+  if kind == "tucker":
+    kwargs["factorize_spatial"] = True
+    default_rank = tuple(min(2, k) for k in kernel_size) + (3, 2)
+  return cls(cin, cout, kernel_size, strides, padding=padding,
+             kernel_dilation=dilation, rank=rank or default_rank,
+             rngs=nnx.Rngs(1), **kwargs)
+
+
+def dense_twin(layer, kernel):
+  """The nnx.Conv with the same setup, holding `kernel`."""
+  conv = nnx.Conv(layer.in_features, layer.out_features, layer.kernel_size,
+                  layer.strides, padding=layer.padding,
+                  kernel_dilation=layer.kernel_dilation,
+                  use_bias=layer.bias is not None, rngs=nnx.Rngs(0))
+  conv.kernel[...] = kernel
+  if layer.bias is not None:
+    conv.bias[...] = layer.bias[...]
+  return conv
+
+
+@pytest.mark.parametrize("kind", ["cp", "tucker2", "tucker"])
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv_paths_agree_with_dense_conv(kind, case):
+  kernel_size, strides, padding, dilation, spatial = case
+  layer = make_conv(kind, 4, 6, kernel_size, strides, padding, dilation)
+  layer.bias[...] = jnp.arange(6.0) / 10
+  x = jax.random.normal(jax.random.key(0), (2,) + spatial + (4,))
+  expected = dense_twin(layer, layer.kernel_tensor())(x)
+  for implementation in ("factorized", "reconstructed", "auto"):
+    layer.implementation = implementation
+    np.testing.assert_allclose(layer(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_ttl_paths_agree_with_dense_matmul():
+  ttl = TuckerDense(in_shape=(4, 7), out_shape=(3, 5), rank=(2, 3, 2, 4),
+                    rngs=nnx.Rngs(0))
+  ttl.bias[...] = jnp.arange(15.0)
+  x = jax.random.normal(jax.random.key(0), (6, 28))
+  weight = jnp.reshape(ttl.weight_tensor(), (28, 15))
+  expected = x @ weight + ttl.bias[...]
+  for implementation in ("factorized", "reconstructed", "auto"):
+    ttl.implementation = implementation
+    np.testing.assert_allclose(ttl(x), expected, rtol=1e-4, atol=1e-5)
+    tensorized = ttl(jnp.reshape(x, (6, 4, 7)))
+    assert tensorized.shape == (6, 3, 5)
+    np.testing.assert_allclose(jnp.reshape(tensorized, (6, 15)), expected,
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_layers_keep_extra_batch_axes_and_accept_unbatched_channels():
+  conv = CPConv(3, 5, (3, 3), rank=2, rngs=nnx.Rngs(0))
+  assert conv(jnp.ones((2, 4, 8, 8, 3))).shape == (2, 4, 8, 8, 5)
+  ttl = TuckerDense((4, 4), (6,), rank=2, rngs=nnx.Rngs(0))
+  assert ttl(jnp.ones((2, 3, 16))).shape == (2, 3, 6)
+
+
+def test_cp_from_conv_reproduces_exactly_low_rank_kernel():
+  dense = nnx.Conv(6, 8, (3, 3), padding="VALID", rngs=nnx.Rngs(0))
+  factors = [jax.random.normal(k, (s, 3)) for k, s in zip(
+      jax.random.split(jax.random.key(2), 4), (3, 3, 6, 8))]
+  dense.kernel[...] = tensor.cp_to_tensor(factors) / 10
+  dense.bias[...] = jnp.linspace(-1, 1, 8)
+  layer = CPConv.from_conv(dense, rank=3, n_iter_max=1000, tol=1e-10)
+  x = jax.random.normal(jax.random.key(3), (2, 10, 10, 6))
+  np.testing.assert_allclose(layer(x), dense(x), rtol=1e-3, atol=1e-4)
+  assert layer.padding == "VALID"
+
+
+def test_cp_from_conv_at_full_rank_of_a_1x1_conv_is_exact():
+  dense = nnx.Conv(5, 7, (1, 1), rngs=nnx.Rngs(0))
+  layer = CPConv.from_conv(dense, rank=5, n_iter_max=2000, tol=0.0)
+  x = jax.random.normal(jax.random.key(3), (2, 4, 4, 5))
+  np.testing.assert_allclose(layer(x), dense(x), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("factorize_spatial", [False, True])
+def test_tucker_from_conv_at_full_rank_is_exact(factorize_spatial):
+  dense = nnx.Conv(6, 8, (3, 3), strides=2, rngs=nnx.Rngs(0))
+  rank = (3, 3, 6, 8) if factorize_spatial else (6, 8)
+  layer = TuckerConv.from_conv(dense, rank=rank,
+                               factorize_spatial=factorize_spatial)
+  x = jax.random.normal(jax.random.key(3), (2, 9, 9, 6))
+  np.testing.assert_allclose(layer(x), dense(x), rtol=1e-4, atol=1e-5)
+
+
+def test_ttl_from_linear_at_full_rank_is_exact():
+  dense = nnx.Linear(784, 30, rngs=nnx.Rngs(0))
+  dense.bias[...] = jnp.linspace(-1, 1, 30)
+  ttl = TuckerDense.from_linear(dense, in_shape=(28, 28), out_shape=(30,),
+                                rank=(28, 28, 30))
+  x = jax.random.normal(jax.random.key(3), (5, 784))
+  np.testing.assert_allclose(ttl(x), dense(x), rtol=1e-4, atol=1e-4)
+
+
+def test_ttl_from_linear_low_rank_is_the_best_fit_of_the_kernel():
+  dense = nnx.Linear(784, 30, rngs=nnx.Rngs(0))
+  ttl = TuckerDense.from_linear(dense, in_shape=(28, 28), out_shape=(30,),
+                                rank=(5, 5, 10))
+  kernel = jnp.reshape(dense.kernel[...], (28, 28, 30))
+  error = jnp.linalg.norm(ttl.weight_tensor() - kernel)
+  best = tensor.tucker(kernel, (5, 5, 10))
+  assert float(error) <= float(
+      jnp.linalg.norm(tensor.tucker_to_tensor(best) - kernel)) * 1.0001
+
+
+def test_from_linear_rejects_shapes_that_dont_match():
+  dense = nnx.Linear(784, 30, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="784 -> 30"):
+    TuckerDense.from_linear(dense, in_shape=(28, 27), out_shape=(30,), rank=2)
+
+
+@pytest.mark.parametrize("rank", [1, 4, 16])
+@pytest.mark.parametrize("kind", ["cp", "tucker2", "tucker", "ttl"])
+def test_init_matches_flax_default_variance_at_any_rank(kind, rank):
+  variances = []
+  for seed in range(16):
+    rngs = nnx.Rngs(seed)
+    if kind == "ttl":
+      layer = TuckerDense((16, 16), (32,), rank=min(rank, 16), rngs=rngs)
+      weight, fan_in = layer.weight_tensor(), 256
+    else:
+      if kind == "cp":
+        layer = CPConv(32, 32, (3, 3), rank=rank, rngs=rngs)
+      else:
+        spatial = (min(rank, 3),) * 2 if kind == "tucker" else ()
+        layer = TuckerConv(32, 32, (3, 3), rank=spatial + (rank, rank),
+                           factorize_spatial=kind == "tucker", rngs=rngs)
+      weight, fan_in = layer.kernel_tensor(), 9 * 32
+    variances.append(float(jnp.mean(weight**2)) * fan_in)
+  np.testing.assert_allclose(np.mean(variances), 1.0, rtol=0.2)
+
+
+def layers_under_test():
+  return [
+      CPConv(3, 4, (3, 3), rank=2, rngs=nnx.Rngs(0)),
+      TuckerConv(3, 4, (3, 3), rank=(2, 3), rngs=nnx.Rngs(0)),
+      TuckerDense((4, 12), (4,), rank=(2, 3, 2), rngs=nnx.Rngs(0)),
+  ]
+
+
+def inputs_for(layer, batch=2):
+  if isinstance(layer, TuckerDense):
+    return jax.random.normal(jax.random.key(0), (batch, 48))
+  return jax.random.normal(jax.random.key(0), (batch, 6, 6, 3))
+
+
+@pytest.mark.parametrize("layer", layers_under_test(),
+                         ids=lambda layer: type(layer).__name__)
+@pytest.mark.parametrize("implementation", ["factorized", "reconstructed"])
+def test_layers_work_under_jit_grad_and_vmap(layer, implementation):
+  layer.implementation = implementation
+  graphdef, params = nnx.split(layer)
+  x = inputs_for(layer)
+  apply = lambda params, x: nnx.merge(graphdef, params)(x)
+  eager = layer(x)
+  np.testing.assert_allclose(jax.jit(apply)(params, x), eager, rtol=1e-5,
+                             atol=1e-6)
+  stacked = jnp.stack([x, 2 * x])
+  mapped = jax.vmap(apply, in_axes=(None, 0))(params, stacked)
+  np.testing.assert_allclose(mapped[1], layer(2 * x), rtol=1e-5, atol=1e-5)
+  grads = jax.grad(lambda p: jnp.sum(apply(p, x) ** 2))(params)
+  leaves = jax.tree.leaves(grads)
+  assert leaves and all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+  assert any(float(jnp.abs(g).max()) > 0 for g in leaves)
+  # vmap over parameters too: a stack of models, as a seed sweep uses.
+  twice = jax.tree.map(lambda p: jnp.stack([p, 2 * p]), params)
+  both = jax.vmap(apply, in_axes=(0, None))(twice, x)
+  np.testing.assert_allclose(both[0], eager, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layer", layers_under_test(),
+                         ids=lambda layer: type(layer).__name__)
+def test_layers_run_in_bfloat16(layer):
+  x = inputs_for(layer)
+  reference = layer(x)
+  layer.dtype = jnp.bfloat16
+  out = layer(x.astype(jnp.bfloat16))
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(out.astype(jnp.float32), reference, rtol=0.1,
+                             atol=0.1 * float(jnp.abs(reference).max()))
+
+
+def test_bfloat16_params_give_bfloat16_outputs():
+  conv = CPConv(3, 4, (3, 3), rank=2, param_dtype=jnp.bfloat16,
+                rngs=nnx.Rngs(0))
+  assert conv.in_factor[...].dtype == jnp.bfloat16
+  assert conv(jnp.ones((1, 5, 5, 3), jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+def test_auto_picks_the_path_with_fewer_multiply_adds():
+  cheap = CPConv(256, 256, (3, 3), rank=16, rngs=nnx.Rngs(0))
+  flops = cheap.flops((8, 16, 16, 256))
+  assert flops["factorized"] < flops["reconstructed"]
+  assert flops["factorized"] < flops["dense"] / 10
+  costly = CPConv(4, 4, (3, 3), rank=64, rngs=nnx.Rngs(0))
+  flops = costly.flops((8, 16, 16, 4))
+  assert flops["reconstructed"] < flops["factorized"]
+  ttl = TuckerDense((28, 28), (300,), rank=(5, 5, 10), rngs=nnx.Rngs(0))
+  assert ttl.flops(128)["factorized"] < ttl.flops(128)["dense"] / 20
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: CPConv(3, 4, (3, 3), rank=0, rngs=nnx.Rngs(0)), "CP rank 0"),
+    (lambda: CPConv(3, 4, (3, 3), rank=2, padding="CIRCULAR",
+                    rngs=nnx.Rngs(0)), "padding 'CIRCULAR'"),
+    (lambda: CPConv(3, 4, (3, 3), strides=(1, 2, 1), rank=2,
+                    rngs=nnx.Rngs(0)), "strides"),
+    (lambda: CPConv(3, 4, (3, 0), rank=2, rngs=nnx.Rngs(0)), "kernel_size"),
+    (lambda: CPConv(0, 4, (3, 3), rank=2, rngs=nnx.Rngs(0)), "in_features"),
+    (lambda: CPConv(3, 4, (3, 3), rank=2, implementation="fast",
+                    rngs=nnx.Rngs(0)), "implementation 'fast'"),
+    (lambda: TuckerConv(3, 4, (3, 3), rank=(2, 2, 2), rngs=nnx.Rngs(0)),
+     "3 entries"),
+    (lambda: TuckerConv(3, 4, (3, 3), rank=(4, 2), rngs=nnx.Rngs(0)),
+     r"1\.\.3"),
+    (lambda: TuckerDense((28, 28), (300,), rank=(5, 5), rngs=nnx.Rngs(0)),
+     "TuckerDense"),
+    (lambda: TuckerDense((28, 0), (300,), rank=2, rngs=nnx.Rngs(0)),
+     "in_shape"),
+])
+def test_layers_reject_bad_arguments_at_construction(make, match):
+  with pytest.raises(ValueError, match=match):
+    make()
+
+
+def test_layers_reject_inputs_of_the_wrong_shape():
+  conv = CPConv(3, 4, (3, 3), rank=2, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="3 input channels"):
+    conv(jnp.ones((1, 8, 8, 5)))
+  ttl = TuckerDense((28, 28), (300,), rank=2, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"\(N, 784\)"):
+    ttl(jnp.ones((2, 780)))
+
+
+def test_count_params_counts_trainable_entries():
+  conv = nnx.Conv(3, 4, (3, 3), rngs=nnx.Rngs(0))
+  assert cj.count_params(conv) == 3 * 3 * 3 * 4 + 4
