@@ -1,0 +1,83 @@
+"""The config schema: defaults every experiment config starts from, and the
+checks that run before any compute."""
+
+import difflib
+
+import ml_collections
+from ml_collections import config_dict
+
+from cpac_jax import data, models
+
+__all__ = ["base_config", "validate"]
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field an experiment config may set, with its default."""
+  config = ml_collections.ConfigDict()
+  config.name = ""                      # experiment name, in results.csv
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = "mnist"         # mnist | fashion_mnist | cifar10
+  config.dataset.data_dir = config_dict.placeholder(str)  # else $CPAC_DATA_DIR, else data/
+  config.dataset.mean = 0.5             # inputs become (x / 255 - mean) / std
+  config.dataset.std = 0.5
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "cpac_cnn_2"      # a key of cpac_jax.models.MODELS
+  config.model.factorization = "cp"     # cp | tucker | dense
+  # config.model.rank: each config sets it, which fixes its type for
+  # command-line overrides: an int, a tuple, a float fraction or "same".
+  config.model.implementation = "auto"  # auto | factorized | reconstructed
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "adam"        # adam | adamw | sgd | momentum
+  config.optimizer.learning_rate = 1e-3  # peak rate
+  # config.optimizer.schedule: "constant" unless a config sets "cosine"
+  # (decay to 0 over the run).
+  config.batch_size = 64                # examples per step
+  config.eval_batch_size = 1000         # examples per eval step
+  config.num_epochs = 10                # passes over the training set
+  config.num_train_examples = 0         # first N training examples; 0: all
+  config.num_test_examples = 0          # first N test examples; 0: all
+  config.steps_per_call = 1000          # train steps per compiled call
+  config.seed = 0                       # seeds init and data order
+  config.sweep = ()                     # see cpac_jax.sweep.expand
+  config.paper = {}                     # the paper's accuracy by rank
+  return config
+
+
+def _choose(value, valid, field: str) -> None:
+  if value not in valid:
+    close = difflib.get_close_matches(str(value), [str(v) for v in valid], 2)
+    hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+    raise ValueError(
+        f"unknown {field} {value!r}{hint}; choose one of {tuple(valid)}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raise ValueError naming the first bad field of `config`.
+
+  Checks names, sizes and ranks: the model is built abstractly (no compute),
+  so a rank a layer can't honour fails here with that layer's message.
+  """
+  from flax import nnx
+
+  from cpac_jax import train  # for the optimizer names
+
+  _choose(config.dataset.name, data.DATASETS, "dataset.name")
+  _choose(config.model.name, models.MODELS, "model.name")
+  models.check(config.model)
+  _choose(config.optimizer.name, train.OPTIMIZERS, "optimizer.name")
+  for field in ("batch_size", "eval_batch_size", "num_epochs",
+                "steps_per_call"):
+    value = config.get(field)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise ValueError(f"{field} must be a positive int, got {value!r}")
+  for field in ("num_train_examples", "num_test_examples"):
+    value = config.get(field) or 0
+    if not isinstance(value, int) or value < 0:
+      raise ValueError(
+          f"{field} must be an int >= 0 (0: all), got {value!r}")
+  if not config.optimizer.learning_rate > 0:
+    raise ValueError(
+        "optimizer.learning_rate must be positive, got "
+        f"{config.optimizer.learning_rate!r}")
+  shape = {"cifar10": (32, 32, 3)}.get(config.dataset.name, (28, 28, 1))
+  nnx.eval_shape(lambda: models.build(config.model, shape, 10, nnx.Rngs(0)))

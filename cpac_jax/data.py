@@ -1,0 +1,162 @@
+"""Datasets as numpy arrays: MNIST, Fashion-MNIST and CIFAR-10.
+
+Sources, in order:
+  1. raw files in the data dir: the original IDX `.gz` files for MNIST and
+     Fashion-MNIST (in `<data_dir>/<name>/` or `<data_dir>/`), the CIFAR-10
+     python tarball `cifar-10-python.tar.gz` (or its extracted
+     `cifar-10-batches-py/`);
+  2. a prepared TFDS data dir (`<data_dir>/<name>/<version>/`), read with
+     `tfds.data_source`: no TensorFlow and no network needed.
+The data dir is the `data_dir` argument, else `$CPAC_DATA_DIR`, else `data/`
+in the working directory. When nothing is found, `load` raises at once,
+naming the dataset, the places looked in and the command that fetches it;
+it never goes to the network.
+"""
+
+import gzip
+import os
+import pickle
+import tarfile
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["DATASETS", "DataNotFoundError", "Split", "data_dir", "load"]
+
+DATASETS = ("mnist", "fashion_mnist", "cifar10")
+SPLITS = ("train", "test")
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+_CIFAR_TARBALL = "cifar-10-python.tar.gz"
+_CIFAR_DIR = "cifar-10-batches-py"
+_CIFAR_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)],
+                  "test": ["test_batch"]}
+
+
+class DataNotFoundError(FileNotFoundError):
+  """No source of a dataset was found in the data dir."""
+
+
+class Split(NamedTuple):
+  """One split: uint8 images (N, H, W, C) and int32 labels (N,)."""
+
+  images: np.ndarray
+  labels: np.ndarray
+
+
+def data_dir(path: str | os.PathLike | None = None) -> Path:
+  """The data dir: `path`, else $CPAC_DATA_DIR, else ./data."""
+  return Path(path or os.environ.get("CPAC_DATA_DIR") or "data")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+  with gzip.open(path, "rb") as f:
+    raw = f.read()
+  if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
+    raise ValueError(f"{path} is not an IDX file of unsigned bytes")
+  ndim = raw[3]
+  shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big")
+                for i in range(ndim))
+  data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+  if data.size != int(np.prod(shape)):
+    raise ValueError(
+        f"{path} holds {data.size} values, its header says {shape}")
+  return data.reshape(shape)
+
+
+def _idx_split(name: str, split: str, root: Path) -> Split | None:
+  for folder in (root / name, root):
+    images, labels = (folder / f for f in _IDX_FILES[split])
+    if images.exists() and labels.exists():
+      x = _read_idx(images)[..., None]
+      y = _read_idx(labels).astype(np.int32)
+      if len(x) != len(y):
+        raise ValueError(
+            f"{folder}: {len(x)} images but {len(y)} labels in {split}")
+      return Split(x, y)
+  return None
+
+
+def _cifar_batches(split: str, root: Path):
+  folder = root / _CIFAR_DIR
+  if folder.is_dir():
+    for batch in _CIFAR_BATCHES[split]:
+      with open(folder / batch, "rb") as f:
+        yield pickle.load(f, encoding="bytes")
+    return
+  with tarfile.open(root / _CIFAR_TARBALL, "r:gz") as tar:
+    for batch in _CIFAR_BATCHES[split]:
+      member = tar.extractfile(f"{_CIFAR_DIR}/{batch}")
+      yield pickle.load(member, encoding="bytes")
+
+
+def _cifar_split(split: str, root: Path) -> Split | None:
+  for base in (root / "cifar10", root):
+    if (base / _CIFAR_DIR).is_dir() or (base / _CIFAR_TARBALL).exists():
+      images, labels = [], []
+      for batch in _cifar_batches(split, base):
+        # Rows of 3072 bytes: 1024 red, 1024 green, 1024 blue, row-major.
+        images.append(np.asarray(batch[b"data"], np.uint8).reshape(
+            -1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(np.asarray(batch[b"labels"], np.int32))
+      return Split(np.concatenate(images), np.concatenate(labels))
+  return None
+
+
+def _tfds_split(name: str, split: str, root: Path) -> Split | None:
+  if not (root / name).is_dir():
+    return None  # never let TFDS look further: it would go to the network
+  versions = [p for p in (root / name).iterdir()
+              if (p / "dataset_info.json").exists()]
+  if not versions:
+    return None
+  import tensorflow_datasets as tfds  # slow import: only when needed
+
+  source = tfds.data_source(name, split=split, data_dir=str(root),
+                            download=False)
+  examples = [source[i] for i in range(len(source))]
+  images = np.stack([np.asarray(e["image"], np.uint8) for e in examples])
+  labels = np.asarray([e["label"] for e in examples], np.int32)
+  return Split(images, labels)
+
+
+def fetch_hint(name: str) -> str:
+  if name == "cifar10":
+    return ("download cifar-10-python.tar.gz from the CIFAR-10 site into the "
+            "data dir (it can't be fetched on a machine that reaches only "
+            "package registries)")
+  return "run `bash scripts/fetch_data.sh` (MNIST and Fashion-MNIST)"
+
+
+def load(name: str, split: str, data_dir_path: str | os.PathLike | None = None
+         ) -> Split:
+  """Load one split of a dataset as uint8 images (N, H, W, C) and labels.
+
+  Raises:
+    ValueError: unknown dataset or split.
+    DataNotFoundError: no source found; says where it looked and how to
+      fetch the data.
+  """
+  if name not in DATASETS:
+    raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+  root = data_dir(data_dir_path)
+  if name == "cifar10":
+    found = _cifar_split(split, root)
+    looked = [root / "cifar10" / _CIFAR_TARBALL, root / _CIFAR_TARBALL]
+  else:
+    found = _idx_split(name, split, root)
+    looked = [root / name / _IDX_FILES[split][0], root / _IDX_FILES[split][0]]
+  found = found or _tfds_split(name, split, root)
+  looked.append(root / name / "<version>/dataset_info.json (TFDS)")
+  if found is None:
+    places = ", ".join(str(p) for p in looked)
+    raise DataNotFoundError(
+        f"dataset {name!r} ({split}) not found; looked in {places}. To get "
+        f"it, {fetch_hint(name)}, or point dataset.data_dir / "
+        "$CPAC_DATA_DIR at a folder that has it.")
+  return found

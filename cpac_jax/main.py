@@ -1,0 +1,26 @@
+"""One training run from a config.
+
+  python -m cpac_jax.main --config=configs/cpac_mnist.py --workdir=runs/x \
+      --config.model.rank=5
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from cpac_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config")
+_WORKDIR = flags.DEFINE_string("workdir", None, "where the run writes")
+
+
+def main(argv):
+  del argv
+  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  print(f"test accuracy {result['test_accuracy']:.4f} with "
+        f"{result['params']:,} parameters ({result['compression']:.2f}x "
+        f"fewer than dense); written to {_WORKDIR.value}")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

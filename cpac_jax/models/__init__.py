@@ -1,0 +1,50 @@
+"""Models of the papers, and a registry that builds them from a config."""
+
+import difflib
+
+import ml_collections
+from flax import nnx
+
+from cpac_jax.models.cpac_cnn import CPACNet
+from cpac_jax.models.ttl_mlp import TTLMLP
+from cpac_jax.models.vgg import VGG16
+
+__all__ = ["CPACNet", "MODELS", "TTLMLP", "VGG16", "build"]
+
+# name -> (constructor, the factorizations it takes, fixed keyword arguments)
+MODELS = {
+    "cpac_cnn_1": (CPACNet, ("cp", "dense"), {"num_layers": 1}),
+    "cpac_cnn_2": (CPACNet, ("cp", "dense"), {"num_layers": 2}),
+    "ttl_mlp": (TTLMLP, ("tucker", "dense"), {}),
+    "vgg16": (VGG16, ("dense", "tucker", "cp"), {}),
+}
+
+
+def check(model: ml_collections.ConfigDict) -> None:
+  """Raise ValueError for an unknown model name or factorization."""
+  if model.name not in MODELS:
+    close = difflib.get_close_matches(str(model.name), MODELS, n=2)
+    hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+    raise ValueError(
+        f"unknown model.name {model.name!r}{hint}; choose one of "
+        f"{tuple(MODELS)}")
+  _, factorizations, _ = MODELS[model.name]
+  if model.factorization not in factorizations:
+    raise ValueError(
+        f"model {model.name!r} takes model.factorization in {factorizations}, "
+        f"got {model.factorization!r}")
+
+
+def build(model: ml_collections.ConfigDict, input_shape, num_classes: int,
+          rngs: nnx.Rngs) -> nnx.Module:
+  """The model a config's `model` block names, for inputs (H, W, C)."""
+  check(model)
+  constructor, _, fixed = MODELS[model.name]
+  kwargs = dict(model.get("kwargs", {}))
+  rank = model.rank
+  if isinstance(rank, list):
+    rank = tuple(rank)
+  return constructor(factorization=model.factorization, rank=rank,
+                     input_shape=tuple(input_shape), num_classes=num_classes,
+                     implementation=model.get("implementation", "auto"),
+                     rngs=rngs, **fixed, **kwargs)

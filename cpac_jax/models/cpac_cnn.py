@@ -1,0 +1,81 @@
+"""The CPAC-CNN nets of the CPAC-Conv paper's official code."""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cpac_jax.layers import CPConv
+from cpac_jax.tensor import RankSpec
+
+__all__ = ["CPACNet"]
+
+
+class CPACNet(nnx.Module):
+  """One or two CP (or dense) 3x3 convs, then one or two dense layers.
+
+  As in the official code: each conv has `num_filters` outputs, stride 1, no
+  padding and no bias, and is followed by 2x2 max-pooling and ReLU. The
+  two-layer net ends in FC(flat -> 50) -> FC(50 -> classes) with no
+  activation between them; the one-layer net in FC(flat -> classes). For
+  28x28 MNIST, flat is 200 (two layers) or 1352 (one layer).
+
+  Args:
+    num_layers: 1 or 2 conv layers.
+    factorization: "cp" (CPConv) or "dense" (nnx.Conv).
+    rank: CP rank spec of every conv (ignored for dense).
+    input_shape: (H, W, C) of one example.
+    num_classes: outputs.
+    num_filters, kernel_size: conv outputs and spatial size.
+    implementation: CPConv forward path.
+    rngs: random streams.
+
+  Example:
+    >>> from flax import nnx
+    >>> net = CPACNet(num_layers=2, factorization="cp", rank=5,
+    ...               input_shape=(28, 28, 1), num_classes=10,
+    ...               rngs=nnx.Rngs(0))
+    >>> net(jnp.zeros((3, 28, 28, 1))).shape
+    (3, 10)
+  """
+
+  def __init__(self, *, num_layers: int = 2, factorization: str = "cp",
+               rank: RankSpec = 5, input_shape=(28, 28, 1),
+               num_classes: int = 10, num_filters: int = 8,
+               kernel_size: int = 3, implementation: str = "auto",
+               rngs: nnx.Rngs):
+    if num_layers not in (1, 2):
+      raise ValueError(f"CPACNet: num_layers must be 1 or 2, got {num_layers}")
+    if factorization not in ("cp", "dense"):
+      raise ValueError(
+          f"CPACNet: factorization must be 'cp' or 'dense', got "
+          f"{factorization!r}")
+    height, width, channels = input_shape
+    convs = []
+    for _ in range(num_layers):
+      kwargs = dict(padding="VALID", use_bias=False, rngs=rngs)
+      if factorization == "cp":
+        conv = CPConv(channels, num_filters, (kernel_size, kernel_size),
+                      rank=rank, implementation=implementation, **kwargs)
+      else:
+        conv = nnx.Conv(channels, num_filters, (kernel_size, kernel_size),
+                        **kwargs)
+      convs.append(conv)
+      height = (height - kernel_size + 1) // 2
+      width = (width - kernel_size + 1) // 2
+      channels = num_filters
+    self.convs = nnx.List(convs)
+    flat = height * width * channels
+    if num_layers == 2:
+      self.fcs = nnx.List([nnx.Linear(flat, 50, rngs=rngs),
+                           nnx.Linear(50, num_classes, rngs=rngs)])
+    else:
+      self.fcs = nnx.List([nnx.Linear(flat, num_classes, rngs=rngs)])
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(N, H, W, C) -> logits (N, classes)."""
+    for conv in self.convs:
+      x = nnx.relu(nnx.max_pool(conv(x), (2, 2), strides=(2, 2)))
+    x = jnp.reshape(x, (x.shape[0], -1))
+    for fc in self.fcs:
+      x = fc(x)
+    return x

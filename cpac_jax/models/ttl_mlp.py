@@ -1,0 +1,57 @@
+"""The TTL paper's MLP: a 784 -> 300 layer held as a Tucker tensor."""
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cpac_jax.layers import TuckerDense
+from cpac_jax.tensor import RankSpec
+
+__all__ = ["TTLMLP"]
+
+
+class TTLMLP(nnx.Module):
+  """Flatten -> hidden layer (TuckerDense on `in_shape` -> `hidden_shape`, or
+  its dense twin nnx.Linear) -> ReLU -> nnx.Linear(hidden -> classes).
+
+  `in_shape` defaults to the image's (H, W), or (H, W, C) for colour.
+
+  For MNIST: in_shape (28, 28), hidden_shape (300,), rank (5, 5, 10): the
+  hidden layer has 3,530 weights instead of 235,200 (66.63x fewer).
+
+  Example:
+    >>> from flax import nnx
+    >>> net = TTLMLP(factorization="tucker", rank=(5, 5, 10),
+    ...              rngs=nnx.Rngs(0))
+    >>> net(jnp.zeros((3, 28, 28, 1))).shape
+    (3, 10)
+  """
+
+  def __init__(self, *, factorization: str = "tucker",
+               rank: RankSpec = (5, 5, 10),
+               input_shape: Sequence[int] = (28, 28, 1),
+               in_shape: Sequence[int] | None = None,
+               hidden_shape: Sequence[int] = (300,), num_classes: int = 10,
+               implementation: str = "auto", rngs: nnx.Rngs):
+    if factorization not in ("tucker", "dense"):
+      raise ValueError(
+          f"TTLMLP: factorization must be 'tucker' or 'dense', got "
+          f"{factorization!r}")
+    if in_shape is None:  # (H, W) for grey images, else (H, W, C)
+      in_shape = tuple(input_shape[:-1]) if input_shape[-1] == 1 else tuple(
+          input_shape)
+    hidden = math.prod(hidden_shape)
+    if factorization == "tucker":
+      self.hidden = TuckerDense(in_shape, hidden_shape, rank=rank,
+                                implementation=implementation, rngs=rngs)
+    else:
+      self.hidden = nnx.Linear(math.prod(in_shape), hidden, rngs=rngs)
+    self.out = nnx.Linear(hidden, num_classes, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(N, H, W, C) or (N, features) -> logits (N, classes)."""
+    x = jnp.reshape(x, (x.shape[0], -1))
+    return self.out(nnx.relu(self.hidden(x)))

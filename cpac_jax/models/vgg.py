@@ -1,0 +1,83 @@
+"""VGG-16 for 32x32 inputs (CIFAR-10): dense, TTL and CP variants."""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cpac_jax.layers import CPConv, TuckerDense
+from cpac_jax.tensor import RankSpec
+
+__all__ = ["VGG16"]
+
+# Conv widths; "M" is a 2x2 max-pool.
+_STAGES = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512,
+           "M", 512, 512, 512, "M")
+
+
+class VGG16(nnx.Module):
+  """VGG-16 with batch norm for 32x32 images; 512-512-classes classifier.
+
+  Variants (`factorization`):
+    "dense": nnx.Conv and nnx.Linear throughout;
+    "tucker": the TTL simplification: the two hidden classifier layers are
+      TuckerDense on (8, 8, 8) -> (8, 8, 8) at `rank`;
+    "cp": every conv but the first (3 input channels) is a CPConv at `rank`.
+
+  Example:
+    >>> from flax import nnx
+    >>> net = VGG16(factorization="tucker", rank=4, rngs=nnx.Rngs(0))
+    >>> net(jnp.zeros((2, 32, 32, 3))).shape
+    (2, 10)
+  """
+
+  def __init__(self, *, factorization: str = "dense", rank: RankSpec = 4,
+               input_shape=(32, 32, 3), num_classes: int = 10,
+               width: int = 512, implementation: str = "auto",
+               rngs: nnx.Rngs):
+    if factorization not in ("dense", "tucker", "cp"):
+      raise ValueError(
+          "VGG16: factorization must be 'dense', 'tucker' or 'cp', got "
+          f"{factorization!r}")
+    convs, norms = [], []
+    channels = input_shape[-1]
+    for stage in _STAGES:
+      if stage == "M":
+        continue
+      if factorization == "cp" and channels != input_shape[-1]:
+        conv = CPConv(channels, stage, (3, 3), rank=rank,
+                      implementation=implementation, rngs=rngs)
+      else:
+        conv = nnx.Conv(channels, stage, (3, 3), rngs=rngs)
+      convs.append(conv)
+      norms.append(nnx.BatchNorm(stage, rngs=rngs))
+      channels = stage
+    self.convs = nnx.List(convs)
+    self.norms = nnx.List(norms)
+    if factorization == "tucker":
+      side = round(width ** (1 / 3))
+      shape = (side,) * 3
+      if side ** 3 != width or channels != width:
+        raise ValueError(
+            f"VGG16: TTL classifier needs a cube width, got width={width}")
+      hidden = [TuckerDense(shape, shape, rank=rank,
+                            implementation=implementation, rngs=rngs)
+                for _ in range(2)]
+    else:
+      hidden = [nnx.Linear(channels, width, rngs=rngs),
+                nnx.Linear(width, width, rngs=rngs)]
+    self.hidden = nnx.List(hidden)
+    self.out = nnx.Linear(width, num_classes, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(N, 32, 32, 3) -> logits (N, classes)."""
+    layers = iter(zip(self.convs, self.norms))
+    for stage in _STAGES:
+      if stage == "M":
+        x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+      else:
+        conv, norm = next(layers)
+        x = nnx.relu(norm(conv(x)))
+    x = jnp.reshape(x, (x.shape[0], -1))
+    for layer in self.hidden:
+      x = nnx.relu(layer(x))
+    return self.out(x)

@@ -1,0 +1,190 @@
+"""results.csv -> results.md (mean +- std over seeds, beside the paper's
+numbers) and plots of accuracy against rank and against compression.
+
+  python -m cpac_jax.report --config=configs/cpac_mnist.py \
+      --workdir=experiments/cpac_mnist
+
+If the workdir's README.md holds the markers `<!-- results:begin -->` and
+`<!-- results:end -->`, the table is written between them too, so the
+README's table is always the one the code produced.
+"""
+
+import csv
+import json
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import ml_collections
+
+__all__ = ["summarize", "write_report"]
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def _rank_label(row: dict) -> str:
+  if row["factorization"] == "dense":
+    return "dense"
+  rank = json.loads(row["rank"])
+  return "x".join(map(str, rank)) if isinstance(rank, list) else str(rank)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+  std = statistics.stdev(values) if len(values) > 1 else 0.0
+  return statistics.fmean(values), std
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+  """One entry per (factorization, rank) with statistics over seeds, dense
+  last, the others from fewest parameters up."""
+  groups = defaultdict(list)
+  for row in rows:
+    groups[(row["factorization"], _rank_label(row))].append(row)
+  summary = []
+  for (factorization, rank), group in groups.items():
+    accuracy = _mean_std([float(r["test_accuracy"]) for r in group])
+    best = _mean_std([float(r["best_test_accuracy"]) for r in group])
+    summary.append({
+        "factorization": factorization, "rank": rank, "seeds": len(group),
+        "params": int(group[0]["params"]),
+        "compression": float(group[0]["compression"]),
+        "layer_compression": float(group[0]["layer_compression"]),
+        "accuracy": accuracy, "best_accuracy": best,
+        "train_seconds": statistics.fmean(
+            float(r["train_seconds"]) for r in group),
+    })
+  summary.sort(key=lambda s: (s["factorization"] == "dense", s["params"]))
+  return summary
+
+
+def _table(summary: list[dict], paper: dict) -> str:
+  has_paper = bool(paper)
+  head = ["factorization", "rank", "params", "compression (model)",
+          "compression (factorized layers)", "seeds",
+          "test acc (final epoch)", "test acc (best epoch)"]
+  if has_paper:
+    head.append("paper")
+  head.append("train s / run")
+  lines = ["| " + " | ".join(head) + " |",
+           "|" + "---|" * len(head)]
+  for s in summary:
+    cells = [s["factorization"], s["rank"], f"{s['params']:,}",
+             f"{s['compression']:.2f}x",
+             "-" if s["factorization"] == "dense"
+             else f"{s['layer_compression']:.2f}x", str(s["seeds"]),
+             "{:.4f} ± {:.4f}".format(*s["accuracy"]),
+             "{:.4f} ± {:.4f}".format(*s["best_accuracy"])]
+    if has_paper:
+      value = paper.get(s["rank"])
+      cells.append(f"{value:.4f}" if value is not None else "-")
+    cells.append(f"{s['train_seconds']:.0f}")
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _plots(summary: list[dict], paper: dict, out: Path, title: str) -> list[
+    str]:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  factorized = [s for s in summary if s["factorization"] != "dense"]
+  dense = [s for s in summary if s["factorization"] == "dense"]
+  names = []
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  x = list(range(len(factorized)))
+  ax.errorbar(x, [s["accuracy"][0] for s in factorized],
+              yerr=[s["accuracy"][1] for s in factorized], marker="o",
+              capsize=3, label="ours (final epoch, mean ± std)")
+  ax.plot(x, [s["best_accuracy"][0] for s in factorized], "s--", ms=4,
+          label="ours (best epoch)")
+  if paper:
+    known = [(i, paper[s["rank"]]) for i, s in enumerate(factorized)
+             if s["rank"] in paper]
+    if known:
+      ax.plot(*zip(*known), "k^:", label="paper")
+  for s in dense:
+    ax.axhline(s["accuracy"][0], color="gray", ls="--",
+               label=f"dense ({s['accuracy'][0]:.4f})")
+  ax.set_xticks(x, [s["rank"] for s in factorized],
+                rotation=45 if len(x) > 8 else 0)
+  ax.set_xlabel("rank")
+  ax.set_ylabel("test accuracy")
+  ax.set_title(title)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out / "accuracy_vs_rank.png", dpi=120)
+  names.append("accuracy_vs_rank.png")
+  plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  ax.errorbar([s["layer_compression"] for s in factorized],
+              [s["accuracy"][0] for s in factorized],
+              yerr=[s["accuracy"][1] for s in factorized], marker="o",
+              capsize=3, label="ours")
+  for s in factorized:
+    ax.annotate(s["rank"], (s["layer_compression"], s["accuracy"][0]),
+                fontsize=7, textcoords="offset points", xytext=(3, 3))
+  for s in dense:
+    ax.axhline(s["accuracy"][0], color="gray", ls="--", label="dense")
+  ax.set_xscale("log")
+  ax.set_xlabel("compression of the factorized layers (dense / ours)")
+  ax.set_ylabel("test accuracy (final epoch)")
+  ax.set_title(title)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out / "accuracy_vs_compression.png", dpi=120)
+  names.append("accuracy_vs_compression.png")
+  plt.close(fig)
+  return names
+
+
+def write_report(results: str | Path, config: ml_collections.ConfigDict
+                 ) -> Path:
+  """Write results.md and the plots beside `results`; return results.md."""
+  results = Path(results)
+  with open(results, newline="") as f:
+    rows = list(csv.DictReader(f))
+  if not rows:
+    raise ValueError(f"{results} holds no runs to report")
+  paper = dict(config.get("paper") or {})
+  summary = summarize(rows)
+  out = results.parent
+  title = config.get("name") or out.name
+  table = _table(summary, paper)
+  plots = _plots(summary, paper, out, title)
+  text = (f"# {title}: results\n\n"
+          f"{len(rows)} runs from `{results.name}`; mean ± std over seeds.\n\n"
+          f"{table}\n\n" + "\n".join(f"![{p}]({p})" for p in plots) + "\n")
+  path = out / "results.md"
+  path.write_text(text)
+  readme = out / "README.md"
+  if readme.exists():
+    body = readme.read_text()
+    if BEGIN in body and END in body:
+      head, rest = body.split(BEGIN, 1)
+      _, tail = rest.split(END, 1)
+      readme.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
+  return path
+
+
+def _main():
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  config = config_flags.DEFINE_config_file("config", None, "experiment config")
+  workdir = flags.DEFINE_string("workdir", None, "folder with results.csv")
+
+  def main(argv):
+    del argv
+    print(write_report(Path(workdir.value) / "results.csv", config.value))
+
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
+
+
+if __name__ == "__main__":
+  _main()

@@ -1,0 +1,156 @@
+"""Expand a config's sweep, run what results.csv doesn't hold yet, report.
+
+A config's `sweep` is a sequence of groups; each group maps dotted config
+fields to lists of values and stands for their cartesian product:
+
+  config.sweep = (
+      {"model.factorization": ["cp"], "model.rank": [1, 2, 3], "seed": [0, 1]},
+      {"model.factorization": ["dense"], "seed": [0, 1]},
+  )
+
+Each run is keyed by a hash of its resolved config, trains in
+`<workdir>/runs/<name>-<key>/`, and adds one row to `<workdir>/results.csv`
+when it finishes. Rerun, the sweep skips the runs already there.
+
+  python -m cpac_jax.sweep --config=configs/cpac_mnist.py \
+      --workdir=experiments/cpac_mnist
+"""
+
+import csv
+import hashlib
+import io
+import itertools
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from cpac_jax import report, train
+from cpac_jax.config import validate
+
+__all__ = ["COLUMNS", "expand", "read_results", "run_key", "run_sweep"]
+
+COLUMNS = ("experiment", "dataset", "model", "factorization", "rank",
+           "params", "compression", "layer_params", "layer_compression",
+           "seed", "epochs", "test_accuracy", "best_test_accuracy",
+           "train_seconds", "status", "run", "key")
+# Fields that don't change what a run computes.
+_NOT_IN_KEY = ("sweep", "paper", "dataset.data_dir", "steps_per_call",
+               "eval_batch_size")
+
+
+def _set(config: ml_collections.ConfigDict, field: str, value) -> None:
+  *parents, leaf = field.split(".")
+  node = config
+  for parent in parents:
+    node = node[parent]
+  if leaf not in node:
+    raise ValueError(f"sweep sets unknown config field {field!r}")
+  if isinstance(value, list):
+    value = tuple(value)
+  with node.ignore_type():
+    node[leaf] = value
+
+
+def expand(config: ml_collections.ConfigDict
+           ) -> list[tuple[str, ml_collections.ConfigDict]]:
+  """(name, config) for every run of the sweep; the config itself if none."""
+  runs = []
+  for group in config.sweep or ({},):
+    fields = list(group)
+    for values in itertools.product(*(group[f] for f in fields)):
+      run = config.copy_and_resolve_references()
+      for field, value in zip(fields, values):
+        _set(run, field, value)
+      name = "-".join(f"{f.rsplit('.', 1)[-1]}={_text(v)}"
+                      for f, v in zip(fields, values)) or "run"
+      runs.append((name, run))
+  return runs
+
+
+def _text(value) -> str:
+  if isinstance(value, (tuple, list)):
+    return "x".join(map(str, value))
+  return str(value)
+
+
+def run_key(config: ml_collections.ConfigDict) -> str:
+  """A hash of everything in `config` that changes what the run computes."""
+  flat = json.loads(config.to_json_best_effort(sort_keys=True))
+  for field in _NOT_IN_KEY:
+    *parents, leaf = field.split(".")
+    node = flat
+    for parent in parents:
+      node = node.get(parent, {})
+    node.pop(leaf, None)
+  text = json.dumps(flat, sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def read_results(path: str | Path) -> list[dict]:
+  path = Path(path)
+  if not path.exists():
+    return []
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def _append_row(path: Path, row: dict) -> None:
+  """Add a row by rewriting the file to a temp file and renaming it over,
+  so a kill never leaves a torn line."""
+  rows = read_results(path) + [row]
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
+  writer.writeheader()
+  writer.writerows(rows)
+  handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".results-")
+  with os.fdopen(handle, "w", newline="") as f:
+    f.write(buffer.getvalue())
+  os.replace(temp, path)
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path) -> list[
+    dict]:
+  """Run every run of `config`'s sweep not yet in results.csv, then write
+  the report. Returns all rows."""
+  workdir = Path(workdir)
+  runs = expand(config)
+  for _, run in runs:  # every run's config is checked before any compute
+    validate(run)
+  workdir.mkdir(parents=True, exist_ok=True)
+  results = workdir / "results.csv"
+  done = {row["key"] for row in read_results(results)}
+  start = time.perf_counter()
+  for i, (name, run) in enumerate(runs):
+    key = run_key(run)
+    if key in done:
+      logging.info("[%d/%d] %s: done already, skipped", i + 1, len(runs), name)
+      continue
+    logging.info("[%d/%d] %s", i + 1, len(runs), name)
+    row = train.train_and_evaluate(run, workdir / "runs" / f"{name}-{key}")
+    _append_row(results, {**row, "run": name, "key": key})
+    done.add(key)
+  logging.info("sweep finished in %.0f s", time.perf_counter() - start)
+  report.write_report(results, config)
+  return read_results(results)
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config")
+_WORKDIR = flags.DEFINE_string("workdir", None, "where results.csv goes")
+
+
+def main(argv):
+  del argv
+  rows = run_sweep(_CONFIG.value, _WORKDIR.value)
+  print(f"{len(rows)} runs in {Path(_WORKDIR.value) / 'results.csv'}; "
+        f"table in {Path(_WORKDIR.value) / 'results.md'}")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
