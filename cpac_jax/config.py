@@ -17,7 +17,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.name = ""                      # experiment name, in results.csv
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = "mnist"         # mnist | fashion_mnist | cifar10
-  config.dataset.data_dir = config_dict.placeholder(str)  # else $CPAC_DATA_DIR, else data/
+  # Raw files or a TFDS dir; unset: $CPAC_DATA_DIR, else data/.
+  config.dataset.data_dir = config_dict.placeholder(str)
   config.dataset.mean = 0.5             # inputs become (x / 255 - mean) / std
   config.dataset.std = 0.5
   config.model = ml_collections.ConfigDict()

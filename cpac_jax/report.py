@@ -11,7 +11,6 @@ README's table is always the one the code produced.
 
 import csv
 import json
-import math
 import statistics
 from collections import defaultdict
 from pathlib import Path

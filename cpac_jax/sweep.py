@@ -33,7 +33,8 @@ from ml_collections import config_flags
 from cpac_jax import report, train
 from cpac_jax.config import validate
 
-__all__ = ["COLUMNS", "expand", "read_results", "run_key", "run_sweep"]
+__all__ = ["COLUMNS", "expand", "override", "read_results", "run_key",
+           "run_sweep"]
 
 COLUMNS = ("experiment", "dataset", "model", "factorization", "rank",
            "params", "compression", "layer_params", "layer_compression",
@@ -44,7 +45,9 @@ _NOT_IN_KEY = ("sweep", "paper", "dataset.data_dir", "steps_per_call",
                "eval_batch_size")
 
 
-def _set(config: ml_collections.ConfigDict, field: str, value) -> None:
+def override(config: ml_collections.ConfigDict, field: str, value) -> None:
+  """Set a dotted `field` of `config` to `value`, whatever its type was (a
+  CP rank may become a fraction); unknown fields raise ValueError."""
   *parents, leaf = field.split(".")
   node = config
   for parent in parents:
@@ -66,7 +69,7 @@ def expand(config: ml_collections.ConfigDict
     for values in itertools.product(*(group[f] for f in fields)):
       run = config.copy_and_resolve_references()
       for field, value in zip(fields, values):
-        _set(run, field, value)
+        override(run, field, value)
       name = "-".join(f"{f.rsplit('.', 1)[-1]}={_text(v)}"
                       for f, v in zip(fields, values)) or "run"
       runs.append((name, run))
@@ -140,17 +143,19 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path) -> list[
   return read_results(results)
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config")
-_WORKDIR = flags.DEFINE_string("workdir", None, "where results.csv goes")
+def _main():
+  config = config_flags.DEFINE_config_file("config", None, "experiment config")
+  workdir = flags.DEFINE_string("workdir", None, "where results.csv goes")
 
+  def main(argv):
+    del argv
+    rows = run_sweep(config.value, workdir.value)
+    print(f"{len(rows)} runs in {Path(workdir.value) / 'results.csv'}; "
+          f"table in {Path(workdir.value) / 'results.md'}")
 
-def main(argv):
-  del argv
-  rows = run_sweep(_CONFIG.value, _WORKDIR.value)
-  print(f"{len(rows)} runs in {Path(_WORKDIR.value) / 'results.csv'}; "
-        f"table in {Path(_WORKDIR.value) / 'results.md'}")
-
-
-if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)
+
+
+if __name__ == "__main__":  # flags only here: importing defines none
+  _main()

@@ -66,12 +66,13 @@ def count_factorized(model: nnx.Module) -> tuple[int, int]:
   ours = dense = 0
   for _, node in nnx.iter_graph(model):
     if isinstance(node, (layers.CPConv, layers.TuckerConv)):
-      dense += math.prod(node.kernel_size) * node.in_features * node.out_features
+      dense += (math.prod(node.kernel_size) * node.in_features
+                * node.out_features)
     elif isinstance(node, layers.TuckerDense):
       dense += node.in_features * node.out_features
     else:
       continue
-    bias = node.bias[...].size if node.bias is not None else 0
+    bias = math.prod(node.bias.shape) if node.bias is not None else 0
     ours += layers.count_params(node) - bias
   return ours, dense
 
@@ -235,8 +236,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
       options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
   start_epoch = 0
   if checkpoints.latest_step() is not None:
-    state = checkpoints.restore(checkpoints.latest_step(), args=ocp.args.StandardRestore(
-        {"params": params, "rest": rest, "opt_state": opt_state}))
+    state = checkpoints.restore(
+        checkpoints.latest_step(), args=ocp.args.StandardRestore(
+            {"params": params, "rest": rest, "opt_state": opt_state}))
     params, rest, opt_state = state["params"], state["rest"], state["opt_state"]
     start_epoch = checkpoints.latest_step()
     log(f"resuming from the checkpoint after epoch {start_epoch}")

@@ -26,8 +26,8 @@ class VGG16(nnx.Module):
   Example:
     >>> from flax import nnx
     >>> net = VGG16(factorization="tucker", rank=4, rngs=nnx.Rngs(0))
-    >>> net(jnp.zeros((2, 32, 32, 3))).shape
-    (2, 10)
+    >>> [layer.weight_tensor().shape for layer in net.hidden]
+    [(8, 8, 8, 8, 8, 8), (8, 8, 8, 8, 8, 8)]
   """
 
   def __init__(self, *, factorization: str = "dense", rank: RankSpec = 4,

@@ -1,0 +1,64 @@
+"""Fixtures: tiny data sets written in the real file formats."""
+
+import gzip
+import io
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+
+
+def write_idx(path, array: np.ndarray) -> None:
+  """An IDX file of unsigned bytes, gzipped, as MNIST ships."""
+  header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+      int(n).to_bytes(4, "big") for n in array.shape)
+  with gzip.open(path, "wb") as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def learnable_images(labels: np.ndarray, size: int, channels: int,
+                     seed: int) -> np.ndarray:
+  """Noise plus a bright block whose position is the label: learnable in a
+  few steps, so a training test can demand high accuracy."""
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 60, (len(labels), size, size, channels))
+  block = size // 5
+  for i, label in enumerate(labels):
+    row, col = divmod(int(label), 5)
+    images[i, row * block * 2:row * block * 2 + block,
+           col * block:(col + 1) * block] = 255
+  return images.astype(np.uint8)
+
+
+@pytest.fixture
+def mnist_dir(tmp_path):
+  """A data dir holding a tiny 'mnist' in the original IDX format."""
+  root = tmp_path / "data"
+  folder = root / "mnist"
+  folder.mkdir(parents=True)
+  for split, n, seed in (("train", 512, 0), ("t10k", 256, 1)):
+    labels = np.random.default_rng(seed).integers(0, 10, n)
+    images = learnable_images(labels, 28, 1, seed)[..., 0]
+    write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
+    write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
+  return root
+
+
+@pytest.fixture
+def cifar_dir(tmp_path):
+  """A data dir holding a tiny CIFAR-10 python tarball, in its real format:
+  pickled dicts of b'data' (N, 3072) rows, channel-major, and b'labels'."""
+  root = tmp_path / "data"
+  root.mkdir()
+  with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tar:
+    batches = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for i, name in enumerate(batches):
+      labels = np.random.default_rng(i).integers(0, 10, 40)
+      images = learnable_images(labels, 32, 3, i)
+      rows = images.transpose(0, 3, 1, 2).reshape(len(labels), 3072)
+      payload = pickle.dumps({b"data": rows, b"labels": labels.tolist()})
+      info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+      info.size = len(payload)
+      tar.addfile(info, io.BytesIO(payload))
+  return root

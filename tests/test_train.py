@@ -1,0 +1,157 @@
+"""End to end: main and sweep on tiny data sets in the real file formats."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cpac_jax import models, report, sweep, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_config(name: str, preset: str = ""):
+  import runpy
+
+  return runpy.run_path(str(ROOT / "configs" / f"{name}.py"))["get_config"](
+      preset)
+
+
+def tiny(config, data_dir, **overrides):
+  config.dataset.data_dir = str(data_dir)
+  config.num_epochs = 3
+  config.batch_size = 16
+  config.steps_per_call = 10
+  config.optimizer.learning_rate = 3e-3
+  for field, value in overrides.items():
+    sweep.override(config, field, value)
+  return config
+
+
+def test_main_trains_cpac_net_and_writes_its_workdir(mnist_dir, tmp_path):
+  workdir = tmp_path / "run"
+  result = subprocess.run(
+      [sys.executable, "-m", "cpac_jax.main",
+       f"--config={ROOT / 'configs' / 'cpac_mnist.py'}",
+       f"--workdir={workdir}", f"--config.dataset.data_dir={mnist_dir}",
+       "--config.num_epochs=3", "--config.batch_size=16",
+       "--config.optimizer.learning_rate=0.003", "--config.model.rank=4"],
+      capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert result.returncode == 0, result.stderr[-2000:]
+  row = json.loads((workdir / "result.json").read_text())
+  assert row["test_accuracy"] > 0.9  # the planted blocks are easy to learn
+  assert row["rank"] == "4" and row["params"] > 0
+  metrics = [json.loads(line) for line in
+             (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [m["epoch"] for m in metrics] == [1, 2, 3]
+  assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  assert (workdir / "checkpoints" / "3").is_dir()
+  assert json.loads((workdir / "config.json").read_text())["model"]["rank"] == 4
+
+
+def test_train_runs_on_cifar_tarball(cifar_dir, tmp_path):
+  config = tiny(load_config("ttl_vgg16_cifar10", "quick"), cifar_dir,
+                **{"model.name": "ttl_mlp", "model.rank": (4, 4, 3, 8),
+                   "num_epochs": 2, "eval_batch_size": 16,
+                   "num_test_examples": 0})
+  row = train.train_and_evaluate(config, tmp_path / "run")
+  assert row["dataset"] == "cifar10" and row["model"] == "ttl_mlp"
+  assert 0.0 <= row["test_accuracy"] <= 1.0
+
+
+def test_training_resumes_from_its_last_checkpoint(mnist_dir, tmp_path):
+  config = tiny(load_config("cpac_mnist"), mnist_dir, num_epochs=2)
+  first = train.train_and_evaluate(config, tmp_path / "run")
+  config.num_epochs = 3  # same workdir, one more epoch: resumes after 2
+  resumed = train.train_and_evaluate(config, tmp_path / "run")
+  lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+  assert resumed["train_seconds"] >= first["train_seconds"]
+
+
+def test_sweep_runs_every_run_then_skips_them_when_rerun(mnist_dir, tmp_path,
+                                                         monkeypatch):
+  config = tiny(load_config("cpac_mnist", "quick"), mnist_dir, num_epochs=1)
+  config.sweep = ({"model.factorization": ["cp"], "model.rank": [1, 3],
+                   "seed": [0]}, {"model.factorization": ["dense"],
+                                  "seed": [0]})
+  rows = sweep.run_sweep(config, tmp_path)
+  assert [(r["factorization"], r["rank"]) for r in rows] == [
+      ("cp", "1"), ("cp", "3"), ("dense", "")]
+  assert len({r["key"] for r in rows}) == 3
+  assert (tmp_path / "results.md").exists()
+  assert (tmp_path / "accuracy_vs_rank.png").stat().st_size > 1000
+  assert (tmp_path / "accuracy_vs_compression.png").stat().st_size > 1000
+
+  def must_not_train(*args, **kwargs):
+    raise AssertionError("a finished run was trained again")
+
+  monkeypatch.setattr(train, "train_and_evaluate", must_not_train)
+  assert sweep.run_sweep(config, tmp_path) == rows
+  with open(tmp_path / "results.csv", newline="") as f:
+    assert len(list(csv.DictReader(f))) == 3
+
+
+def test_sweep_checks_every_run_before_training_any(mnist_dir, tmp_path):
+  config = tiny(load_config("cpac_mnist", "quick"), mnist_dir)
+  config.sweep = ({"model.rank": [2, 0]},)  # the second run is invalid
+  with pytest.raises(ValueError, match="CP rank 0"):
+    sweep.run_sweep(config, tmp_path)
+  assert not (tmp_path / "results.csv").exists()
+  assert not (tmp_path / "runs").exists()
+
+
+def test_sweep_rejects_unknown_fields(mnist_dir):
+  config = tiny(load_config("cpac_mnist", "quick"), mnist_dir)
+  config.sweep = ({"model.rnak": [2]},)
+  with pytest.raises(ValueError, match="model.rnak"):
+    sweep.expand(config)
+
+
+def test_report_puts_paper_numbers_beside_ours(tmp_path):
+  rows = [
+      {"factorization": "cp", "rank": "1", "params": "100",
+       "compression": "2.0", "layer_compression": "10.0",
+       "test_accuracy": str(acc), "best_test_accuracy": str(acc + 0.01),
+       "train_seconds": "1", "seed": str(seed)}
+      for seed, acc in enumerate([0.90, 0.92])
+  ] + [{"factorization": "dense", "rank": "", "params": "200",
+        "compression": "1.0", "layer_compression": "1.0",
+        "test_accuracy": "0.95", "best_test_accuracy": "0.95",
+        "train_seconds": "1", "seed": "0"}]
+  with open(tmp_path / "results.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  (tmp_path / "README.md").write_text(
+      f"intro\n{report.BEGIN}\nold table\n{report.END}\noutro\n")
+  config = load_config("cpac_mnist")
+  text = report.write_report(tmp_path / "results.csv", config).read_text()
+  assert "| cp | 1 | 100 | 2.00x | 10.00x | 2 | 0.9100 ± 0.0141 |" in text
+  assert "0.9278" in text and "0.9844" in text  # the paper's rank 1, dense
+  readme = (tmp_path / "README.md").read_text()
+  assert "old table" not in readme and "0.9100 ± 0.0141" in readme
+  assert readme.startswith("intro\n") and readme.endswith("outro\n")
+
+
+@pytest.mark.parametrize("factorization", ["dense", "tucker", "cp"])
+def test_vgg16_variants_build_with_fewer_parameters(factorization):
+  from flax import nnx
+
+  from cpac_jax.layers import count_params
+
+  config = load_config("ttl_vgg16_cifar10")
+  sweep.override(config, "model.factorization", factorization)
+  sweep.override(config, "model.rank", 0.1 if factorization == "cp" else 4)
+  model = nnx.eval_shape(lambda: models.build(config.model, (32, 32, 3), 10,
+                                              nnx.Rngs(0)))
+  ours, dense = train.count_factorized(model)
+  if factorization == "dense":
+    assert ours == dense == 0
+  else:
+    assert 0 < ours < dense / 5
+  assert count_params(model) > 0
