@@ -23,7 +23,8 @@ from flax import nnx
 
 from cpac_jax import data, layers, models
 
-__all__ = ["count_factorized", "make_optimizer", "train_and_evaluate"]
+__all__ = ["count_factorized", "make_optimizer", "make_step",
+           "train_and_evaluate"]
 
 OPTIMIZERS = {"adam": optax.adam, "adamw": optax.adamw, "sgd": optax.sgd,
               "momentum": lambda learning_rate: optax.sgd(learning_rate, 0.9)}
@@ -87,24 +88,38 @@ def _loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def _make_steps(config, graphdef, eval_graphdef, tx, images, labels):
-  """The compiled train chunk and eval pass, closed over the train data."""
-  batch_size = config.batch_size
+def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
+  """One optimisation step on a normalised batch, as a pure function
+  (params, rest, opt_state, x, y) -> (params, rest, opt_state, loss,
+  logits); `rest` is the model's non-parameter state (batch-norm stats)."""
 
   def loss_fn(params, rest, x, y):
-    model = nnx.merge(graphdef, params, rest)
+    model = nnx.merge(graphdef, params, rest, copy=True)
     logits = model(x)
     _, _, rest = nnx.split(model, nnx.Param, ...)
     return _loss(logits, y).mean(), (logits, rest)
+
+  def step(params, rest, opt_state, x, y):
+    (loss, (logits, rest)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(params, rest, x, y)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return params, rest, opt_state, loss, logits
+
+  return step
+
+
+def _make_steps(config, graphdef, eval_graphdef, tx, images, labels):
+  """The compiled train chunk and eval pass, closed over the train data."""
+  batch_size = config.batch_size
+  step_fn = make_step(graphdef, tx)
 
   def train_step(carry, step):
     params, rest, opt_state, order = carry
     index = jax.lax.dynamic_slice_in_dim(order, step * batch_size, batch_size)
     x, y = _normalize(images[index], config), labels[index]
-    (loss, (logits, rest)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(params, rest, x, y)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
+    params, rest, opt_state, loss, logits = step_fn(params, rest, opt_state,
+                                                    x, y)
     correct = jnp.sum(jnp.argmax(logits, -1) == y)
     return (params, rest, opt_state, order), (loss, correct)
 

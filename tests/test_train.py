@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 
 from cpac_jax import models, report, sweep, train
@@ -155,3 +156,32 @@ def test_vgg16_variants_build_with_fewer_parameters(factorization):
   else:
     assert 0 < ours < dense / 5
   assert count_params(model) > 0
+
+
+def test_train_step_updates_batch_norm_statistics():
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+  from flax import nnx
+
+  class Net(nnx.Module):
+    def __init__(self):
+      self.linear = nnx.Linear(3, 4, rngs=nnx.Rngs(0))
+      self.norm = nnx.BatchNorm(4, rngs=nnx.Rngs(0))
+
+    def __call__(self, x):
+      return self.norm(self.linear(x))
+
+  net = Net()
+  net.train()
+  graphdef, params, rest = nnx.split(net, nnx.Param, ...)
+  tx = optax.sgd(0.1)
+  step = jax.jit(train.make_step(graphdef, tx))
+  x = jax.random.normal(jax.random.key(0), (8, 3))
+  y = jnp.arange(8) % 4
+  new_params, new_rest, _, loss, logits = step(params, rest, tx.init(params),
+                                               x, y)
+  assert logits.shape == (8, 4) and float(loss) > 0
+  assert not np.allclose(new_rest["norm"]["mean"][...], 0.0)
+  assert not np.allclose(new_params["linear"]["kernel"][...],
+                         params["linear"]["kernel"][...])
