@@ -2,13 +2,23 @@
 checks that run before any compute."""
 
 import difflib
+import hashlib
+import json
 
 import ml_collections
 from ml_collections import config_dict
 
 from cpac_jax import data, models
 
-__all__ = ["base_config", "validate"]
+__all__ = ["base_config", "computed_fields", "run_key", "validate"]
+
+# Fields a config may add to the base (absent, they take their default and
+# leave the run keys of older results unchanged).
+OPTIONAL_FIELDS = {"optimizer.schedule": "constant", "model.kwargs": {}}
+SCHEDULES = ("constant", "cosine")
+# Fields that don't change what a run computes.
+_NOT_IN_KEY = ("sweep", "paper", "dataset.data_dir", "steps_per_call",
+               "eval_batch_size")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -66,6 +76,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choose(config.model.name, models.MODELS, "model.name")
   models.check(config.model)
   _choose(config.optimizer.name, train.OPTIMIZERS, "optimizer.name")
+  _choose(config.optimizer.get("schedule", "constant"), SCHEDULES,
+          "optimizer.schedule")
   for field in ("batch_size", "eval_batch_size", "num_epochs",
                 "steps_per_call"):
     value = config.get(field)
@@ -82,3 +94,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"{config.optimizer.learning_rate!r}")
   shape = {"cifar10": (32, 32, 3)}.get(config.dataset.name, (28, 28, 1))
   nnx.eval_shape(lambda: models.build(config.model, shape, 10, nnx.Rngs(0)))
+
+
+def computed_fields(config: ml_collections.ConfigDict) -> dict:
+  """`config` as a dict, less the fields that don't change what a run
+  computes (where data lives, how steps are grouped, sweeps, paper)."""
+  flat = json.loads(config.to_json_best_effort(sort_keys=True))
+  for field in _NOT_IN_KEY:
+    *parents, leaf = field.split(".")
+    node = flat
+    for parent in parents:
+      node = node.get(parent, {})
+    node.pop(leaf, None)
+  return flat
+
+
+def run_key(config: ml_collections.ConfigDict) -> str:
+  """A hash of everything in `config` that changes what the run computes."""
+  text = json.dumps(computed_fields(config), sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:12]

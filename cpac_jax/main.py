@@ -4,10 +4,12 @@
       --config.model.rank=5
 """
 
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
-from cpac_jax import train
+from cpac_jax import data, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where the run writes")
@@ -15,7 +17,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "where the run writes")
 
 def main(argv):
   del argv
-  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (ValueError, data.DataNotFoundError, train.Diverged,
+          train.Preempted) as error:
+    sys.exit(f"error: {error}")  # one line, exit status 1
   print(f"test accuracy {result['test_accuracy']:.4f} with "
         f"{result['params']:,} parameters ({result['compression']:.2f}x "
         f"fewer than dense); written to {_WORKDIR.value}")

@@ -150,14 +150,22 @@ def write_report(results: str | Path, config: ml_collections.ConfigDict
   if not rows:
     raise ValueError(f"{results} holds no runs to report")
   paper = dict(config.get("paper") or {})
+  failed = [r for r in rows if r.get("status", "ok") != "ok"]
+  rows = [r for r in rows if r.get("status", "ok") == "ok"]
+  if not rows:
+    raise ValueError(f"{results} holds no finished runs to report")
   summary = summarize(rows)
   out = results.parent
   title = config.get("name") or out.name
   table = _table(summary, paper)
   plots = _plots(summary, paper, out, title)
+  failures = "".join(
+      f"- {r.get('run', '?')}: {r['status']}, left out of the table\n"
+      for r in failed)
   text = (f"# {title}: results\n\n"
           f"{len(rows)} runs from `{results.name}`; mean ± std over seeds.\n\n"
-          f"{table}\n\n" + "\n".join(f"![{p}]({p})" for p in plots) + "\n")
+          f"{table}\n\n" + (f"Failed runs:\n{failures}\n" if failed else "")
+          + "\n".join(f"![{p}]({p})" for p in plots) + "\n")
   path = out / "results.md"
   path.write_text(text)
   readme = out / "README.md"

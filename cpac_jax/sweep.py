@@ -10,18 +10,20 @@ fields to lists of values and stands for their cartesian product:
 
 Each run is keyed by a hash of its resolved config, trains in
 `<workdir>/runs/<name>-<key>/`, and adds one row to `<workdir>/results.csv`
-when it finishes. Rerun, the sweep skips the runs already there.
+when it finishes; a run whose loss turns non-finite gets a row with status
+"diverged" and the sweep goes on. Killed at any point and rerun, the sweep
+skips the runs already there and resumes the interrupted one from its last
+checkpoint; results.csv is replaced whole on each write, never torn.
 
   python -m cpac_jax.sweep --config=configs/cpac_mnist.py \
       --workdir=experiments/cpac_mnist
 """
 
 import csv
-import hashlib
 import io
 import itertools
-import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,19 +32,15 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cpac_jax import report, train
-from cpac_jax.config import validate
+from cpac_jax import data, report, train
+from cpac_jax.config import OPTIONAL_FIELDS, run_key, validate
 
-__all__ = ["COLUMNS", "expand", "override", "read_results", "run_key",
-           "run_sweep"]
+__all__ = ["COLUMNS", "expand", "override", "read_results", "run_sweep"]
 
 COLUMNS = ("experiment", "dataset", "model", "factorization", "rank",
            "params", "compression", "layer_params", "layer_compression",
            "seed", "epochs", "test_accuracy", "best_test_accuracy",
            "train_seconds", "status", "run", "key")
-# Fields that don't change what a run computes.
-_NOT_IN_KEY = ("sweep", "paper", "dataset.data_dir", "steps_per_call",
-               "eval_batch_size")
 
 
 def override(config: ml_collections.ConfigDict, field: str, value) -> None:
@@ -51,8 +49,10 @@ def override(config: ml_collections.ConfigDict, field: str, value) -> None:
   *parents, leaf = field.split(".")
   node = config
   for parent in parents:
+    if parent not in node:
+      raise ValueError(f"sweep sets unknown config field {field!r}")
     node = node[parent]
-  if leaf not in node:
+  if leaf not in node and field not in OPTIONAL_FIELDS:
     raise ValueError(f"sweep sets unknown config field {field!r}")
   if isinstance(value, list):
     value = tuple(value)
@@ -80,19 +80,6 @@ def _text(value) -> str:
   if isinstance(value, (tuple, list)):
     return "x".join(map(str, value))
   return str(value)
-
-
-def run_key(config: ml_collections.ConfigDict) -> str:
-  """A hash of everything in `config` that changes what the run computes."""
-  flat = json.loads(config.to_json_best_effort(sort_keys=True))
-  for field in _NOT_IN_KEY:
-    *parents, leaf = field.split(".")
-    node = flat
-    for parent in parents:
-      node = node.get(parent, {})
-    node.pop(leaf, None)
-  text = json.dumps(flat, sort_keys=True)
-  return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def read_results(path: str | Path) -> list[dict]:
@@ -135,7 +122,14 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path) -> list[
       logging.info("[%d/%d] %s: done already, skipped", i + 1, len(runs), name)
       continue
     logging.info("[%d/%d] %s", i + 1, len(runs), name)
-    row = train.train_and_evaluate(run, workdir / "runs" / f"{name}-{key}")
+    try:
+      row = train.train_and_evaluate(run, workdir / "runs" / f"{name}-{key}")
+    except train.Diverged as error:
+      logging.error("%s diverged, recorded as failed: %s", name, error)
+      row = {"experiment": run.get("name", ""), "dataset": run.dataset.name,
+             "model": run.model.name,
+             "factorization": run.model.factorization, "seed": run.seed,
+             "epochs": run.num_epochs, "status": "diverged"}
     _append_row(results, {**row, "run": name, "key": key})
     done.add(key)
   logging.info("sweep finished in %.0f s", time.perf_counter() - start)
@@ -149,7 +143,10 @@ def _main():
 
   def main(argv):
     del argv
-    rows = run_sweep(config.value, workdir.value)
+    try:
+      rows = run_sweep(config.value, workdir.value)
+    except (ValueError, data.DataNotFoundError, train.Preempted) as error:
+      sys.exit(f"error: {error}")  # one line, exit status 1
     print(f"{len(rows)} runs in {Path(workdir.value) / 'results.csv'}; "
           f"table in {Path(workdir.value) / 'results.md'}")
 

@@ -5,9 +5,13 @@ each a `jax.lax.scan` over `steps_per_call` steps, so batch size 1 (as the
 CPAC paper trains) costs one Python dispatch per thousand steps, not per step.
 """
 
+import contextlib
 import json
 import logging as logging_std
 import math
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,8 +27,16 @@ from flax import nnx
 
 from cpac_jax import data, layers, models
 
-__all__ = ["count_factorized", "make_optimizer", "make_step",
-           "train_and_evaluate"]
+__all__ = ["Diverged", "Preempted", "count_factorized", "make_optimizer",
+           "make_step", "restore", "train_and_evaluate"]
+
+class Diverged(FloatingPointError):
+  """The loss became NaN or infinite; the message names the step."""
+
+
+class Preempted(RuntimeError):
+  """SIGTERM arrived; the run saved a checkpoint and stopped."""
+
 
 OPTIMIZERS = {"adam": optax.adam, "adamw": optax.adamw, "sgd": optax.sgd,
               "momentum": lambda learning_rate: optax.sgd(learning_rate, 0.9)}
@@ -45,19 +57,16 @@ logging_std.getLogger("absl").addFilter(_DropOrbaxInfo())
 def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
                    ) -> optax.GradientTransformation:
   """The optax optimizer `config.optimizer` names, with its schedule:
-  "constant", or "cosine" decay to 0 over the run."""
+  "constant", or "cosine" decay to 0 over the run (checked by
+  `cpac_jax.config.validate`)."""
   name = config.optimizer.name
   if name not in OPTIMIZERS:
     raise ValueError(f"unknown optimizer.name {name!r}; choose one of "
                      f"{tuple(OPTIMIZERS)}")
   learning_rate = config.optimizer.learning_rate
-  schedule = config.optimizer.get("schedule", "constant")
-  if schedule == "cosine":
+  if config.optimizer.get("schedule", "constant") == "cosine":
     learning_rate = optax.cosine_decay_schedule(
         learning_rate, config.num_epochs * steps_per_epoch)
-  elif schedule != "constant":
-    raise ValueError(f"unknown optimizer.schedule {schedule!r}; choose one "
-                     "of ('constant', 'cosine')")
   return OPTIMIZERS[name](learning_rate=learning_rate)
 
 
@@ -125,9 +134,13 @@ def _make_steps(config, graphdef, eval_graphdef, tx, images, labels):
 
   @jax.jit
   def train_chunk(params, rest, opt_state, order, steps):
+    """Run `steps`; also return the first step whose loss wasn't finite
+    (-1 if none)."""
     (params, rest, opt_state, _), (losses, correct) = jax.lax.scan(
         train_step, (params, rest, opt_state, order), steps)
-    return params, rest, opt_state, jnp.sum(losses), jnp.sum(correct)
+    finite = jnp.isfinite(losses)
+    bad = jnp.where(jnp.all(finite), -1, steps[jnp.argmin(finite)])
+    return (params, rest, opt_state, jnp.sum(losses), jnp.sum(correct), bad)
 
   @jax.jit
   def evaluate(params, rest, x_all, y_all, mask):
@@ -180,30 +193,64 @@ class _MetricWriter:
 
 
 def _history(workdir: Path, up_to_epoch: int) -> list[dict]:
+  """The metrics of epochs 1..`up_to_epoch`; metrics.jsonl is cut back to
+  them, dropping any epoch written after the checkpoint now resumed."""
   path = workdir / "metrics.jsonl"
   if not path.exists():
     return []
   rows = [json.loads(line) for line in path.read_text().splitlines() if line]
-  return [r for r in rows if r["epoch"] <= up_to_epoch]
+  kept = [r for r in rows if r["epoch"] <= up_to_epoch]
+  if len(kept) != len(rows):
+    temp = path.with_suffix(".tmp")
+    temp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(temp, path)
+  return kept
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
-                       progress: Callable[[str], None] | None = None) -> dict:
-  """Train the model `config` describes, evaluating on the test split after
-  every epoch; write config.json, metrics, checkpoints and result.json into
-  `workdir`, resuming from its last checkpoint if it holds one.
+@contextlib.contextmanager
+def _sigterm_requests_stop():
+  """While inside, SIGTERM sets the returned event instead of killing."""
+  stop = threading.Event()
+  if threading.current_thread() is not threading.main_thread():
+    yield stop  # signals reach the main thread only
+    return
+  previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+  try:
+    yield stop
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
-  Returns:
-    The run's results row (see `cpac_jax.sweep.COLUMNS`).
-  """
-  from cpac_jax.config import validate  # imports train: import it late
 
-  validate(config)
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  log = progress or logging.info
+def _check_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
+  """Refuse a workdir that holds a run of a different config."""
+  from cpac_jax.config import computed_fields
 
+  path = workdir / "config.json"
+  if not path.exists():
+    return
+  old = computed_fields(ml_collections.ConfigDict(json.loads(
+      path.read_text())))
+  new = computed_fields(config)
+  if old != new:
+    differ = sorted(_differences(old, new))
+    raise ValueError(
+        f"workdir {workdir} holds a run of a different config (fields "
+        f"{', '.join(differ)} differ); resume it with the same config, or "
+        "use a new workdir")
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> set[str]:
+  fields = set()
+  for key in set(old) | set(new):
+    a, b = old.get(key), new.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      fields |= _differences(a, b, f"{prefix}{key}.")
+    elif a != b:
+      fields.add(prefix + key)
+  return fields
+
+
+def _load_splits(config) -> tuple[data.Split, data.Split]:
   dataset = config.dataset
   train_split = data.load(dataset.name, "train", dataset.get("data_dir"))
   test_split = data.load(dataset.name, "test", dataset.get("data_dir"))
@@ -213,24 +260,86 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   if config.get("num_test_examples"):
     test_split = data.Split(*(a[:config.num_test_examples]
                               for a in test_split))
+  return train_split, test_split
+
+
+def _build(config, input_shape, key=None) -> nnx.Module:
+  rngs = nnx.Rngs(params=key) if key is not None else nnx.Rngs(0)
+  return models.build(config.model, input_shape,
+                      NUM_CLASSES[config.dataset.name], rngs)
+
+
+def restore(workdir: str | Path
+            ) -> tuple[nnx.Module, ml_collections.ConfigDict]:
+  """The model of a run's workdir, with its last checkpoint's parameters and
+  statistics, in eval mode; and the run's config."""
+  workdir = Path(workdir)
+  config = ml_collections.ConfigDict(json.loads(
+      (workdir / "config.json").read_text()))
+  shape = {"cifar10": (32, 32, 3)}.get(config.dataset.name, (28, 28, 1))
+  model = _build(config, shape)
+  model.train()
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  with ocp.CheckpointManager((workdir / "checkpoints").absolute()) as manager:
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"{workdir} holds no checkpoint")
+    target = {"params": params, "rest": rest}
+    state = manager.restore(step, args=ocp.args.PyTreeRestore(
+        target, partial_restore=True,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(target)))
+  model = nnx.merge(graphdef, state["params"], state["rest"])
+  model.eval()
+  return model, config
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
+                       progress: Callable[[str], None] | None = None) -> dict:
+  """Train the model `config` describes, evaluating on the test split after
+  every epoch; write config.json, metrics, checkpoints and result.json into
+  `workdir`.
+
+  Resumable: the full state (parameters, optimizer state, batch-norm
+  statistics, position in the epoch, partial sums) is checkpointed after
+  every epoch and on SIGTERM; data order and initialisation derive from
+  `config.seed` and the epoch. Rerun on the same workdir, it resumes from
+  the last checkpoint and ends with the same parameters, bit for bit on the
+  CPU, as an uninterrupted run.
+
+  Raises:
+    ValueError: a bad config, or a workdir holding a different config's run.
+    data.DataNotFoundError: the dataset isn't in the data dir.
+    Diverged: the loss became non-finite; names the step, keeps the last
+      good checkpoint.
+    Preempted: SIGTERM arrived; a checkpoint was saved first.
+
+  Returns:
+    The run's results row (see `cpac_jax.sweep.COLUMNS`).
+  """
+  from cpac_jax.config import validate  # imports train: import it late
+
+  validate(config)
+  workdir = Path(workdir)
+  _check_workdir(workdir, config)
+  log = progress or logging.info
+  train_split, test_split = _load_splits(config)
   num_train = len(train_split.labels)
   steps_per_epoch = num_train // config.batch_size
   if steps_per_epoch < 1:
     raise ValueError(
         f"batch_size {config.batch_size} exceeds the {num_train} training "
         "examples")
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
-  key = jax.random.key(config.seed)
-  init_key, data_key = jax.random.split(key)
-  model = models.build(config.model, train_split.images.shape[1:],
-                       NUM_CLASSES[dataset.name],
-                       nnx.Rngs(params=init_key))
+  init_key, data_key = jax.random.split(jax.random.key(config.seed))
+  input_shape = train_split.images.shape[1:]
+  model = _build(config, input_shape, init_key)
   num_params = layers.count_params(model)
-  dense_config = config.model.copy_and_resolve_references()
-  dense_config.factorization = "dense"
-  dense_params = layers.count_params(nnx.eval_shape(lambda: models.build(
-      dense_config, train_split.images.shape[1:], NUM_CLASSES[dataset.name],
-      nnx.Rngs(0))))
+  dense_config = config.copy_and_resolve_references()
+  dense_config.model.factorization = "dense"
+  dense_params = layers.count_params(nnx.eval_shape(
+      lambda: _build(dense_config, input_shape)))
   factorized, factorized_dense = count_factorized(model)
 
   tx = make_optimizer(config, steps_per_epoch)
@@ -238,74 +347,109 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   model.eval()
   eval_graphdef = nnx.split(model, nnx.Param, ...)[0]
-  opt_state = tx.init(params)
-  images = jnp.asarray(train_split.images)
-  labels = jnp.asarray(train_split.labels)
-  train_chunk, evaluate = _make_steps(config, graphdef, eval_graphdef, tx,
-                                      images, labels)
+  train_chunk, evaluate = _make_steps(
+      config, graphdef, eval_graphdef, tx, jnp.asarray(train_split.images),
+      jnp.asarray(train_split.labels))
   test_batches = tuple(jnp.asarray(a) for a in _eval_batches(
-      test_split, config.get("eval_batch_size", 1000)))
+      test_split, config.eval_batch_size))
+  num_test = len(test_split.labels)
 
+  # Checkpoint step = global train step; (epoch, step) says where in the
+  # epoch it was taken, step == steps_per_epoch once the epoch is evaluated.
+  state = {"params": params, "rest": rest, "opt_state": tx.init(params),
+           "position": np.zeros(2, np.int64),
+           "sums": {"loss": jnp.zeros((), jnp.float32),
+                    "correct": jnp.zeros((), jnp.int32),
+                    "seconds": np.zeros((), np.float64)}}
   checkpoints = ocp.CheckpointManager(
       (workdir / "checkpoints").absolute(),
-      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
-  start_epoch = 0
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+  epoch, step = 1, 0
   if checkpoints.latest_step() is not None:
-    state = checkpoints.restore(
-        checkpoints.latest_step(), args=ocp.args.StandardRestore(
-            {"params": params, "rest": rest, "opt_state": opt_state}))
-    params, rest, opt_state = state["params"], state["rest"], state["opt_state"]
-    start_epoch = checkpoints.latest_step()
-    log(f"resuming from the checkpoint after epoch {start_epoch}")
-  history = _history(workdir, start_epoch)
+    state = checkpoints.restore(checkpoints.latest_step(),
+                                args=ocp.args.StandardRestore(state))
+    epoch, step = (int(v) for v in state["position"])
+    log(f"resuming at epoch {epoch}, step {step}/{steps_per_epoch}")
+    if step == steps_per_epoch:
+      epoch, step = epoch + 1, 0
+  history = _history(workdir, epoch - 1)
   writer = _MetricWriter(workdir)
+  steps_per_call = min(config.steps_per_call, steps_per_epoch)
 
-  steps_per_call = min(config.get("steps_per_call", 1000), steps_per_epoch)
-  train_seconds = sum(r["epoch_seconds"] for r in history)
-  for epoch in range(start_epoch + 1, config.num_epochs + 1):
-    order = jax.random.permutation(jax.random.fold_in(data_key, epoch),
-                                   num_train)
-    start, loss_sum, correct_sum = time.perf_counter(), 0.0, 0
-    last_log = start
-    for first in range(0, steps_per_epoch, steps_per_call):
-      steps = jnp.arange(first, min(first + steps_per_call, steps_per_epoch))
-      params, rest, opt_state, loss, correct = train_chunk(
-          params, rest, opt_state, order, steps)
-      loss_sum, correct_sum = loss_sum + loss, correct_sum + correct
-      now = time.perf_counter()
-      if now - last_log > 30:
-        done = first + len(steps)
-        log(f"epoch {epoch} step {done}/{steps_per_epoch} loss "
-            f"{float(loss_sum) / done:.4f} "
-            f"{done * config.batch_size / (now - start):.0f} examples/s")
-        last_log = now
-    loss_sum, correct_sum = float(loss_sum), int(correct_sum)
-    epoch_seconds = time.perf_counter() - start
-    train_seconds += epoch_seconds
-    test_loss, test_correct = evaluate(params, rest, *test_batches)
-    num_test = len(test_split.labels)
-    seen = steps_per_epoch * config.batch_size
-    metrics = {
-        "epoch": epoch,
-        "train_loss": loss_sum / steps_per_epoch,
-        "train_accuracy": correct_sum / seen,
-        "test_loss": float(test_loss) / num_test,
-        "test_accuracy": float(test_correct) / num_test,
-        "epoch_seconds": epoch_seconds,
-        "examples_per_second": seen / epoch_seconds,
-    }
-    if not all(math.isfinite(v) for v in metrics.values()):
-      raise FloatingPointError(
-          f"non-finite metrics after epoch {epoch}: {metrics}")
-    history.append(metrics)
-    writer.write(epoch * steps_per_epoch, metrics)
-    log(f"epoch {epoch}/{config.num_epochs}: train loss "
-        f"{metrics['train_loss']:.4f} acc {metrics['train_accuracy']:.4f}, "
-        f"test loss {metrics['test_loss']:.4f} acc "
-        f"{metrics['test_accuracy']:.4f}, "
-        f"{metrics['examples_per_second']:.0f} examples/s")
-    checkpoints.save(epoch, args=ocp.args.StandardSave(
-        {"params": params, "rest": rest, "opt_state": opt_state}))
+  def save(epoch, step):
+    state["position"] = np.array([epoch, step], np.int64)
+    checkpoints.save((epoch - 1) * steps_per_epoch + step,
+                     args=ocp.args.StandardSave(state))
+
+  with _sigterm_requests_stop() as stop:
+    while epoch <= config.num_epochs:
+      order = jax.random.permutation(jax.random.fold_in(data_key, epoch),
+                                     num_train)
+      if step == 0:
+        state["sums"] = {"loss": jnp.zeros((), jnp.float32),
+                         "correct": jnp.zeros((), jnp.int32),
+                         "seconds": np.zeros((), np.float64)}
+      start = last_log = time.perf_counter()
+      seconds = float(state["sums"]["seconds"])
+      while step < steps_per_epoch:
+        # Chunks stay on a fixed grid of the epoch, so a resumed run
+        # compiles and runs exactly the chunks an uninterrupted one does.
+        end = min((step // steps_per_call + 1) * steps_per_call,
+                  steps_per_epoch)
+        (state["params"], state["rest"], state["opt_state"], loss, correct,
+         bad) = train_chunk(state["params"], state["rest"],
+                            state["opt_state"], order, jnp.arange(step, end))
+        if int(bad) >= 0:
+          checkpoints.wait_until_finished()
+          raise Diverged(
+              f"loss became non-finite at epoch {epoch}, step {int(bad)} "
+              f"(global step {(epoch - 1) * steps_per_epoch + int(bad)}); "
+              f"the last good checkpoint, at global step "
+              f"{checkpoints.latest_step()}, is kept in {workdir}")
+        sums = state["sums"]
+        sums["loss"], sums["correct"] = sums["loss"] + loss, (
+            sums["correct"] + correct)
+        step = end
+        now = time.perf_counter()
+        sums["seconds"] = np.asarray(seconds + now - start)
+        if stop.is_set() and step < steps_per_epoch:
+          save(epoch, step)
+          checkpoints.wait_until_finished()
+          raise Preempted(
+              f"SIGTERM: saved epoch {epoch}, step {step} in {workdir}; "
+              "rerun the same command to resume")
+        if now - last_log > 30:
+          log(f"epoch {epoch} step {step}/{steps_per_epoch} loss "
+              f"{float(sums['loss']) / step:.4f} "
+              f"{(step * config.batch_size) / float(sums['seconds']):.0f} "
+              "examples/s (this epoch)")
+          last_log = now
+      test_loss, test_correct = evaluate(state["params"], state["rest"],
+                                         *test_batches)
+      seen = steps_per_epoch * config.batch_size
+      epoch_seconds = float(state["sums"]["seconds"])
+      metrics = {
+          "epoch": epoch,
+          "train_loss": float(state["sums"]["loss"]) / steps_per_epoch,
+          "train_accuracy": int(state["sums"]["correct"]) / seen,
+          "test_loss": float(test_loss) / num_test,
+          "test_accuracy": float(test_correct) / num_test,
+          "epoch_seconds": epoch_seconds,
+          "examples_per_second": seen / epoch_seconds,
+      }
+      history.append(metrics)
+      writer.write(epoch * steps_per_epoch, metrics)
+      log(f"epoch {epoch}/{config.num_epochs}: train loss "
+          f"{metrics['train_loss']:.4f} acc {metrics['train_accuracy']:.4f}, "
+          f"test loss {metrics['test_loss']:.4f} acc "
+          f"{metrics['test_accuracy']:.4f}, "
+          f"{metrics['examples_per_second']:.0f} examples/s")
+      save(epoch, steps_per_epoch)
+      if stop.is_set() and epoch < config.num_epochs:
+        checkpoints.wait_until_finished()
+        raise Preempted(f"SIGTERM: saved epoch {epoch} in {workdir}; rerun "
+                        "the same command to resume")
+      epoch, step = epoch + 1, 0
   checkpoints.wait_until_finished()
   checkpoints.close()
   writer.close()
@@ -313,7 +457,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   rank = config.model.rank
   result = {
       "experiment": config.get("name", ""),
-      "dataset": dataset.name,
+      "dataset": config.dataset.name,
       "model": config.model.name,
       "factorization": config.model.factorization,
       "rank": ("" if config.model.factorization == "dense" else json.dumps(
@@ -327,7 +471,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
       "epochs": config.num_epochs,
       "test_accuracy": history[-1]["test_accuracy"],
       "best_test_accuracy": max(r["test_accuracy"] for r in history),
-      "train_seconds": train_seconds,
+      "train_seconds": sum(r["epoch_seconds"] for r in history),
       "status": "ok",
   }
   (workdir / "result.json").write_text(json.dumps(result, indent=2))

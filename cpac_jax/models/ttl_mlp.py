@@ -43,6 +43,12 @@ class TTLMLP(nnx.Module):
     if in_shape is None:  # (H, W) for grey images, else (H, W, C)
       in_shape = tuple(input_shape[:-1]) if input_shape[-1] == 1 else tuple(
           input_shape)
+    features = math.prod(input_shape)
+    if math.prod(in_shape) != features:
+      raise ValueError(
+          f"TTLMLP: in_shape {tuple(in_shape)} holds "
+          f"{math.prod(in_shape)} features, but inputs of shape "
+          f"{tuple(input_shape)} have {features}")
     hidden = math.prod(hidden_shape)
     if factorization == "tucker":
       self.hidden = TuckerDense(in_shape, hidden_shape, rank=rank,

@@ -1,0 +1,203 @@
+"""Runs that resume exactly, sweeps that survive kills, clear config errors,
+and a guard against divergence."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from cpac_jax import config as config_lib
+from cpac_jax import report, sweep, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_config(data_dir, **overrides):
+  import runpy
+
+  config = runpy.run_path(str(ROOT / "configs" / "cpac_mnist.py"))[
+      "get_config"]()
+  config.dataset.data_dir = str(data_dir)
+  config.num_epochs = 3
+  config.batch_size = 8
+  config.steps_per_call = 8  # 64 steps an epoch: 8 chunks to stop between
+  config.optimizer.learning_rate = 3e-3
+  for field, value in overrides.items():
+    sweep.override(config, field, value)
+  return config
+
+
+def params_of(workdir):
+  model, _ = train.restore(workdir)
+  return jax.tree.leaves(nnx.state(model, nnx.Param))
+
+
+def assert_same_bits(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def main_command(config_path, workdir, data_dir, *flags):
+  return [sys.executable, "-m", "cpac_jax.main", f"--config={config_path}",
+          f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}",
+          "--config.num_epochs=3", "--config.batch_size=8",
+          "--config.steps_per_call=8", "--config.optimizer.learning_rate=0.003",
+          *flags]
+
+
+@pytest.fixture
+def uninterrupted(mnist_dir, tmp_path):
+  workdir = tmp_path / "uninterrupted"
+  row = train.train_and_evaluate(small_config(mnist_dir), workdir)
+  return workdir, row
+
+
+def test_sigterm_saves_and_the_rerun_matches_bit_for_bit(mnist_dir, tmp_path,
+                                                         uninterrupted):
+  workdir = tmp_path / "preempted"
+  config = small_config(mnist_dir)
+  timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+  timer.start()
+  with pytest.raises(train.Preempted, match="rerun the same command"):
+    train.train_and_evaluate(config, workdir)
+  timer.cancel()
+  resumed = train.train_and_evaluate(config, workdir)
+  assert_same_bits(params_of(workdir), params_of(uninterrupted[0]))
+  expected = uninterrupted[1]
+  for field in ("test_accuracy", "best_test_accuracy", "params"):
+    assert resumed[field] == expected[field]
+  epochs = [json.loads(line)["epoch"] for line in
+            (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert epochs == [1, 2, 3]
+
+
+def test_kill_9_then_rerun_ends_with_the_same_parameters(mnist_dir, tmp_path,
+                                                         uninterrupted):
+  config_path = ROOT / "configs" / "cpac_mnist.py"
+  workdir = tmp_path / "killed"
+  command = main_command(config_path, workdir, mnist_dir)
+  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  deadline = time.time() + 120
+  checkpoints = workdir / "checkpoints"
+  while time.time() < deadline and process.poll() is None and not (
+      checkpoints.exists() and any(p.name.isdigit()
+                                   for p in checkpoints.iterdir())):
+    time.sleep(0.05)
+  time.sleep(0.3)  # somewhere into the next epoch
+  process.kill()  # SIGKILL: no chance to save
+  process.wait()
+  finished = subprocess.run(command, cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+  assert finished.returncode == 0, finished.stderr[-2000:]
+  assert_same_bits(params_of(workdir), params_of(uninterrupted[0]))
+
+
+def test_same_config_and_seed_give_the_same_results(mnist_dir, tmp_path,
+                                                    uninterrupted):
+  again = train.train_and_evaluate(small_config(mnist_dir), tmp_path / "again")
+  first = uninterrupted[1]
+  assert {k: v for k, v in again.items() if k != "train_seconds"} == {
+      k: v for k, v in first.items() if k != "train_seconds"}
+  assert_same_bits(params_of(tmp_path / "again"), params_of(uninterrupted[0]))
+
+
+def test_divergence_stops_at_once_naming_the_step(mnist_dir, tmp_path):
+  config = small_config(mnist_dir, **{"optimizer.learning_rate": 1e30,
+                                      "optimizer.name": "sgd"})
+  with pytest.raises(train.Diverged, match=r"epoch 1, step \d+"):
+    train.train_and_evaluate(config, tmp_path / "run")
+  assert not (tmp_path / "run" / "result.json").exists()
+
+
+def test_sweep_records_a_diverged_run_and_goes_on(mnist_dir, tmp_path):
+  config = small_config(mnist_dir, num_epochs=1)
+  config.sweep = ({"optimizer.learning_rate": [1e30, 3e-3],
+                   "optimizer.name": ["sgd"]},)
+  rows = sweep.run_sweep(config, tmp_path)
+  assert [r["status"] for r in rows] == ["diverged", "ok"]
+  assert rows[0]["test_accuracy"] == ""
+  text = (tmp_path / "results.md").read_text()
+  assert "diverged, left out of the table" in text
+  assert text.count("| cp | 5 |") == 1  # only the finished run is averaged
+
+
+def test_workdir_of_another_config_is_refused(mnist_dir, tmp_path):
+  train.train_and_evaluate(small_config(mnist_dir, num_epochs=1),
+                           tmp_path / "run")
+  with pytest.raises(ValueError, match=r"fields model.rank differ"):
+    train.train_and_evaluate(
+        small_config(mnist_dir, num_epochs=1, **{"model.rank": 3}),
+        tmp_path / "run")
+
+
+BAD_CONFIGS = [
+    ({"dataset.name": "mnsit"}, "did you mean 'mnist'"),
+    ({"model.name": "cpac_cnn2"}, "did you mean 'cpac_cnn_2'"),
+    ({"model.factorization": "tuker"}, "takes model.factorization"),
+    ({"optimizer.name": "adma"}, "did you mean 'adam'"),
+    ({"model.rank": 0}, "CP rank 0"),
+    ({"model.rank": "five"}, "'same'"),
+    ({"model.rank": 1.5}, r"\(0, 1\]"),
+    ({"batch_size": 0}, "batch_size must be a positive int"),
+    ({"num_epochs": 2.5}, "num_epochs must be a positive int"),
+    ({"optimizer.learning_rate": -1.0}, "learning_rate must be positive"),
+    ({"optimizer.schedule": "linear"}, "unknown optimizer.schedule"),
+]
+
+
+@pytest.mark.parametrize("overrides,match", BAD_CONFIGS)
+def test_bad_configs_are_caught_before_any_compute(overrides, match, tmp_path):
+  config = small_config(tmp_path / "no-data", **overrides)
+  start = time.perf_counter()
+  with pytest.raises(ValueError, match=match):
+    train.train_and_evaluate(config, tmp_path / "run")
+  assert time.perf_counter() - start < 5
+  assert not (tmp_path / "run").exists()
+
+
+def test_ttl_shapes_that_dont_match_the_input_are_caught(tmp_path):
+  import runpy
+
+  config = runpy.run_path(str(ROOT / "configs" / "ttl_mnist.py"))[
+      "get_config"]()
+  config.model.kwargs = {"in_shape": (28, 27)}
+  with pytest.raises(ValueError, match=r"in_shape \(28, 27\) holds 756"):
+    config_lib.validate(config)
+  config.model.kwargs = {"in_shape": (4, 7, 28)}
+  with pytest.raises(ValueError, match="3 entries"):
+    config_lib.validate(config)  # rank (5, 5, 10) has 3 modes, not 4
+
+
+def test_main_exits_nonzero_with_one_clear_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "cpac_jax.main",
+       f"--config={ROOT / 'configs' / 'cpac_mnist.py'}",
+       f"--workdir={tmp_path / 'run'}", "--config.model.name=cpac_cnn3"],
+      cwd=ROOT, capture_output=True, text=True, timeout=60)
+  assert result.returncode != 0
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: unknown model.name 'cpac_cnn3'")
+  assert "Traceback" not in result.stderr
+
+
+def test_results_csv_is_replaced_whole(tmp_path):
+  path = tmp_path / "results.csv"
+  sweep._append_row(path, {"experiment": "a", "key": "k1", "status": "ok"})
+  sweep._append_row(path, {"experiment": "b", "key": "k2", "status": "ok"})
+  with open(path, newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert [r["key"] for r in rows] == ["k1", "k2"]
+  assert not list(tmp_path.glob(".results-*"))  # no temp file left behind
+  assert report  # the report module reads what _append_row writes
