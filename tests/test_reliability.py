@@ -201,3 +201,33 @@ def test_results_csv_is_replaced_whole(tmp_path):
   assert [r["key"] for r in rows] == ["k1", "k2"]
   assert not list(tmp_path.glob(".results-*"))  # no temp file left behind
   assert report  # the report module reads what _append_row writes
+
+
+def test_killed_sweep_reruns_only_what_is_missing(mnist_dir, tmp_path):
+  """kill -9 a real sweep once its first run is recorded; the rerun
+  finishes the rest with no duplicate and no torn row."""
+  script = (
+      "import runpy, sys\n"
+      "from cpac_jax import sweep\n"
+      f"config = runpy.run_path({str(ROOT / 'tests' / 'test_reliability.py')!r})"
+      f"['small_config']({str(mnist_dir)!r}, num_epochs=1)\n"
+      "config.sweep = ({'model.rank': [1, 2, 3]},)\n"
+      f"sweep.run_sweep(config, {str(tmp_path)!r})\n")
+  results = tmp_path / "results.csv"
+  process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT,
+                             stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  deadline = time.time() + 180
+  while time.time() < deadline and process.poll() is None and not (
+      results.exists()):
+    time.sleep(0.05)
+  process.kill()
+  process.wait()
+  assert results.exists(), "the sweep recorded no run before the deadline"
+  finished = subprocess.run([sys.executable, "-c", script], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+  assert finished.returncode == 0, finished.stderr[-2000:]
+  with open(results, newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert sorted(r["rank"] for r in rows) == ["1", "2", "3"]
+  assert all(r["status"] == "ok" and r["test_accuracy"] for r in rows)
