@@ -27,8 +27,9 @@ from flax import nnx
 
 from cpac_jax import data, layers, models
 
-__all__ = ["Diverged", "Preempted", "count_factorized", "make_optimizer",
-           "make_step", "restore", "train_and_evaluate"]
+__all__ = ["Diverged", "Preempted", "build_model", "count_factorized",
+           "make_optimizer", "make_step", "normalize", "restore",
+           "train_and_evaluate"]
 
 class Diverged(FloatingPointError):
   """The loss became NaN or infinite; the message names the step."""
@@ -87,7 +88,8 @@ def count_factorized(model: nnx.Module) -> tuple[int, int]:
   return ours, dense
 
 
-def _normalize(images: jax.Array, config) -> jax.Array:
+def normalize(images: jax.Array, config) -> jax.Array:
+  """uint8 images -> the float inputs the config's model trains on."""
   mean = jnp.asarray(config.dataset.mean, jnp.float32)
   std = jnp.asarray(config.dataset.std, jnp.float32)
   return (images.astype(jnp.float32) / 255.0 - mean) / std
@@ -126,7 +128,7 @@ def _make_steps(config, graphdef, eval_graphdef, tx, images, labels):
   def train_step(carry, step):
     params, rest, opt_state, order = carry
     index = jax.lax.dynamic_slice_in_dim(order, step * batch_size, batch_size)
-    x, y = _normalize(images[index], config), labels[index]
+    x, y = normalize(images[index], config), labels[index]
     params, rest, opt_state, loss, logits = step_fn(params, rest, opt_state,
                                                     x, y)
     correct = jnp.sum(jnp.argmax(logits, -1) == y)
@@ -148,7 +150,7 @@ def _make_steps(config, graphdef, eval_graphdef, tx, images, labels):
 
     def body(totals, batch):
       x, y, m = batch
-      logits = model(_normalize(x, config))
+      logits = model(normalize(x, config))
       loss = jnp.sum(_loss(logits, y) * m)
       correct = jnp.sum((jnp.argmax(logits, -1) == y) * m)
       return (totals[0] + loss, totals[1] + correct), None
@@ -263,7 +265,8 @@ def _load_splits(config) -> tuple[data.Split, data.Split]:
   return train_split, test_split
 
 
-def _build(config, input_shape, key=None) -> nnx.Module:
+def build_model(config, input_shape, key=None) -> nnx.Module:
+  """The config's model for inputs (H, W, C), initialised from `key`."""
   rngs = nnx.Rngs(params=key) if key is not None else nnx.Rngs(0)
   return models.build(config.model, input_shape,
                       NUM_CLASSES[config.dataset.name], rngs)
@@ -277,7 +280,7 @@ def restore(workdir: str | Path
   config = ml_collections.ConfigDict(json.loads(
       (workdir / "config.json").read_text()))
   shape = {"cifar10": (32, 32, 3)}.get(config.dataset.name, (28, 28, 1))
-  model = _build(config, shape)
+  model = build_model(config, shape)
   model.train()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   with ocp.CheckpointManager((workdir / "checkpoints").absolute()) as manager:
@@ -334,12 +337,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
 
   init_key, data_key = jax.random.split(jax.random.key(config.seed))
   input_shape = train_split.images.shape[1:]
-  model = _build(config, input_shape, init_key)
+  model = build_model(config, input_shape, init_key)
   num_params = layers.count_params(model)
   dense_config = config.copy_and_resolve_references()
   dense_config.model.factorization = "dense"
   dense_params = layers.count_params(nnx.eval_shape(
-      lambda: _build(dense_config, input_shape)))
+      lambda: build_model(dense_config, input_shape)))
   factorized, factorized_dense = count_factorized(model)
 
   tx = make_optimizer(config, steps_per_epoch)

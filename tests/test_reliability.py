@@ -206,10 +206,11 @@ def test_results_csv_is_replaced_whole(tmp_path):
 def test_killed_sweep_reruns_only_what_is_missing(mnist_dir, tmp_path):
   """kill -9 a real sweep once its first run is recorded; the rerun
   finishes the rest with no duplicate and no torn row."""
+  here = str(ROOT / "tests" / "test_reliability.py")
   script = (
       "import runpy, sys\n"
       "from cpac_jax import sweep\n"
-      f"config = runpy.run_path({str(ROOT / 'tests' / 'test_reliability.py')!r})"
+      f"config = runpy.run_path({here!r})"
       f"['small_config']({str(mnist_dir)!r}, num_epochs=1)\n"
       "config.sweep = ({'model.rank': [1, 2, 3]},)\n"
       f"sweep.run_sweep(config, {str(tmp_path)!r})\n")
