@@ -444,7 +444,6 @@ def _main():
       print(f"centre 20x20 holds {result['centre_20x20_share']:.3f} of the "
             f"importance ({result['centre_20x20_area_share']:.3f} of the area)")
 
-  flags.mark_flags_as_required(["out"])
   app.run(main)
 
 

@@ -104,7 +104,7 @@ def _plots(summary: list[dict], paper: dict, out: Path, title: str) -> list[
     known = [(i, paper[s["rank"]]) for i, s in enumerate(factorized)
              if s["rank"] in paper]
     if known:
-      ax.plot(*zip(*known), "k^:", label="paper")
+      ax.plot(*zip(*known), "k^", ms=7, label="paper")
   for s in dense:
     ax.axhline(s["accuracy"][0], color="gray", ls="--",
                label=f"dense ({s['accuracy'][0]:.4f})")
