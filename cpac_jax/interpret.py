@@ -267,8 +267,7 @@ def cpac_feature_selection(sweep_dir: Path, rank: int, random_orders: int = 5
   if not runs:
     raise FileNotFoundError(
         f"no finished CP runs at rank {rank} under {sweep_dir}/runs")
-  curves = {"least significant first": [], "most significant first": [],
-            "random order": []}
+  curves = {}
   significance = []
   rng = np.random.default_rng(0)
   for run in runs:
@@ -277,14 +276,21 @@ def cpac_feature_selection(sweep_dir: Path, rank: int, random_orders: int = 5
     conv = model.convs[0]
     scores = np.asarray(cp_feature_significance(conv)["output"])
     significance.append(scores.tolist())
-    ascending = list(np.argsort(scores))
-    curves["least significant first"].append(
-        feature_selection(model, conv, x, y, ascending))
-    curves["most significant first"].append(
-        feature_selection(model, conv, x, y, ascending[::-1]))
+    orders = {"least significant first": np.argsort(scores),
+              "most significant first": np.argsort(-scores)}
+    if len(model.convs) > 1 and isinstance(model.convs[1], layers.CPConv):
+      # The map is also the next CP conv's input map: its factors score it
+      # from the consuming side.
+      consumed = np.asarray(cp_feature_significance(model.convs[1])["input"])
+      orders["least significant first (x next layer's input score)"] = (
+          np.argsort(scores * consumed))
     for _ in range(random_orders):
-      curves["random order"].append(feature_selection(
-          model, conv, x, y, list(rng.permutation(len(scores)))))
+      orders.setdefault("random order", []).append(
+          rng.permutation(len(scores)))
+    for name, order in orders.items():
+      for each in (order if name == "random order" else [order]):
+        curves.setdefault(name, []).append(
+            feature_selection(model, conv, x, y, [int(i) for i in each]))
   return {"sweep": str(sweep_dir), "rank": rank, "runs": [str(r) for r in runs],
           "significance": significance, "curves": curves}
 
@@ -431,9 +437,9 @@ def _main():
     name = directory.name
     if config["model"]["name"].startswith("cpac_cnn"):
       result = cpac_feature_selection(directory, json.loads(rank.value))
-      (folder / f"feature_selection_{name}.json").write_text(
-          json.dumps(result, indent=1))
-      _plot_feature_selection(result, folder / f"feature_selection_{name}.png")
+      stem = f"feature_selection_{name}_rank{result['rank']}"
+      (folder / f"{stem}.json").write_text(json.dumps(result, indent=1))
+      _plot_feature_selection(result, folder / f"{stem}.png")
       for key, curves in result["curves"].items():
         print(key, np.round(np.mean(curves, 0), 4).tolist())
     else:
