@@ -340,6 +340,19 @@ def ttl_importance(sweep_dir: Path, rank: Sequence[int], seed: int = 0,
           "test_accuracy_after": _accuracy(model, x, y)}
 
 
+def _feature_selection_table(result: dict) -> str:
+  """Test accuracy (mean ± std over models and orders) by maps removed."""
+  count = len(next(iter(result["curves"].values()))[0])
+  lines = ["| order | " + " | ".join(f"{k} removed" for k in range(count))
+           + " |", "|---|" + "---|" * count]
+  for name, curves in result["curves"].items():
+    curves = np.asarray(curves)
+    cells = [f"{m:.3f} ± {s:.3f}" for m, s in zip(curves.mean(0),
+                                                   curves.std(0))]
+    lines.append(f"| {name} (n={len(curves)}) | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def _plot_feature_selection(result: dict, path: Path) -> None:
   import matplotlib
 
@@ -440,8 +453,12 @@ def _main():
       stem = f"feature_selection_{name}_rank{result['rank']}"
       (folder / f"{stem}.json").write_text(json.dumps(result, indent=1))
       _plot_feature_selection(result, folder / f"{stem}.png")
-      for key, curves in result["curves"].items():
-        print(key, np.round(np.mean(curves, 0), 4).tolist())
+      table = _feature_selection_table(result)
+      (folder / f"{stem}.md").write_text(
+          f"# Feature selection, {name}, CP rank {result['rank']}\n\n"
+          f"`python -m cpac_jax.interpret --sweep_dir={directory} "
+          f"--rank={rank.value} --out={folder}`\n\n{table}\n")
+      print(table)
     else:
       result = ttl_importance(directory, json.loads(rank.value))
       (folder / f"importance_{name}.json").write_text(
