@@ -88,6 +88,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not isinstance(value, int) or value < 0:
       raise ValueError(
           f"{field} must be an int >= 0 (0: all), got {value!r}")
+  import jax
+
+  devices = jax.device_count()
+  if config.batch_size % devices:
+    raise ValueError(
+        f"batch_size {config.batch_size} doesn't divide over the {devices} "
+        f"devices that share each batch; use a multiple of {devices}, or "
+        "make fewer devices visible (e.g. CUDA_VISIBLE_DEVICES)")
   if not config.optimizer.learning_rate > 0:
     raise ValueError(
         "optimizer.learning_rate must be positive, got "

@@ -24,6 +24,7 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from cpac_jax import data, layers, models
 
@@ -120,8 +121,10 @@ def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
   return step
 
 
-def _make_steps(config, graphdef, eval_graphdef, tx, images, labels):
-  """The compiled train chunk and eval pass, closed over the train data."""
+def _make_steps(config, graphdef, eval_graphdef, tx, images, labels,
+                batch_sharding):
+  """The compiled train chunk and eval pass, closed over the train data;
+  each batch is split over the devices of `batch_sharding`."""
   batch_size = config.batch_size
   step_fn = make_step(graphdef, tx)
 
@@ -129,6 +132,7 @@ def _make_steps(config, graphdef, eval_graphdef, tx, images, labels):
     params, rest, opt_state, order = carry
     index = jax.lax.dynamic_slice_in_dim(order, step * batch_size, batch_size)
     x, y = normalize(images[index], config), labels[index]
+    x, y = jax.lax.with_sharding_constraint((x, y), batch_sharding)
     params, rest, opt_state, loss, logits = step_fn(params, rest, opt_state,
                                                     x, y)
     correct = jnp.sum(jnp.argmax(logits, -1) == y)
@@ -350,9 +354,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   model.eval()
   eval_graphdef = nnx.split(model, nnx.Param, ...)[0]
+  # Data parallel over every device: batches split, the rest replicated.
+  mesh = jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  replicated = NamedSharding(mesh, PartitionSpec())
   train_chunk, evaluate = _make_steps(
-      config, graphdef, eval_graphdef, tx, jnp.asarray(train_split.images),
-      jnp.asarray(train_split.labels))
+      config, graphdef, eval_graphdef, tx,
+      jax.device_put(train_split.images, replicated),
+      jax.device_put(train_split.labels, replicated),
+      NamedSharding(mesh, PartitionSpec("data")))
   test_batches = tuple(jnp.asarray(a) for a in _eval_batches(
       test_split, config.eval_batch_size))
   num_test = len(test_split.labels)
@@ -375,6 +385,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     log(f"resuming at epoch {epoch}, step {step}/{steps_per_epoch}")
     if step == steps_per_epoch:
       epoch, step = epoch + 1, 0
+  for name in ("params", "rest", "opt_state"):
+    state[name] = jax.device_put(state[name], replicated)
   history = _history(workdir, epoch - 1)
   writer = _MetricWriter(workdir)
   steps_per_call = min(config.steps_per_call, steps_per_epoch)
