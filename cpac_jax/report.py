@@ -10,16 +10,56 @@ README's table is always the one the code produced.
 """
 
 import csv
+import io
 import json
+import os
 import statistics
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 import ml_collections
 
-__all__ = ["summarize", "write_report"]
+__all__ = ["read_csv", "read_results", "summarize", "write_report",
+           "write_rows"]
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def read_csv(path: str | Path) -> list[dict]:
+  path = Path(path)
+  if not path.exists():
+    return []
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def write_rows(path: Path, rows: list[dict], columns) -> None:
+  """Write a CSV whole: to a temp file, then renamed over `path`, so a kill
+  never leaves a torn line."""
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+  writer.writeheader()
+  writer.writerows(rows)
+  handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".results-")
+  with os.fdopen(handle, "w", newline="") as f:
+    f.write(buffer.getvalue())
+  os.replace(temp, path)
+
+
+def read_results(workdir: str | Path) -> list[dict]:
+  """Rows of every results*.csv in `workdir` (results.csv first, then the
+  shards' files), one per run key."""
+  workdir = Path(workdir)
+  files = sorted(workdir.glob("results*.csv"),
+                 key=lambda p: (p.name != "results.csv", p.name))
+  rows, seen = [], set()
+  for path in files:
+    for row in read_csv(path):
+      if row["key"] not in seen:
+        seen.add(row["key"])
+        rows.append(row)
+  return rows
 
 
 def _rank_label(row: dict) -> str:
@@ -141,14 +181,23 @@ def _plots(summary: list[dict], paper: dict, out: Path, title: str) -> list[
   return names
 
 
-def write_report(results: str | Path, config: ml_collections.ConfigDict
+def write_report(workdir: str | Path, config: ml_collections.ConfigDict
                  ) -> Path:
-  """Write results.md and the plots beside `results`; return results.md."""
-  results = Path(results)
-  with open(results, newline="") as f:
-    rows = list(csv.DictReader(f))
+  """Merge the workdir's results files into results.csv, then write
+  results.md and the plots beside it; return results.md. Runs of the
+  config's sweep with no row yet are listed as missing."""
+  from cpac_jax.config import run_key  # report comes last: import late
+  from cpac_jax.sweep import COLUMNS, expand
+
+  workdir = Path(workdir)
+  results = workdir / "results.csv"
+  rows = read_results(workdir)
   if not rows:
-    raise ValueError(f"{results} holds no runs to report")
+    raise ValueError(f"{workdir} holds no results*.csv rows to report")
+  write_rows(results, rows, COLUMNS)
+  present = {row["key"] for row in rows}
+  missing = [name for name, run in expand(config)
+             if run_key(run) not in present]
   paper = dict(config.get("paper") or {})
   failed = [r for r in rows if r.get("status", "ok") != "ok"]
   rows = [r for r in rows if r.get("status", "ok") == "ok"]
@@ -161,10 +210,12 @@ def write_report(results: str | Path, config: ml_collections.ConfigDict
   plots = _plots(summary, paper, out, title)
   failures = "".join(
       f"- {r.get('run', '?')}: {r['status']}, left out of the table\n"
-      for r in failed)
+      for r in failed) + "".join(f"- {name}: missing, not run yet\n"
+                                 for name in missing)
   text = (f"# {title}: results\n\n"
           f"{len(rows)} runs from `{results.name}`; mean ± std over seeds.\n\n"
-          f"{table}\n\n" + (f"Failed runs:\n{failures}\n" if failed else "")
+          f"{table}\n\n" + (f"Not in the table:\n{failures}\n" if failures
+                              else "")
           + "\n".join(f"![{p}]({p})" for p in plots) + "\n")
   path = out / "results.md"
   path.write_text(text)
@@ -187,7 +238,7 @@ def _main():
 
   def main(argv):
     del argv
-    print(write_report(Path(workdir.value) / "results.csv", config.value))
+    print(write_report(workdir.value, config.value))
 
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

@@ -19,12 +19,8 @@ checkpoint; results.csv is replaced whole on each write, never torn.
       --workdir=experiments/cpac_mnist
 """
 
-import csv
-import io
 import itertools
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +31,7 @@ from ml_collections import config_flags
 from cpac_jax import data, report, train
 from cpac_jax.config import OPTIONAL_FIELDS, run_key, validate
 
-__all__ = ["COLUMNS", "expand", "override", "read_results", "run_sweep"]
+__all__ = ["COLUMNS", "expand", "override", "run_sweep", "shard_of"]
 
 COLUMNS = ("experiment", "dataset", "model", "factorization", "rank",
            "params", "compression", "layer_params", "layer_compression",
@@ -82,46 +78,47 @@ def _text(value) -> str:
   return str(value)
 
 
-def read_results(path: str | Path) -> list[dict]:
-  path = Path(path)
-  if not path.exists():
-    return []
-  with open(path, newline="") as f:
-    return list(csv.DictReader(f))
-
-
 def _append_row(path: Path, row: dict) -> None:
-  """Add a row by rewriting the file to a temp file and renaming it over,
-  so a kill never leaves a torn line."""
-  rows = read_results(path) + [row]
-  buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
-  writer.writeheader()
-  writer.writerows(rows)
-  handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".results-")
-  with os.fdopen(handle, "w", newline="") as f:
-    f.write(buffer.getvalue())
-  os.replace(temp, path)
+  """Add a row to a results file, rewritten whole (`report.write_rows`)."""
+  report.write_rows(path, report.read_csv(path) + [row], COLUMNS)
 
 
-def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path) -> list[
-    dict]:
-  """Run every run of `config`'s sweep not yet in results.csv, then write
-  the report. Returns all rows."""
+def shard_of(key: str, count: int) -> int:
+  """The shard (0..count-1) a run belongs to: stable, from its key alone."""
+  return int(key, 16) % count
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path,
+              shard: tuple[int, int] = (0, 1)) -> list[dict]:
+  """Run every run of `config`'s sweep (or of its `shard` (i, n): the runs
+  whose key falls in shard i of n) not yet in the workdir's results files,
+  then write the report. Returns all rows of the workdir.
+
+  Shard i of n > 1 appends to `results-shard<i>of<n>.csv`, so machines can
+  share a workdir or each keep their own; `report` merges every
+  results*.csv it finds, by run key.
+  """
+  index, count = shard
+  if not (isinstance(count, int) and count >= 1 and isinstance(index, int)
+          and 0 <= index < count):
+    raise ValueError(f"shard {index}/{count} is invalid; give i/n with "
+                     "0 <= i < n")
   workdir = Path(workdir)
   runs = expand(config)
   for _, run in runs:  # every run's config is checked before any compute
     validate(run)
+  mine = [(name, run, run_key(run)) for name, run in runs]
+  mine = [r for r in mine if shard_of(r[2], count) == index]
   workdir.mkdir(parents=True, exist_ok=True)
-  results = workdir / "results.csv"
-  done = {row["key"] for row in read_results(results)}
+  results = workdir / ("results.csv" if count == 1
+                       else f"results-shard{index}of{count}.csv")
+  done = {row["key"] for row in report.read_results(workdir)}
   start = time.perf_counter()
-  for i, (name, run) in enumerate(runs):
-    key = run_key(run)
+  for i, (name, run, key) in enumerate(mine):
     if key in done:
-      logging.info("[%d/%d] %s: done already, skipped", i + 1, len(runs), name)
+      logging.info("[%d/%d] %s: done already, skipped", i + 1, len(mine), name)
       continue
-    logging.info("[%d/%d] %s", i + 1, len(runs), name)
+    logging.info("[%d/%d] %s", i + 1, len(mine), name)
     try:
       row = train.train_and_evaluate(run, workdir / "runs" / f"{name}-{key}")
     except train.Diverged as error:
@@ -133,18 +130,23 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path) -> list[
     _append_row(results, {**row, "run": name, "key": key})
     done.add(key)
   logging.info("sweep finished in %.0f s", time.perf_counter() - start)
-  report.write_report(results, config)
-  return read_results(results)
+  report.write_report(workdir, config)
+  return report.read_results(workdir)
 
 
 def _main():
   config = config_flags.DEFINE_config_file("config", None, "experiment config")
   workdir = flags.DEFINE_string("workdir", None, "where results.csv goes")
+  shard = flags.DEFINE_string(
+      "shard", "0/1", "i/n: run only shard i of n of the sweep (0-based)")
 
   def main(argv):
     del argv
     try:
-      rows = run_sweep(config.value, workdir.value)
+      index, _, count = shard.value.partition("/")
+      if not (index.isdigit() and count.isdigit()):
+        raise ValueError(f"--shard={shard.value!r} is not of the form i/n")
+      rows = run_sweep(config.value, workdir.value, (int(index), int(count)))
     except (ValueError, data.DataNotFoundError, train.Preempted) as error:
       sys.exit(f"error: {error}")  # one line, exit status 1
     print(f"{len(rows)} runs in {Path(workdir.value) / 'results.csv'}; "

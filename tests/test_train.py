@@ -10,6 +10,7 @@ import jax
 import pytest
 
 from cpac_jax import models, report, sweep, train
+from cpac_jax.config import run_key
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,12 +115,12 @@ def test_report_puts_paper_numbers_beside_ours(tmp_path):
       {"factorization": "cp", "rank": "1", "params": "100",
        "compression": "2.0", "layer_compression": "10.0",
        "test_accuracy": str(acc), "best_test_accuracy": str(acc + 0.01),
-       "train_seconds": "1", "seed": str(seed)}
+       "train_seconds": "1", "seed": str(seed), "key": f"k{seed}"}
       for seed, acc in enumerate([0.90, 0.92])
   ] + [{"factorization": "dense", "rank": "", "params": "200",
         "compression": "1.0", "layer_compression": "1.0",
         "test_accuracy": "0.95", "best_test_accuracy": "0.95",
-        "train_seconds": "1", "seed": "0"}]
+        "train_seconds": "1", "seed": "0", "key": "k2"}]
   with open(tmp_path / "results.csv", "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -127,9 +128,10 @@ def test_report_puts_paper_numbers_beside_ours(tmp_path):
   (tmp_path / "README.md").write_text(
       f"intro\n{report.BEGIN}\nold table\n{report.END}\noutro\n")
   config = load_config("cpac_mnist")
-  text = report.write_report(tmp_path / "results.csv", config).read_text()
+  text = report.write_report(tmp_path, config).read_text()
   assert "| cp | 1 | 100 | 2.00x | 10.00x | 2 | 0.9100 ± 0.0141 |" in text
   assert "0.9278" in text and "0.9844" in text  # the paper's rank 1, dense
+  assert "factorization=cp-rank=12-seed=2: missing, not run yet" in text
   readme = (tmp_path / "README.md").read_text()
   assert "old table" not in readme and "0.9100 ± 0.0141" in readme
   assert readme.startswith("intro\n") and readme.endswith("outro\n")
@@ -181,3 +183,29 @@ def test_train_step_updates_batch_norm_statistics():
   assert not np.allclose(new_rest["norm"]["mean"][...], 0.0)
   assert not np.allclose(new_params["linear"]["kernel"][...],
                          params["linear"]["kernel"][...])
+
+
+def test_three_shards_merge_into_one_table_with_every_run_once(
+    mnist_dir, tmp_path):
+  config = tiny(load_config("cpac_mnist", "quick"), mnist_dir, num_epochs=1)
+  config.sweep = ({"model.rank": [1, 2, 3, 4], "seed": [0, 1]},)
+  keys = {run_key(run) for _, run in sweep.expand(config)}
+  merged = tmp_path / "merged"
+  merged.mkdir()
+  for index in range(3):  # three machines, each with its own workdir
+    machine = tmp_path / f"machine{index}"
+    rows = sweep.run_sweep(config, machine, shard=(index, 3))
+    assert all(sweep.shard_of(r["key"], 3) == index for r in rows)
+    shard_file = machine / f"results-shard{index}of3.csv"
+    shard_file.rename(merged / shard_file.name)
+  report.write_report(merged, config)
+  with open(merged / "results.csv", newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert sorted(r["key"] for r in rows) == sorted(keys)  # none lost, no twin
+  assert "missing" not in (merged / "results.md").read_text()
+
+
+def test_shard_must_be_i_of_n(mnist_dir, tmp_path):
+  config = tiny(load_config("cpac_mnist", "quick"), mnist_dir)
+  with pytest.raises(ValueError, match="shard 3/3 is invalid"):
+    sweep.run_sweep(config, tmp_path, shard=(3, 3))
