@@ -137,21 +137,10 @@ class CPConv(nnx.Module):
 
   def _factorized(self, x, factors, pads):
     *spatial, in_factor, out_factor = factors
-    num_spatial = len(spatial)
     h = jnp.einsum("...c,cr->...r", x, in_factor, precision=self.precision)
     for axis, factor in enumerate(spatial):
-      # A depthwise conv along one axis: kernel (1, .., k, .., 1, 1, R).
-      shape = [1] * num_spatial + [1, self.rank]
-      shape[axis] = factor.shape[0]
-      ones = [1] * num_spatial
-      strides, dilation = list(ones), list(ones)
-      strides[axis] = self.strides[axis]
-      dilation[axis] = self.kernel_dilation[axis]
-      axis_pads = [(0, 0)] * num_spatial
-      axis_pads[axis] = pads[axis]
-      h = _conv.conv(h, jnp.reshape(factor, shape), strides, axis_pads,
-                     dilation, feature_group_count=self.rank,
-                     precision=self.precision)
+      h = _conv.depthwise_along(h, factor, axis + 1, self.strides[axis],
+                                self.kernel_dilation[axis], pads[axis])
     return jnp.einsum("...r,or->...o", h, out_factor, precision=self.precision)
 
   @classmethod

@@ -1,0 +1,153 @@
+"""Forward and forward+backward time of the factorized layers against the
+dense Flax layer of the same shape, measured in one run.
+
+  python scripts/bench_layers.py [--repeats=30]
+
+Shapes: 3x3 convs 64->64 on 32x32 and 256->256 on 16x16 (batch 32), and
+784->300 (batch 128); ranks giving 2x, 10x and 66x fewer parameters (rank
+fractions 0.5, 0.1, 0.015). Every layer runs each implementation (auto,
+factorized, reconstructed). Each figure is the median of `repeats` timed
+calls after compilation, the variants of one shape interleaved call by call
+so machine noise hits all alike; times are reported relative to the dense
+layer, with the multiply-adds each path needs, so time and FLOPs can be set
+side by side. Writes experiments/benchmarks/layers.{md,json}.
+"""
+
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+from flax import nnx
+
+import cpac_jax as cj
+
+_REPEATS = flags.DEFINE_integer("repeats", 30, "timed calls per variant")
+_OUT = flags.DEFINE_string("out", "experiments/benchmarks",
+                           "folder for layers.{md,json}")
+FRACTIONS = {"2x": 0.5, "10x": 0.1, "66x": 0.015}
+IMPLEMENTATIONS = ("auto", "factorized", "reconstructed")
+
+
+def _cases():
+  """(shape name, dense layer, input, [(variant, layer), ...])."""
+  rngs = nnx.Rngs(0)
+  for cin, size in ((64, 32), (256, 16)):
+    x = jax.random.normal(jax.random.key(0), (32, size, size, cin))
+    dense = nnx.Conv(cin, cin, (3, 3), rngs=rngs)
+    variants = []
+    for label, fraction in FRACTIONS.items():
+      for implementation in IMPLEMENTATIONS:
+        variants.append((f"CPConv {label} {implementation}", cj.layers.CPConv(
+            cin, cin, (3, 3), rank=fraction, implementation=implementation,
+            rngs=rngs)))
+        variants.append((f"TuckerConv {label} {implementation}",
+                         cj.layers.TuckerConv(
+                             cin, cin, (3, 3), rank=fraction,
+                             implementation=implementation, rngs=rngs)))
+    name = f"conv 3x3 {cin}->{cin} on {size}x{size}, batch 32"
+    yield name, dense, x, variants
+  x = jax.random.normal(jax.random.key(0), (128, 784))
+  dense = nnx.Linear(784, 300, rngs=rngs)
+  variants = []
+  for label, fraction in FRACTIONS.items():
+    for implementation in IMPLEMENTATIONS:
+      variants.append((f"TuckerDense {label} {implementation}",
+                       cj.layers.TuckerDense(
+                           (28, 28), (300,), rank=fraction,
+                           implementation=implementation, rngs=rngs)))
+  yield "dense 784->300, batch 128", dense, x, variants
+
+
+def _timers(layer, x):
+  graphdef, params = nnx.split(layer)
+  forward = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x))
+  backward = jax.jit(jax.grad(
+      lambda p, x: jnp.sum(nnx.merge(graphdef, p)(x) ** 2)))
+  timers = {}
+  for name, fn in (("forward", forward), ("forward+backward", backward)):
+    jax.block_until_ready(fn(params, x))  # compile
+
+    def timed(fn=fn):
+      start = time.perf_counter()
+      jax.block_until_ready(fn(params, x))
+      return time.perf_counter() - start
+
+    timers[name] = timed
+  return timers
+
+
+def _flops(layer, x):
+  if isinstance(layer, cj.layers.TuckerDense):
+    return layer.flops(x.shape[0])
+  return layer.flops(x.shape)
+
+
+def main(argv):
+  del argv
+  rows = []
+  for shape, dense, x, variants in _cases():
+    timers = {"dense": _timers(dense, x)}
+    for name, layer in variants:
+      timers[name] = _timers(layer, x)
+    samples = {name: {k: [] for k in t} for name, t in timers.items()}
+    for _ in range(_REPEATS.value):
+      for name, t in timers.items():
+        for kind, timed in t.items():
+          samples[name][kind].append(timed())
+    medians = {name: {k: statistics.median(v) for k, v in kinds.items()}
+               for name, kinds in samples.items()}
+    dense_params = cj.count_params(dense)
+    for name, layer in [("dense", dense)] + variants:
+      flops = _flops(layer, x) if name != "dense" else {}
+      rows.append({
+          "shape": shape, "variant": name,
+          "params": cj.count_params(layer),
+          "compression": dense_params / cj.count_params(layer),
+          "rank": getattr(layer, "rank", None),
+          "forward_vs_dense": medians[name]["forward"]
+                              / medians["dense"]["forward"],
+          "backward_vs_dense": medians[name]["forward+backward"]
+                               / medians["dense"]["forward+backward"],
+          "forward_ms": 1e3 * medians[name]["forward"],
+          "backward_ms": 1e3 * medians[name]["forward+backward"],
+          "flops_vs_dense": {k: v / flops["dense"] for k, v in flops.items()
+                             if k != "dense"},
+      })
+  device = f"{jax.devices()[0].device_kind} ({jax.default_backend()})"
+  meta = {"device": device, "machine": platform.machine(),
+          "repeats": _REPEATS.value, "jax": jax.__version__}
+  out = Path(_OUT.value)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "layers.json").write_text(json.dumps({"meta": meta, "rows": rows},
+                                              indent=1, default=str))
+  lines = ["# Factorized layers against dense: time and multiply-adds", "",
+           f"`python scripts/bench_layers.py --repeats={_REPEATS.value}` on "
+           f"{device}, {platform.machine()}, jax {jax.__version__}. Medians of "
+           f"{_REPEATS.value} interleaved calls after compilation; times and "
+           "multiply-adds relative to the dense layer of the same shape in "
+           "the same run.", ""]
+  for shape in dict.fromkeys(r["shape"] for r in rows):
+    lines += [f"## {shape}", "",
+              "| variant | rank | params | compression | forward time "
+              "| fwd+bwd time | multiply-adds (factorized / reconstructed) |",
+              "|---|---|---|---|---|---|---|"]
+    for r in (r for r in rows if r["shape"] == shape):
+      flops = r["flops_vs_dense"]
+      flops_cell = (f"{flops['factorized']:.3f} / {flops['reconstructed']:.3f}"
+                    if flops else "1")
+      lines.append(
+          f"| {r['variant']} | {r['rank'] or '-'} | {r['params']:,} "
+          f"| {r['compression']:.1f}x | {r['forward_vs_dense']:.2f}x "
+          f"| {r['backward_vs_dense']:.2f}x | {flops_cell} |")
+    lines.append("")
+  (out / "layers.md").write_text("\n".join(lines))
+  print("\n".join(lines))
+
+
+if __name__ == "__main__":
+  app.run(main)
