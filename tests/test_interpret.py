@@ -69,3 +69,12 @@ def test_feature_selection_removes_maps_and_restores_the_layer():
   # examples get one class
   bias_class = int(jnp.argmax(net.fcs[-1].bias[...]))
   assert accuracies[-1] == pytest.approx(float(jnp.mean(y == bias_class)))
+
+
+def test_interpret_is_reachable_from_the_package_as_designed():
+  import cpac_jax as cj
+
+  assert cj.interpret.cp_feature_significance is (
+      interpret.cp_feature_significance)
+  with pytest.raises(AttributeError, match="no attribute 'nope'"):
+    cj.nope  # noqa: B018
