@@ -87,7 +87,7 @@ def test_cp_from_conv_reproduces_exactly_low_rank_kernel():
       jax.random.split(jax.random.key(2), 4), (3, 3, 6, 8))]
   dense.kernel[...] = tensor.cp_to_tensor(factors) / 10
   dense.bias[...] = jnp.linspace(-1, 1, 8)
-  layer = CPConv.from_conv(dense, rank=3, n_iter_max=1000, tol=1e-10)
+  layer = CPConv.from_conv(dense, rank=3, n_iter_max=300, tol=1e-10)
   x = jax.random.normal(jax.random.key(3), (2, 10, 10, 6))
   np.testing.assert_allclose(layer(x), dense(x), rtol=1e-3, atol=1e-4)
   assert layer.padding == "VALID"
@@ -95,7 +95,7 @@ def test_cp_from_conv_reproduces_exactly_low_rank_kernel():
 
 def test_cp_from_conv_at_full_rank_of_a_1x1_conv_is_exact():
   dense = nnx.Conv(5, 7, (1, 1), rngs=nnx.Rngs(0))
-  layer = CPConv.from_conv(dense, rank=5, n_iter_max=2000, tol=0.0)
+  layer = CPConv.from_conv(dense, rank=5, n_iter_max=100, tol=0.0)
   x = jax.random.normal(jax.random.key(3), (2, 4, 4, 5))
   np.testing.assert_allclose(layer(x), dense(x), rtol=1e-3, atol=1e-4)
 
