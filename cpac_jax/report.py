@@ -83,13 +83,15 @@ def summarize(rows: list[dict]) -> list[dict]:
   summary = []
   for (factorization, rank), group in groups.items():
     accuracy = _mean_std([float(r["test_accuracy"]) for r in group])
-    best = _mean_std([float(r["best_test_accuracy"]) for r in group])
+    bests = [float(r["best_test_accuracy"]) for r in group]
+    best = _mean_std(bests)
     summary.append({
         "factorization": factorization, "rank": rank, "seeds": len(group),
         "params": int(group[0]["params"]),
         "compression": float(group[0]["compression"]),
         "layer_compression": float(group[0]["layer_compression"]),
         "accuracy": accuracy, "best_accuracy": best,
+        "best_seed_accuracy": max(bests),
         "train_seconds": statistics.fmean(
             float(r["train_seconds"]) for r in group),
     })
@@ -101,7 +103,8 @@ def _table(summary: list[dict], paper: dict) -> str:
   has_paper = bool(paper)
   head = ["factorization", "rank", "params", "compression (model)",
           "compression (factorized layers)", "seeds",
-          "test acc (final epoch)", "test acc (best epoch)"]
+          "test acc (final epoch)", "test acc (best epoch)",
+          "best epoch, best seed"]
   if has_paper:
     head.append("paper")
   head.append("train s / run")
@@ -113,7 +116,8 @@ def _table(summary: list[dict], paper: dict) -> str:
              "-" if s["factorization"] == "dense"
              else f"{s['layer_compression']:.2f}x", str(s["seeds"]),
              "{:.4f} ± {:.4f}".format(*s["accuracy"]),
-             "{:.4f} ± {:.4f}".format(*s["best_accuracy"])]
+             "{:.4f} ± {:.4f}".format(*s["best_accuracy"]),
+             f"{s['best_seed_accuracy']:.4f}"]
     if has_paper:
       value = paper.get(s["rank"])
       cells.append(f"{value:.4f}" if value is not None else "-")
