@@ -135,7 +135,7 @@ def _plots(summary: list[dict], paper: dict, out: Path, title: str) -> list[
 
   factorized = [s for s in summary if s["factorization"] != "dense"]
   dense = [s for s in summary if s["factorization"] == "dense"]
-  names = []
+  names = []  # of the files written
 
   fig, ax = plt.subplots(figsize=(6, 4))
   x = list(range(len(factorized)))
@@ -156,12 +156,7 @@ def _plots(summary: list[dict], paper: dict, out: Path, title: str) -> list[
                 rotation=45 if len(x) > 8 else 0)
   ax.set_xlabel("rank")
   ax.set_ylabel("test accuracy")
-  ax.set_title(title)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(out / "accuracy_vs_rank.png", dpi=120)
-  names.append("accuracy_vs_rank.png")
-  plt.close(fig)
+  names.append(_save(fig, ax, title, out / "accuracy_vs_rank.png"))
 
   fig, ax = plt.subplots(figsize=(6, 4))
   ax.errorbar([s["layer_compression"] for s in factorized],
@@ -176,13 +171,20 @@ def _plots(summary: list[dict], paper: dict, out: Path, title: str) -> list[
   ax.set_xscale("log")
   ax.set_xlabel("compression of the factorized layers (dense / ours)")
   ax.set_ylabel("test accuracy (final epoch)")
+  names.append(_save(fig, ax, title, out / "accuracy_vs_compression.png"))
+  return names
+
+
+def _save(fig, ax, title: str, path: Path) -> str:
+  """Title, legend, layout; write the figure to `path`, return its name."""
+  import matplotlib.pyplot as plt
+
   ax.set_title(title)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(out / "accuracy_vs_compression.png", dpi=120)
-  names.append("accuracy_vs_compression.png")
+  fig.savefig(path, dpi=120)
   plt.close(fig)
-  return names
+  return path.name
 
 
 def write_report(workdir: str | Path, config: ml_collections.ConfigDict
