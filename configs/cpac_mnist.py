@@ -36,10 +36,9 @@ def build(preset: str, num_layers: int):
   config.model.name = f"cpac_cnn_{num_layers}"
   config.model.factorization = "cp"
   config.model.rank = 5                 # CP rank of every conv layer
-  # The committed results ran the rebuilt kernel and one conv, then faster
-  # at batch size 1 than the factorized chain (166 vs 356 us/step). Since
-  # the depthwise steps became fused strided slices the factorized path is
-  # the faster one (217 vs 306 us/step, measured under load), but the
+  # The committed results ran the rebuilt kernel and one conv, which was
+  # the faster path at batch size 1 when they were made; the factorized
+  # path's depthwise steps have since become fused strided slices, but the
   # setting is part of every run's key, so it stays as the results ran.
   config.model.implementation = "reconstructed"
   config.optimizer.name = "adam"
