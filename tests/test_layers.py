@@ -58,6 +58,34 @@ def test_conv_paths_agree_with_dense_conv(kind, case):
     np.testing.assert_allclose(layer(x), expected, rtol=1e-4, atol=1e-5)
 
 
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_patches_conv_computes_what_the_xla_conv_does(case):
+  kernel_size, strides, padding, dilation, spatial = case
+  layer = make_conv("cp", 4, 6, kernel_size, strides, padding, dilation,
+                    conv_general_dilated=cj.layers.patches_conv)
+  x = jax.random.normal(jax.random.key(0), (2,) + spatial + (4,))
+  dense = dense_twin(layer, layer.kernel_tensor())
+  expected, expected_grad = jax.value_and_grad(
+      lambda x: jnp.sum(dense(x) ** 2))(x)
+  dense.conv_general_dilated = cj.layers.patches_conv
+  layer.implementation = "reconstructed"
+  for conv in (dense, layer):  # as nnx.Conv and CPConv take it
+    loss = lambda x, conv=conv: jnp.sum(conv(x) ** 2)
+    value, grad = jax.value_and_grad(loss)(x)
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-4)
+
+
+def test_patches_conv_rejects_what_it_cannot_compute():
+  x, kernel = jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 4))
+  with pytest.raises(ValueError, match="not channels-last"):
+    cj.layers.patches_conv(x, kernel, (1, 1), "SAME",
+                           dimension_numbers=("NCHW", "OIHW", "NCHW"))
+  with pytest.raises(ValueError, match="feature_group_count 2"):
+    cj.layers.patches_conv(x, jnp.ones((3, 3, 1, 4)), (1, 1), "SAME",
+                           feature_group_count=2)
+
 def test_ttl_paths_agree_with_dense_matmul():
   ttl = TuckerDense(in_shape=(4, 7), out_shape=(3, 5), rank=(2, 3, 2, 4),
                     rngs=nnx.Rngs(0))

@@ -1,8 +1,10 @@
 """Flax NNX layers whose weights are held as CP or Tucker decompositions."""
 
+from cpac_jax.layers._conv import patches_conv
 from cpac_jax.layers.cp_conv import CPConv
 from cpac_jax.layers.params import count_params
 from cpac_jax.layers.tucker_conv import TuckerConv
 from cpac_jax.layers.tucker_dense import TuckerDense
 
-__all__ = ["CPConv", "TuckerConv", "TuckerDense", "count_params"]
+__all__ = ["CPConv", "TuckerConv", "TuckerDense", "count_params",
+           "patches_conv"]

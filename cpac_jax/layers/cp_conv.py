@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn import dtypes
+from jax import lax
 
 from cpac_jax import tensor
 from cpac_jax.layers import _conv, _init
@@ -49,7 +50,10 @@ class CPConv(nnx.Module):
     implementation: 'auto', 'factorized' or 'reconstructed'.
     dtype: computation dtype (default: inferred from input and params).
     param_dtype: dtype of the factors and bias.
-    precision: passed to `lax.conv_general_dilated` and the matmuls.
+    precision: passed to the convolution and the matmuls.
+    conv_general_dilated: the convolution of the reconstructed path, as
+      `nnx.Conv` takes it: `lax.conv_general_dilated` (default) or
+      `cpac_jax.layers.patches_conv`.
     rngs: random streams for initialisation.
 
   Example:
@@ -70,7 +74,9 @@ class CPConv(nnx.Module):
                kernel_dilation: int | Sequence[int] = 1,
                use_bias: bool = True, rank: tensor.RankSpec,
                implementation: str = "auto", dtype=None,
-               param_dtype=jnp.float32, precision=None, rngs: nnx.Rngs):
+               param_dtype=jnp.float32, precision=None,
+               conv_general_dilated=lax.conv_general_dilated,
+               rngs: nnx.Rngs):
     name = f"CPConv({in_features}->{out_features})"
     _conv.configure(self, name, in_features, out_features, kernel_size,
                     strides, padding, kernel_dilation)
@@ -79,6 +85,8 @@ class CPConv(nnx.Module):
     self.rank = tensor.cp_rank(shape, rank, layer=name)
     self.dtype = dtype
     self.precision = precision
+    self.conv_general_dilated = conv_general_dilated
+    self.conv_general_dilated = conv_general_dilated
 
     factors = _init.cp_factors(rngs.params(), shape, self.rank,
                                math.prod(self.kernel_size) * in_features,
@@ -128,7 +136,8 @@ class CPConv(nnx.Module):
                                   self.kernel_dilation)
     if choose(self.implementation, self.flops(x.shape)) == "reconstructed":
       y = _conv.conv(x, tensor.cp_to_tensor(factors), self.strides, pads,
-                     self.kernel_dilation, precision=self.precision)
+                     self.kernel_dilation, precision=self.precision,
+                     conv_general_dilated=self.conv_general_dilated)
     else:
       y = self._factorized(x, factors, pads)
     if bias is not None:

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn import dtypes
+from jax import lax
 
 from cpac_jax import tensor
 from cpac_jax.layers import _conv, _init
@@ -33,7 +34,9 @@ class TuckerConv(nnx.Module):
 
   Args:
     in_features, out_features, kernel_size, strides, padding,
-    kernel_dilation, use_bias, dtype, param_dtype, precision: as `nnx.Conv`.
+    kernel_dilation, use_bias, dtype, param_dtype, precision,
+      conv_general_dilated: as `nnx.Conv` (the last may be
+      `cpac_jax.layers.patches_conv`).
     rank: an int (every factorized mode), a tuple with one rank per factorized
       mode in kernel order ((r_in, r_out), or (*spatial ranks, r_in, r_out)
       with `factorize_spatial`), a float in (0, 1], or 'same'.
@@ -59,6 +62,7 @@ class TuckerConv(nnx.Module):
                use_bias: bool = True, rank: tensor.RankSpec,
                factorize_spatial: bool = False, implementation: str = "auto",
                dtype=None, param_dtype=jnp.float32, precision=None,
+               conv_general_dilated=lax.conv_general_dilated,
                rngs: nnx.Rngs):
     name = f"TuckerConv({in_features}->{out_features})"
     _conv.configure(self, name, in_features, out_features, kernel_size,
@@ -68,6 +72,8 @@ class TuckerConv(nnx.Module):
     self.factorize_spatial = factorize_spatial
     self.dtype = dtype
     self.precision = precision
+    self.conv_general_dilated = conv_general_dilated
+    self.conv_general_dilated = conv_general_dilated
     shape = self.kernel_size + (in_features, out_features)
     self.modes = tuple(range(len(shape)) if factorize_spatial
                        else (num_spatial, num_spatial + 1))
@@ -123,13 +129,15 @@ class TuckerConv(nnx.Module):
     if choose(self.implementation, self.flops(x.shape)) == "reconstructed":
       kernel = tensor.multi_mode_dot(core, factors, self.modes)
       y = _conv.conv(x, kernel, self.strides, pads, self.kernel_dilation,
-                     precision=self.precision)
+                     precision=self.precision,
+                     conv_general_dilated=self.conv_general_dilated)
     else:
       *spatial, in_factor, out_factor = factors
       small = tensor.multi_mode_dot(core, spatial, range(len(spatial)))
       h = jnp.einsum("...c,cr->...r", x, in_factor, precision=self.precision)
       h = _conv.conv(h, small, self.strides, pads, self.kernel_dilation,
-                     precision=self.precision)
+                     precision=self.precision,
+                     conv_general_dilated=self.conv_general_dilated)
       y = jnp.einsum("...r,or->...o", h, out_factor, precision=self.precision)
     if bias is not None:
       y = y + bias

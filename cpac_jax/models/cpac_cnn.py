@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cpac_jax.layers import CPConv
+from cpac_jax.layers import CPConv, patches_conv
 from cpac_jax.tensor import RankSpec
 
 __all__ = ["CPACNet"]
@@ -18,6 +18,13 @@ class CPACNet(nnx.Module):
   two-layer net ends in FC(flat -> 50) -> FC(50 -> classes) with no
   activation between them; the one-layer net in FC(flat -> classes). For
   28x28 MNIST, flat is 200 (two layers) or 1352 (one layer).
+
+  Built for batch size 1, where these tiny layers cost more in dispatch
+  and memory layout than in arithmetic: the convs (the CP kernel rebuilt,
+  or the dense one) run as `patches_conv`, one matmul over the taps, and
+  the pooling as a max over a reshape, whose gradient is an elementwise
+  select rather than XLA's scatter; both compute what `nnx.Conv` and
+  `nnx.max_pool` do (the pooling's gradient differs only at tied maxima).
 
   Args:
     num_layers: 1 or 2 conv layers.
@@ -52,7 +59,8 @@ class CPACNet(nnx.Module):
     height, width, channels = input_shape
     convs = []
     for _ in range(num_layers):
-      kwargs = dict(padding="VALID", use_bias=False, rngs=rngs)
+      kwargs = dict(padding="VALID", use_bias=False,
+                    conv_general_dilated=patches_conv, rngs=rngs)
       if factorization == "cp":
         conv = CPConv(channels, num_filters, (kernel_size, kernel_size),
                       rank=rank, implementation=implementation, **kwargs)
@@ -74,8 +82,15 @@ class CPACNet(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, H, W, C) -> logits (N, classes)."""
     for conv in self.convs:
-      x = nnx.relu(nnx.max_pool(conv(x), (2, 2), strides=(2, 2)))
+      x = nnx.relu(_max_pool_2x2(conv(x)))
     x = jnp.reshape(x, (x.shape[0], -1))
     for fc in self.fcs:
       x = fc(x)
     return x
+
+
+def _max_pool_2x2(x: jax.Array) -> jax.Array:
+  """`nnx.max_pool(x, (2, 2), strides=(2, 2))` (VALID) of x (N, H, W, C)."""
+  n, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2]
+  return jnp.max(jnp.reshape(x, (n, h // 2, 2, w // 2, 2, c)), axis=(2, 4))
