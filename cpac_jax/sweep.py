@@ -16,7 +16,7 @@ skips the runs already there and resumes the interrupted one from its last
 checkpoint; results.csv is replaced whole on each write, never torn.
 
   python -m cpac_jax.sweep --config=configs/cpac_mnist.py \
-      --workdir=experiments/cpac_mnist
+      --workdir=experiments/cpac_mnist [--vectorize] [--shard=i/n]
 """
 
 import itertools
@@ -28,7 +28,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cpac_jax import data, report, train
+from cpac_jax import data, report, train, vectorized
 from cpac_jax.config import OPTIONAL_FIELDS, run_key, validate
 
 __all__ = ["COLUMNS", "expand", "override", "run_sweep", "shard_of"]
@@ -89,10 +89,16 @@ def shard_of(key: str, count: int) -> int:
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path,
-              shard: tuple[int, int] = (0, 1)) -> list[dict]:
+              shard: tuple[int, int] = (0, 1), vectorize: bool = False
+              ) -> list[dict]:
   """Run every run of `config`'s sweep (or of its `shard` (i, n): the runs
   whose key falls in shard i of n) not yet in the workdir's results files,
   then write the report. Returns all rows of the workdir.
+
+  With `vectorize`, the runs train together as one compiled program
+  (`cpac_jax.vectorized`; they may differ only in seed, rank and
+  factorization), their rows written when all have finished; otherwise one
+  after another, each row written as its run finishes.
 
   Shard i of n > 1 appends to `results-shard<i>of<n>.csv`, so machines can
   share a workdir or each keep their own; `report` merges every
@@ -114,6 +120,17 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path,
                        else f"results-shard{index}of{count}.csv")
   done = {row["key"] for row in report.read_results(workdir)}
   start = time.perf_counter()
+  if vectorize:
+    pending = [r for r in mine if r[2] not in done]
+    logging.info("%d of %d runs done already; training the other %d "
+                 "together", len(mine) - len(pending), len(mine), len(pending))
+    rows = vectorized.train_vectorized(
+        [(run, workdir / "runs" / f"{name}-{key}") for name, run, key in
+         pending], workdir / "vectorized")
+    report.write_rows(results, report.read_csv(results) + [
+        {**row, "run": name, "key": key}
+        for (name, _, key), row in zip(pending, rows)], COLUMNS)
+    mine = []
   for i, (name, run, key) in enumerate(mine):
     if key in done:
       logging.info("[%d/%d] %s: done already, skipped", i + 1, len(mine), name)
@@ -123,10 +140,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path,
       row = train.train_and_evaluate(run, workdir / "runs" / f"{name}-{key}")
     except train.Diverged as error:
       logging.error("%s diverged, recorded as failed: %s", name, error)
-      row = {"experiment": run.get("name", ""), "dataset": run.dataset.name,
-             "model": run.model.name,
-             "factorization": run.model.factorization, "seed": run.seed,
-             "epochs": run.num_epochs, "status": "diverged"}
+      row = train.failed_row(run)
     _append_row(results, {**row, "run": name, "key": key})
     done.add(key)
   logging.info("sweep finished in %.0f s", time.perf_counter() - start)
@@ -139,6 +153,9 @@ def _main():
   workdir = flags.DEFINE_string("workdir", None, "where results.csv goes")
   shard = flags.DEFINE_string(
       "shard", "0/1", "i/n: run only shard i of n of the sweep (0-based)")
+  vectorize = flags.DEFINE_bool(
+      "vectorize", False, "train the runs together as one compiled program "
+      "(runs differing only in seed, rank and factorization)")
 
   def main(argv):
     del argv
@@ -146,7 +163,8 @@ def _main():
       index, _, count = shard.value.partition("/")
       if not (index.isdigit() and count.isdigit()):
         raise ValueError(f"--shard={shard.value!r} is not of the form i/n")
-      rows = run_sweep(config.value, workdir.value, (int(index), int(count)))
+      rows = run_sweep(config.value, workdir.value, (int(index), int(count)),
+                       vectorize.value)
     except (ValueError, data.DataNotFoundError, train.Preempted) as error:
       sys.exit(f"error: {error}")  # one line, exit status 1
     print(f"{len(rows)} runs in {Path(workdir.value) / 'results.csv'}; "

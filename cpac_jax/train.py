@@ -29,7 +29,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 from cpac_jax import data, layers, models
 
 __all__ = ["Diverged", "Preempted", "build_model", "count_factorized",
-           "make_optimizer", "make_step", "normalize", "restore",
+           "epoch_metrics", "epoch_order", "failed_row", "make_evaluation",
+           "make_optimizer", "make_step", "normalize", "restore", "result_row",
            "train_and_evaluate"]
 
 class Diverged(FloatingPointError):
@@ -148,7 +149,13 @@ def _make_steps(config, graphdef, eval_graphdef, tx, images, labels,
     bad = jnp.where(jnp.all(finite), -1, steps[jnp.argmin(finite)])
     return (params, rest, opt_state, jnp.sum(losses), jnp.sum(correct), bad)
 
-  @jax.jit
+  return train_chunk, jax.jit(make_evaluation(config, eval_graphdef))
+
+
+def make_evaluation(config, eval_graphdef: nnx.GraphDef):
+  """(params, rest, x, y, mask) -> (summed loss, correct count) over test
+  batches (B, bs, ...) of uint8 images, padding masked out (`_eval_batches`)."""
+
   def evaluate(params, rest, x_all, y_all, mask):
     model = nnx.merge(eval_graphdef, params, rest)
 
@@ -162,7 +169,7 @@ def _make_steps(config, graphdef, eval_graphdef, tx, images, labels,
     (loss, correct), _ = jax.lax.scan(body, (0.0, 0.0), (x_all, y_all, mask))
     return loss, correct
 
-  return train_chunk, evaluate
+  return evaluate
 
 
 def _eval_batches(split: data.Split, batch_size: int):
@@ -342,12 +349,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   init_key, data_key = jax.random.split(jax.random.key(config.seed))
   input_shape = train_split.images.shape[1:]
   model = build_model(config, input_shape, init_key)
-  num_params = layers.count_params(model)
-  dense_config = config.copy_and_resolve_references()
-  dense_config.model.factorization = "dense"
-  dense_params = layers.count_params(nnx.eval_shape(
-      lambda: build_model(dense_config, input_shape)))
-  factorized, factorized_dense = count_factorized(model)
+  counts = _counts(config, model, input_shape)
 
   tx = make_optimizer(config, steps_per_epoch)
   model.train()
@@ -398,8 +400,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
 
   with _sigterm_requests_stop() as stop:
     while epoch <= config.num_epochs:
-      order = jax.random.permutation(jax.random.fold_in(data_key, epoch),
-                                     num_train)
+      order = epoch_order(data_key, epoch, num_train)
       if step == 0:
         state["sums"] = {"loss": jnp.zeros((), jnp.float32),
                          "correct": jnp.zeros((), jnp.int32),
@@ -441,17 +442,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
           last_log = now
       test_loss, test_correct = evaluate(state["params"], state["rest"],
                                          *test_batches)
-      seen = steps_per_epoch * config.batch_size
-      epoch_seconds = float(state["sums"]["seconds"])
-      metrics = {
-          "epoch": epoch,
-          "train_loss": float(state["sums"]["loss"]) / steps_per_epoch,
-          "train_accuracy": int(state["sums"]["correct"]) / seen,
-          "test_loss": float(test_loss) / num_test,
-          "test_accuracy": float(test_correct) / num_test,
-          "epoch_seconds": epoch_seconds,
-          "examples_per_second": seen / epoch_seconds,
-      }
+      sums = state["sums"]
+      metrics = epoch_metrics(
+          epoch, float(sums["loss"]), int(sums["correct"]), float(test_loss),
+          float(test_correct), float(sums["seconds"]), steps_per_epoch,
+          config.batch_size, num_test)
       history.append(metrics)
       writer.write(epoch * steps_per_epoch, metrics)
       log(f"epoch {epoch}/{config.num_epochs}: train loss "
@@ -469,19 +464,66 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   checkpoints.close()
   writer.close()
 
+  result = result_row(config, counts, history)
+  (workdir / "result.json").write_text(json.dumps(result, indent=2))
+  return result
+
+
+def epoch_order(data_key: jax.Array, epoch: int, num_train: int) -> jax.Array:
+  """The order of the training examples in `epoch` of a run."""
+  return jax.random.permutation(jax.random.fold_in(data_key, epoch), num_train)
+
+
+def epoch_metrics(epoch: int, train_loss: float, train_correct: int,
+                  test_loss: float, test_correct: float, seconds: float,
+                  steps_per_epoch: int, batch_size: int, num_test: int
+                  ) -> dict:
+  """An epoch's line of metrics.jsonl, from its sums."""
+  seen = steps_per_epoch * batch_size
+  return {
+      "epoch": epoch,
+      "train_loss": train_loss / steps_per_epoch,
+      "train_accuracy": train_correct / seen,
+      "test_loss": test_loss / num_test,
+      "test_accuracy": test_correct / num_test,
+      "epoch_seconds": seconds,
+      "examples_per_second": seen / seconds,
+  }
+
+
+def _counts(config, model: nnx.Module, input_shape) -> dict:
+  """The parameter counts of a run's results row."""
+  dense_config = config.copy_and_resolve_references()
+  dense_config.model.factorization = "dense"
+  dense_params = layers.count_params(nnx.eval_shape(
+      lambda: build_model(dense_config, input_shape)))
+  num_params = layers.count_params(model)
+  factorized, factorized_dense = count_factorized(model)
+  return {"params": num_params, "compression": dense_params / num_params,
+          "layer_params": factorized,
+          "layer_compression": (factorized_dense / factorized
+                                if factorized else 1.0)}
+
+
+def failed_row(config) -> dict:
+  """The results row of a run whose loss became non-finite."""
+  return {"experiment": config.get("name", ""),
+          "dataset": config.dataset.name, "model": config.model.name,
+          "factorization": config.model.factorization, "seed": config.seed,
+          "epochs": config.num_epochs, "status": "diverged"}
+
+
+def result_row(config, counts: dict, history: list[dict]) -> dict:
+  """A finished run's results row (see `cpac_jax.sweep.COLUMNS`)."""
   rank = config.model.rank
-  result = {
+  return {
       "experiment": config.get("name", ""),
       "dataset": config.dataset.name,
       "model": config.model.name,
       "factorization": config.model.factorization,
       "rank": ("" if config.model.factorization == "dense" else json.dumps(
           list(rank) if isinstance(rank, tuple) else rank)),
-      "params": num_params,
-      "compression": dense_params / num_params,
-      "layer_params": factorized,
-      "layer_compression": (factorized_dense / factorized
-                            if factorized else 1.0),
+      **counts,
       "seed": config.seed,
       "epochs": config.num_epochs,
       "test_accuracy": history[-1]["test_accuracy"],
@@ -489,5 +531,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
       "train_seconds": sum(r["epoch_seconds"] for r in history),
       "status": "ok",
   }
-  (workdir / "result.json").write_text(json.dumps(result, indent=2))
-  return result

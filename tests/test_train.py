@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
+from flax import nnx
 
 from cpac_jax import models, report, sweep, train
 from cpac_jax.config import run_key
@@ -210,3 +212,43 @@ def test_shard_must_be_i_of_n(mnist_dir, tmp_path):
   config = tiny(load_config("cpac_mnist", "quick"), mnist_dir)
   with pytest.raises(ValueError, match="shard 3/3 is invalid"):
     sweep.run_sweep(config, tmp_path, shard=(3, 3))
+
+
+def test_vectorized_sweep_trains_each_run_as_its_separate_run_does(
+    mnist_dir, tmp_path):
+  # Ranks 1 and 3 are padded to 3 and stacked; two seeds see different data;
+  # the dense net is a group of its own; all in one compiled step.
+  config = tiny(load_config("cpac_mnist"), mnist_dir, num_epochs=2)
+  config.sweep = ({"model.factorization": ["cp"], "model.rank": [1, 3],
+                   "seed": [0, 1]},
+                  {"model.factorization": ["dense"], "seed": [0]})
+  separate = sweep.run_sweep(config, tmp_path / "separate")
+  together = sweep.run_sweep(config, tmp_path / "together", vectorize=True)
+  assert sorted(r["key"] for r in together) == sorted(
+      r["key"] for r in separate)
+  by_key = {r["key"]: r for r in separate}
+  for row in together:
+    twin = by_key[row["key"]]
+    assert row["status"] == "ok" and row["params"] == twin["params"]
+    assert abs(float(row["test_accuracy"]) - float(twin["test_accuracy"])
+               ) <= 1 / 256
+    runs = [tmp_path / where / "runs" / f"{row['run']}-{row['key']}"
+            for where in ("separate", "together")]
+    (ours, _), (theirs, _) = (train.restore(run) for run in runs)
+    ours, theirs = (jax.tree.leaves(nnx.state(m, nnx.Param))
+                    for m in (ours, theirs))
+    assert [a.shape for a in ours] == [a.shape for a in theirs]
+    for a, b in zip(ours, theirs):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    metrics = (runs[1] / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(m)["epoch"] for m in metrics] == [1, 2]
+
+
+def test_vectorized_sweep_refuses_runs_that_differ_in_more_than_rank_and_seed(
+    mnist_dir, tmp_path):
+  config = tiny(load_config("cpac_mnist"), mnist_dir)
+  config.sweep = ({"model.rank": [1, 2], "optimizer.learning_rate": [1e-3,
+                                                                     1e-2]},)
+  with pytest.raises(ValueError, match="differ in optimizer.learning_rate"):
+    sweep.run_sweep(config, tmp_path / "sweep", vectorize=True)
+  assert not (tmp_path / "sweep" / "runs").exists()
