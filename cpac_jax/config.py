@@ -18,7 +18,7 @@ OPTIONAL_FIELDS = {"optimizer.schedule": "constant", "model.kwargs": {}}
 SCHEDULES = ("constant", "cosine")
 # Fields that don't change what a run computes.
 _NOT_IN_KEY = ("sweep", "paper", "dataset.data_dir", "steps_per_call",
-               "eval_batch_size")
+               "eval_batch_size", "distributed")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -49,6 +49,14 @@ def base_config() -> ml_collections.ConfigDict:
   config.num_test_examples = 0          # first N test examples; 0: all
   config.steps_per_call = 1000          # train steps per compiled call
   config.seed = 0                       # seeds init and data order
+  # Several hosts: with initialize, jax.distributed.initialize() joins them
+  # before any computation; the fields left unset it detects itself on
+  # Cloud TPU pods, SLURM and other clusters it knows.
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.initialize = False
+  config.distributed.coordinator_address = config_dict.placeholder(str)
+  config.distributed.num_processes = config_dict.placeholder(int)
+  config.distributed.process_id = config_dict.placeholder(int)
   config.sweep = ()                     # see cpac_jax.sweep.expand
   config.paper = {}                     # the paper's accuracy by rank
   return config

@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -79,8 +80,10 @@ def _text(value) -> str:
 
 
 def _append_row(path: Path, row: dict) -> None:
-  """Add a row to a results file, rewritten whole (`report.write_rows`)."""
-  report.write_rows(path, report.read_csv(path) + [row], COLUMNS)
+  """Add a row to a results file, rewritten whole (`report.write_rows`); in
+  a multi-process job, only process 0 writes."""
+  if jax.process_index() == 0:
+    report.write_rows(path, report.read_csv(path) + [row], COLUMNS)
 
 
 def shard_of(key: str, count: int) -> int:
@@ -109,6 +112,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path,
           and 0 <= index < count):
     raise ValueError(f"shard {index}/{count} is invalid; give i/n with "
                      "0 <= i < n")
+  train.initialize_distributed(config)
   workdir = Path(workdir)
   runs = expand(config)
   for _, run in runs:  # every run's config is checked before any compute
@@ -127,9 +131,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path,
     rows = vectorized.train_vectorized(
         [(run, workdir / "runs" / f"{name}-{key}") for name, run, key in
          pending], workdir / "vectorized")
-    report.write_rows(results, report.read_csv(results) + [
-        {**row, "run": name, "key": key}
-        for (name, _, key), row in zip(pending, rows)], COLUMNS)
+    for (name, _, key), row in zip(pending, rows):
+      _append_row(results, {**row, "run": name, "key": key})
     mine = []
   for i, (name, run, key) in enumerate(mine):
     if key in done:
@@ -144,7 +147,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path,
     _append_row(results, {**row, "run": name, "key": key})
     done.add(key)
   logging.info("sweep finished in %.0f s", time.perf_counter() - start)
-  report.write_report(workdir, config)
+  if jax.process_index() == 0:
+    report.write_report(workdir, config)
   return report.read_results(workdir)
 
 

@@ -29,7 +29,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 from cpac_jax import data, layers, models
 
 __all__ = ["Diverged", "Preempted", "build_model", "count_factorized",
-           "epoch_metrics", "epoch_order", "failed_row", "make_evaluation",
+           "epoch_metrics", "epoch_order", "failed_row",
+           "initialize_distributed", "make_evaluation",
            "make_optimizer", "make_step", "normalize", "restore", "result_row",
            "train_and_evaluate"]
 
@@ -71,6 +72,32 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
     learning_rate = optax.cosine_decay_schedule(
         learning_rate, config.num_epochs * steps_per_epoch)
   return OPTIMIZERS[name](learning_rate=learning_rate)
+
+
+def initialize_distributed(config: ml_collections.ConfigDict) -> None:
+  """Join the multi-process job `config.distributed` asks for, once, before
+  any computation: `jax.distributed.initialize` with the fields that are
+  set. Every process then runs the same program on its share of each batch,
+  and only process 0 writes files other than checkpoints."""
+  settings = config.get("distributed") or {}
+  if not settings.get("initialize") or jax.distributed.is_initialized():
+    return
+  address = settings.get("coordinator_address")
+  count, index = settings.get("num_processes"), settings.get("process_id")
+  if address is not None and not address.rpartition(":")[2].isdigit():
+    raise ValueError(f"distributed.coordinator_address {address!r} is not "
+                     "host:port")
+  if count is not None and (count < 1 or index is None
+                            or not 0 <= index < count):
+    raise ValueError(
+        f"distributed.process_id {index!r} must be in 0..{count - 1} for "
+        f"distributed.num_processes {count}")
+  jax.distributed.initialize(address, count, index)
+
+
+def _writes_files() -> bool:
+  """Whether this process writes configs, metrics and results."""
+  return jax.process_index() == 0
 
 
 def count_factorized(model: nnx.Module) -> tuple[int, int]:
@@ -213,7 +240,7 @@ def _history(workdir: Path, up_to_epoch: int) -> list[dict]:
     return []
   rows = [json.loads(line) for line in path.read_text().splitlines() if line]
   kept = [r for r in rows if r["epoch"] <= up_to_epoch]
-  if len(kept) != len(rows):
+  if len(kept) != len(rows) and _writes_files():
     temp = path.with_suffix(".tmp")
     temp.write_text("".join(json.dumps(r) + "\n" for r in kept))
     os.replace(temp, path)
@@ -332,6 +359,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   """
   from cpac_jax.config import validate  # imports train: import it late
 
+  initialize_distributed(config)
   validate(config)
   workdir = Path(workdir)
   _check_workdir(workdir, config)
@@ -344,7 +372,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         f"batch_size {config.batch_size} exceeds the {num_train} training "
         "examples")
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  if _writes_files():
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
   init_key, data_key = jax.random.split(jax.random.key(config.seed))
   input_shape = train_split.images.shape[1:]
@@ -365,17 +394,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
       jax.device_put(train_split.images, replicated),
       jax.device_put(train_split.labels, replicated),
       NamedSharding(mesh, PartitionSpec("data")))
-  test_batches = tuple(jnp.asarray(a) for a in _eval_batches(
-      test_split, config.eval_batch_size))
+  test_batches = jax.device_put(
+      _eval_batches(test_split, config.eval_batch_size), replicated)
   num_test = len(test_split.labels)
 
   # Checkpoint step = global train step; (epoch, step) says where in the
   # epoch it was taken, step == steps_per_epoch once the epoch is evaluated.
   state = {"params": params, "rest": rest, "opt_state": tx.init(params),
            "position": np.zeros(2, np.int64),
-           "sums": {"loss": jnp.zeros((), jnp.float32),
-                    "correct": jnp.zeros((), jnp.int32),
-                    "seconds": np.zeros((), np.float64)}}
+           "sums": _zero_sums()}
   checkpoints = ocp.CheckpointManager(
       (workdir / "checkpoints").absolute(),
       options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
@@ -390,7 +417,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   for name in ("params", "rest", "opt_state"):
     state[name] = jax.device_put(state[name], replicated)
   history = _history(workdir, epoch - 1)
-  writer = _MetricWriter(workdir)
+  writer = _MetricWriter(workdir) if _writes_files() else None
   steps_per_call = min(config.steps_per_call, steps_per_epoch)
 
   def save(epoch, step):
@@ -400,11 +427,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
 
   with _sigterm_requests_stop() as stop:
     while epoch <= config.num_epochs:
-      order = epoch_order(data_key, epoch, num_train)
+      order = jax.device_put(np.asarray(epoch_order(data_key, epoch,
+                                                    num_train)), replicated)
       if step == 0:
-        state["sums"] = {"loss": jnp.zeros((), jnp.float32),
-                         "correct": jnp.zeros((), jnp.int32),
-                         "seconds": np.zeros((), np.float64)}
+        state["sums"] = _zero_sums()
       start = last_log = time.perf_counter()
       seconds = float(state["sums"]["seconds"])
       while step < steps_per_epoch:
@@ -414,7 +440,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                   steps_per_epoch)
         (state["params"], state["rest"], state["opt_state"], loss, correct,
          bad) = train_chunk(state["params"], state["rest"],
-                            state["opt_state"], order, jnp.arange(step, end))
+                            state["opt_state"], order,
+                            jax.device_put(np.arange(step, end), replicated))
         if int(bad) >= 0:
           checkpoints.wait_until_finished()
           raise Diverged(
@@ -423,8 +450,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
               f"the last good checkpoint, at global step "
               f"{checkpoints.latest_step()}, is kept in {workdir}")
         sums = state["sums"]
-        sums["loss"], sums["correct"] = sums["loss"] + loss, (
-            sums["correct"] + correct)
+        sums["loss"] = np.asarray(sums["loss"] + np.asarray(loss))
+        sums["correct"] = np.asarray(sums["correct"] + np.asarray(correct))
         step = end
         now = time.perf_counter()
         sums["seconds"] = np.asarray(seconds + now - start)
@@ -448,7 +475,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
           float(test_correct), float(sums["seconds"]), steps_per_epoch,
           config.batch_size, num_test)
       history.append(metrics)
-      writer.write(epoch * steps_per_epoch, metrics)
+      if writer:
+        writer.write(epoch * steps_per_epoch, metrics)
       log(f"epoch {epoch}/{config.num_epochs}: train loss "
           f"{metrics['train_loss']:.4f} acc {metrics['train_accuracy']:.4f}, "
           f"test loss {metrics['test_loss']:.4f} acc "
@@ -462,11 +490,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
       epoch, step = epoch + 1, 0
   checkpoints.wait_until_finished()
   checkpoints.close()
-  writer.close()
+  if writer:
+    writer.close()
 
   result = result_row(config, counts, history)
-  (workdir / "result.json").write_text(json.dumps(result, indent=2))
+  if _writes_files():
+    (workdir / "result.json").write_text(json.dumps(result, indent=2))
   return result
+
+
+def _zero_sums() -> dict:
+  """An epoch's running sums, kept on the host."""
+  return {"loss": np.zeros((), np.float64), "correct": np.zeros((), np.int64),
+          "seconds": np.zeros((), np.float64)}
 
 
 def epoch_order(data_key: jax.Array, epoch: int, num_train: int) -> jax.Array:

@@ -140,6 +140,10 @@ def train_vectorized(runs: Sequence[tuple[ml_collections.ConfigDict, Path]],
   configs = [config for config, _ in runs]
   if not configs:
     return []
+  if jax.process_count() > 1:
+    raise ValueError(
+        "runs trained together use one process; to spread a sweep over "
+        f"{jax.process_count()} hosts, give each its --shard=i/n instead")
   for config in configs:
     validate(config)
   _check_together(configs)
