@@ -43,11 +43,20 @@ def cp_to_tensor(cp: CPTensor | Sequence[jax.Array]) -> jax.Array:
     weights, factors = cp
   else:
     weights, factors = None, list(cp)
-  first = factors[0] if weights is None else factors[0] * weights
+  if weights is not None:
+    factors = [factors[0] * weights] + factors[1:]
   if len(factors) == 1:
-    return jnp.sum(first, axis=1)
-  matrix = first @ base.khatri_rao(factors[1:]).T
-  return jnp.reshape(matrix, tuple(f.shape[0] for f in factors))
+    return jnp.sum(factors[0], axis=1)
+  # The largest mode becomes one side of a matmul and the Khatri-Rao product
+  # of the others the other: a (size / largest, R) intermediate, where
+  # putting the largest mode inside it (a conv kernel's Cout, say) would
+  # make it R times the size of the tensor.
+  mode = max(range(len(factors)), key=lambda m: factors[m].shape[0])
+  others = factors[:mode] + factors[mode + 1:]
+  matrix = factors[mode] @ base.khatri_rao(others).T
+  shape = [f.shape[0] for f in others]
+  return jnp.moveaxis(jnp.reshape(matrix, [factors[mode].shape[0]] + shape),
+                      0, mode)
 
 
 def mttkrp(tensor: jax.Array, factors: Sequence[jax.Array],
