@@ -4,6 +4,7 @@ checks that run before any compute."""
 import difflib
 import hashlib
 import json
+from collections.abc import Sequence
 
 import ml_collections
 from ml_collections import config_dict
@@ -112,11 +113,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   nnx.eval_shape(lambda: models.build(config.model, shape, 10, nnx.Rngs(0)))
 
 
-def computed_fields(config: ml_collections.ConfigDict) -> dict:
+def computed_fields(config: ml_collections.ConfigDict,
+                    ignore: Sequence[str] = ()) -> dict:
   """`config` as a dict, less the fields that don't change what a run
-  computes (where data lives, how steps are grouped, sweeps, paper)."""
+  computes (where data lives, how steps are grouped, sweeps, paper) and
+  the dotted fields `ignore`."""
   flat = json.loads(config.to_json_best_effort(sort_keys=True))
-  for field in _NOT_IN_KEY:
+  for field in (*_NOT_IN_KEY, *ignore):
     *parents, leaf = field.split(".")
     node = flat
     for parent in parents:

@@ -403,17 +403,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   state = {"params": params, "rest": rest, "opt_state": tx.init(params),
            "position": np.zeros(2, np.int64),
            "sums": _zero_sums()}
-  checkpoints = ocp.CheckpointManager(
-      (workdir / "checkpoints").absolute(),
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-  epoch, step = 1, 0
-  if checkpoints.latest_step() is not None:
-    state = checkpoints.restore(checkpoints.latest_step(),
-                                args=ocp.args.StandardRestore(state))
-    epoch, step = (int(v) for v in state["position"])
-    log(f"resuming at epoch {epoch}, step {step}/{steps_per_epoch}")
-    if step == steps_per_epoch:
-      epoch, step = epoch + 1, 0
+  checkpoints, state, epoch, step = _resume(workdir / "checkpoints", state,
+                                            steps_per_epoch, log)
   for name in ("params", "rest", "opt_state"):
     state[name] = jax.device_put(state[name], replicated)
   history = _history(workdir, epoch - 1)
@@ -497,6 +488,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   if _writes_files():
     (workdir / "result.json").write_text(json.dumps(result, indent=2))
   return result
+
+
+def _resume(directory: Path, state: dict, steps_per_epoch: int, log):
+  """The checkpoint manager of `directory`; and `state`, with the (epoch,
+  step) to go on from, restored from its latest checkpoint if any."""
+  checkpoints = ocp.CheckpointManager(
+      directory.absolute(),
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+  epoch, step = 1, 0
+  if checkpoints.latest_step() is not None:
+    state = checkpoints.restore(checkpoints.latest_step(),
+                                args=ocp.args.StandardRestore(state))
+    epoch, step = (int(v) for v in state["position"])
+    log(f"resuming at epoch {epoch}, step {step}/{steps_per_epoch}")
+    if step == steps_per_epoch:
+      epoch, step = epoch + 1, 0
+  return checkpoints, state, epoch, step
 
 
 def _zero_sums() -> dict:

@@ -52,21 +52,10 @@ __all__ = ["train_vectorized"]
 _MAY_DIFFER = ("seed", "model.rank", "model.factorization", "name")
 
 
-def _shared_fields(config: ml_collections.ConfigDict) -> dict:
-  fields = computed_fields(config)
-  for field in _MAY_DIFFER:
-    *parents, leaf = field.split(".")
-    node = fields
-    for parent in parents:
-      node = node.get(parent, {})
-    node.pop(leaf, None)
-  return fields
-
-
 def _check_together(configs: Sequence[ml_collections.ConfigDict]) -> None:
-  first = _shared_fields(configs[0])
+  first = computed_fields(configs[0], ignore=_MAY_DIFFER)
   for config in configs[1:]:
-    other = _shared_fields(config)
+    other = computed_fields(config, ignore=_MAY_DIFFER)
     if other != first:
       differ = sorted(train._differences(first, other))
       raise ValueError(
@@ -226,18 +215,8 @@ def train_vectorized(runs: Sequence[tuple[ml_collections.ConfigDict, Path]],
                     "seconds": np.zeros((), np.float64)},
            "diverged": np.full(num_runs, -1, np.int64)}
   name = hashlib.sha256(" ".join(run_key(c) for c in configs).encode())
-  checkpoints = ocp.CheckpointManager(
-      (Path(state_dir) / name.hexdigest()[:12]).absolute(),
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-  epoch, step = 1, 0
-  if checkpoints.latest_step() is not None:
-    state = checkpoints.restore(checkpoints.latest_step(),
-                                args=ocp.args.StandardRestore(state))
-    epoch, step = (int(v) for v in state["position"])
-    log(f"resuming {num_runs} runs at epoch {epoch}, step {step}/"
-        f"{steps_per_epoch}")
-    if step == steps_per_epoch:
-      epoch, step = epoch + 1, 0
+  checkpoints, state, epoch, step = train._resume(
+      Path(state_dir) / name.hexdigest()[:12], state, steps_per_epoch, log)
   histories = [train._history(Path(w), epoch - 1) for _, w in runs]
   writers = [train._MetricWriter(Path(w)) for _, w in runs]
   steps_per_call = min(first.steps_per_call, steps_per_epoch)
