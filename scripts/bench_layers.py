@@ -25,6 +25,7 @@ from absl import app, flags
 from flax import nnx
 
 import cpac_jax as cj
+from cpac_jax.layers._implementation import INTERMEDIATE_COST, choose
 
 _REPEATS = flags.DEFINE_integer("repeats", 30, "timed calls per variant")
 _OUT = flags.DEFINE_string("out", "experiments/benchmarks",
@@ -87,6 +88,39 @@ def _flops(layer, x):
   return layer.flops(x.shape)
 
 
+def _auto_summary(rows) -> list[str]:
+  """For each auto row: the path it took, the faster of the two by
+  forward+backward time, and its time against the 1.1x-dense target."""
+  by_name = {(r["shape"], r["variant"]): r for r in rows}
+  lines = ["## `auto` against the dense layer", "",
+           "`auto` picks by `cpac_jax.layers._implementation.choose`: "
+           "multiply-adds, plus `INTERMEDIATE_COST` = "
+           f"{INTERMEDIATE_COST} per entry of the factorized path's "
+           "intermediates. The target: never above 1.1x the dense time.", "",
+           "| shape | layer | auto's path | faster path (fwd+bwd) | auto "
+           "forward | auto fwd+bwd | best path fwd+bwd |",
+           "|---|---|---|---|---|---|---|"]
+  picked = met = total = 0
+  for r in rows:
+    if not r["auto_path"]:
+      continue
+    layer = r["variant"].removesuffix(" auto")
+    twins = {path: by_name[(r["shape"], f"{layer} {path}")]["backward_vs_dense"]
+             for path in ("factorized", "reconstructed")}
+    faster = min(twins, key=twins.get)
+    picked += r["auto_path"] == faster
+    total += 1
+    met += max(r["forward_vs_dense"], r["backward_vs_dense"]) <= 1.1
+    lines.append(
+        f"| {r['shape']} | {layer} | {r['auto_path']} | {faster} "
+        f"| {r['forward_vs_dense']:.2f}x | {r['backward_vs_dense']:.2f}x "
+        f"| {twins[faster]:.2f}x |")
+  lines += ["", f"`auto` took the faster path in {picked} of {total} layers "
+            f"and stayed within 1.1x of dense (forward and fwd+bwd) in {met} "
+            f"of {total}.", ""]
+  return lines
+
+
 def main(argv):
   del argv
   rows = []
@@ -115,8 +149,11 @@ def main(argv):
                                / medians["dense"]["forward+backward"],
           "forward_ms": 1e3 * medians[name]["forward"],
           "backward_ms": 1e3 * medians[name]["forward+backward"],
-          "flops_vs_dense": {k: v / flops["dense"] for k, v in flops.items()
-                             if k != "dense"},
+          "flops_vs_dense": {k: flops[k] / flops["dense"]
+                             for k in ("factorized", "reconstructed")
+                             if k in flops},
+          "auto_path": (choose("auto", flops) if name.endswith(" auto")
+                        else None),
       })
   device = f"{jax.devices()[0].device_kind} ({jax.default_backend()})"
   meta = {"device": device, "machine": platform.machine(),
@@ -145,6 +182,7 @@ def main(argv):
           f"| {r['compression']:.1f}x | {r['forward_vs_dense']:.2f}x "
           f"| {r['backward_vs_dense']:.2f}x | {flops_cell} |")
     lines.append("")
+  lines += _auto_summary(rows)
   (out / "layers.md").write_text("\n".join(lines))
   print("\n".join(lines))
 

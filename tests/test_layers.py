@@ -252,8 +252,8 @@ def test_auto_picks_the_cheaper_path():
   flops = costly.flops((8, 16, 16, 4))
   assert flops["reconstructed"] < flops["factorized"]
   assert choose("auto", flops) == "reconstructed"
-  # 2x compression: half the dense multiply-adds, but the depthwise passes
-  # over 137 channels run at memory speed; the rebuilt kernel is faster.
+  # 2x compression: half the dense multiply-adds, but three intermediates of
+  # 137 channels to write and read back; the rebuilt kernel is faster.
   wide = CPConv(64, 64, (3, 3), rank=137, rngs=nnx.Rngs(0))
   flops = wide.flops((32, 32, 32, 64))
   assert flops["factorized"] < flops["reconstructed"] / 2

@@ -11,21 +11,23 @@ def check_implementation(implementation: str, layer: str) -> str:
   return implementation
 
 
-# What a multiply-add of a depthwise pass costs against one of a matmul or
-# dense conv: the passes are strided slices scaled and summed, bound by
-# memory traffic where matmuls are bound by arithmetic. Fit by hand to the
-# CPConv rows of experiments/benchmarks/layers.md (scripts/bench_layers.py).
-DEPTHWISE_COST = 100
+# What writing (and later reading back) one element of an intermediate
+# activation of the factorized path costs, in multiply-adds: a chain of thin
+# products moves more memory per multiply-add than one dense op. Fit on the
+# 2-core CPU to experiments/benchmarks/layers.md (scripts/bench_layers.py),
+# whose last table checks it: any value from about 255 to 290 picks the
+# faster path (forward+backward) for all 15 layers there.
+INTERMEDIATE_COST = 275
 
 
 def choose(implementation: str, flops: dict[str, int]) -> str:
-  """`implementation`, with 'auto' resolved to the cheaper path for the
-  multiply-adds in `flops` (a layer's `flops()`): those of the factorized
-  path's depthwise passes, `flops["depthwise"]` if any, count
-  `DEPTHWISE_COST` times."""
+  """`implementation`, with 'auto' resolved to the cheaper path for a
+  layer's `flops()`: the factorized path costs its multiply-adds plus
+  `INTERMEDIATE_COST` per element of its intermediates, the reconstructed
+  one its multiply-adds."""
   if implementation != "auto":
     return implementation
   factorized = (flops["factorized"]
-                + (DEPTHWISE_COST - 1) * flops.get("depthwise", 0))
+                + INTERMEDIATE_COST * flops.get("intermediates", 0))
   return ("factorized" if factorized < flops["reconstructed"]
           else "reconstructed")

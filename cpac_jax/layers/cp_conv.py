@@ -28,9 +28,8 @@ class CPConv(nnx.Module):
   (`implementation="factorized"`: a 1x1 conv to R channels, a depthwise 1-D
   conv along each spatial axis, a 1x1 conv to Cout; no dense kernel is formed)
   or rebuilds the kernel and runs one dense conv (`"reconstructed"`). `"auto"`
-  picks the cheaper for the input shape at hand: fewer multiply-adds, those
-  of the depthwise steps counted `DEPTHWISE_COST` (100) times, as they run
-  at memory speed.
+  picks the cheaper for the input shape at hand, counting the factorized
+  path's intermediate activations as well as multiply-adds (`choose`).
 
   Initialisation: each factor column is a random direction whose entries
   have mean square (v / R)^(1/M) for M = d + 2 modes, so the kernel entries
@@ -110,22 +109,22 @@ class CPConv(nnx.Module):
 
   def flops(self, input_shape: Sequence[int]) -> dict[str, int]:
     """Multiply-adds of each implementation for an input (N, *spatial, Cin),
-    and of the factorized path's depthwise passes alone ("depthwise")."""
+    and the entries of the factorized path's intermediates."""
     batch, spatial, _, out = _conv.geometry(self, input_shape)
-    depthwise = 0
+    factorized = batch * math.prod(spatial) * self.in_features * self.rank
+    intermediates = batch * math.prod(spatial) * self.rank
     sizes = list(spatial)
     for axis, kernel in enumerate(self.kernel_size):
       sizes[axis] = out[axis]
-      depthwise += batch * math.prod(sizes) * kernel * self.rank
-    factorized = depthwise + batch * self.rank * (
-        math.prod(spatial) * self.in_features
-        + math.prod(out) * self.out_features)
+      factorized += batch * math.prod(sizes) * kernel * self.rank
+      intermediates += batch * math.prod(sizes) * self.rank
+    factorized += batch * math.prod(out) * self.rank * self.out_features
     dense = _conv.dense_conv_flops(batch, out, self.kernel_size,
                                    self.in_features, self.out_features)
     rebuild = (math.prod(self.kernel_size) * self.in_features
                * self.out_features * self.rank)
     return {"factorized": factorized, "reconstructed": dense + rebuild,
-            "dense": dense, "depthwise": depthwise}
+            "dense": dense, "intermediates": intermediates}
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, *spatial, Cin) -> (N, *spatial', Cout); extra leading batch axes

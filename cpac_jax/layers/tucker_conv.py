@@ -99,9 +99,11 @@ class TuckerConv(nnx.Module):
     return tensor.multi_mode_dot(self.core[...], self.factors(), self.modes)
 
   def flops(self, input_shape: Sequence[int]) -> dict[str, int]:
-    """Multiply-adds of each implementation for an input (N, *spatial, Cin)."""
+    """Multiply-adds of each implementation for an input (N, *spatial, Cin),
+    and the entries of the factorized path's intermediates."""
     batch, spatial, _, out = _conv.geometry(self, input_shape)
     r_in, r_out = self.rank[-2:]
+    intermediates = batch * (math.prod(spatial) * r_in + math.prod(out) * r_out)
     factorized = (batch * math.prod(spatial) * self.in_features * r_in
                   + _conv.dense_conv_flops(batch, out, self.kernel_size, r_in,
                                            r_out)
@@ -112,7 +114,7 @@ class TuckerConv(nnx.Module):
     rebuild = (math.prod(self.kernel_size) * self.in_features
                * self.out_features * max(self.rank))
     return {"factorized": factorized, "reconstructed": dense + rebuild,
-            "dense": dense}
+            "dense": dense, "intermediates": intermediates}
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, *spatial, Cin) -> (N, *spatial', Cout); extra leading batch axes

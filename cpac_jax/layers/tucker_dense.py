@@ -26,17 +26,19 @@ def _shape(value, what: str, name: str) -> tuple[int, ...]:
 
 
 def _cheapest_order(sizes: Sequence[int], ranks: Sequence[int],
-                    rest: int) -> tuple[tuple[int, ...], int]:
+                    rest: int) -> tuple[tuple[int, ...], int, int]:
   """The order of mode products (size_i -> rank_i, on a tensor of `rest`
-  other entries) with the fewest multiply-adds, and that count."""
+  other entries) with the fewest multiply-adds, that count, and the entries
+  of the products' results."""
   best = None
   for order in itertools.permutations(range(len(sizes))):
-    current, cost = list(sizes), 0
+    current, cost, written = list(sizes), 0, 0
     for i in order:
       cost += rest * math.prod(current) * ranks[i]
       current[i] = ranks[i]
+      written += rest * math.prod(current)
     if best is None or cost < best[1]:
-      best = (order, cost)
+      best = (order, cost, written)
   return best
 
 
@@ -53,7 +55,8 @@ class TuckerDense(nnx.Module):
   (one mode product each, in the cheapest order), contracts with the core and
   expands with the output factors; no dense weight is formed.
   `"reconstructed"` rebuilds the weight and does one matmul; `"auto"` picks
-  the one with fewer multiply-adds for the batch at hand.
+  the cheaper for the batch at hand, counting the factorized path's
+  intermediates as well as multiply-adds (`choose`).
 
   Initialisation: factors have orthonormal columns, which keep the norm, and
   the core is a random direction scaled so the weight entries have mean
@@ -119,14 +122,19 @@ class TuckerDense(nnx.Module):
     """Input-mode order, output-mode order and multiply-adds of each path."""
     num_in = len(self.in_shape)
     in_ranks, out_ranks = self.rank[:num_in], self.rank[num_in:]
-    in_order, in_cost = _cheapest_order(self.in_shape, in_ranks, batch)
-    out_order, out_cost = _cheapest_order(out_ranks, self.out_shape, batch)
+    in_order, in_cost, in_written = _cheapest_order(self.in_shape, in_ranks,
+                                                    batch)
+    out_order, out_cost, out_written = _cheapest_order(out_ranks,
+                                                       self.out_shape, batch)
     core_cost = batch * math.prod(in_ranks) * math.prod(out_ranks)
     shape = self.in_shape + self.out_shape
-    _, rebuild = _cheapest_order(self.rank, shape, 1)
+    _, rebuild, _ = _cheapest_order(self.rank, shape, 1)
     dense = batch * self.in_features * self.out_features
     flops = {"factorized": in_cost + core_cost + out_cost,
-             "reconstructed": dense + rebuild, "dense": dense}
+             "reconstructed": dense + rebuild, "dense": dense,
+             # everything written but the output
+             "intermediates": (in_written + batch * math.prod(out_ranks)
+                               + out_written - batch * self.out_features)}
     return in_order, out_order, flops
 
   def flops(self, batch: int) -> dict[str, int]:
