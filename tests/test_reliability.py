@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from cpac_jax import config as config_lib
-from cpac_jax import report, sweep, train
+from cpac_jax import report, sweep, train, vectorized
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,6 +133,18 @@ def test_sweep_records_a_diverged_run_and_goes_on(mnist_dir, tmp_path):
   assert text.count("| cp | 5 |") == 1  # only the finished run is averaged
 
 
+def test_vectorized_sweep_records_diverged_runs(mnist_dir, tmp_path):
+  config = small_config(mnist_dir, num_epochs=1,
+                        **{"optimizer.learning_rate": 1e30,
+                           "optimizer.name": "sgd"})
+  config.sweep = ({"model.rank": [1, 3]},)
+  with pytest.raises(ValueError, match="holds no finished runs to report"):
+    sweep.run_sweep(config, tmp_path, vectorize=True)
+  rows = report.read_results(tmp_path)
+  assert [r["status"] for r in rows] == ["diverged", "diverged"]
+  assert not list((tmp_path / "runs").glob("*/result.json"))
+
+
 def test_workdir_of_another_config_is_refused(mnist_dir, tmp_path):
   train.train_and_evaluate(small_config(mnist_dir, num_epochs=1),
                            tmp_path / "run")
@@ -232,3 +244,30 @@ def test_killed_sweep_reruns_only_what_is_missing(mnist_dir, tmp_path):
     rows = list(csv.DictReader(f))
   assert sorted(r["rank"] for r in rows) == ["1", "2", "3"]
   assert all(r["status"] == "ok" and r["test_accuracy"] for r in rows)
+
+
+def test_vectorized_runs_resume_after_sigterm_with_the_same_bits(mnist_dir,
+                                                                 tmp_path):
+  configs = [small_config(mnist_dir, **{"model.rank": r}) for r in (1, 3)]
+
+  def runs(where):
+    return [(c, tmp_path / where / f"rank{c.model.rank}") for c in configs]
+
+  vectorized.train_vectorized(runs("straight"), tmp_path / "state-straight")
+
+  def stop_after_first_epoch(line):
+    if line.startswith("epoch 1/"):
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  with pytest.raises(train.Preempted, match="rerun the same command"):
+    vectorized.train_vectorized(runs("preempted"), tmp_path / "state",
+                                progress=stop_after_first_epoch)
+  assert not (tmp_path / "preempted" / "rank1" / "result.json").exists()
+  rows = vectorized.train_vectorized(runs("preempted"), tmp_path / "state")
+  assert [row["status"] for row in rows] == ["ok", "ok"]
+  for (_, straight), (_, preempted) in zip(runs("straight"),
+                                           runs("preempted")):
+    assert_same_bits(params_of(preempted), params_of(straight))
+    epochs = [json.loads(line)["epoch"] for line in
+              (preempted / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
