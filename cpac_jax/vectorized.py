@@ -75,10 +75,11 @@ class _Group:
                    for i, model in zip(indices, models)]
     widest = max(range(len(models)), key=lambda m: self.counts[m]["params"])
     models[widest].train()
-    self.graphdef, *target = nnx.split(models[widest], nnx.Param, ...)
+    self.graphdef, *target_state = nnx.split(models[widest], nnx.Param, ...)
+    target_state = tuple(target_state)
     models[widest].eval()
     self.eval_graphdef = nnx.split(models[widest], nnx.Param, ...)[0]
-    target = jax.tree.leaves(target)
+    target = jax.tree.leaves(target_state)
     self.shapes = []
     for i, model in zip(indices, models):
       leaves = jax.tree.leaves(nnx.split(model, nnx.Param, ...)[1:])
@@ -93,16 +94,19 @@ class _Group:
       self.shapes.append([a.shape for a in leaves])
 
     @jax.jit
-    def init():  # one compilation for all members, not one per op and rank
+    def init():
       padded = []
       for i in indices:
-        state = nnx.split(build(i), nnx.Param, ...)[1:]
+        state = tuple(nnx.split(build(i), nnx.Param, ...)[1:])
         padded.append(jax.tree.map(
             lambda a, t: jnp.pad(a, [(0, m - n) for n, m in zip(a.shape,
                                                                 t.shape)]),
-            state, tuple(nnx.split(models[widest], nnx.Param, ...)[1:])))
+            state, target_state))
       return jax.tree.map(lambda *a: jnp.stack(a), *padded)
 
+    # One compilation for all members (run op by op, each rank's shapes
+    # would compile every op anew), unoptimised: optimising a dozen models'
+    # random initialisers takes XLA seconds and saves nothing.
     self.params, self.rest = init.lower().compile(
         {"xla_backend_optimization_level": 0})()
 
