@@ -133,19 +133,21 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path,
          pending], workdir / "vectorized")
     for (name, _, key), row in zip(pending, rows):
       _append_row(results, {**row, "run": name, "key": key})
-    mine = []
-  for i, (name, run, key) in enumerate(mine):
-    if key in done:
-      logging.info("[%d/%d] %s: done already, skipped", i + 1, len(mine), name)
-      continue
-    logging.info("[%d/%d] %s", i + 1, len(mine), name)
-    try:
-      row = train.train_and_evaluate(run, workdir / "runs" / f"{name}-{key}")
-    except train.Diverged as error:
-      logging.error("%s diverged, recorded as failed: %s", name, error)
-      row = train.failed_row(run)
-    _append_row(results, {**row, "run": name, "key": key})
-    done.add(key)
+  else:
+    for i, (name, run, key) in enumerate(mine):
+      if key in done:
+        logging.info("[%d/%d] %s: done already, skipped", i + 1, len(mine),
+                     name)
+        continue
+      logging.info("[%d/%d] %s", i + 1, len(mine), name)
+      try:
+        row = train.train_and_evaluate(run,
+                                       workdir / "runs" / f"{name}-{key}")
+      except train.Diverged as error:
+        logging.error("%s diverged, recorded as failed: %s", name, error)
+        row = train.failed_row(run)
+      _append_row(results, {**row, "run": name, "key": key})
+      done.add(key)
   logging.info("sweep finished in %.0f s", time.perf_counter() - start)
   if jax.process_index() == 0:
     report.write_report(workdir, config)
