@@ -42,9 +42,10 @@ def cp_to_tensor(cp: CPTensor | Sequence[jax.Array]) -> jax.Array:
   if isinstance(cp, CPTensor):
     weights, factors = cp
   else:
-    weights, factors = None, list(cp)
+    weights, factors = None, cp
+  factors = list(factors)
   if weights is not None:
-    factors = [factors[0] * weights] + factors[1:]
+    factors[0] = factors[0] * weights
   if len(factors) == 1:
     return jnp.sum(factors[0], axis=1)
   # The largest mode becomes one side of a matmul and the Khatri-Rao product
