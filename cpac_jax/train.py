@@ -507,9 +507,11 @@ def _resume(directory: Path, state: dict, steps_per_epoch: int, log):
   return checkpoints, state, epoch, step
 
 
-def _zero_sums() -> dict:
-  """An epoch's running sums, kept on the host."""
-  return {"loss": np.zeros((), np.float64), "correct": np.zeros((), np.int64),
+def _zero_sums(runs: tuple[int, ...] = ()) -> dict:
+  """An epoch's running sums, kept on the host: loss and correct count of
+  each of `runs` (one run: shape ()), and the seconds they all took."""
+  return {"loss": np.zeros(runs, np.float64),
+          "correct": np.zeros(runs, np.int64),
           "seconds": np.zeros((), np.float64)}
 
 

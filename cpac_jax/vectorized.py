@@ -211,12 +211,10 @@ def train_vectorized(runs: Sequence[tuple[ml_collections.ConfigDict, Path]],
   test_batches = tuple(jnp.asarray(a) for a in train._eval_batches(
       test_split, first.eval_batch_size))
   num_runs = len(configs)
-  zeros = lambda dtype: jnp.zeros((num_runs,), dtype)
   state = {"groups": [(g.params, g.rest, jax.vmap(tx.init)(g.params))
                       for g in groups],
            "position": np.zeros(2, np.int64),
-           "sums": {"loss": zeros(jnp.float32), "correct": zeros(jnp.int32),
-                    "seconds": np.zeros((), np.float64)},
+           "sums": train._zero_sums((num_runs,)),
            "diverged": np.full(num_runs, -1, np.int64)}
   name = hashlib.sha256(" ".join(run_key(c) for c in configs).encode())
   checkpoints, state, epoch, step = train._resume(
@@ -236,9 +234,7 @@ def train_vectorized(runs: Sequence[tuple[ml_collections.ConfigDict, Path]],
       epoch_orders = jnp.stack([
           train.epoch_order(keys[seed][1], epoch, num_train) for seed in seeds])
       if step == 0:
-        state["sums"] = {"loss": zeros(jnp.float32),
-                         "correct": zeros(jnp.int32),
-                         "seconds": np.zeros((), np.float64)}
+        state["sums"] = train._zero_sums((num_runs,))
       start = last_log = time.perf_counter()
       seconds = float(state["sums"]["seconds"])
       while step < steps_per_epoch:
@@ -254,8 +250,8 @@ def train_vectorized(runs: Sequence[tuple[ml_collections.ConfigDict, Path]],
         for i in np.flatnonzero(newly):
           log(f"run {runs[i][1]} diverged at epoch {epoch}, step {bad[i]}")
         sums = state["sums"]
-        sums["loss"] = sums["loss"] + loss[column]
-        sums["correct"] = sums["correct"] + correct[column]
+        sums["loss"] = sums["loss"] + np.asarray(loss)[column]
+        sums["correct"] = sums["correct"] + np.asarray(correct)[column]
         step = end
         now = time.perf_counter()
         sums["seconds"] = np.asarray(seconds + now - start)
