@@ -25,7 +25,7 @@ from absl import app, flags
 from flax import nnx
 
 import cpac_jax as cj
-from cpac_jax.layers._implementation import INTERMEDIATE_COST, choose
+from cpac_jax.functional import INTERMEDIATE_COST, choose
 
 _REPEATS = flags.DEFINE_integer("repeats", 30, "timed calls per variant")
 _OUT = flags.DEFINE_string("out", "experiments/benchmarks",
@@ -82,18 +82,12 @@ def _timers(layer, x):
   return timers
 
 
-def _flops(layer, x):
-  if isinstance(layer, cj.layers.TuckerDense):
-    return layer.flops(x.shape[0])
-  return layer.flops(x.shape)
-
-
 def _auto_summary(rows) -> list[str]:
   """For each auto row: the path it took, the faster of the two by
   forward+backward time, and its time against the 1.1x-dense target."""
   by_name = {(r["shape"], r["variant"]): r for r in rows}
   lines = ["## `auto` against the dense layer", "",
-           "`auto` picks by `cpac_jax.layers._implementation.choose`: "
+           "`auto` picks by `cpac_jax.functional.choose`: "
            "multiply-adds, plus `INTERMEDIATE_COST` = "
            f"{INTERMEDIATE_COST} per entry of the factorized path's "
            "intermediates. The target: never above 1.1x the dense time.", "",
@@ -154,7 +148,7 @@ def main(argv):
                for name, kinds in samples.items()}
     dense_params = cj.count_params(dense)
     for name, layer in [("dense", dense)] + variants:
-      flops = _flops(layer, x) if name != "dense" else {}
+      flops = layer.flops(x.shape) if name != "dense" else {}
       rows.append({
           "shape": shape, "variant": name,
           "params": cj.count_params(layer),

@@ -19,7 +19,7 @@ def main():
   print(f"TTL 784->300 at ranks (5, 5, 10): {cj.count_params(ttl):,} "
         f"parameters vs {cj.count_params(dense):,} dense "
         f"({cj.count_params(dense) / cj.count_params(ttl):.2f}x fewer); "
-        f"multiply-adds for a batch of 128: {ttl.flops(128)}")
+        f"multiply-adds for a batch of 128: {ttl.flops((128, 784))}")
 
   conv = nnx.Conv(64, 64, (3, 3), use_bias=False, rngs=rngs)
   for rank in (4, 16, 64):

@@ -1,6 +1,7 @@
-"""Flax NNX layers whose weights are held as CP or Tucker decompositions."""
+"""Flax NNX layers whose weights are held as CP or Tucker decompositions:
+thin shells that own the parameters and call `cpac_jax.functional`."""
 
-from cpac_jax.layers._conv import patches_conv
+from cpac_jax.functional import patches_conv
 from cpac_jax.layers.cp_conv import CPConv
 from cpac_jax.layers.params import count_params
 from cpac_jax.layers.tucker_conv import TuckerConv

@@ -1,13 +1,12 @@
-"""Shared plumbing of the factorized conv layers: argument checks, padding,
-channels-last convolutions and FLOP counts. Private to `cpac_jax.layers`."""
+"""Argument checks and plumbing the factorized conv layers share. Private to
+`cpac_jax.layers`; the computation is in `cpac_jax.functional`."""
 
-import itertools
-import math
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-from jax import lax
+
+from cpac_jax.functional import ConvGeometry
 
 Padding = str | int | Sequence[int] | Sequence[tuple[int, int]]
 
@@ -42,119 +41,6 @@ def check_padding(padding: Padding, num_spatial: int, layer: str):
       f"an int, or {num_spatial} ints or (low, high) pairs")
 
 
-def explicit_padding(padding, spatial_shape: Sequence[int],
-                     kernel_size: Sequence[int], strides: Sequence[int],
-                     dilation: Sequence[int]) -> list[tuple[int, int]]:
-  """(low, high) per spatial axis. 'SAME' and 'VALID' depend on each axis
-  alone, so a conv can be split into one 1-D conv per axis with these."""
-  if not isinstance(padding, str):
-    return list(padding)
-  dilated = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation)]
-  return lax.padtype_to_pads(spatial_shape, dilated, strides, padding)
-
-
-def output_size(size: int, kernel: int, stride: int, dilation: int,
-                pad: tuple[int, int]) -> int:
-  return (size + pad[0] + pad[1] - (kernel - 1) * dilation - 1) // stride + 1
-
-
-def channels_last(ndim: int) -> lax.ConvDimensionNumbers:
-  """Dimension numbers of x (N, *spatial, C) and kernel (*k, Cin, Cout)."""
-  spatial = tuple(range(1, ndim - 1))
-  return lax.ConvDimensionNumbers(
-      lhs_spec=(0, ndim - 1) + spatial,
-      rhs_spec=(ndim - 1, ndim - 2) + tuple(range(ndim - 2)),
-      out_spec=(0, ndim - 1) + spatial)
-
-
-def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
-         padding: Sequence[tuple[int, int]], dilation: Sequence[int], *,
-         feature_group_count: int = 1, precision=None,
-         conv_general_dilated=lax.conv_general_dilated) -> jax.Array:
-  """Channels-last conv: x (N, *spatial, Cin), kernel (*k, Cin/groups, Cout),
-  by `conv_general_dilated` (`lax.conv_general_dilated` or `patches_conv`)."""
-  return conv_general_dilated(
-      x, kernel, tuple(strides), list(padding), rhs_dilation=tuple(dilation),
-      dimension_numbers=channels_last(x.ndim),
-      feature_group_count=feature_group_count, precision=precision)
-
-
-def patches_conv(lhs: jax.Array, rhs: jax.Array,
-                 window_strides: Sequence[int], padding,
-                 lhs_dilation: Sequence[int] | None = None,
-                 rhs_dilation: Sequence[int] | None = None,
-                 dimension_numbers=None, feature_group_count: int = 1,
-                 precision=None, preferred_element_type=None,
-                 out_sharding=None) -> jax.Array:
-  """`lax.conv_general_dilated` for channels-last input and kernel, computed
-  as one contraction of the input's patches (im2col) with the kernel.
-
-  Each kernel tap is a strided slice of the padded input; the slices are
-  stacked and contracted with the kernel (taps, Cin, Cout) by one einsum.
-  For convs with few input channels, such as the CPAC nets' 1->8 and 8->8,
-  XLA's CPU convolution, forward and backward, is far slower than this
-  matmul; with many input channels the patches (taps times the input) cost
-  more memory than they save. A drop-in `conv_general_dilated` for
-  `nnx.Conv`, `CPConv` and `TuckerConv`; no input dilation or groups.
-  """
-  num_spatial = lhs.ndim - 2
-  expected = channels_last(lhs.ndim)
-  if dimension_numbers is not None and lax.conv_dimension_numbers(
-      lhs.shape, rhs.shape, dimension_numbers) != expected:
-    raise ValueError(
-        f"patches_conv: dimension_numbers {dimension_numbers} are not "
-        "channels-last; give input (N, *spatial, C) and kernel (*k, Cin, Cout)")
-  if any(d != 1 for d in lhs_dilation or ()) or feature_group_count != 1:
-    raise ValueError(
-        f"patches_conv: lhs_dilation {lhs_dilation} and feature_group_count "
-        f"{feature_group_count} are not supported; use "
-        "lax.conv_general_dilated")
-  kernel_size = rhs.shape[:num_spatial]
-  dilation = tuple(rhs_dilation or (1,) * num_spatial)
-  strides = tuple(window_strides)
-  if isinstance(padding, str):
-    padding = explicit_padding(padding, lhs.shape[1:-1], kernel_size, strides,
-                               dilation)
-  x = lax.pad(lhs, jnp.zeros((), lhs.dtype),
-              [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding] + [(0, 0, 0)])
-  out = [output_size(n, k, s, d, (0, 0)) for n, k, s, d in zip(
-      x.shape[1:-1], kernel_size, strides, dilation)]
-  taps = []
-  for offsets in itertools.product(*(range(k) for k in kernel_size)):
-    start = [0] + [t * d for t, d in zip(offsets, dilation)] + [0]
-    limit = ([x.shape[0]] + [b + (n - 1) * s + 1 for b, n, s in zip(
-        start[1:], out, strides)] + [x.shape[-1]])
-    taps.append(lax.slice(x, start, limit, (1,) + strides + (1,)))
-  patches = jnp.stack(taps, axis=-2)  # (N, *out, taps, Cin)
-  kernel = jnp.reshape(rhs, (-1,) + rhs.shape[-2:])
-  return jnp.einsum("...tc,tco->...o", patches, kernel, precision=precision,
-                    preferred_element_type=preferred_element_type,
-                    out_sharding=out_sharding)
-
-
-def depthwise_along(x: jax.Array, kernel: jax.Array, axis: int, stride: int,
-                    dilation: int, pad: tuple[int, int]) -> jax.Array:
-  """A depthwise 1-D convolution along `axis` of x (..., C) with kernel
-  (k, C): out[i] = sum_t x_padded[i * stride + t * dilation] * kernel[t].
-
-  Written as k strided slices, scaled and summed, which XLA fuses into one
-  pass over x: on the CPU, lax.conv with feature_group_count=C runs this
-  orders of magnitude slower per multiply-add than a dense conv.
-  """
-  widths = [(0, 0)] * x.ndim
-  widths[axis] = pad
-  x = jnp.pad(x, widths)
-  taps, size = kernel.shape[0], x.shape[axis]
-  out = (size - (taps - 1) * dilation - 1) // stride + 1
-  total = None
-  for t in range(taps):
-    start = t * dilation
-    part = lax.slice_in_dim(x, start, start + (out - 1) * stride + 1, stride,
-                            axis) * kernel[t]
-    total = part if total is None else total + part
-  return total
-
-
 def flatten_batch(x: jax.Array, num_spatial: int, in_features: int,
                   layer: str):
   """(*batch, *spatial, Cin) -> (N, *spatial, Cin) and the batch shape."""
@@ -165,14 +51,6 @@ def flatten_batch(x: jax.Array, num_spatial: int, in_features: int,
         f"(N, {', '.join(['size'] * num_spatial)}, {in_features})")
   batch_shape = x.shape[:x.ndim - num_spatial - 1]
   return jnp.reshape(x, (-1,) + x.shape[len(batch_shape):]), batch_shape
-
-
-def dense_conv_flops(batch: int, out_spatial: Sequence[int],
-                     kernel_size: Sequence[int], in_features: int,
-                     out_features: int) -> int:
-  """Multiply-adds of a dense conv."""
-  return (batch * math.prod(out_spatial) * math.prod(kernel_size)
-          * in_features * out_features)
 
 
 def configure(layer, name: str, in_features: int, out_features: int,
@@ -197,17 +75,9 @@ def configure(layer, name: str, in_features: int, out_features: int,
   layer.padding = check_padding(padding, num_spatial, name)
 
 
-def geometry(layer, input_shape: Sequence[int]):
-  """Batch size, input spatial sizes, (low, high) pads and output spatial
-  sizes of `layer` applied to an input (*batch, *spatial, Cin)."""
-  num_spatial = len(layer.kernel_size)
-  batch = math.prod(input_shape[:-1 - num_spatial])
-  spatial = list(input_shape[-1 - num_spatial:-1])
-  pads = explicit_padding(layer.padding, spatial, layer.kernel_size,
-                          layer.strides, layer.kernel_dilation)
-  out = [output_size(*args) for args in zip(
-      spatial, layer.kernel_size, layer.strides, layer.kernel_dilation, pads)]
-  return batch, spatial, pads, out
+def geometry(layer) -> ConvGeometry:
+  return ConvGeometry(layer.kernel_size, layer.strides, layer.padding,
+                      layer.kernel_dilation)
 
 
 def from_conv_kwargs(conv, caller: str) -> dict:

@@ -9,9 +9,9 @@ from flax import nnx
 from flax.nnx.nn import dtypes
 from jax import lax
 
-from cpac_jax import tensor
+from cpac_jax import functional, tensor
+from cpac_jax.functional.implementation import check_implementation
 from cpac_jax.layers import _conv, _init
-from cpac_jax.layers._implementation import check_implementation, choose
 
 __all__ = ["CPConv"]
 
@@ -29,7 +29,9 @@ class CPConv(nnx.Module):
   conv along each spatial axis, a 1x1 conv to Cout; no dense kernel is formed)
   or rebuilds the kernel and runs one dense conv (`"reconstructed"`). `"auto"`
   picks the cheaper for the input shape at hand, counting the factorized
-  path's intermediate activations as well as multiply-adds (`choose`).
+  path's intermediate activations as well as multiply-adds
+  (`cpac_jax.functional.choose`). The computation is
+  `cpac_jax.functional.cp_conv`; this class holds the parameters.
 
   Initialisation: each factor column is a random direction whose entries
   have mean square (v / R)^(1/M) for M = d + 2 modes, so the kernel entries
@@ -87,7 +89,6 @@ class CPConv(nnx.Module):
     self.dtype = dtype
     self.precision = precision
     self.conv_general_dilated = conv_general_dilated
-    self.conv_general_dilated = conv_general_dilated
 
     factors = _init.cp_factors(rngs.params(), shape, self.rank,
                                math.prod(self.kernel_size) * in_features,
@@ -109,52 +110,27 @@ class CPConv(nnx.Module):
 
   def flops(self, input_shape: Sequence[int]) -> dict[str, int]:
     """Multiply-adds of each implementation for an input (N, *spatial, Cin),
-    and the entries of the factorized path's intermediates."""
-    batch, spatial, _, out = _conv.geometry(self, input_shape)
-    factorized = batch * math.prod(spatial) * self.in_features * self.rank
-    intermediates = batch * math.prod(spatial) * self.rank
-    sizes = list(spatial)
-    for axis, kernel in enumerate(self.kernel_size):
-      sizes[axis] = out[axis]
-      factorized += batch * math.prod(sizes) * kernel * self.rank
-      intermediates += batch * math.prod(sizes) * self.rank
-    factorized += batch * math.prod(out) * self.rank * self.out_features
-    dense = _conv.dense_conv_flops(batch, out, self.kernel_size,
-                                   self.in_features, self.out_features)
-    rebuild = (math.prod(self.kernel_size) * self.in_features
-               * self.out_features * self.rank)
-    return {"factorized": factorized, "reconstructed": dense + rebuild,
-            "dense": dense, "intermediates": intermediates}
+    and the entries of the factorized path's intermediates
+    (`cpac_jax.functional.cp_conv_flops`)."""
+    return functional.cp_conv_flops(input_shape, self.out_features,
+                                    self.rank, _conv.geometry(self))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, *spatial, Cin) -> (N, *spatial', Cout); extra leading batch axes
     are kept."""
     name = f"CPConv({self.in_features}->{self.out_features})"
-    num_spatial = len(self.kernel_size)
-    x, batch_shape = _conv.flatten_batch(x, num_spatial, self.in_features, name)
+    x, batch_shape = _conv.flatten_batch(x, len(self.kernel_size),
+                                         self.in_features, name)
     bias = self.bias[...] if self.bias is not None else None
     x, bias, *factors = dtypes.promote_dtype(
         (x, bias, *self.factors()), dtype=self.dtype)
-    pads = _conv.explicit_padding(self.padding, x.shape[1:-1],
-                                  self.kernel_size, self.strides,
-                                  self.kernel_dilation)
-    if choose(self.implementation, self.flops(x.shape)) == "reconstructed":
-      y = _conv.conv(x, tensor.cp_to_tensor(factors), self.strides, pads,
-                     self.kernel_dilation, precision=self.precision,
-                     conv_general_dilated=self.conv_general_dilated)
-    else:
-      y = self._factorized(x, factors, pads)
+    y = functional.cp_conv(x, factors, _conv.geometry(self),
+                           implementation=self.implementation,
+                           precision=self.precision,
+                           conv_general_dilated=self.conv_general_dilated)
     if bias is not None:
       y = y + bias
     return jnp.reshape(y, batch_shape + y.shape[1:])
-
-  def _factorized(self, x, factors, pads):
-    *spatial, in_factor, out_factor = factors
-    h = jnp.einsum("...c,cr->...r", x, in_factor, precision=self.precision)
-    for axis, factor in enumerate(spatial):
-      h = _conv.depthwise_along(h, factor, axis + 1, self.strides[axis],
-                                self.kernel_dilation[axis], pads[axis])
-    return jnp.einsum("...r,or->...o", h, out_factor, precision=self.precision)
 
   @classmethod
   def from_conv(cls, conv: nnx.Conv, rank: tensor.RankSpec, *,

@@ -9,9 +9,10 @@ from flax import nnx
 from flax.nnx.nn import dtypes
 from jax import lax
 
-from cpac_jax import tensor
+from cpac_jax import functional, tensor
+from cpac_jax.functional.implementation import check_implementation
+from cpac_jax.functional.tucker_conv import tucker_conv_modes
 from cpac_jax.layers import _conv, _init
-from cpac_jax.layers._implementation import check_implementation, choose
 
 __all__ = ["TuckerConv"]
 
@@ -31,6 +32,9 @@ class TuckerConv(nnx.Module):
   the core is a random direction scaled so the kernel entries have mean
   square v = 1 / (prod(kernel_size) * Cin), the variance of Flax's default
   `lecun_normal`, whatever the rank.
+
+  The computation is `cpac_jax.functional.tucker_conv`; this class holds the
+  parameters.
 
   Args:
     in_features, out_features, kernel_size, strides, padding,
@@ -73,10 +77,8 @@ class TuckerConv(nnx.Module):
     self.dtype = dtype
     self.precision = precision
     self.conv_general_dilated = conv_general_dilated
-    self.conv_general_dilated = conv_general_dilated
     shape = self.kernel_size + (in_features, out_features)
-    self.modes = tuple(range(len(shape)) if factorize_spatial
-                       else (num_spatial, num_spatial + 1))
+    self.modes = tucker_conv_modes(num_spatial, factorize_spatial)
     self.rank = tensor.tucker_rank(shape, rank, self.modes, layer=name)
 
     core, factors = _init.tucker(rngs.params(), shape, self.rank, self.modes,
@@ -100,47 +102,24 @@ class TuckerConv(nnx.Module):
 
   def flops(self, input_shape: Sequence[int]) -> dict[str, int]:
     """Multiply-adds of each implementation for an input (N, *spatial, Cin),
-    and the entries of the factorized path's intermediates."""
-    batch, spatial, _, out = _conv.geometry(self, input_shape)
-    r_in, r_out = self.rank[-2:]
-    intermediates = batch * (math.prod(spatial) * r_in + math.prod(out) * r_out)
-    factorized = (batch * math.prod(spatial) * self.in_features * r_in
-                  + _conv.dense_conv_flops(batch, out, self.kernel_size, r_in,
-                                           r_out)
-                  + batch * math.prod(out) * r_out * self.out_features)
-    dense = _conv.dense_conv_flops(batch, out, self.kernel_size,
-                                   self.in_features, self.out_features)
-    # Rebuilding the kernel costs at most one pass over it per rank entry.
-    rebuild = (math.prod(self.kernel_size) * self.in_features
-               * self.out_features * max(self.rank))
-    return {"factorized": factorized, "reconstructed": dense + rebuild,
-            "dense": dense, "intermediates": intermediates}
+    and the entries of the factorized path's intermediates
+    (`cpac_jax.functional.tucker_conv_flops`)."""
+    return functional.tucker_conv_flops(input_shape, self.out_features,
+                                        self.rank, _conv.geometry(self))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, *spatial, Cin) -> (N, *spatial', Cout); extra leading batch axes
     are kept."""
     name = f"TuckerConv({self.in_features}->{self.out_features})"
-    num_spatial = len(self.kernel_size)
-    x, batch_shape = _conv.flatten_batch(x, num_spatial, self.in_features, name)
+    x, batch_shape = _conv.flatten_batch(x, len(self.kernel_size),
+                                         self.in_features, name)
     bias = self.bias[...] if self.bias is not None else None
     x, bias, core, *factors = dtypes.promote_dtype(
         (x, bias, self.core[...], *self.factors()), dtype=self.dtype)
-    pads = _conv.explicit_padding(self.padding, x.shape[1:-1],
-                                  self.kernel_size, self.strides,
-                                  self.kernel_dilation)
-    if choose(self.implementation, self.flops(x.shape)) == "reconstructed":
-      kernel = tensor.multi_mode_dot(core, factors, self.modes)
-      y = _conv.conv(x, kernel, self.strides, pads, self.kernel_dilation,
-                     precision=self.precision,
-                     conv_general_dilated=self.conv_general_dilated)
-    else:
-      *spatial, in_factor, out_factor = factors
-      small = tensor.multi_mode_dot(core, spatial, range(len(spatial)))
-      h = jnp.einsum("...c,cr->...r", x, in_factor, precision=self.precision)
-      h = _conv.conv(h, small, self.strides, pads, self.kernel_dilation,
-                     precision=self.precision,
-                     conv_general_dilated=self.conv_general_dilated)
-      y = jnp.einsum("...r,or->...o", h, out_factor, precision=self.precision)
+    y = functional.tucker_conv(x, core, factors, _conv.geometry(self),
+                               implementation=self.implementation,
+                               precision=self.precision,
+                               conv_general_dilated=self.conv_general_dilated)
     if bias is not None:
       y = y + bias
     return jnp.reshape(y, batch_shape + y.shape[1:])

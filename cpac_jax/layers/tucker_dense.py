@@ -1,7 +1,6 @@
 """`TuckerDense`: the Tucker Tensor Layer (TTL), a dense layer whose weight
 matrix is the unfolding of a Tucker-form tensor."""
 
-import itertools
 import math
 from collections.abc import Sequence
 
@@ -10,9 +9,9 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn import dtypes
 
-from cpac_jax import tensor
+from cpac_jax import functional, tensor
+from cpac_jax.functional.implementation import check_implementation
 from cpac_jax.layers import _init
-from cpac_jax.layers._implementation import check_implementation, choose
 
 __all__ = ["TuckerDense"]
 
@@ -23,23 +22,6 @@ def _shape(value, what: str, name: str) -> tuple[int, ...]:
     raise ValueError(
         f"{name}: {what} {value!r} must be a positive int or a tuple of them")
   return shape
-
-
-def _cheapest_order(sizes: Sequence[int], ranks: Sequence[int],
-                    rest: int) -> tuple[tuple[int, ...], int, int]:
-  """The order of mode products (size_i -> rank_i, on a tensor of `rest`
-  other entries) with the fewest multiply-adds, that count, and the entries
-  of the products' results."""
-  best = None
-  for order in itertools.permutations(range(len(sizes))):
-    current, cost, written = list(sizes), 0, 0
-    for i in order:
-      cost += rest * math.prod(current) * ranks[i]
-      current[i] = ranks[i]
-      written += rest * math.prod(current)
-    if best is None or cost < best[1]:
-      best = (order, cost, written)
-  return best
 
 
 class TuckerDense(nnx.Module):
@@ -56,7 +38,9 @@ class TuckerDense(nnx.Module):
   expands with the output factors; no dense weight is formed.
   `"reconstructed"` rebuilds the weight and does one matmul; `"auto"` picks
   the cheaper for the batch at hand, counting the factorized path's
-  intermediates as well as multiply-adds (`choose`).
+  intermediates as well as multiply-adds (`cpac_jax.functional.choose`).
+  The computation is `cpac_jax.functional.tucker_dense`; this class holds
+  the parameters.
 
   Initialisation: factors have orthonormal columns, which keep the norm, and
   the core is a random direction scaled so the weight entries have mean
@@ -118,63 +102,40 @@ class TuckerDense(nnx.Module):
     return tensor.tucker_to_tensor(
         (self.core[...], [f[...] for f in self.factors]))
 
-  def _plan(self, batch: int):
-    """Input-mode order, output-mode order and multiply-adds of each path."""
+  def _batch_shape(self, input_shape: Sequence[int]):
+    """The batch axes of an input, and whether it is tensorized."""
+    input_shape = tuple(input_shape)
     num_in = len(self.in_shape)
-    in_ranks, out_ranks = self.rank[:num_in], self.rank[num_in:]
-    in_order, in_cost, in_written = _cheapest_order(self.in_shape, in_ranks,
-                                                    batch)
-    out_order, out_cost, out_written = _cheapest_order(out_ranks,
-                                                       self.out_shape, batch)
-    core_cost = batch * math.prod(in_ranks) * math.prod(out_ranks)
-    shape = self.in_shape + self.out_shape
-    _, rebuild, _ = _cheapest_order(self.rank, shape, 1)
-    dense = batch * self.in_features * self.out_features
-    flops = {"factorized": in_cost + core_cost + out_cost,
-             "reconstructed": dense + rebuild, "dense": dense,
-             # everything written but the output
-             "intermediates": (in_written + batch * math.prod(out_ranks)
-                               + out_written - batch * self.out_features)}
-    return in_order, out_order, flops
+    if input_shape[-num_in:] == self.in_shape:
+      return input_shape[:-num_in], True
+    if input_shape[-1:] == (self.in_features,):
+      return input_shape[:-1], False
+    raise ValueError(
+        f"TuckerDense({self.in_shape}->{self.out_shape}): input of shape "
+        f"{input_shape} fits neither (N, {self.in_features}) nor "
+        f"(N, *{self.in_shape})")
 
-  def flops(self, batch: int) -> dict[str, int]:
-    """Multiply-adds of each implementation for `batch` examples."""
-    return self._plan(batch)[2]
+  def flops(self, input_shape: Sequence[int]) -> dict[str, int]:
+    """Multiply-adds of each implementation for an input (N, prod(in_shape))
+    or (N, *in_shape), and the entries of the factorized path's
+    intermediates (`cpac_jax.functional.tucker_dense_flops`)."""
+    batch_shape, _ = self._batch_shape(input_shape)
+    return functional.tucker_dense_flops(math.prod(batch_shape),
+                                         self.in_shape, self.out_shape,
+                                         self.rank)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, prod(in_shape)) -> (N, prod(out_shape)), or (N, *in_shape) ->
     (N, *out_shape); extra leading batch axes are kept."""
-    num_in = len(self.in_shape)
-    if x.shape[-num_in:] == self.in_shape:
-      batch_shape, tensorized = x.shape[:-num_in], True
-    elif x.shape[-1:] == (self.in_features,):
-      batch_shape, tensorized = x.shape[:-1], False
-    else:
-      raise ValueError(
-          f"TuckerDense({self.in_shape}->{self.out_shape}): input of shape "
-          f"{x.shape} fits neither (N, {self.in_features}) nor "
-          f"(N, *{self.in_shape})")
-    batch = math.prod(batch_shape)
+    batch_shape, tensorized = self._batch_shape(x.shape)
+    x = jnp.reshape(x, (math.prod(batch_shape), self.in_features))
     bias = self.bias[...] if self.bias is not None else None
     x, bias, core, *factors = dtypes.promote_dtype(
         (x, bias, self.core[...], *[f[...] for f in self.factors]),
         dtype=self.dtype)
-    in_order, out_order, flops = self._plan(batch)
-    if choose(self.implementation, flops) == "reconstructed":
-      weight = tensor.tucker_to_tensor((core, factors))
-      weight = jnp.reshape(weight, (self.in_features, self.out_features))
-      y = jnp.dot(jnp.reshape(x, (batch, self.in_features)), weight,
-                  precision=self.precision)
-    else:
-      h = jnp.reshape(x, (batch,) + self.in_shape)
-      for i in in_order:  # (N, *in_shape) -> (N, *in_ranks)
-        h = tensor.mode_dot(h, factors[i].T, i + 1)
-      h = jnp.tensordot(h, core, axes=(tuple(range(1, num_in + 1)),
-                                       tuple(range(num_in))),
-                        precision=self.precision)
-      for i in out_order:  # (N, *out_ranks) -> (N, *out_shape)
-        h = tensor.mode_dot(h, factors[num_in + i], i + 1)
-      y = jnp.reshape(h, (batch, self.out_features))
+    y = functional.tucker_dense(x, core, factors, self.in_shape,
+                                implementation=self.implementation,
+                                precision=self.precision)
     if bias is not None:
       y = y + bias
     out_shape = self.out_shape if tensorized else (self.out_features,)

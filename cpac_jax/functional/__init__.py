@@ -1,0 +1,27 @@
+"""The factorized contractions as pure functions, (x, factors, geometry) ->
+y, and their multiply-add counts: what the layers in `cpac_jax.layers` call.
+No Flax, no state."""
+
+from cpac_jax.functional.conv import ConvGeometry, patches_conv
+from cpac_jax.functional.cp_conv import cp_conv, cp_conv_flops
+from cpac_jax.functional.implementation import (
+    IMPLEMENTATIONS,
+    INTERMEDIATE_COST,
+    choose,
+)
+from cpac_jax.functional.tucker_conv import tucker_conv, tucker_conv_flops
+from cpac_jax.functional.tucker_dense import tucker_dense, tucker_dense_flops
+
+__all__ = [
+    "IMPLEMENTATIONS",
+    "INTERMEDIATE_COST",
+    "ConvGeometry",
+    "choose",
+    "cp_conv",
+    "cp_conv_flops",
+    "patches_conv",
+    "tucker_conv",
+    "tucker_conv_flops",
+    "tucker_dense",
+    "tucker_dense_flops",
+]
