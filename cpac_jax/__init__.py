@@ -1,20 +1,22 @@
 """cpac_jax: neural networks compressed by CP and Tucker decompositions.
 
-`cpac_jax.tensor` holds the pure-JAX tensor algebra, `cpac_jax.layers` the
-Flax NNX layers built on it; `data`, `models`, `train`, `sweep`, `report`
-and `interpret` load on first use (they pull in optax, orbax, TFDS).
+`cpac_jax.tensor` holds the pure-JAX tensor algebra, `cpac_jax.functional`
+the factorized contractions built on it, `cpac_jax.layers` the Flax NNX
+layers that hold their parameters; the rest (data, models, training,
+sweeps, reports, interpretation) loads on first use, as it pulls in optax,
+orbax and TFDS.
 """
 
 import importlib
 
-from cpac_jax import layers, tensor
+from cpac_jax import functional, layers, tensor
 from cpac_jax.layers import count_params
 
-__all__ = ["count_params", "data", "interpret", "layers", "models", "report",
-           "sweep", "tensor", "train"]
-__version__ = "0.1.0"
+_LAZY = ("checkpoint", "config", "data", "distributed", "interpret", "models",
+         "optimizers", "report", "rundir", "sweep", "train", "vectorized")
 
-_LAZY = ("config", "data", "interpret", "models", "report", "sweep", "train")
+__all__ = ["count_params", "functional", "layers", "tensor", *_LAZY]
+__version__ = "0.1.0"
 
 
 def __getattr__(name: str):

@@ -1,22 +1,35 @@
-"""The config schema: defaults every experiment config starts from, and the
-checks that run before any compute."""
+"""The config schema: defaults every experiment config starts from, the
+checks that run before any compute, the run key, a config's sweep expanded
+into runs, and the model a config describes.
+
+A config's `sweep` is a sequence of groups; each group maps dotted config
+fields to lists of values and stands for their cartesian product:
+
+  config.sweep = (
+      {"model.factorization": ["cp"], "model.rank": [1, 2, 3], "seed": [0, 1]},
+      {"model.factorization": ["dense"], "seed": [0, 1]},
+  )
+"""
 
 import difflib
 import hashlib
+import itertools
 import json
 from collections.abc import Sequence
 
+import jax
 import ml_collections
+from flax import nnx
 from ml_collections import config_dict
 
-from cpac_jax import data, models
+from cpac_jax import data, models, optimizers
 
-__all__ = ["base_config", "computed_fields", "run_key", "validate"]
+__all__ = ["base_config", "build_model", "computed_fields", "differences",
+           "expand", "override", "run_key", "validate"]
 
 # Fields a config may add to the base (absent, they take their default and
 # leave the run keys of older results unchanged).
 OPTIONAL_FIELDS = {"optimizer.schedule": "constant", "model.kwargs": {}}
-SCHEDULES = ("constant", "cosine")
 # Fields that don't change what a run computes.
 _NOT_IN_KEY = ("sweep", "paper", "dataset.data_dir", "steps_per_call",
                "eval_batch_size", "distributed")
@@ -58,7 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.distributed.coordinator_address = config_dict.placeholder(str)
   config.distributed.num_processes = config_dict.placeholder(int)
   config.distributed.process_id = config_dict.placeholder(int)
-  config.sweep = ()                     # see cpac_jax.sweep.expand
+  config.sweep = ()                     # see `expand`
   config.paper = {}                     # the paper's accuracy by rank
   return config
 
@@ -71,21 +84,21 @@ def _choose(value, valid, field: str) -> None:
         f"unknown {field} {value!r}{hint}; choose one of {tuple(valid)}")
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
+def validate(config: ml_collections.ConfigDict,
+             info: data.DatasetInfo | None = None) -> None:
   """Raise ValueError naming the first bad field of `config`.
 
   Checks names, sizes and ranks: the model is built abstractly (no compute),
   so a rank a layer can't honour fails here with that layer's message.
+  `info`: the facts of data the caller brings itself (then
+  `dataset.name` is not looked up).
   """
-  from flax import nnx
-
-  from cpac_jax import train  # for the optimizer names
-
-  _choose(config.dataset.name, data.DATASETS, "dataset.name")
+  if info is None:
+    _choose(config.dataset.name, data.DATASETS, "dataset.name")
   _choose(config.model.name, models.MODELS, "model.name")
   models.check(config.model)
-  _choose(config.optimizer.name, train.OPTIMIZERS, "optimizer.name")
-  _choose(config.optimizer.get("schedule", "constant"), SCHEDULES,
+  _choose(config.optimizer.name, optimizers.OPTIMIZERS, "optimizer.name")
+  _choose(config.optimizer.get("schedule", "constant"), optimizers.SCHEDULES,
           "optimizer.schedule")
   for field in ("batch_size", "eval_batch_size", "num_epochs",
                 "steps_per_call"):
@@ -97,8 +110,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not isinstance(value, int) or value < 0:
       raise ValueError(
           f"{field} must be an int >= 0 (0: all), got {value!r}")
-  import jax
-
   devices = jax.device_count()
   if config.batch_size % devices:
     raise ValueError(
@@ -109,8 +120,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
         "optimizer.learning_rate must be positive, got "
         f"{config.optimizer.learning_rate!r}")
-  shape = {"cifar10": (32, 32, 3)}.get(config.dataset.name, (28, 28, 1))
-  nnx.eval_shape(lambda: models.build(config.model, shape, 10, nnx.Rngs(0)))
+  nnx.eval_shape(lambda: build_model(config, info))
+
+
+def build_model(config: ml_collections.ConfigDict,
+                info: data.DatasetInfo | None = None,
+                key: jax.Array | None = None) -> nnx.Module:
+  """The config's model for the data `info` describes (by default its
+  dataset's), its parameters drawn from `key`."""
+  info = info or data.INFO[config.dataset.name]
+  rngs = nnx.Rngs(params=key) if key is not None else nnx.Rngs(0)
+  return models.build(config.model, info.image_shape, info.num_classes, rngs)
 
 
 def computed_fields(config: ml_collections.ConfigDict,
@@ -132,3 +152,54 @@ def run_key(config: ml_collections.ConfigDict) -> str:
   """A hash of everything in `config` that changes what the run computes."""
   text = json.dumps(computed_fields(config), sort_keys=True)
   return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def differences(old: dict, new: dict, prefix: str = "") -> set[str]:
+  """The dotted fields in which two `computed_fields` dicts differ."""
+  fields = set()
+  for key in set(old) | set(new):
+    a, b = old.get(key), new.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      fields |= differences(a, b, f"{prefix}{key}.")
+    elif a != b:
+      fields.add(prefix + key)
+  return fields
+
+
+def override(config: ml_collections.ConfigDict, field: str, value) -> None:
+  """Set a dotted `field` of `config` to `value`, whatever its type was (a
+  CP rank may become a fraction); unknown fields raise ValueError."""
+  *parents, leaf = field.split(".")
+  node = config
+  for parent in parents:
+    if parent not in node:
+      raise ValueError(f"sweep sets unknown config field {field!r}")
+    node = node[parent]
+  if leaf not in node and field not in OPTIONAL_FIELDS:
+    raise ValueError(f"sweep sets unknown config field {field!r}")
+  if isinstance(value, list):
+    value = tuple(value)
+  with node.ignore_type():
+    node[leaf] = value
+
+
+def expand(config: ml_collections.ConfigDict
+           ) -> list[tuple[str, ml_collections.ConfigDict]]:
+  """(name, config) for every run of the sweep; the config itself if none."""
+  runs = []
+  for group in config.sweep or ({},):
+    fields = list(group)
+    for values in itertools.product(*(group[f] for f in fields)):
+      run = config.copy_and_resolve_references()
+      for field, value in zip(fields, values):
+        override(run, field, value)
+      name = "-".join(f"{f.rsplit('.', 1)[-1]}={_text(v)}"
+                      for f, v in zip(fields, values)) or "run"
+      runs.append((name, run))
+  return runs
+
+
+def _text(value) -> str:
+  if isinstance(value, (tuple, list)):
+    return "x".join(map(str, value))
+  return str(value)

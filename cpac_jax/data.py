@@ -1,4 +1,6 @@
-"""Datasets as numpy arrays: MNIST, Fashion-MNIST and CIFAR-10.
+"""Datasets as numpy arrays, with their facts: MNIST, Fashion-MNIST and
+CIFAR-10; the training-set caps and the input normalisation a config asks
+for.
 
 Sources, in order:
   1. raw files in the data dir: the original IDX `.gz` files for MNIST and
@@ -20,11 +22,27 @@ import tarfile
 from pathlib import Path
 from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["DATASETS", "DataNotFoundError", "Split", "data_dir", "load"]
+__all__ = ["DATASETS", "INFO", "DataNotFoundError", "DatasetInfo", "Split",
+           "data_dir", "load", "load_splits", "normalize"]
 
-DATASETS = ("mnist", "fashion_mnist", "cifar10")
+
+class DatasetInfo(NamedTuple):
+  """What a model must know of a dataset."""
+
+  image_shape: tuple[int, ...]  # (H, W, C) of one example
+  num_classes: int
+
+
+INFO = {
+    "mnist": DatasetInfo((28, 28, 1), 10),
+    "fashion_mnist": DatasetInfo((28, 28, 1), 10),
+    "cifar10": DatasetInfo((32, 32, 3), 10),
+}
+DATASETS = tuple(INFO)
 SPLITS = ("train", "test")
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -160,3 +178,22 @@ def load(name: str, split: str, data_dir_path: str | os.PathLike | None = None
         f"it, {fetch_hint(name)}, or point dataset.data_dir / "
         "$CPAC_DATA_DIR at a folder that has it.")
   return found
+
+
+def load_splits(dataset, num_train: int = 0, num_test: int = 0
+                ) -> tuple[Split, Split]:
+  """The train and test splits a config's `dataset` block names, each cut
+  to its first `num_train` / `num_test` examples (0: all)."""
+  splits = []
+  for split, count in (("train", num_train), ("test", num_test)):
+    found = load(dataset.name, split, dataset.get("data_dir"))
+    splits.append(Split(*(a[:count] for a in found)) if count else found)
+  return splits[0], splits[1]
+
+
+def normalize(images: jax.Array, mean, std) -> jax.Array:
+  """uint8 images -> float inputs (images / 255 - mean) / std; `mean` and
+  `std` a number or one per channel."""
+  mean = jnp.asarray(mean, jnp.float32)
+  std = jnp.asarray(std, jnp.float32)
+  return (images.astype(jnp.float32) / 255.0 - mean) / std

@@ -9,57 +9,22 @@ If the workdir's README.md holds the markers `<!-- results:begin -->` and
 README's table is always the one the code produced.
 """
 
-import csv
-import io
 import json
-import os
 import statistics
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 import ml_collections
+from absl import app, flags
+from matplotlib.figure import Figure  # no pyplot: files only, no display
+from ml_collections import config_flags
 
-__all__ = ["read_csv", "read_results", "summarize", "write_report",
-           "write_rows"]
+from cpac_jax import rundir
+from cpac_jax.config import expand, run_key
+
+__all__ = ["summarize", "write_report"]
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-
-
-def read_csv(path: str | Path) -> list[dict]:
-  path = Path(path)
-  if not path.exists():
-    return []
-  with open(path, newline="") as f:
-    return list(csv.DictReader(f))
-
-
-def write_rows(path: Path, rows: list[dict], columns) -> None:
-  """Write a CSV whole: to a temp file, then renamed over `path`, so a kill
-  never leaves a torn line."""
-  buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
-  writer.writeheader()
-  writer.writerows(rows)
-  handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".results-")
-  with os.fdopen(handle, "w", newline="") as f:
-    f.write(buffer.getvalue())
-  os.replace(temp, path)
-
-
-def read_results(workdir: str | Path) -> list[dict]:
-  """Rows of every results*.csv in `workdir` (results.csv first, then the
-  shards' files), one per run key."""
-  workdir = Path(workdir)
-  files = sorted(workdir.glob("results*.csv"),
-                 key=lambda p: (p.name != "results.csv", p.name))
-  rows, seen = [], set()
-  for path in files:
-    for row in read_csv(path):
-      if row["key"] not in seen:
-        seen.add(row["key"])
-        rows.append(row)
-  return rows
 
 
 def _rank_label(row: dict) -> str:
@@ -128,16 +93,12 @@ def _table(summary: list[dict], paper: dict) -> str:
 
 def _plots(summary: list[dict], paper: dict, out: Path, title: str) -> list[
     str]:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
   factorized = [s for s in summary if s["factorization"] != "dense"]
   dense = [s for s in summary if s["factorization"] == "dense"]
   names = []  # of the files written
 
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig = Figure(figsize=(6, 4))
+  ax = fig.subplots()
   x = list(range(len(factorized)))
   ax.errorbar(x, [s["accuracy"][0] for s in factorized],
               yerr=[s["accuracy"][1] for s in factorized], marker="o",
@@ -158,7 +119,8 @@ def _plots(summary: list[dict], paper: dict, out: Path, title: str) -> list[
   ax.set_ylabel("test accuracy")
   names.append(_save(fig, ax, title, out / "accuracy_vs_rank.png"))
 
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig = Figure(figsize=(6, 4))
+  ax = fig.subplots()
   ax.errorbar([s["layer_compression"] for s in factorized],
               [s["accuracy"][0] for s in factorized],
               yerr=[s["accuracy"][1] for s in factorized], marker="o",
@@ -177,13 +139,10 @@ def _plots(summary: list[dict], paper: dict, out: Path, title: str) -> list[
 
 def _save(fig, ax, title: str, path: Path) -> str:
   """Title, legend, layout; write the figure to `path`, return its name."""
-  import matplotlib.pyplot as plt
-
   ax.set_title(title)
   ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
-  plt.close(fig)
   return path.name
 
 
@@ -192,15 +151,12 @@ def write_report(workdir: str | Path, config: ml_collections.ConfigDict
   """Merge the workdir's results files into results.csv, then write
   results.md and the plots beside it; return results.md. Runs of the
   config's sweep with no row yet are listed as missing."""
-  from cpac_jax.config import run_key  # report comes last: import late
-  from cpac_jax.sweep import COLUMNS, expand
-
   workdir = Path(workdir)
   results = workdir / "results.csv"
-  rows = read_results(workdir)
+  rows = rundir.read_results(workdir)
   if not rows:
     raise ValueError(f"{workdir} holds no results*.csv rows to report")
-  write_rows(results, rows, COLUMNS)
+  rundir.write_rows(results, rows)
   present = {row["key"] for row in rows}
   missing = [name for name, run in expand(config)
              if run_key(run) not in present]
@@ -236,9 +192,6 @@ def write_report(workdir: str | Path, config: ml_collections.ConfigDict
 
 
 def _main():
-  from absl import app, flags
-  from ml_collections import config_flags
-
   config = config_flags.DEFINE_config_file("config", None, "experiment config")
   workdir = flags.DEFINE_string("workdir", None, "folder with results.csv")
 

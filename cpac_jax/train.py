@@ -1,38 +1,42 @@
-"""Training: optimizer, jit-compiled train/eval steps, train_and_evaluate.
+"""Training: the compiled train and eval steps and the one epoch loop, for
+one run or many trained together.
 
-One train loop for every experiment. An epoch runs as a few compiled calls,
-each a `jax.lax.scan` over `steps_per_call` steps, so batch size 1 (as the
-CPAC paper trains) costs one Python dispatch per thousand steps, not per step.
+An epoch runs as a few compiled calls, each a `jax.lax.scan` over
+`steps_per_call` steps, so batch size 1 (as the CPAC paper trains) costs one
+Python dispatch per thousand steps, not per step. A run alone trains data
+parallel over every device; runs trained together (`train_runs` with
+several runs, `sweep --vectorize`) are stacked into one program
+(`cpac_jax.vectorized`). Either way the same loop checkpoints, resumes,
+logs and writes each run's workdir (`cpac_jax.rundir`).
 """
 
 import contextlib
-import json
-import logging as logging_std
+import hashlib
 import math
-import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from cpac_jax import data, layers, models
+from cpac_jax import checkpoint, data, distributed, optimizers, rundir
+from cpac_jax.config import build_model, run_key, validate
+from cpac_jax.vectorized import check_together, make_groups
 
-__all__ = ["Diverged", "Preempted", "build_model", "count_factorized",
-           "epoch_metrics", "epoch_order", "failed_row",
-           "initialize_distributed", "make_evaluation",
-           "make_optimizer", "make_step", "normalize", "restore", "result_row",
-           "train_and_evaluate"]
+__all__ = ["Diverged", "Outcome", "Preempted", "epoch_metrics", "epoch_order",
+           "eval_batches", "make_evaluation", "make_step", "restore",
+           "train_and_evaluate", "train_runs"]
+
 
 class Diverged(FloatingPointError):
   """The loss became NaN or infinite; the message names the step."""
@@ -42,86 +46,12 @@ class Preempted(RuntimeError):
   """SIGTERM arrived; the run saved a checkpoint and stopped."""
 
 
-OPTIMIZERS = {"adam": optax.adam, "adamw": optax.adamw, "sgd": optax.sgd,
-              "momentum": lambda learning_rate: optax.sgd(learning_rate, 0.9)}
-NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10}
+class Outcome(NamedTuple):
+  """What `train_runs` returns for each run."""
 
-
-class _DropOrbaxInfo(logging_std.Filter):
-  """Orbax logs every checkpoint step at INFO; keep its warnings only."""
-
-  def filter(self, record):
-    return record.levelno >= logging_std.WARNING or "/orbax/" not in (
-        record.pathname or "")
-
-
-logging_std.getLogger("absl").addFilter(_DropOrbaxInfo())
-
-
-def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
-                   ) -> optax.GradientTransformation:
-  """The optax optimizer `config.optimizer` names, with its schedule:
-  "constant", or "cosine" decay to 0 over the run (checked by
-  `cpac_jax.config.validate`)."""
-  name = config.optimizer.name
-  if name not in OPTIMIZERS:
-    raise ValueError(f"unknown optimizer.name {name!r}; choose one of "
-                     f"{tuple(OPTIMIZERS)}")
-  learning_rate = config.optimizer.learning_rate
-  if config.optimizer.get("schedule", "constant") == "cosine":
-    learning_rate = optax.cosine_decay_schedule(
-        learning_rate, config.num_epochs * steps_per_epoch)
-  return OPTIMIZERS[name](learning_rate=learning_rate)
-
-
-def initialize_distributed(config: ml_collections.ConfigDict) -> None:
-  """Join the multi-process job `config.distributed` asks for, once, before
-  any computation: `jax.distributed.initialize` with the fields that are
-  set. Every process then runs the same program on its share of each batch,
-  and only process 0 writes files other than checkpoints."""
-  settings = config.get("distributed") or {}
-  if not settings.get("initialize") or jax.distributed.is_initialized():
-    return
-  address = settings.get("coordinator_address")
-  count, index = settings.get("num_processes"), settings.get("process_id")
-  if address is not None and not address.rpartition(":")[2].isdigit():
-    raise ValueError(f"distributed.coordinator_address {address!r} is not "
-                     "host:port")
-  if count is not None and (count < 1 or index is None
-                            or not 0 <= index < count):
-    raise ValueError(
-        f"distributed.process_id {index!r} must be in 0..{count - 1} for "
-        f"distributed.num_processes {count}")
-  jax.distributed.initialize(address, count, index)
-
-
-def _writes_files() -> bool:
-  """Whether this process writes configs, metrics and results."""
-  return jax.process_index() == 0
-
-
-def count_factorized(model: nnx.Module) -> tuple[int, int]:
-  """(weights of the factorized layers, weights of their dense twins):
-  bias excluded, so the ratio is the papers' per-layer compression."""
-  ours = dense = 0
-  for _, node in nnx.iter_graph(model):
-    if isinstance(node, (layers.CPConv, layers.TuckerConv)):
-      dense += (math.prod(node.kernel_size) * node.in_features
-                * node.out_features)
-    elif isinstance(node, layers.TuckerDense):
-      dense += node.in_features * node.out_features
-    else:
-      continue
-    bias = math.prod(node.bias.shape) if node.bias is not None else 0
-    ours += layers.count_params(node) - bias
-  return ours, dense
-
-
-def normalize(images: jax.Array, config) -> jax.Array:
-  """uint8 images -> the float inputs the config's model trains on."""
-  mean = jnp.asarray(config.dataset.mean, jnp.float32)
-  std = jnp.asarray(config.dataset.std, jnp.float32)
-  return (images.astype(jnp.float32) / 255.0 - mean) / std
+  row: dict          # its results row (`rundir.result_row` / `failed_row`)
+  error: str | None  # why it diverged, naming the step; None if it finished
+  tap: Any           # the sum over every step of `tap(grads)`, if asked
 
 
 def _loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -131,7 +61,8 @@ def _loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
   """One optimisation step on a normalised batch, as a pure function
   (params, rest, opt_state, x, y) -> (params, rest, opt_state, loss,
-  logits); `rest` is the model's non-parameter state (batch-norm stats)."""
+  logits, grads); `rest` is the model's non-parameter state (batch-norm
+  statistics), `grads` the gradients the update used."""
 
   def loss_fn(params, rest, x, y):
     model = nnx.merge(graphdef, params, rest, copy=True)
@@ -144,51 +75,23 @@ def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
         loss_fn, has_aux=True)(params, rest, x, y)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    return params, rest, opt_state, loss, logits
+    return params, rest, opt_state, loss, logits, grads
 
   return step
 
 
-def _make_steps(config, graphdef, eval_graphdef, tx, images, labels,
-                batch_sharding):
-  """The compiled train chunk and eval pass, closed over the train data;
-  each batch is split over the devices of `batch_sharding`."""
-  batch_size = config.batch_size
-  step_fn = make_step(graphdef, tx)
-
-  def train_step(carry, step):
-    params, rest, opt_state, order = carry
-    index = jax.lax.dynamic_slice_in_dim(order, step * batch_size, batch_size)
-    x, y = normalize(images[index], config), labels[index]
-    x, y = jax.lax.with_sharding_constraint((x, y), batch_sharding)
-    params, rest, opt_state, loss, logits = step_fn(params, rest, opt_state,
-                                                    x, y)
-    correct = jnp.sum(jnp.argmax(logits, -1) == y)
-    return (params, rest, opt_state, order), (loss, correct)
-
-  @jax.jit
-  def train_chunk(params, rest, opt_state, order, steps):
-    """Run `steps`; also return the first step whose loss wasn't finite
-    (-1 if none)."""
-    (params, rest, opt_state, _), (losses, correct) = jax.lax.scan(
-        train_step, (params, rest, opt_state, order), steps)
-    finite = jnp.isfinite(losses)
-    bad = jnp.where(jnp.all(finite), -1, steps[jnp.argmin(finite)])
-    return (params, rest, opt_state, jnp.sum(losses), jnp.sum(correct), bad)
-
-  return train_chunk, jax.jit(make_evaluation(config, eval_graphdef))
-
-
-def make_evaluation(config, eval_graphdef: nnx.GraphDef):
+def make_evaluation(config: ml_collections.ConfigDict,
+                    eval_graphdef: nnx.GraphDef):
   """(params, rest, x, y, mask) -> (summed loss, correct count) over test
-  batches (B, bs, ...) of uint8 images, padding masked out (`_eval_batches`)."""
+  batches (B, bs, ...) of uint8 images, padding masked out (`eval_batches`)."""
 
   def evaluate(params, rest, x_all, y_all, mask):
     model = nnx.merge(eval_graphdef, params, rest)
 
     def body(totals, batch):
       x, y, m = batch
-      logits = model(normalize(x, config))
+      logits = model(data.normalize(x, config.dataset.mean,
+                                    config.dataset.std))
       loss = jnp.sum(_loss(logits, y) * m)
       correct = jnp.sum((jnp.argmax(logits, -1) == y) * m)
       return (totals[0] + loss, totals[1] + correct), None
@@ -199,320 +102,17 @@ def make_evaluation(config, eval_graphdef: nnx.GraphDef):
   return evaluate
 
 
-def _eval_batches(split: data.Split, batch_size: int):
+def eval_batches(split: data.Split, batch_size: int):
   """The test set padded to whole batches: (B, bs, ...) arrays and a mask."""
   n = len(split.labels)
   batches = math.ceil(n / batch_size)
   pad = batches * batch_size - n
   x = np.concatenate([split.images, np.zeros((pad,) + split.images.shape[1:],
-                                             np.uint8)])
+                                             split.images.dtype)])
   y = np.concatenate([split.labels, np.zeros((pad,), np.int32)])
   mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
   shape = lambda a: a.reshape((batches, batch_size) + a.shape[1:])
   return shape(x), shape(y), shape(mask)
-
-
-class _MetricWriter:
-  """Per-epoch metrics to metrics.jsonl and TensorBoard event files."""
-
-  def __init__(self, workdir: Path):
-    from tensorboardX import SummaryWriter  # import only when writing
-
-    self._path = workdir / "metrics.jsonl"
-    self._tensorboard = SummaryWriter(str(workdir / "tensorboard"))
-
-  def write(self, step: int, metrics: dict) -> None:
-    with open(self._path, "a") as f:
-      f.write(json.dumps({"step": step, **metrics}) + "\n")
-    for name, value in metrics.items():
-      self._tensorboard.add_scalar(name, value, step)
-    self._tensorboard.flush()
-
-  def close(self) -> None:
-    self._tensorboard.close()
-
-
-def _history(workdir: Path, up_to_epoch: int) -> list[dict]:
-  """The metrics of epochs 1..`up_to_epoch`; metrics.jsonl is cut back to
-  them, dropping any epoch written after the checkpoint now resumed."""
-  path = workdir / "metrics.jsonl"
-  if not path.exists():
-    return []
-  rows = [json.loads(line) for line in path.read_text().splitlines() if line]
-  kept = [r for r in rows if r["epoch"] <= up_to_epoch]
-  if len(kept) != len(rows) and _writes_files():
-    temp = path.with_suffix(".tmp")
-    temp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    os.replace(temp, path)
-  return kept
-
-
-@contextlib.contextmanager
-def _sigterm_requests_stop():
-  """While inside, SIGTERM sets the returned event instead of killing."""
-  stop = threading.Event()
-  if threading.current_thread() is not threading.main_thread():
-    yield stop  # signals reach the main thread only
-    return
-  previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-  try:
-    yield stop
-  finally:
-    signal.signal(signal.SIGTERM, previous)
-
-
-def _check_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
-  """Refuse a workdir that holds a run of a different config."""
-  from cpac_jax.config import computed_fields
-
-  path = workdir / "config.json"
-  if not path.exists():
-    return
-  old = computed_fields(ml_collections.ConfigDict(json.loads(
-      path.read_text())))
-  new = computed_fields(config)
-  if old != new:
-    differ = sorted(_differences(old, new))
-    raise ValueError(
-        f"workdir {workdir} holds a run of a different config (fields "
-        f"{', '.join(differ)} differ); resume it with the same config, or "
-        "use a new workdir")
-
-
-def _differences(old: dict, new: dict, prefix: str = "") -> set[str]:
-  fields = set()
-  for key in set(old) | set(new):
-    a, b = old.get(key), new.get(key)
-    if isinstance(a, dict) and isinstance(b, dict):
-      fields |= _differences(a, b, f"{prefix}{key}.")
-    elif a != b:
-      fields.add(prefix + key)
-  return fields
-
-
-def _load_splits(config) -> tuple[data.Split, data.Split]:
-  dataset = config.dataset
-  train_split = data.load(dataset.name, "train", dataset.get("data_dir"))
-  test_split = data.load(dataset.name, "test", dataset.get("data_dir"))
-  if config.get("num_train_examples"):
-    train_split = data.Split(*(a[:config.num_train_examples]
-                               for a in train_split))
-  if config.get("num_test_examples"):
-    test_split = data.Split(*(a[:config.num_test_examples]
-                              for a in test_split))
-  return train_split, test_split
-
-
-def build_model(config, input_shape, key=None) -> nnx.Module:
-  """The config's model for inputs (H, W, C), initialised from `key`."""
-  rngs = nnx.Rngs(params=key) if key is not None else nnx.Rngs(0)
-  return models.build(config.model, input_shape,
-                      NUM_CLASSES[config.dataset.name], rngs)
-
-
-def restore(workdir: str | Path
-            ) -> tuple[nnx.Module, ml_collections.ConfigDict]:
-  """The model of a run's workdir, with its last checkpoint's parameters and
-  statistics, in eval mode; and the run's config."""
-  workdir = Path(workdir)
-  config = ml_collections.ConfigDict(json.loads(
-      (workdir / "config.json").read_text()))
-  shape = {"cifar10": (32, 32, 3)}.get(config.dataset.name, (28, 28, 1))
-  model = build_model(config, shape)
-  model.train()
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  with ocp.CheckpointManager((workdir / "checkpoints").absolute()) as manager:
-    step = manager.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"{workdir} holds no checkpoint")
-    target = {"params": params, "rest": rest}
-    state = manager.restore(step, args=ocp.args.PyTreeRestore(
-        target, partial_restore=True,
-        restore_args=ocp.checkpoint_utils.construct_restore_args(target)))
-  model = nnx.merge(graphdef, state["params"], state["rest"])
-  model.eval()
-  return model, config
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
-                       progress: Callable[[str], None] | None = None) -> dict:
-  """Train the model `config` describes, evaluating on the test split after
-  every epoch; write config.json, metrics, checkpoints and result.json into
-  `workdir`.
-
-  Resumable: the full state (parameters, optimizer state, batch-norm
-  statistics, position in the epoch, partial sums) is checkpointed after
-  every epoch and on SIGTERM; data order and initialisation derive from
-  `config.seed` and the epoch. Rerun on the same workdir, it resumes from
-  the last checkpoint and ends with the same parameters, bit for bit on the
-  CPU, as an uninterrupted run.
-
-  Raises:
-    ValueError: a bad config, or a workdir holding a different config's run.
-    data.DataNotFoundError: the dataset isn't in the data dir.
-    Diverged: the loss became non-finite; names the step, keeps the last
-      good checkpoint.
-    Preempted: SIGTERM arrived; a checkpoint was saved first.
-
-  Returns:
-    The run's results row (see `cpac_jax.sweep.COLUMNS`).
-  """
-  from cpac_jax.config import validate  # imports train: import it late
-
-  initialize_distributed(config)
-  validate(config)
-  workdir = Path(workdir)
-  _check_workdir(workdir, config)
-  log = progress or logging.info
-  train_split, test_split = _load_splits(config)
-  num_train = len(train_split.labels)
-  steps_per_epoch = num_train // config.batch_size
-  if steps_per_epoch < 1:
-    raise ValueError(
-        f"batch_size {config.batch_size} exceeds the {num_train} training "
-        "examples")
-  workdir.mkdir(parents=True, exist_ok=True)
-  if _writes_files():
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-
-  init_key, data_key = jax.random.split(jax.random.key(config.seed))
-  input_shape = train_split.images.shape[1:]
-  model = build_model(config, input_shape, init_key)
-  counts = _counts(config, model, input_shape)
-
-  tx = make_optimizer(config, steps_per_epoch)
-  model.train()
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  model.eval()
-  eval_graphdef = nnx.split(model, nnx.Param, ...)[0]
-  # Data parallel over every device: batches split, the rest replicated.
-  mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
-  replicated = NamedSharding(mesh, PartitionSpec())
-  train_chunk, evaluate = _make_steps(
-      config, graphdef, eval_graphdef, tx,
-      jax.device_put(train_split.images, replicated),
-      jax.device_put(train_split.labels, replicated),
-      NamedSharding(mesh, PartitionSpec("data")))
-  test_batches = jax.device_put(
-      _eval_batches(test_split, config.eval_batch_size), replicated)
-  num_test = len(test_split.labels)
-
-  # Checkpoint step = global train step; (epoch, step) says where in the
-  # epoch it was taken, step == steps_per_epoch once the epoch is evaluated.
-  state = {"params": params, "rest": rest, "opt_state": tx.init(params),
-           "position": np.zeros(2, np.int64),
-           "sums": _zero_sums()}
-  checkpoints, state, epoch, step = _resume(workdir / "checkpoints", state,
-                                            steps_per_epoch, log)
-  for name in ("params", "rest", "opt_state"):
-    state[name] = jax.device_put(state[name], replicated)
-  history = _history(workdir, epoch - 1)
-  writer = _MetricWriter(workdir) if _writes_files() else None
-  steps_per_call = min(config.steps_per_call, steps_per_epoch)
-
-  def save(epoch, step):
-    state["position"] = np.array([epoch, step], np.int64)
-    checkpoints.save((epoch - 1) * steps_per_epoch + step,
-                     args=ocp.args.StandardSave(state))
-
-  with _sigterm_requests_stop() as stop:
-    while epoch <= config.num_epochs:
-      order = jax.device_put(np.asarray(epoch_order(data_key, epoch,
-                                                    num_train)), replicated)
-      if step == 0:
-        state["sums"] = _zero_sums()
-      start = last_log = time.perf_counter()
-      seconds = float(state["sums"]["seconds"])
-      while step < steps_per_epoch:
-        # Chunks stay on a fixed grid of the epoch, so a resumed run
-        # compiles and runs exactly the chunks an uninterrupted one does.
-        end = min((step // steps_per_call + 1) * steps_per_call,
-                  steps_per_epoch)
-        (state["params"], state["rest"], state["opt_state"], loss, correct,
-         bad) = train_chunk(state["params"], state["rest"],
-                            state["opt_state"], order,
-                            jax.device_put(np.arange(step, end), replicated))
-        if int(bad) >= 0:
-          checkpoints.wait_until_finished()
-          raise Diverged(
-              f"loss became non-finite at epoch {epoch}, step {int(bad)} "
-              f"(global step {(epoch - 1) * steps_per_epoch + int(bad)}); "
-              f"the last good checkpoint, at global step "
-              f"{checkpoints.latest_step()}, is kept in {workdir}")
-        sums = state["sums"]
-        sums["loss"] = np.asarray(sums["loss"] + np.asarray(loss))
-        sums["correct"] = np.asarray(sums["correct"] + np.asarray(correct))
-        step = end
-        now = time.perf_counter()
-        sums["seconds"] = np.asarray(seconds + now - start)
-        if stop.is_set() and step < steps_per_epoch:
-          save(epoch, step)
-          checkpoints.wait_until_finished()
-          raise Preempted(
-              f"SIGTERM: saved epoch {epoch}, step {step} in {workdir}; "
-              "rerun the same command to resume")
-        if now - last_log > 30:
-          log(f"epoch {epoch} step {step}/{steps_per_epoch} loss "
-              f"{float(sums['loss']) / step:.4f} "
-              f"{(step * config.batch_size) / float(sums['seconds']):.0f} "
-              "examples/s (this epoch)")
-          last_log = now
-      test_loss, test_correct = evaluate(state["params"], state["rest"],
-                                         *test_batches)
-      sums = state["sums"]
-      metrics = epoch_metrics(
-          epoch, float(sums["loss"]), int(sums["correct"]), float(test_loss),
-          float(test_correct), float(sums["seconds"]), steps_per_epoch,
-          config.batch_size, num_test)
-      history.append(metrics)
-      if writer:
-        writer.write(epoch * steps_per_epoch, metrics)
-      log(f"epoch {epoch}/{config.num_epochs}: train loss "
-          f"{metrics['train_loss']:.4f} acc {metrics['train_accuracy']:.4f}, "
-          f"test loss {metrics['test_loss']:.4f} acc "
-          f"{metrics['test_accuracy']:.4f}, "
-          f"{metrics['examples_per_second']:.0f} examples/s")
-      save(epoch, steps_per_epoch)
-      if stop.is_set() and epoch < config.num_epochs:
-        checkpoints.wait_until_finished()
-        raise Preempted(f"SIGTERM: saved epoch {epoch} in {workdir}; rerun "
-                        "the same command to resume")
-      epoch, step = epoch + 1, 0
-  checkpoints.wait_until_finished()
-  checkpoints.close()
-  if writer:
-    writer.close()
-
-  result = result_row(config, counts, history)
-  if _writes_files():
-    (workdir / "result.json").write_text(json.dumps(result, indent=2))
-  return result
-
-
-def _resume(directory: Path, state: dict, steps_per_epoch: int, log):
-  """The checkpoint manager of `directory`; and `state`, with the (epoch,
-  step) to go on from, restored from its latest checkpoint if any."""
-  checkpoints = ocp.CheckpointManager(
-      directory.absolute(),
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-  epoch, step = 1, 0
-  if checkpoints.latest_step() is not None:
-    state = checkpoints.restore(checkpoints.latest_step(),
-                                args=ocp.args.StandardRestore(state))
-    epoch, step = (int(v) for v in state["position"])
-    log(f"resuming at epoch {epoch}, step {step}/{steps_per_epoch}")
-    if step == steps_per_epoch:
-      epoch, step = epoch + 1, 0
-  return checkpoints, state, epoch, step
-
-
-def _zero_sums(runs: tuple[int, ...] = ()) -> dict:
-  """An epoch's running sums, kept on the host: loss and correct count of
-  each of `runs` (one run: shape ()), and the seconds they all took."""
-  return {"loss": np.zeros(runs, np.float64),
-          "correct": np.zeros(runs, np.int64),
-          "seconds": np.zeros((), np.float64)}
 
 
 def epoch_order(data_key: jax.Array, epoch: int, num_train: int) -> jax.Array:
@@ -537,43 +137,365 @@ def epoch_metrics(epoch: int, train_loss: float, train_correct: int,
   }
 
 
-def _counts(config, model: nnx.Module, input_shape) -> dict:
-  """The parameter counts of a run's results row."""
-  dense_config = config.copy_and_resolve_references()
-  dense_config.model.factorization = "dense"
-  dense_params = layers.count_params(nnx.eval_shape(
-      lambda: build_model(dense_config, input_shape)))
-  num_params = layers.count_params(model)
-  factorized, factorized_dense = count_factorized(model)
-  return {"params": num_params, "compression": dense_params / num_params,
-          "layer_params": factorized,
-          "layer_compression": (factorized_dense / factorized
-                                if factorized else 1.0)}
+def _zero_sums(num_runs: int) -> dict:
+  """An epoch's running sums, kept on the host: loss and correct count of
+  each run, and the seconds they all took."""
+  return {"loss": np.zeros(num_runs, np.float64),
+          "correct": np.zeros(num_runs, np.int64),
+          "seconds": np.zeros((), np.float64)}
 
 
-def failed_row(config) -> dict:
-  """The results row of a run whose loss became non-finite."""
-  return {"experiment": config.get("name", ""),
-          "dataset": config.dataset.name, "model": config.model.name,
-          "factorization": config.model.factorization, "seed": config.seed,
-          "epochs": config.num_epochs, "status": "diverged"}
+@contextlib.contextmanager
+def _sigterm_requests_stop():
+  """While inside, SIGTERM sets the returned event instead of killing."""
+  stop = threading.Event()
+  if threading.current_thread() is not threading.main_thread():
+    yield stop  # signals reach the main thread only
+    return
+  previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+  try:
+    yield stop
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
-def result_row(config, counts: dict, history: list[dict]) -> dict:
-  """A finished run's results row (see `cpac_jax.sweep.COLUMNS`)."""
-  rank = config.model.rank
-  return {
-      "experiment": config.get("name", ""),
-      "dataset": config.dataset.name,
-      "model": config.model.name,
-      "factorization": config.model.factorization,
-      "rank": ("" if config.model.factorization == "dense" else json.dumps(
-          list(rank) if isinstance(rank, tuple) else rank)),
-      **counts,
-      "seed": config.seed,
-      "epochs": config.num_epochs,
-      "test_accuracy": history[-1]["test_accuracy"],
-      "best_test_accuracy": max(r["test_accuracy"] for r in history),
-      "train_seconds": sum(r["epoch_seconds"] for r in history),
-      "status": "ok",
-  }
+def _make_programs(config, groups, tx, images, labels, batch_sharding,
+                   seed_of, tap, unroll):
+  """The compiled train chunk and eval pass of `groups`, closed over the
+  train data; each batch is split over the devices of `batch_sharding`.
+
+  train_chunk(states, taps, orders, steps) runs `steps` of every run and
+  returns the new states and taps, each run's summed loss and correct
+  count, and the first step whose loss wasn't finite (-1 if none).
+  """
+  batch_size = config.batch_size
+  steps, evaluations = [], []
+  for group in groups:
+    step = make_step(group.graphdef, tx)
+    evaluation = make_evaluation(config, group.eval_graphdef)
+    if group.stacked:
+      step = jax.vmap(step, in_axes=(0, 0, 0, None, None))
+      evaluation = jax.vmap(evaluation, in_axes=(0, 0, None, None, None))
+    steps.append(step)
+    evaluations.append(evaluation)
+
+  @jax.jit
+  def train_chunk(states, taps, orders, chunk):
+
+    def train_step(carry, step):
+      states, taps = carry
+      new, losses, correct = [], [], []
+      for group_step, seed, state in zip(steps, seed_of, states):
+        index = jax.lax.dynamic_slice_in_dim(orders[seed], step * batch_size,
+                                             batch_size)
+        x = data.normalize(images[index], config.dataset.mean,
+                           config.dataset.std)
+        x, y = jax.lax.with_sharding_constraint((x, labels[index]),
+                                                batch_sharding)
+        params, rest, opt_state, loss, logits, grads = group_step(
+            state["params"], state["rest"], state["opt_state"], x, y)
+        new.append({"params": params, "rest": rest, "opt_state": opt_state})
+        if tap is not None:
+          taps = jax.tree.map(jnp.add, taps, tap(grads))
+        losses.append(jnp.reshape(loss, (-1,)))
+        correct.append(jnp.reshape(
+            jnp.sum(jnp.argmax(logits, -1) == y, axis=-1), (-1,)))
+      return (new, taps), (jnp.concatenate(losses), jnp.concatenate(correct))
+
+    (states, taps), (losses, correct) = jax.lax.scan(
+        train_step, (states, taps), chunk, unroll=unroll)
+    finite = jnp.isfinite(losses)
+    bad = jnp.where(jnp.all(finite, axis=0), -1,
+                    chunk[jnp.argmin(finite, axis=0)])
+    return states, taps, losses.sum(0), correct.sum(0), bad
+
+  @jax.jit
+  def evaluate(states, x_all, y_all, mask):
+    losses, correct = zip(*(
+        evaluation(state["params"], state["rest"], x_all, y_all, mask)
+        for evaluation, state in zip(evaluations, states)))
+    return (jnp.concatenate([jnp.reshape(a, (-1,)) for a in losses]),
+            jnp.concatenate([jnp.reshape(a, (-1,)) for a in correct]))
+
+  return train_chunk, evaluate
+
+
+def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
+               state_dir: str | Path | None = None, *,
+               progress: Callable[[str], None] | None = None,
+               tap: Callable[[Any], Any] | None = None,
+               splits: tuple[data.Split, data.Split] | None = None
+               ) -> list[Outcome]:
+  """Train `runs`, (config, workdir) pairs, evaluating on the test split
+  after every epoch; return each run's `Outcome`, in order.
+
+  One run trains data parallel over every device (each batch split, the
+  rest replicated) and checkpoints into `<workdir>/checkpoints`. Several
+  train together as one compiled program on one process: their configs
+  may differ only in seed, model.rank, model.factorization and name
+  (`vectorized.check_together`), the joint state is checkpointed in
+  `state_dir`, and each run's final parameters are saved in its workdir's
+  `checkpoints/` once all have finished ("train_seconds" is the program's
+  time shared equally among them).
+
+  Each workdir gets config.json, metrics.jsonl, TensorBoard events and, if
+  the run finished, result.json (`cpac_jax.rundir`). Resumable: the full
+  state (parameters, optimizer state, batch-norm statistics, position in
+  the epoch, partial sums) is checkpointed after every epoch and on
+  SIGTERM; data order and initialisation derive from each config's seed
+  and the epoch. Rerun with the same runs, training resumes from the last
+  checkpoint and ends with the same parameters, bit for bit on the CPU, as
+  an uninterrupted run. A run whose loss turns non-finite stops learning
+  (its Outcome names the step); once none is left, training stops.
+
+  Args:
+    runs: (config, workdir) pairs.
+    state_dir: where several runs keep their joint checkpoints.
+    progress: called with each progress line (default: absl logging).
+    tap: (grads) -> pytree, summed over every training step into the
+      Outcome's `tap` (and checkpointed with the state); one run only.
+    splits: (train, test) data to use instead of the configs' dataset
+      (uint8 images, normalised by `dataset.mean` and `dataset.std`).
+
+  Raises:
+    ValueError: a bad config, configs that can't train together, or a
+      workdir holding a different config's run; before any compute.
+    data.DataNotFoundError: the dataset isn't in the data dir.
+    Preempted: SIGTERM arrived; a checkpoint was saved first.
+  """
+  runs = [(config, Path(workdir)) for config, workdir in runs]
+  if not runs:
+    return []
+  configs = [config for config, _ in runs]
+  first = configs[0]
+  distributed.initialize(first)
+  together = len(runs) > 1
+  if together and jax.process_count() > 1:
+    raise ValueError(
+        "runs trained together use one process; to spread a sweep over "
+        f"{jax.process_count()} hosts, give each its --shard=i/n instead")
+  if together and (tap is not None or state_dir is None):
+    raise ValueError("runs trained together need a state_dir, and take no "
+                     "tap")
+  info = None
+  if splits is not None:
+    info = data.DatasetInfo(splits[0].images.shape[1:],
+                            int(splits[0].labels.max()) + 1)
+  for config in configs:
+    validate(config, info)
+  if together:
+    check_together(configs)
+  for config, workdir in runs:
+    rundir.check_config(workdir, config)
+  log = progress or logging.info
+  train_split, test_split = splits or data.load_splits(
+      first.dataset, first.get("num_train_examples") or 0,
+      first.get("num_test_examples") or 0)
+  info = info or data.INFO[first.dataset.name]
+  num_train, num_test = len(train_split.labels), len(test_split.labels)
+  batch_size = first.batch_size
+  steps_per_epoch = num_train // batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(f"batch_size {batch_size} exceeds the {num_train} "
+                     "training examples")
+  for config, workdir in runs:
+    workdir.mkdir(parents=True, exist_ok=True)
+    rundir.write_config(workdir, config)
+
+  seeds = sorted({config.seed for config in configs})
+  keys = {seed: jax.random.split(jax.random.key(seed)) for seed in seeds}
+  groups = make_groups(configs, info, {s: k[0] for s, k in keys.items()},
+                       stacked=together)
+  seed_of = [seeds.index(configs[g.indices[0]].seed) for g in groups]
+  # Position of each run in the concatenated per-run outputs.
+  column = np.argsort(np.concatenate([g.indices for g in groups]))
+
+  tx = optimizers.make_optimizer(first.optimizer,
+                                 first.num_epochs * steps_per_epoch)
+  mesh = jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  replicated = NamedSharding(mesh, PartitionSpec())
+  train_chunk, evaluate = _make_programs(
+      first, groups, tx, jax.device_put(train_split.images, replicated),
+      jax.device_put(train_split.labels, replicated),
+      NamedSharding(mesh, PartitionSpec("data")), seed_of, tap,
+      unroll=2 if together else 1)  # unrolled, many small models run faster
+  test_batches = jax.device_put(eval_batches(test_split,
+                                             first.eval_batch_size),
+                                replicated)
+  num_runs = len(runs)
+  state = {"groups": [{"params": g.params, "rest": g.rest,
+                       "opt_state": (jax.vmap(tx.init) if g.stacked
+                                     else tx.init)(g.params)}
+                      for g in groups],
+           "taps": () if tap is None else jax.tree.map(
+               jnp.zeros_like, tap(groups[0].params)),
+           "position": np.zeros(2, np.int64),
+           "sums": _zero_sums(num_runs),
+           "diverged": np.full(num_runs, -1, np.int64)}
+  if together:
+    name = hashlib.sha256(" ".join(run_key(c) for c in configs).encode())
+    directory = Path(state_dir) / name.hexdigest()[:12]
+  else:
+    directory = runs[0][1] / "checkpoints"
+  checkpoints = checkpoint.manager(directory)
+  state, epoch, step = checkpoint.resume(checkpoints, state, steps_per_epoch,
+                                         log)
+  for name in ("groups", "taps"):
+    state[name] = jax.device_put(state[name], replicated)
+  histories = [rundir.history(workdir, epoch - 1) for _, workdir in runs]
+  writers = ([rundir.MetricWriter(workdir) for _, workdir in runs]
+             if distributed.writes_files() else [])
+  steps_per_call = min(first.steps_per_call, steps_per_epoch)
+  errors = [None] * num_runs
+
+  def save(epoch, step):
+    checkpoint.save(checkpoints, state, epoch, step, steps_per_epoch)
+
+  def stop_preempted(where):
+    checkpoints.wait_until_finished()
+    what = f"{num_runs} runs trained together" if together else runs[0][1]
+    raise Preempted(f"SIGTERM: saved {where} of {what}; rerun the same "
+                    "command to resume")
+
+  if together:
+    log(f"training {num_runs} runs together in {len(groups)} groups")
+  with _sigterm_requests_stop() as stop:
+    while epoch <= first.num_epochs and np.any(state["diverged"] < 0):
+      orders = jax.device_put(np.stack([
+          np.asarray(epoch_order(keys[seed][1], epoch, num_train))
+          for seed in seeds]), replicated)
+      if step == 0:
+        state["sums"] = _zero_sums(num_runs)
+      start = last_log = time.perf_counter()
+      seconds = float(state["sums"]["seconds"])
+      while step < steps_per_epoch:
+        # Chunks stay on a fixed grid of the epoch, so a resumed run
+        # compiles and runs exactly the chunks an uninterrupted one does.
+        end = min((step // steps_per_call + 1) * steps_per_call,
+                  steps_per_epoch)
+        groups_state, taps, loss, correct, bad = train_chunk(
+            state["groups"], state["taps"], orders,
+            jax.device_put(np.arange(step, end), replicated))
+        bad = np.asarray(bad)[column]
+        newly = (bad >= 0) & (state["diverged"] < 0)
+        for i in np.flatnonzero(newly):
+          errors[i] = (
+              f"loss became non-finite at epoch {epoch}, step {bad[i]} "
+              f"(global step {(epoch - 1) * steps_per_epoch + bad[i]})")
+          log(f"run {runs[i][1]} diverged: {errors[i]}")
+        state["diverged"] = np.where(
+            newly, (epoch - 1) * steps_per_epoch + bad, state["diverged"])
+        if not np.any(state["diverged"] < 0):
+          break  # nothing left to train; the last good checkpoint stays
+        state["groups"], state["taps"] = groups_state, taps
+        sums = state["sums"]
+        sums["loss"] = sums["loss"] + np.asarray(loss)[column]
+        sums["correct"] = sums["correct"] + np.asarray(correct)[column]
+        step = end
+        now = time.perf_counter()
+        sums["seconds"] = np.asarray(seconds + now - start)
+        if stop.is_set() and step < steps_per_epoch:
+          save(epoch, step)
+          stop_preempted(f"epoch {epoch}, step {step}")
+        if now - last_log > 30:
+          log(f"epoch {epoch} step {step}/{steps_per_epoch}: "
+              f"{step * batch_size * num_runs / float(sums['seconds']):.0f} "
+              "examples/s (this epoch, all runs)")
+          last_log = now
+      if not np.any(state["diverged"] < 0):
+        break
+      test_loss, test_correct = (np.asarray(a)[column] for a in evaluate(
+          state["groups"], *test_batches))
+      sums = state["sums"]
+      for i in np.flatnonzero(state["diverged"] < 0):
+        metrics = epoch_metrics(
+            epoch, float(sums["loss"][i]), int(sums["correct"][i]),
+            float(test_loss[i]), float(test_correct[i]),
+            float(sums["seconds"]) / num_runs, steps_per_epoch, batch_size,
+            num_test)
+        histories[i].append(metrics)
+        if writers:
+          writers[i].write(epoch * steps_per_epoch, metrics)
+      log(_epoch_line(epoch, first.num_epochs, histories,
+                      float(sums["seconds"])))
+      save(epoch, steps_per_epoch)
+      if stop.is_set() and epoch < first.num_epochs:
+        stop_preempted(f"epoch {epoch}")
+      epoch, step = epoch + 1, 0
+  checkpoints.wait_until_finished()
+  last_good = checkpoints.latest_step()
+  checkpoints.close()
+  for writer in writers:
+    writer.close()
+
+  outcomes = [None] * num_runs
+  total_steps = first.num_epochs * steps_per_epoch
+  for group, group_state in zip(groups, state["groups"]):
+    for member, (i, counts) in enumerate(zip(group.indices, group.counts)):
+      config, workdir = runs[i]
+      if errors[i] is not None or state["diverged"][i] >= 0:
+        error = errors[i] or f"diverged at global step {state['diverged'][i]}"
+        if not together:
+          error += (f"; the last good checkpoint, at global step "
+                    f"{last_good}, is kept in {workdir}" if last_good
+                    is not None else "; no checkpoint was saved before")
+        outcomes[i] = Outcome(rundir.failed_row(config), error, None)
+        continue
+      if together and distributed.writes_files():
+        params, rest = group.unpadded(member, group_state["params"],
+                                      group_state["rest"])
+        checkpoint.save_final(workdir / "checkpoints", total_steps,
+                              {"groups": [{"params": params, "rest": rest}]})
+      row = rundir.result_row(config, counts, histories[i])
+      rundir.write_result(workdir, row)
+      outcomes[i] = Outcome(row, None, None if tap is None else jax.tree.map(
+          np.asarray, state["taps"]))
+  return outcomes
+
+
+def _epoch_line(epoch: int, num_epochs: int, histories: list[list[dict]],
+                seconds: float) -> str:
+  if len(histories) == 1:
+    m = histories[0][-1]
+    return (f"epoch {epoch}/{num_epochs}: train loss {m['train_loss']:.4f} "
+            f"acc {m['train_accuracy']:.4f}, test loss {m['test_loss']:.4f} "
+            f"acc {m['test_accuracy']:.4f}, "
+            f"{m['examples_per_second']:.0f} examples/s")
+  accuracies = [h[-1]["test_accuracy"] for h in histories
+                if h and h[-1]["epoch"] == epoch]
+  return (f"epoch {epoch}/{num_epochs} of {len(histories)} runs in "
+          f"{seconds:.0f} s: test accuracy "
+          f"{min(accuracies, default=math.nan):.4f}-"
+          f"{max(accuracies, default=math.nan):.4f}")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
+                       progress: Callable[[str], None] | None = None) -> dict:
+  """Train the one run `config` describes in `workdir` (`train_runs`);
+  return its results row (`cpac_jax.rundir.COLUMNS`).
+
+  Raises:
+    As `train_runs`, and Diverged: the loss became non-finite; names the
+    step, keeps the last good checkpoint.
+  """
+  outcome, = train_runs([(config, workdir)], progress=progress)
+  if outcome.error is not None:
+    raise Diverged(outcome.error)
+  return outcome.row
+
+
+def restore(workdir: str | Path
+            ) -> tuple[nnx.Module, ml_collections.ConfigDict]:
+  """The model of a run's workdir, with its last checkpoint's parameters and
+  statistics, in eval mode; and the run's config."""
+  config = rundir.read_config(workdir)
+  model = build_model(config)
+  model.train()
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  target = {"groups": [{"params": params, "rest": rest}]}
+  state = checkpoint.restore(Path(workdir) / "checkpoints", target)
+  model = nnx.merge(graphdef, state["groups"][0]["params"],
+                    state["groups"][0]["rest"])
+  model.eval()
+  return model, config

@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 from absl import app, flags
 
-from cpac_jax import report
+from cpac_jax import rundir
 
 _CONFIG = flags.DEFINE_string("config", "configs/cpac_mnist.py:one_seed",
                               "the sweep's config (with preset)")
@@ -33,7 +33,7 @@ def _sweep(config: str, workdir: Path, *flags_) -> tuple[float, dict]:
   subprocess.run([sys.executable, "-m", "cpac_jax.sweep", f"--config={config}",
                   f"--workdir={workdir}", *flags_], check=True)
   seconds = time.perf_counter() - start
-  return seconds, {row["key"]: row for row in report.read_results(workdir)}
+  return seconds, {row["key"]: row for row in rundir.read_results(workdir)}
 
 
 def main(argv):

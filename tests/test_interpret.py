@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from cpac_jax import interpret, models
+from cpac_jax.interpret import experiments
 from cpac_jax.layers import CPConv
 
 
@@ -49,8 +50,8 @@ def test_ttl_importance_of_an_always_zero_row_is_zero():
 
 
 def test_ttl_importance_ranks_planted_rows_on_top():
-  result = interpret.synthetic_ttl(seed=0, size=12, planted_rows=(2, 9),
-                                   steps=200)
+  result = experiments.synthetic_ttl(seed=0, size=12, planted_rows=(2, 9),
+                                     steps=200)
   assert sorted(result["top_rows"]) == [2, 9]
   assert result["accuracy"] > 0.9
 

@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from cpac_jax import config as config_lib
-from cpac_jax import report, sweep, train, vectorized
+from cpac_jax import rundir, sweep, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def small_config(data_dir, **overrides):
   config.steps_per_call = 8  # 64 steps an epoch: 8 chunks to stop between
   config.optimizer.learning_rate = 3e-3
   for field, value in overrides.items():
-    sweep.override(config, field, value)
+    config_lib.override(config, field, value)
   return config
 
 
@@ -140,7 +140,7 @@ def test_vectorized_sweep_records_diverged_runs(mnist_dir, tmp_path):
   config.sweep = ({"model.rank": [1, 3]},)
   with pytest.raises(ValueError, match="holds no finished runs to report"):
     sweep.run_sweep(config, tmp_path, vectorize=True)
-  rows = report.read_results(tmp_path)
+  rows = rundir.read_results(tmp_path)
   assert [r["status"] for r in rows] == ["diverged", "diverged"]
   assert not list((tmp_path / "runs").glob("*/result.json"))
 
@@ -206,13 +206,13 @@ def test_main_exits_nonzero_with_one_clear_line(tmp_path):
 
 def test_results_csv_is_replaced_whole(tmp_path):
   path = tmp_path / "results.csv"
-  sweep._append_row(path, {"experiment": "a", "key": "k1", "status": "ok"})
-  sweep._append_row(path, {"experiment": "b", "key": "k2", "status": "ok"})
+  rundir.append_row(path, {"experiment": "a", "key": "k1", "status": "ok"})
+  rundir.append_row(path, {"experiment": "b", "key": "k2", "status": "ok"})
   with open(path, newline="") as f:
     rows = list(csv.DictReader(f))
   assert [r["key"] for r in rows] == ["k1", "k2"]
   assert not list(tmp_path.glob(".results-*"))  # no temp file left behind
-  assert report  # the report module reads what _append_row writes
+  assert rundir.read_results(tmp_path) == rows
 
 
 def test_killed_sweep_reruns_only_what_is_missing(mnist_dir, tmp_path):
@@ -253,18 +253,18 @@ def test_vectorized_runs_resume_after_sigterm_with_the_same_bits(mnist_dir,
   def runs(where):
     return [(c, tmp_path / where / f"rank{c.model.rank}") for c in configs]
 
-  vectorized.train_vectorized(runs("straight"), tmp_path / "state-straight")
+  train.train_runs(runs("straight"), tmp_path / "state-straight")
 
   def stop_after_first_epoch(line):
     if line.startswith("epoch 1/"):
       os.kill(os.getpid(), signal.SIGTERM)
 
   with pytest.raises(train.Preempted, match="rerun the same command"):
-    vectorized.train_vectorized(runs("preempted"), tmp_path / "state",
-                                progress=stop_after_first_epoch)
+    train.train_runs(runs("preempted"), tmp_path / "state",
+                     progress=stop_after_first_epoch)
   assert not (tmp_path / "preempted" / "rank1" / "result.json").exists()
-  rows = vectorized.train_vectorized(runs("preempted"), tmp_path / "state")
-  assert [row["status"] for row in rows] == ["ok", "ok"]
+  outcomes = train.train_runs(runs("preempted"), tmp_path / "state")
+  assert [o.row["status"] for o in outcomes] == ["ok", "ok"]
   for (_, straight), (_, preempted) in zip(runs("straight"),
                                            runs("preempted")):
     assert_same_bits(params_of(preempted), params_of(straight))

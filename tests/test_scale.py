@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cpac_jax import train
+from cpac_jax import distributed, train
 from cpac_jax.config import base_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,8 +118,8 @@ def test_distributed_settings_are_checked_before_joining(tmp_path):
   config.distributed.num_processes = 2
   config.distributed.process_id = 2
   with pytest.raises(ValueError, match="process_id 2 must be in 0..1"):
-    train.initialize_distributed(config)
+    distributed.initialize(config)
   config.distributed.process_id = 0
   config.distributed.coordinator_address = "localhost"
   with pytest.raises(ValueError, match="'localhost' is not host:port"):
-    train.initialize_distributed(config)
+    distributed.initialize(config)

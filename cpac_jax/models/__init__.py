@@ -6,10 +6,12 @@ import ml_collections
 from flax import nnx
 
 from cpac_jax.models.cpac_cnn import CPACNet
+from cpac_jax.models.params import count_factorized, parameter_counts
 from cpac_jax.models.ttl_mlp import TTLMLP
 from cpac_jax.models.vgg import VGG16
 
-__all__ = ["CPACNet", "MODELS", "TTLMLP", "VGG16", "build"]
+__all__ = ["CPACNet", "MODELS", "TTLMLP", "VGG16", "build", "count_factorized",
+           "parameter_counts"]
 
 # name -> (constructor, the factorizations it takes, fixed keyword arguments)
 MODELS = {

@@ -1,0 +1,28 @@
+"""python -m cpac_jax.interpret: the experiments behind
+experiments/interpret/ (`cpac_jax.interpret.experiments.run`)."""
+
+from absl import app, flags
+
+from cpac_jax.interpret import experiments
+
+
+def _main():
+  sweep_dir = flags.DEFINE_string("sweep_dir", None,
+                                  "a CPAC or TTL sweep's workdir")
+  rank = flags.DEFINE_string("rank", None, "rank of the runs to read, JSON "
+                             "(8, or [5, 5, 10])")
+  synthetic = flags.DEFINE_bool("synthetic", False,
+                                "run the synthetic TTL experiment")
+  seeds = flags.DEFINE_integer("seeds", 5, "seeds of the synthetic run")
+  out = flags.DEFINE_string("out", "experiments/interpret", "output folder")
+
+  def main(argv):
+    del argv
+    experiments.run(out.value, synthetic.value, sweep_dir.value, rank.value,
+                    seeds.value)
+
+  app.run(main)
+
+
+if __name__ == "__main__":
+  _main()

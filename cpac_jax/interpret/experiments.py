@@ -1,0 +1,299 @@
+"""The experiments behind experiments/interpret/: the claims of both papers
+tested on trained models, with their tables and plots.
+
+  python -m cpac_jax.interpret --sweep_dir=experiments/cpac_mnist \\
+      --out=experiments/interpret      # feature selection on trained CPAC nets
+  python -m cpac_jax.interpret --sweep_dir=experiments/ttl_mnist \\
+      --out=experiments/interpret      # TTL importance maps
+  python -m cpac_jax.interpret --synthetic --out=experiments/interpret
+"""
+
+import json
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from matplotlib.figure import Figure  # no pyplot: files only, no display
+
+from cpac_jax import data, layers, rundir, train
+from cpac_jax.config import base_config, build_model
+from cpac_jax.interpret.importance import (
+    factor_gradients,
+    importance_from_gradients,
+    importance_map,
+)
+from cpac_jax.interpret.significance import (
+    cp_feature_significance,
+    feature_selection,
+)
+
+__all__ = ["cpac_feature_selection", "importance_during_training",
+           "run", "synthetic_ttl", "ttl_importance"]
+
+
+def importance_during_training(
+    config: ml_collections.ConfigDict, workdir: str | Path,
+    splits: tuple[data.Split, data.Split] | None = None
+) -> tuple[dict[str, list[jax.Array]], dict]:
+  """Train the run `config` describes in `workdir` (the one training loop,
+  `train.train_runs`, on `splits` if given) and accumulate the factor
+  gradients of every step, as the TTL paper reads importance off training.
+
+  Returns:
+    The importances (as `tucker_factor_importance`) and the run's results
+    row.
+  """
+  info = None
+  if splits is not None:
+    info = data.DatasetInfo(splits[0].images.shape[1:],
+                            int(splits[0].labels.max()) + 1)
+  model = nnx.eval_shape(lambda: build_model(config, info))
+  outcome, = train.train_runs([(config, workdir)],
+                              tap=factor_gradients(model), splits=splits)
+  if outcome.error is not None:
+    raise train.Diverged(outcome.error)
+  return importance_from_gradients(model, outcome.tap), outcome.row
+
+
+def synthetic_ttl(seed: int = 0, size: int = 16,
+                  planted_rows: Sequence[int] = (3, 11), steps: int = 300,
+                  batch_size: int = 128) -> dict:
+  """Train a TTL MLP on data whose label depends only on `planted_rows` of a
+  (size, size) input, and return the row and column importances.
+
+  Inputs are standard normal (stored as uint8 images, 128 + 32 z, as the
+  training loop takes images); the label is 1 when the planted rows' mean
+  exceeds 0, else 0, so every other row is noise and all columns are
+  equally informative. Trained for `steps` steps with Adam 1e-2 by the one
+  training loop in a temporary workdir, importance accumulated over
+  training (`importance_during_training`).
+
+  Returns:
+    {"rows", "columns": importances, "top_rows": indices of the
+     len(planted_rows) most important rows, "accuracy": on 4096 held-out
+     examples}.
+  """
+  rng = np.random.default_rng(seed)
+
+  def sample(n):
+    z = rng.standard_normal((n, size, size, 1))
+    images = np.clip(np.round(128 + 32 * z), 0, 255).astype(np.uint8)
+    planted = images[:, list(planted_rows)].astype(np.float64) - 128
+    labels = (planted.mean(axis=(1, 2, 3)) > 0).astype(np.int32)
+    return data.Split(images, labels)
+
+  config = base_config()
+  config.name = "synthetic_ttl"
+  config.dataset.name = "synthetic"
+  config.dataset.mean, config.dataset.std = 128 / 255, 32 / 255
+  config.model.name = "ttl_mlp"
+  config.model.factorization = "tucker"
+  config.model.rank = (4, 4, 4)
+  config.model.kwargs = {"hidden_shape": (32,)}
+  config.optimizer.learning_rate = 1e-2
+  config.batch_size = batch_size
+  config.num_epochs = 1
+  config.steps_per_call = steps
+  config.seed = seed
+  splits = sample(steps * batch_size), sample(4096)
+  with tempfile.TemporaryDirectory() as workdir:
+    importance, row = importance_during_training(config, workdir, splits)
+  rows, columns = next(iter(importance.values()))[:2]
+  return {"rows": rows, "columns": columns,
+          "top_rows": [int(i) for i in jnp.argsort(-rows)[:len(planted_rows)]],
+          "accuracy": row["test_accuracy"]}
+
+
+def _runs(sweep_dir: Path, factorization: str, rank) -> list[Path]:
+  """Run folders of a sweep with this factorization and rank, by seed."""
+  found = []
+  for config_path in sorted((sweep_dir / "runs").glob("*/config.json")):
+    config = json.loads(config_path.read_text())
+    run = config_path.parent
+    if (config["model"]["factorization"] == factorization
+        and config["model"]["rank"] == rank
+        and list(run.glob("checkpoints/*/"))):
+      found.append((config["seed"], run))
+  return [run for _, run in sorted(found)]
+
+
+def _test_set(config) -> tuple[jax.Array, jax.Array]:
+  split = data.load(config.dataset.name, "test", config.dataset.get("data_dir"))
+  x = data.normalize(jnp.asarray(split.images), config.dataset.mean,
+                     config.dataset.std)
+  return x, jnp.asarray(split.labels)
+
+
+def cpac_feature_selection(sweep_dir: Path, rank: int, random_orders: int = 5
+                           ) -> dict:
+  """Remove the first CP conv's output maps of every trained seed at `rank`,
+  least significant first, most significant first and in random orders."""
+  runs = _runs(sweep_dir, "cp", rank)
+  if not runs:
+    raise FileNotFoundError(
+        f"no finished CP runs at rank {rank} under {sweep_dir}/runs")
+  curves = {}
+  significance = []
+  rng = np.random.default_rng(0)
+  for run in runs:
+    model, config = train.restore(run)
+    x, y = _test_set(config)
+    conv = model.convs[0]
+    scores = np.asarray(cp_feature_significance(conv)["output"])
+    significance.append(scores.tolist())
+    orders = {"least significant first": np.argsort(scores),
+              "most significant first": np.argsort(-scores)}
+    if len(model.convs) > 1 and isinstance(model.convs[1], layers.CPConv):
+      # The map is also the next CP conv's input map: its factors score it
+      # from the consuming side.
+      consumed = np.asarray(cp_feature_significance(model.convs[1])["input"])
+      orders["least significant first (x next layer's input score)"] = (
+          np.argsort(scores * consumed))
+    for _ in range(random_orders):
+      orders.setdefault("random order", []).append(
+          rng.permutation(len(scores)))
+    for name, order in orders.items():
+      for each in (order if name == "random order" else [order]):
+        curves.setdefault(name, []).append(
+            feature_selection(model, conv, x, y, [int(i) for i in each]))
+  return {"sweep": str(sweep_dir), "rank": rank, "runs": [str(r) for r in runs],
+          "significance": significance, "curves": curves}
+
+
+def ttl_importance(sweep_dir: Path, rank: Sequence[int], seed: int = 0,
+                   epochs: int = 1) -> dict:
+  """Importance of MNIST-like rows and columns for the TTL MLP of a sweep:
+  retrain its run at `rank` and `seed` from initialisation for `epochs`
+  epochs (its config, the schedule fitted to those epochs), accumulating
+  factor gradients (the paper's reading), and report the rows, columns and
+  the (rows x columns) map."""
+  runs = [r for r in _runs(sweep_dir, "tucker", list(rank))
+          if json.loads((r / "config.json").read_text())["seed"] == seed]
+  if not runs:
+    raise FileNotFoundError(
+        f"no finished Tucker run at rank {rank}, seed {seed} under "
+        f"{sweep_dir}/runs")
+  config = rundir.read_config(runs[0])
+  config.num_epochs = epochs
+  with tempfile.TemporaryDirectory() as workdir:
+    importance, row = importance_during_training(config, workdir)
+  rows, columns = next(iter(importance.values()))[:2]
+  grid = importance_map([rows, columns])
+  centre = float(jnp.sum(grid[4:24, 4:24]))
+  return {"sweep": str(sweep_dir), "run": str(runs[0]),
+          "dataset": config.dataset.name, "rank": list(rank), "epochs": epochs,
+          "rows": np.asarray(rows).tolist(),
+          "columns": np.asarray(columns).tolist(),
+          "centre_20x20_share": centre,
+          "centre_20x20_area_share": 400 / 784,
+          "test_accuracy_after": row["test_accuracy"]}
+
+
+def _feature_selection_table(result: dict) -> str:
+  """Test accuracy (mean ± std over models and orders) by maps removed."""
+  count = len(next(iter(result["curves"].values()))[0])
+  lines = ["| order | " + " | ".join(f"{k} removed" for k in range(count))
+           + " |", "|---|" + "---|" * count]
+  for name, curves in result["curves"].items():
+    curves = np.asarray(curves)
+    cells = [f"{m:.3f} ± {s:.3f}" for m, s in zip(curves.mean(0),
+                                                   curves.std(0))]
+    lines.append(f"| {name} (n={len(curves)}) | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _plot_feature_selection(result: dict, path: Path) -> None:
+  fig = Figure(figsize=(6, 4))
+  ax = fig.subplots()
+  for name, curves in result["curves"].items():
+    curves = np.asarray(curves)
+    mean, std = curves.mean(0), curves.std(0)
+    removed = np.arange(len(mean))
+    ax.plot(removed, mean, marker="o", label=f"{name} (n={len(curves)})")
+    ax.fill_between(removed, mean - std, mean + std, alpha=0.2)
+  ax.set_xlabel("feature maps of the first CP conv removed")
+  ax.set_ylabel("MNIST test accuracy")
+  ax.set_title(f"CPAC-CNN rank {result['rank']}: removing maps by "
+               "CP significance")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def _plot_importance(result: dict, path: Path) -> None:
+  rows, columns = np.asarray(result["rows"]), np.asarray(result["columns"])
+  fig = Figure(figsize=(11, 3.4))
+  axes = fig.subplots(1, 3)
+  axes[0].bar(range(len(rows)), rows)
+  axes[0].set_title("rows (mode 0)")
+  axes[1].bar(range(len(columns)), columns)
+  axes[1].set_title("columns (mode 1)")
+  image = axes[2].imshow(np.outer(rows, columns), cmap="magma")
+  axes[2].set_title("rows x columns")
+  fig.colorbar(image, ax=axes[2], fraction=0.046)
+  fig.suptitle(f"TTL {tuple(result['rank'])} on {result['dataset']}: "
+               "factor-gradient importance")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def _plot_synthetic(results: list[dict], planted, path: Path) -> None:
+  fig = Figure(figsize=(6, 3.4))
+  ax = fig.subplots()
+  rows = np.asarray([r["rows"] for r in results])
+  ax.bar(range(rows.shape[1]), rows.mean(0), yerr=rows.std(0), capsize=2,
+         color=["C3" if i in planted else "C0" for i in range(rows.shape[1])])
+  ax.set_xlabel("input row (red: the rows the label depends on)")
+  ax.set_ylabel("importance")
+  ax.set_title(f"synthetic TTL, {len(results)} seeds")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def run(out: str, synthetic: bool = False, sweep_dir: str | None = None,
+        rank: str | None = None, seeds: int = 5) -> None:
+  """What `python -m cpac_jax.interpret` runs: the synthetic TTL experiment
+  (`synthetic`), or the one that fits the sweep in `sweep_dir` (CPAC:
+  feature selection at `rank`; TTL: importance maps at `rank`, JSON),
+  writing its JSON, table and plot into `out`."""
+  folder = Path(out)
+  folder.mkdir(parents=True, exist_ok=True)
+  if synthetic:
+    planted = (3, 11)
+    results = []
+    for seed in range(seeds):
+      r = synthetic_ttl(seed, planted_rows=planted)
+      results.append({k: (np.asarray(v).tolist() if hasattr(v, "shape")
+                          else v) for k, v in r.items()})
+    (folder / "synthetic_ttl.json").write_text(json.dumps(
+        {"planted_rows": planted, "runs": results}, indent=1))
+    _plot_synthetic(results, planted, folder / "synthetic_ttl.png")
+    print(json.dumps([(r["top_rows"], r["accuracy"]) for r in results]))
+    return
+  directory = Path(sweep_dir)
+  config = json.loads(next((directory / "runs").glob("*/config.json"))
+                      .read_text())
+  name = directory.name
+  if config["model"]["name"].startswith("cpac_cnn"):
+    result = cpac_feature_selection(directory, json.loads(rank))
+    stem = f"feature_selection_{name}_rank{result['rank']}"
+    (folder / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    _plot_feature_selection(result, folder / f"{stem}.png")
+    table = _feature_selection_table(result)
+    (folder / f"{stem}.md").write_text(
+        f"# Feature selection, {name}, CP rank {result['rank']}\n\n"
+        f"`python -m cpac_jax.interpret --sweep_dir={directory} "
+        f"--rank={rank} --out={folder}`\n\n{table}\n")
+    print(table)
+  else:
+    result = ttl_importance(directory, json.loads(rank))
+    (folder / f"importance_{name}.json").write_text(
+        json.dumps(result, indent=1))
+    _plot_importance(result, folder / f"importance_{name}.png")
+    print(f"centre 20x20 holds {result['centre_20x20_share']:.3f} of the "
+          f"importance ({result['centre_20x20_area_share']:.3f} of the area)")

@@ -1,0 +1,177 @@
+"""What a run leaves on disk, and the results files of a sweep.
+
+A run's workdir holds `config.json` (the config it ran), `metrics.jsonl`
+and TensorBoard events (one line per epoch), `checkpoints/`
+(`cpac_jax.checkpoint`) and, once finished, `result.json`: its results row.
+A sweep's workdir holds the rows of all its runs in `results.csv` (or
+`results-shard<i>of<n>.csv`), columns `COLUMNS`, each file rewritten whole
+on every write so a kill never leaves a torn line.
+"""
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import ml_collections
+
+from cpac_jax import distributed
+from cpac_jax.config import computed_fields, differences
+
+__all__ = ["COLUMNS", "MetricWriter", "append_row", "check_config",
+           "failed_row", "history", "read_config", "read_csv",
+           "read_results", "result_row", "write_config", "write_result",
+           "write_rows"]
+
+COLUMNS = ("experiment", "dataset", "model", "factorization", "rank",
+           "params", "compression", "layer_params", "layer_compression",
+           "seed", "epochs", "test_accuracy", "best_test_accuracy",
+           "train_seconds", "status", "run", "key")
+
+
+# --- One run's workdir -------------------------------------------------------
+
+
+def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
+  if distributed.writes_files():
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+
+def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(json.loads(
+      (Path(workdir) / "config.json").read_text()))
+
+
+def check_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
+  """Refuse a workdir that holds a run of a different config."""
+  if not (workdir / "config.json").exists():
+    return
+  old = computed_fields(read_config(workdir))
+  new = computed_fields(config)
+  if old != new:
+    differ = sorted(differences(old, new))
+    raise ValueError(
+        f"workdir {workdir} holds a run of a different config (fields "
+        f"{', '.join(differ)} differ); resume it with the same config, or "
+        "use a new workdir")
+
+
+class MetricWriter:
+  """Per-epoch metrics to metrics.jsonl and TensorBoard event files."""
+
+  def __init__(self, workdir: Path):
+    from tensorboardX import SummaryWriter  # slow import: only when writing
+
+    self._path = workdir / "metrics.jsonl"
+    self._tensorboard = SummaryWriter(str(workdir / "tensorboard"))
+
+  def write(self, step: int, metrics: dict) -> None:
+    with open(self._path, "a") as f:
+      f.write(json.dumps({"step": step, **metrics}) + "\n")
+    for name, value in metrics.items():
+      self._tensorboard.add_scalar(name, value, step)
+    self._tensorboard.flush()
+
+  def close(self) -> None:
+    self._tensorboard.close()
+
+
+def history(workdir: Path, up_to_epoch: int) -> list[dict]:
+  """The metrics of epochs 1..`up_to_epoch`; metrics.jsonl is cut back to
+  them, dropping any epoch written after the checkpoint now resumed."""
+  path = workdir / "metrics.jsonl"
+  if not path.exists():
+    return []
+  rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+  kept = [r for r in rows if r["epoch"] <= up_to_epoch]
+  if len(kept) != len(rows) and distributed.writes_files():
+    temp = path.with_suffix(".tmp")
+    temp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(temp, path)
+  return kept
+
+
+def write_result(workdir: Path, row: dict) -> None:
+  if distributed.writes_files():
+    (workdir / "result.json").write_text(json.dumps(row, indent=2))
+
+
+# --- Results rows ------------------------------------------------------------
+
+
+def failed_row(config: ml_collections.ConfigDict) -> dict:
+  """The results row of a run whose loss became non-finite."""
+  return {"experiment": config.get("name", ""),
+          "dataset": config.dataset.name, "model": config.model.name,
+          "factorization": config.model.factorization, "seed": config.seed,
+          "epochs": config.num_epochs, "status": "diverged"}
+
+
+def result_row(config: ml_collections.ConfigDict, counts: dict,
+               epochs: list[dict]) -> dict:
+  """A finished run's results row, from its parameter counts
+  (`models.parameter_counts`) and per-epoch metrics."""
+  rank = config.model.rank
+  return {
+      "experiment": config.get("name", ""),
+      "dataset": config.dataset.name,
+      "model": config.model.name,
+      "factorization": config.model.factorization,
+      "rank": ("" if config.model.factorization == "dense" else json.dumps(
+          list(rank) if isinstance(rank, tuple) else rank)),
+      **counts,
+      "seed": config.seed,
+      "epochs": config.num_epochs,
+      "test_accuracy": epochs[-1]["test_accuracy"],
+      "best_test_accuracy": max(r["test_accuracy"] for r in epochs),
+      "train_seconds": sum(r["epoch_seconds"] for r in epochs),
+      "status": "ok",
+  }
+
+
+# --- Results files -----------------------------------------------------------
+
+
+def read_csv(path: str | Path) -> list[dict]:
+  path = Path(path)
+  if not path.exists():
+    return []
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def write_rows(path: Path, rows: list[dict], columns=COLUMNS) -> None:
+  """Write a CSV whole: to a temp file, then renamed over `path`, so a kill
+  never leaves a torn line."""
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+  writer.writeheader()
+  writer.writerows(rows)
+  handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".results-")
+  with os.fdopen(handle, "w", newline="") as f:
+    f.write(buffer.getvalue())
+  os.replace(temp, path)
+
+
+def append_row(path: Path, row: dict) -> None:
+  """Add a row to a results file, rewritten whole; in a multi-process job,
+  only process 0 writes."""
+  if distributed.writes_files():
+    write_rows(path, read_csv(path) + [row])
+
+
+def read_results(workdir: str | Path) -> list[dict]:
+  """Rows of every results*.csv in `workdir` (results.csv first, then the
+  shards' files), one per run key."""
+  workdir = Path(workdir)
+  files = sorted(workdir.glob("results*.csv"),
+                 key=lambda p: (p.name != "results.csv", p.name))
+  rows, seen = [], set()
+  for path in files:
+    for row in read_csv(path):
+      if row["key"] not in seen:
+        seen.add(row["key"])
+        rows.append(row)
+  return rows
