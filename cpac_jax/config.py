@@ -24,7 +24,7 @@ from ml_collections import config_dict
 
 from cpac_jax import data, models, optimizers
 
-__all__ = ["base_config", "build_model", "computed_fields", "differences",
+__all__ = ["base_config", "build_model", "computed_fields", "differing_fields",
            "expand", "override", "run_key", "validate"]
 
 # Fields a config may add to the base (absent, they take their default and
@@ -154,14 +154,22 @@ def run_key(config: ml_collections.ConfigDict) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def differences(old: dict, new: dict, prefix: str = "") -> set[str]:
-  """The dotted fields in which two `computed_fields` dicts differ."""
+def differing_fields(a: ml_collections.ConfigDict,
+                     b: ml_collections.ConfigDict,
+                     ignore: Sequence[str] = ()) -> list[str]:
+  """The dotted fields in which two configs would compute differently,
+  besides `ignore`; empty if they compute the same."""
+  return sorted(_differences(computed_fields(a, ignore),
+                             computed_fields(b, ignore)))
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> set[str]:
   fields = set()
   for key in set(old) | set(new):
-    a, b = old.get(key), new.get(key)
-    if isinstance(a, dict) and isinstance(b, dict):
-      fields |= differences(a, b, f"{prefix}{key}.")
-    elif a != b:
+    x, y = old.get(key), new.get(key)
+    if isinstance(x, dict) and isinstance(y, dict):
+      fields |= _differences(x, y, f"{prefix}{key}.")
+    elif x != y:
       fields.add(prefix + key)
   return fields
 

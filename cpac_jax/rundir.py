@@ -18,7 +18,7 @@ from pathlib import Path
 import ml_collections
 
 from cpac_jax import distributed
-from cpac_jax.config import computed_fields, differences
+from cpac_jax.config import differing_fields
 
 __all__ = ["COLUMNS", "MetricWriter", "append_row", "check_config",
            "failed_row", "history", "read_config", "read_csv",
@@ -48,10 +48,8 @@ def check_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
   """Refuse a workdir that holds a run of a different config."""
   if not (workdir / "config.json").exists():
     return
-  old = computed_fields(read_config(workdir))
-  new = computed_fields(config)
-  if old != new:
-    differ = sorted(differences(old, new))
+  differ = differing_fields(read_config(workdir), config)
+  if differ:
     raise ValueError(
         f"workdir {workdir} holds a run of a different config (fields "
         f"{', '.join(differ)} differ); resume it with the same config, or "

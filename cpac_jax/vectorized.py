@@ -31,7 +31,7 @@ import ml_collections
 from flax import nnx
 
 from cpac_jax import data, models
-from cpac_jax.config import build_model, computed_fields, differences
+from cpac_jax.config import build_model, differing_fields
 
 __all__ = ["Group", "check_together", "make_groups"]
 
@@ -41,11 +41,9 @@ MAY_DIFFER = ("seed", "model.rank", "model.factorization", "name")
 
 def check_together(configs: Sequence[ml_collections.ConfigDict]) -> None:
   """Raise ValueError unless `configs` differ only in `MAY_DIFFER`."""
-  first = computed_fields(configs[0], ignore=MAY_DIFFER)
   for config in configs[1:]:
-    other = computed_fields(config, ignore=MAY_DIFFER)
-    if other != first:
-      differ = sorted(differences(first, other))
+    differ = differing_fields(configs[0], config, ignore=MAY_DIFFER)
+    if differ:
       raise ValueError(
           f"runs trained together may differ only in {', '.join(MAY_DIFFER)}"
           f"; these differ in {', '.join(differ)}: run them in separate "

@@ -1,12 +1,27 @@
-"""Fixtures: tiny data sets written in the real file formats."""
+"""Fixtures: tiny data sets written in the real file formats; one
+compilation cache for the whole session."""
 
 import gzip
 import io
+import os
 import pickle
 import tarfile
+import tempfile
 
+import jax
 import numpy as np
 import pytest
+
+# Many tests compile the same small programs again (each run, each
+# subprocess): a persistent cache, shared with the subprocesses through the
+# environment, compiles each once. Fresh for every session.
+_CACHE = {"JAX_COMPILATION_CACHE_DIR": (str, tempfile.mkdtemp(
+              prefix="jax-cache-")),
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": (float, "0"),
+          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": (int, "0")}
+for _name, (_type, _value) in _CACHE.items():
+  os.environ.setdefault(_name, _value)
+  jax.config.update(_name.lower(), _type(os.environ[_name]))
 
 
 def write_idx(path, array: np.ndarray) -> None:
@@ -31,10 +46,8 @@ def learnable_images(labels: np.ndarray, size: int, channels: int,
   return images.astype(np.uint8)
 
 
-@pytest.fixture
-def mnist_dir(tmp_path):
-  """A data dir holding a tiny 'mnist' in the original IDX format."""
-  root = tmp_path / "data"
+def write_mnist(root):
+  """A data dir `root` holding a tiny 'mnist' in the original IDX format."""
   folder = root / "mnist"
   folder.mkdir(parents=True)
   for split, n, seed in (("train", 512, 0), ("t10k", 256, 1)):
@@ -43,6 +56,18 @@ def mnist_dir(tmp_path):
     write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
     write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
   return root
+
+
+@pytest.fixture
+def mnist_dir(tmp_path):
+  """A tiny 'mnist' of this test's own, which it may damage."""
+  return write_mnist(tmp_path / "data")
+
+
+@pytest.fixture(scope="module")
+def shared_mnist_dir(tmp_path_factory):
+  """The same tiny 'mnist', shared by a module's tests: read it only."""
+  return write_mnist(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture

@@ -53,13 +53,15 @@ def test_tucker_grads_closed_form_equals_autodiff(shape, rank):
     np.testing.assert_allclose(c, a, rtol=1e-4, atol=1e-4)
 
 
-def test_closed_form_differs_when_a_factor_is_wrong():
-  # Guard against a test that can't fail: drop one factor from the
-  # Khatri-Rao product and the closed form no longer matches.
+def test_closed_form_comparison_fails_for_the_wrong_factors():
+  # The comparisons above can fail: the code's closed form, handed factors
+  # other than the kernel's, no longer matches autodiff.
   factors = random_list(jax.random.key(0), [(3, 2), (4, 2), (5, 2)])
   kernel_grad = jax.random.normal(jax.random.key(1), (3, 4, 5))
   auto = jax.grad(lambda f: jnp.sum(tensor.cp_to_tensor(f) * kernel_grad))(
       factors)
-  wrong = tensor.unfold(kernel_grad, 0) @ tensor.khatri_rao(
-      [factors[2], factors[1]])  # wrong order of the other factors
-  assert not np.allclose(wrong, auto[0], atol=1e-3)
+  np.testing.assert_allclose(tensor.cp_factor_grads(factors, kernel_grad)[0],
+                             auto[0], rtol=1e-4, atol=1e-4)
+  changed = [factors[0], factors[1], 2 * factors[2]]
+  wrong = tensor.cp_factor_grads(changed, kernel_grad)
+  assert not np.allclose(wrong[0], auto[0], atol=1e-3)

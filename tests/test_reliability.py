@@ -56,10 +56,11 @@ def main_command(config_path, workdir, data_dir, *flags):
           *flags]
 
 
-@pytest.fixture
-def uninterrupted(mnist_dir, tmp_path):
-  workdir = tmp_path / "uninterrupted"
-  row = train.train_and_evaluate(small_config(mnist_dir), workdir)
+@pytest.fixture(scope="module")
+def uninterrupted(shared_mnist_dir, tmp_path_factory):
+  """The reference run the resumed ones must match, trained once."""
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  row = train.train_and_evaluate(small_config(shared_mnist_dir), workdir)
   return workdir, row
 
 

@@ -69,7 +69,8 @@ def test_sweep_runs_on_cifar_tarball(cifar_dir, tmp_path):
   rows = sweep.run_sweep(config, tmp_path)
   assert [(r["dataset"], r["factorization"]) for r in rows] == [
       ("cifar10", "tucker"), ("cifar10", "dense")]
-  assert all(0.0 <= float(r["test_accuracy"]) <= 1.0 for r in rows)
+  accuracies = [float(r["test_accuracy"]) for r in rows]
+  assert min(accuracies) > 0.9  # chance is 0.1: the blocks were learnt
   assert (tmp_path / "results.md").exists()
 
 
@@ -191,7 +192,7 @@ def test_train_step_updates_batch_norm_statistics():
 def test_three_shards_merge_into_one_table_with_every_run_once(
     mnist_dir, tmp_path):
   config = tiny(load_config("cpac_mnist", "quick"), mnist_dir, num_epochs=1)
-  config.sweep = ({"model.rank": [1, 2, 3, 4], "seed": [0, 1]},)
+  config.sweep = ({"model.rank": [1, 2], "seed": [0, 1, 2]},)
   keys = {run_key(run) for _, run in expand(config)}
   merged = tmp_path / "merged"
   merged.mkdir()
