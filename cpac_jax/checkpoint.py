@@ -26,11 +26,15 @@ class _DropOrbaxInfo(logging.Filter):
 _QUIET = _DropOrbaxInfo()
 
 
+def _quiet_orbax() -> None:
+  """Silence orbax's per-step INFO lines from here on."""
+  logging.getLogger("absl").addFilter(_QUIET)  # a set: adding twice is once
+
+
 def manager(directory: str | Path, max_to_keep: int | None = 2
             ) -> ocp.CheckpointManager:
-  """The checkpoint manager of `directory`, created if need be; orbax's
-  per-step INFO lines silenced from here on."""
-  logging.getLogger("absl").addFilter(_QUIET)  # a set: adding twice is once
+  """The checkpoint manager of `directory`, created if need be."""
+  _quiet_orbax()
   return ocp.CheckpointManager(
       Path(directory).absolute(),
       options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
@@ -71,6 +75,7 @@ def restore(directory: str | Path, target: dict) -> dict:
   """The parts of the latest checkpoint in `directory` that `target` (a
   pytree of arrays or abstract arrays) names; the rest is left unread."""
   directory = Path(directory)
+  _quiet_orbax()
   with ocp.CheckpointManager(directory.absolute()) as checkpoints:
     step = checkpoints.latest_step()
     if step is None:

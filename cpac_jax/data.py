@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["DATASETS", "INFO", "DataNotFoundError", "DatasetInfo", "Split",
-           "data_dir", "load", "load_splits", "normalize"]
+__all__ = ["DATASETS", "INFO", "DataNotFoundError", "DatasetInfo", "InMemory",
+           "Split", "data_dir", "load", "load_splits", "normalize"]
 
 
 class DatasetInfo(NamedTuple):
@@ -63,6 +63,15 @@ class Split(NamedTuple):
 
   images: np.ndarray
   labels: np.ndarray
+
+
+class InMemory(NamedTuple):
+  """A dataset a caller brings itself (synthetic data, say): its splits and
+  its facts."""
+
+  train: Split
+  test: Split
+  info: DatasetInfo
 
 
 def data_dir(path: str | os.PathLike | None = None) -> Path:

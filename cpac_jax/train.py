@@ -224,8 +224,7 @@ def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
                state_dir: str | Path | None = None, *,
                progress: Callable[[str], None] | None = None,
                tap: Callable[[Any], Any] | None = None,
-               splits: tuple[data.Split, data.Split] | None = None
-               ) -> list[Outcome]:
+               dataset: data.InMemory | None = None) -> list[Outcome]:
   """Train `runs`, (config, workdir) pairs, evaluating on the test split
   after every epoch; return each run's `Outcome`, in order.
 
@@ -245,8 +244,9 @@ def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
   SIGTERM; data order and initialisation derive from each config's seed
   and the epoch. Rerun with the same runs, training resumes from the last
   checkpoint and ends with the same parameters, bit for bit on the CPU, as
-  an uninterrupted run. A run whose loss turns non-finite stops learning
-  (its Outcome names the step); once none is left, training stops.
+  an uninterrupted run. A run whose loss turns non-finite is left out of
+  the metrics and results from then on (its Outcome names the step); once
+  every run has, training stops.
 
   Args:
     runs: (config, workdir) pairs.
@@ -254,8 +254,8 @@ def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
     progress: called with each progress line (default: absl logging).
     tap: (grads) -> pytree, summed over every training step into the
       Outcome's `tap` (and checkpointed with the state); one run only.
-    splits: (train, test) data to use instead of the configs' dataset
-      (uint8 images, normalised by `dataset.mean` and `dataset.std`).
+    dataset: data to use instead of the configs' dataset (uint8 images,
+      normalised by `dataset.mean` and `dataset.std`).
 
   Raises:
     ValueError: a bad config, configs that can't train together, or a
@@ -277,10 +277,7 @@ def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
   if together and (tap is not None or state_dir is None):
     raise ValueError("runs trained together need a state_dir, and take no "
                      "tap")
-  info = None
-  if splits is not None:
-    info = data.DatasetInfo(splits[0].images.shape[1:],
-                            int(splits[0].labels.max()) + 1)
+  info = dataset.info if dataset is not None else None
   for config in configs:
     validate(config, info)
   if together:
@@ -288,10 +285,11 @@ def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
   for config, workdir in runs:
     rundir.check_config(workdir, config)
   log = progress or logging.info
-  train_split, test_split = splits or data.load_splits(
-      first.dataset, first.get("num_train_examples") or 0,
-      first.get("num_test_examples") or 0)
-  info = info or data.INFO[first.dataset.name]
+  if dataset is None:
+    dataset = data.InMemory(*data.load_splits(
+        first.dataset, first.get("num_train_examples") or 0,
+        first.get("num_test_examples") or 0), data.INFO[first.dataset.name])
+  train_split, test_split, info = dataset
   num_train, num_test = len(train_split.labels), len(test_split.labels)
   batch_size = first.batch_size
   steps_per_epoch = num_train // batch_size
@@ -312,8 +310,11 @@ def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
 
   tx = optimizers.make_optimizer(first.optimizer,
                                  first.num_epochs * steps_per_epoch)
-  mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  # A run alone: data parallel over every device. Runs together: one
+  # device, as many tiny models gain nothing from splitting a batch.
+  devices = jax.devices()[:1] if together else jax.devices()
+  mesh = jax.sharding.Mesh(np.asarray(devices), ("data",),
+                           axis_types=(jax.sharding.AxisType.Auto,))
   replicated = NamedSharding(mesh, PartitionSpec())
   train_chunk, evaluate = _make_programs(
       first, groups, tx, jax.device_put(train_split.images, replicated),
@@ -347,7 +348,6 @@ def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
   writers = ([rundir.MetricWriter(workdir) for _, workdir in runs]
              if distributed.writes_files() else [])
   steps_per_call = min(first.steps_per_call, steps_per_epoch)
-  errors = [None] * num_runs
 
   def save(epoch, step):
     checkpoint.save(checkpoints, state, epoch, step, steps_per_epoch)
@@ -379,13 +379,11 @@ def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
             jax.device_put(np.arange(step, end), replicated))
         bad = np.asarray(bad)[column]
         newly = (bad >= 0) & (state["diverged"] < 0)
-        for i in np.flatnonzero(newly):
-          errors[i] = (
-              f"loss became non-finite at epoch {epoch}, step {bad[i]} "
-              f"(global step {(epoch - 1) * steps_per_epoch + bad[i]})")
-          log(f"run {runs[i][1]} diverged: {errors[i]}")
         state["diverged"] = np.where(
             newly, (epoch - 1) * steps_per_epoch + bad, state["diverged"])
+        for i in np.flatnonzero(newly):
+          log(f"run {runs[i][1]} diverged: "
+              f"{_divergence(state['diverged'][i], steps_per_epoch)}")
         if not np.any(state["diverged"] < 0):
           break  # nothing left to train; the last good checkpoint stays
         state["groups"], state["taps"] = groups_state, taps
@@ -399,7 +397,8 @@ def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
           save(epoch, step)
           stop_preempted(f"epoch {epoch}, step {step}")
         if now - last_log > 30:
-          log(f"epoch {epoch} step {step}/{steps_per_epoch}: "
+          log(f"epoch {epoch} step {step}/{steps_per_epoch}: train loss "
+              f"{float(np.mean(sums['loss'])) / step:.4f} (mean of runs), "
               f"{step * batch_size * num_runs / float(sums['seconds']):.0f} "
               "examples/s (this epoch, all runs)")
           last_log = now
@@ -434,8 +433,8 @@ def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
   for group, group_state in zip(groups, state["groups"]):
     for member, (i, counts) in enumerate(zip(group.indices, group.counts)):
       config, workdir = runs[i]
-      if errors[i] is not None or state["diverged"][i] >= 0:
-        error = errors[i] or f"diverged at global step {state['diverged'][i]}"
+      if state["diverged"][i] >= 0:
+        error = _divergence(state["diverged"][i], steps_per_epoch)
         if not together:
           error += (f"; the last good checkpoint, at global step "
                     f"{last_good}, is kept in {workdir}" if last_good
@@ -452,6 +451,12 @@ def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
       outcomes[i] = Outcome(row, None, None if tap is None else jax.tree.map(
           np.asarray, state["taps"]))
   return outcomes
+
+
+def _divergence(global_step: int, steps_per_epoch: int) -> str:
+  epoch, step = divmod(int(global_step), steps_per_epoch)
+  return (f"loss became non-finite at epoch {epoch + 1}, step {step} "
+          f"(global step {global_step})")
 
 
 def _epoch_line(epoch: int, num_epochs: int, histories: list[list[dict]],

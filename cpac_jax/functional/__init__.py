@@ -7,21 +7,33 @@ from cpac_jax.functional.cp_conv import cp_conv, cp_conv_flops
 from cpac_jax.functional.implementation import (
     IMPLEMENTATIONS,
     INTERMEDIATE_COST,
+    check_implementation,
     choose,
 )
-from cpac_jax.functional.tucker_conv import tucker_conv, tucker_conv_flops
-from cpac_jax.functional.tucker_dense import tucker_dense, tucker_dense_flops
+from cpac_jax.functional.tucker_conv import (
+    tucker_conv,
+    tucker_conv_flops,
+    tucker_conv_modes,
+)
+from cpac_jax.functional.tucker_dense import (
+    batch_shape,
+    tucker_dense,
+    tucker_dense_flops,
+)
 
 __all__ = [
     "IMPLEMENTATIONS",
     "INTERMEDIATE_COST",
     "ConvGeometry",
+    "batch_shape",
+    "check_implementation",
     "choose",
     "cp_conv",
     "cp_conv_flops",
     "patches_conv",
     "tucker_conv",
     "tucker_conv_flops",
+    "tucker_conv_modes",
     "tucker_dense",
     "tucker_dense_flops",
 ]

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 from cpac_jax import tensor
 from cpac_jax.functional.implementation import choose
 
-__all__ = ["cheapest_order", "tucker_dense", "tucker_dense_flops"]
+__all__ = ["batch_shape", "cheapest_order", "tucker_dense",
+           "tucker_dense_flops"]
 
 
 def cheapest_order(sizes: Sequence[int], ranks: Sequence[int],
@@ -51,13 +52,28 @@ def _plan(batch: int, in_shape: Sequence[int], out_shape: Sequence[int],
   return in_order, out_order, flops
 
 
-def tucker_dense_flops(batch: int, in_shape: Sequence[int],
+def batch_shape(input_shape: Sequence[int], in_shape: Sequence[int]
+                ) -> tuple[tuple[int, ...], bool]:
+  """The batch axes of an input (*batch, prod(in_shape)) or (*batch,
+  *in_shape), and whether it is tensorized; ValueError if neither."""
+  input_shape, in_shape = tuple(input_shape), tuple(in_shape)
+  if input_shape[-len(in_shape):] == in_shape:
+    return input_shape[:-len(in_shape)], True
+  if input_shape[-1:] == (math.prod(in_shape),):
+    return input_shape[:-1], False
+  raise ValueError(
+      f"input of shape {input_shape} fits neither (N, {math.prod(in_shape)}) "
+      f"nor (N, *{in_shape})")
+
+
+def tucker_dense_flops(input_shape: Sequence[int], in_shape: Sequence[int],
                        out_shape: Sequence[int], rank: Sequence[int]
                        ) -> dict[str, int]:
-  """Multiply-adds of each path for `batch` examples through the Tucker
-  weight of shape in_shape + out_shape and ranks `rank`, as `cp_conv_flops`
-  counts them."""
-  return _plan(batch, in_shape, out_shape, rank)[2]
+  """Multiply-adds of each path for an input (*batch, prod(in_shape)) or
+  (*batch, *in_shape) through the Tucker weight of shape in_shape +
+  out_shape and ranks `rank`, as `cp_conv_flops` counts them."""
+  batch, _ = batch_shape(input_shape, in_shape)
+  return _plan(math.prod(batch), in_shape, out_shape, rank)[2]
 
 
 def tucker_dense(x: jax.Array, core: jax.Array, factors: Sequence[jax.Array],

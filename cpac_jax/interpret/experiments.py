@@ -38,23 +38,21 @@ __all__ = ["cpac_feature_selection", "importance_during_training",
 
 def importance_during_training(
     config: ml_collections.ConfigDict, workdir: str | Path,
-    splits: tuple[data.Split, data.Split] | None = None
+    dataset: data.InMemory | None = None
 ) -> tuple[dict[str, list[jax.Array]], dict]:
   """Train the run `config` describes in `workdir` (the one training loop,
-  `train.train_runs`, on `splits` if given) and accumulate the factor
-  gradients of every step, as the TTL paper reads importance off training.
+  `train.train_runs`, on `dataset` if given, else the config's) and
+  accumulate the factor gradients of every step, as the TTL paper reads
+  importance off training.
 
   Returns:
     The importances (as `tucker_factor_importance`) and the run's results
     row.
   """
-  info = None
-  if splits is not None:
-    info = data.DatasetInfo(splits[0].images.shape[1:],
-                            int(splits[0].labels.max()) + 1)
-  model = nnx.eval_shape(lambda: build_model(config, info))
+  model = nnx.eval_shape(lambda: build_model(
+      config, dataset.info if dataset is not None else None))
   outcome, = train.train_runs([(config, workdir)],
-                              tap=factor_gradients(model), splits=splits)
+                              tap=factor_gradients(model), dataset=dataset)
   if outcome.error is not None:
     raise train.Diverged(outcome.error)
   return importance_from_gradients(model, outcome.tap), outcome.row
@@ -100,9 +98,10 @@ def synthetic_ttl(seed: int = 0, size: int = 16,
   config.num_epochs = 1
   config.steps_per_call = steps
   config.seed = seed
-  splits = sample(steps * batch_size), sample(4096)
+  dataset = data.InMemory(sample(steps * batch_size), sample(4096),
+                          data.DatasetInfo((size, size, 1), 2))
   with tempfile.TemporaryDirectory() as workdir:
-    importance, row = importance_during_training(config, workdir, splits)
+    importance, row = importance_during_training(config, workdir, dataset)
   rows, columns = next(iter(importance.values()))[:2]
   return {"rows": rows, "columns": columns,
           "top_rows": [int(i) for i in jnp.argsort(-rows)[:len(planted_rows)]],
@@ -110,15 +109,14 @@ def synthetic_ttl(seed: int = 0, size: int = 16,
 
 
 def _runs(sweep_dir: Path, factorization: str, rank) -> list[Path]:
-  """Run folders of a sweep with this factorization and rank, by seed."""
+  """Finished runs of a sweep (result.json written) with this factorization
+  and rank, by seed."""
   found = []
-  for config_path in sorted((sweep_dir / "runs").glob("*/config.json")):
-    config = json.loads(config_path.read_text())
-    run = config_path.parent
-    if (config["model"]["factorization"] == factorization
-        and config["model"]["rank"] == rank
-        and list(run.glob("checkpoints/*/"))):
-      found.append((config["seed"], run))
+  for result in sorted((sweep_dir / "runs").glob("*/result.json")):
+    config = rundir.read_config(result.parent)
+    if (config.model.factorization == factorization
+        and json.loads(json.dumps(config.model.rank)) == rank):
+      found.append((config.seed, result.parent))
   return [run for _, run in sorted(found)]
 
 
@@ -173,7 +171,7 @@ def ttl_importance(sweep_dir: Path, rank: Sequence[int], seed: int = 0,
   factor gradients (the paper's reading), and report the rows, columns and
   the (rows x columns) map."""
   runs = [r for r in _runs(sweep_dir, "tucker", list(rank))
-          if json.loads((r / "config.json").read_text())["seed"] == seed]
+          if rundir.read_config(r).seed == seed]
   if not runs:
     raise FileNotFoundError(
         f"no finished Tucker run at rank {rank}, seed {seed} under "
@@ -276,10 +274,9 @@ def run(out: str, synthetic: bool = False, sweep_dir: str | None = None,
     print(json.dumps([(r["top_rows"], r["accuracy"]) for r in results]))
     return
   directory = Path(sweep_dir)
-  config = json.loads(next((directory / "runs").glob("*/config.json"))
-                      .read_text())
+  config = rundir.read_config(next((directory / "runs").glob("*/")))
   name = directory.name
-  if config["model"]["name"].startswith("cpac_cnn"):
+  if config.model.name.startswith("cpac_cnn"):
     result = cpac_feature_selection(directory, json.loads(rank))
     stem = f"feature_selection_{name}_rank{result['rank']}"
     (folder / f"{stem}.json").write_text(json.dumps(result, indent=1))

@@ -47,7 +47,7 @@ def importance_from_gradients(model: nnx.Module, total
   picks them, summed over batches or steps): index i of mode n scores the
   norm of row i of dL/dU_n, normalised to sum to 1 per mode."""
   if total is None:
-    raise ValueError("tucker_factor_importance: got no batches")
+    raise ValueError("no factor gradients: no batches, or no training steps")
   result = {}
   for path, modes in zip(tucker_layers(model), total, strict=True):
     norms = [jnp.linalg.norm(g, axis=1) for g in modes]

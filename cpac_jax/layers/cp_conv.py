@@ -10,7 +10,6 @@ from flax.nnx.nn import dtypes
 from jax import lax
 
 from cpac_jax import functional, tensor
-from cpac_jax.functional.implementation import check_implementation
 from cpac_jax.layers import _conv, _init
 
 __all__ = ["CPConv"]
@@ -83,7 +82,7 @@ class CPConv(nnx.Module):
     name = f"CPConv({in_features}->{out_features})"
     _conv.configure(self, name, in_features, out_features, kernel_size,
                     strides, padding, kernel_dilation)
-    self.implementation = check_implementation(implementation, name)
+    self.implementation = functional.check_implementation(implementation, name)
     shape = self.kernel_size + (in_features, out_features)
     self.rank = tensor.cp_rank(shape, rank, layer=name)
     self.dtype = dtype

@@ -10,8 +10,6 @@ from flax.nnx.nn import dtypes
 from jax import lax
 
 from cpac_jax import functional, tensor
-from cpac_jax.functional.implementation import check_implementation
-from cpac_jax.functional.tucker_conv import tucker_conv_modes
 from cpac_jax.layers import _conv, _init
 
 __all__ = ["TuckerConv"]
@@ -72,13 +70,13 @@ class TuckerConv(nnx.Module):
     _conv.configure(self, name, in_features, out_features, kernel_size,
                     strides, padding, kernel_dilation)
     num_spatial = len(self.kernel_size)
-    self.implementation = check_implementation(implementation, name)
+    self.implementation = functional.check_implementation(implementation, name)
     self.factorize_spatial = factorize_spatial
     self.dtype = dtype
     self.precision = precision
     self.conv_general_dilated = conv_general_dilated
     shape = self.kernel_size + (in_features, out_features)
-    self.modes = tucker_conv_modes(num_spatial, factorize_spatial)
+    self.modes = functional.tucker_conv_modes(num_spatial, factorize_spatial)
     self.rank = tensor.tucker_rank(shape, rank, self.modes, layer=name)
 
     core, factors = _init.tucker(rngs.params(), shape, self.rank, self.modes,

@@ -10,7 +10,6 @@ from flax import nnx
 from flax.nnx.nn import dtypes
 
 from cpac_jax import functional, tensor
-from cpac_jax.functional.implementation import check_implementation
 from cpac_jax.layers import _init
 
 __all__ = ["TuckerDense"]
@@ -76,7 +75,7 @@ class TuckerDense(nnx.Module):
     name = f"TuckerDense({in_shape}->{out_shape})"
     self.in_shape = _shape(in_shape, "in_shape", name)
     self.out_shape = _shape(out_shape, "out_shape", name)
-    self.implementation = check_implementation(implementation, name)
+    self.implementation = functional.check_implementation(implementation, name)
     self.dtype = dtype
     self.precision = precision
     shape = self.in_shape + self.out_shape
@@ -104,25 +103,19 @@ class TuckerDense(nnx.Module):
 
   def _batch_shape(self, input_shape: Sequence[int]):
     """The batch axes of an input, and whether it is tensorized."""
-    input_shape = tuple(input_shape)
-    num_in = len(self.in_shape)
-    if input_shape[-num_in:] == self.in_shape:
-      return input_shape[:-num_in], True
-    if input_shape[-1:] == (self.in_features,):
-      return input_shape[:-1], False
-    raise ValueError(
-        f"TuckerDense({self.in_shape}->{self.out_shape}): input of shape "
-        f"{input_shape} fits neither (N, {self.in_features}) nor "
-        f"(N, *{self.in_shape})")
+    try:
+      return functional.batch_shape(input_shape, self.in_shape)
+    except ValueError as error:
+      raise ValueError(
+          f"TuckerDense({self.in_shape}->{self.out_shape}): {error}") from None
 
   def flops(self, input_shape: Sequence[int]) -> dict[str, int]:
     """Multiply-adds of each implementation for an input (N, prod(in_shape))
     or (N, *in_shape), and the entries of the factorized path's
     intermediates (`cpac_jax.functional.tucker_dense_flops`)."""
-    batch_shape, _ = self._batch_shape(input_shape)
-    return functional.tucker_dense_flops(math.prod(batch_shape),
-                                         self.in_shape, self.out_shape,
-                                         self.rank)
+    self._batch_shape(input_shape)  # a clear error for a wrong shape
+    return functional.tucker_dense_flops(input_shape, self.in_shape,
+                                         self.out_shape, self.rank)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, prod(in_shape)) -> (N, prod(out_shape)), or (N, *in_shape) ->

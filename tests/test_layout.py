@@ -1,0 +1,75 @@
+"""The package's shape: imports run one way, analysis stays light."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "cpac_jax"
+
+
+def _module(path: Path) -> str:
+  parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+  return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports():
+  """{module: {(imported module, name or None)}} within cpac_jax."""
+  found = {}
+  for path in PACKAGE.rglob("*.py"):
+    module, names = _module(path), set()
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+          "cpac_jax"):
+        names |= {(node.module, alias.name) for alias in node.names}
+      elif isinstance(node, ast.Import):
+        names |= {(alias.name, None) for alias in node.names
+                  if alias.name.startswith("cpac_jax")}
+    found[module] = names
+  return found
+
+
+def test_imports_between_modules_have_no_cycle():
+  modules = _imports()
+  graph = {}
+  for module, names in modules.items():
+    targets = set()
+    for target, name in names:
+      full = f"{target}.{name}" if name else target
+      target = full if full in modules else target
+      if target != module and not module.startswith(target + "."):
+        targets.add(target)  # a package importing its own parts is fine
+    graph[module] = targets
+  visiting, done = [], set()
+
+  def visit(module):
+    assert module not in visiting, " -> ".join(visiting + [module])
+    if module in done:
+      return
+    visiting.append(module)
+    for target in graph.get(module, ()):
+      visit(target)
+    visiting.pop()
+    done.add(module)
+
+  for module in graph:
+    visit(module)
+
+
+def test_no_module_imports_another_packages_private_names():
+  for module, names in _imports().items():
+    for target, name in names:
+      if name and name.startswith("_"):
+        # private parts of one's own package only
+        assert module.rsplit(".", 1)[0] == target, (module, target, name)
+
+
+def test_interpret_analysis_loads_no_checkpointing_or_training():
+  result = subprocess.run(
+      [sys.executable, "-c",
+       "import sys, cpac_jax.interpret\n"
+       "print(sorted({m.split('.')[0] for m in sys.modules} & {'orbax'}),"
+       " 'cpac_jax.train' in sys.modules)"],
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.split() == ["[]", "False"]
