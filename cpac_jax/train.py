@@ -31,7 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from cpac_jax import checkpoint, data, distributed, optimizers, rundir
 from cpac_jax.config import build_model, run_key, validate
-from cpac_jax.vectorized import check_together, make_groups
+from cpac_jax.vectorized import check_together, make_groups, split_modes
 
 __all__ = ["Diverged", "Outcome", "Preempted", "epoch_metrics", "epoch_order",
            "eval_batches", "make_evaluation", "make_step", "restore",
@@ -495,12 +495,8 @@ def restore(workdir: str | Path
   """The model of a run's workdir, with its last checkpoint's parameters and
   statistics, in eval mode; and the run's config."""
   config = rundir.read_config(workdir)
-  model = build_model(config)
-  model.train()
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  _, eval_graphdef, (params, rest) = split_modes(build_model(config))
   target = {"groups": [{"params": params, "rest": rest}]}
-  state = checkpoint.restore(Path(workdir) / "checkpoints", target)
-  model = nnx.merge(graphdef, state["groups"][0]["params"],
-                    state["groups"][0]["rest"])
-  model.eval()
-  return model, config
+  state, = checkpoint.restore(Path(workdir) / "checkpoints",
+                              target)["groups"]
+  return nnx.merge(eval_graphdef, state["params"], state["rest"]), config

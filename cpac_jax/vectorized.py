@@ -33,7 +33,7 @@ from flax import nnx
 from cpac_jax import data, models
 from cpac_jax.config import build_model, differing_fields
 
-__all__ = ["Group", "check_together", "make_groups"]
+__all__ = ["Group", "check_together", "make_groups", "split_modes"]
 
 # Fields in which runs trained together may differ.
 MAY_DIFFER = ("seed", "model.rank", "model.factorization", "name")
@@ -76,14 +76,14 @@ class Group:
       self.counts.append(models.parameter_counts(
           model, nnx.eval_shape(lambda c=dense: build_model(c, info))))
     widest = max(range(len(abstract)), key=lambda m: self.counts[m]["params"])
-    self.graphdef, self.eval_graphdef, target = _split_modes(abstract[widest])
+    self.graphdef, self.eval_graphdef, target = split_modes(abstract[widest])
     if not stacked:
-      _, _, (self.params, self.rest) = _split_modes(build(indices[0]))
+      _, _, (self.params, self.rest) = split_modes(build(indices[0]))
       return
     leaves = jax.tree.leaves(target)
     self.shapes = []
     for i, model in zip(indices, abstract):
-      own = jax.tree.leaves(_split_modes(model)[2])
+      own = jax.tree.leaves(split_modes(model)[2])
       if len(own) != len(leaves) or not all(
           a.ndim == t.ndim and all(n <= m for n, m in zip(a.shape, t.shape))
           for a, t in zip(own, leaves)):
@@ -99,7 +99,7 @@ class Group:
       padded = [jax.tree.map(
           lambda a, t: jnp.pad(a, [(0, m - n) for n, m in zip(a.shape,
                                                               t.shape)]),
-          _split_modes(build(i))[2], target) for i in indices]
+          split_modes(build(i))[2], target) for i in indices]
       return jax.tree.map(lambda *a: jnp.stack(a), *padded)
 
     # One compilation for all members (run op by op, each rank's shapes
@@ -118,7 +118,7 @@ class Group:
         for a, shape in zip(leaves, self.shapes[member], strict=True)])
 
 
-def _split_modes(model: nnx.Module):
+def split_modes(model: nnx.Module):
   """(train graphdef, eval graphdef, (params, rest)) of `model`; `rest` is
   its non-parameter state (batch-norm statistics)."""
   model.train()

@@ -5,6 +5,7 @@ import gzip
 import io
 import os
 import pickle
+import shutil
 import tarfile
 import tempfile
 
@@ -13,15 +14,24 @@ import numpy as np
 import pytest
 
 # Many tests compile the same small programs again (each run, each
-# subprocess): a persistent cache, shared with the subprocesses through the
-# environment, compiles each once. Fresh for every session.
-_CACHE = {"JAX_COMPILATION_CACHE_DIR": (str, tempfile.mkdtemp(
-              prefix="jax-cache-")),
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": (float, "0"),
-          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": (int, "0")}
-for _name, (_type, _value) in _CACHE.items():
-  os.environ.setdefault(_name, _value)
-  jax.config.update(_name.lower(), _type(os.environ[_name]))
+# subprocess): a persistent cache, shared with the subprocesses (and xdist
+# workers) through the environment, compiles each once. Made by the process
+# that starts the session, removed when it ends.
+_OWN_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _OWN_CACHE = tempfile.mkdtemp(prefix="jax-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+jax.config.update("jax_compilation_cache_dir",
+                  os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_sessionfinish(session, exitstatus):
+  if _OWN_CACHE is not None:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 def write_idx(path, array: np.ndarray) -> None:

@@ -115,7 +115,7 @@ def _runs(sweep_dir: Path, factorization: str, rank) -> list[Path]:
   for result in sorted((sweep_dir / "runs").glob("*/result.json")):
     config = rundir.read_config(result.parent)
     if (config.model.factorization == factorization
-        and json.loads(json.dumps(config.model.rank)) == rank):
+        and config.model.rank == rank):  # JSON: a tuple rank reads as a list
       found.append((config.seed, result.parent))
   return [run for _, run in sorted(found)]
 
