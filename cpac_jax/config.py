@@ -29,7 +29,8 @@ __all__ = ["base_config", "build_model", "computed_fields", "differing_fields",
 
 # Fields a config may add to the base (absent, they take their default and
 # leave the run keys of older results unchanged).
-OPTIONAL_FIELDS = {"optimizer.schedule": "constant", "model.kwargs": {}}
+OPTIONAL_FIELDS = {"optimizer.schedule": "constant", "model.kwargs": {},
+                   "model.init": "default"}
 # Fields that don't change what a run computes.
 _NOT_IN_KEY = ("sweep", "paper", "dataset.data_dir", "steps_per_call",
                "eval_batch_size", "distributed")
@@ -51,6 +52,8 @@ def base_config() -> ml_collections.ConfigDict:
   # config.model.rank: each config sets it, which fixes its type for
   # command-line overrides: an int, a tuple, a float fraction or "same".
   config.model.implementation = "auto"  # auto | factorized | reconstructed
+  # config.model.init: "default" unless a config sets another its model
+  # offers (models.INITS; the CPAC nets: "official").
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adam"        # adam | adamw | sgd | momentum
   config.optimizer.learning_rate = 1e-3  # peak rate
@@ -130,7 +133,8 @@ def build_model(config: ml_collections.ConfigDict,
   dataset's), its parameters drawn from `key`."""
   info = info or data.INFO[config.dataset.name]
   rngs = nnx.Rngs(params=key) if key is not None else nnx.Rngs(0)
-  return models.build(config.model, info.image_shape, info.num_classes, rngs)
+  return models.build(config.model, info.image_shape, info.num_classes, rngs,
+                      seed=config.seed)
 
 
 def computed_fields(config: ml_collections.ConfigDict,

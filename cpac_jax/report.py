@@ -40,18 +40,21 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-  """One entry per (factorization, rank) with statistics over seeds, dense
-  last, the others from fewest parameters up."""
+  """One entry per (init, factorization, rank) with statistics over seeds;
+  by init, dense last, the others from fewest parameters up. Rows from
+  before the init column read as init "default"."""
   groups = defaultdict(list)
   for row in rows:
-    groups[(row["factorization"], _rank_label(row))].append(row)
+    groups[(row.get("init") or "default", row["factorization"],
+            _rank_label(row))].append(row)
   summary = []
-  for (factorization, rank), group in groups.items():
+  for (init, factorization, rank), group in groups.items():
     accuracy = _mean_std([float(r["test_accuracy"]) for r in group])
     bests = [float(r["best_test_accuracy"]) for r in group]
     best = _mean_std(bests)
     summary.append({
-        "factorization": factorization, "rank": rank, "seeds": len(group),
+        "init": init, "factorization": factorization, "rank": rank,
+        "seeds": len(group),
         "params": int(group[0]["params"]),
         "compression": float(group[0]["compression"]),
         "layer_compression": float(group[0]["layer_compression"]),
@@ -60,23 +63,33 @@ def summarize(rows: list[dict]) -> list[dict]:
         "train_seconds": statistics.fmean(
             float(r["train_seconds"]) for r in group),
     })
-  summary.sort(key=lambda s: (s["factorization"] == "dense", s["params"]))
+  summary.sort(key=lambda s: (s["init"], s["factorization"] == "dense",
+                              s["params"]))
   return summary
+
+
+def _inits(summary: list[dict]) -> list[str]:
+  """The inits of `summary`, in order; none named if all are "default"."""
+  inits = list(dict.fromkeys(s["init"] for s in summary))
+  return [] if inits == ["default"] else inits
 
 
 def _table(summary: list[dict], paper: dict) -> str:
   has_paper = bool(paper)
-  head = ["factorization", "rank", "params", "compression (model)",
-          "compression (factorized layers)", "seeds",
-          "test acc (final epoch)", "test acc (best epoch)",
-          "best epoch, best seed"]
+  with_init = bool(_inits(summary))
+  head = ["init"] * with_init + [
+      "factorization", "rank", "params", "compression (model)",
+      "compression (factorized layers)", "seeds",
+      "test acc (final epoch)", "test acc (best epoch)",
+      "best epoch, best seed"]
   if has_paper:
     head.append("paper")
   head.append("train s / run")
   lines = ["| " + " | ".join(head) + " |",
            "|" + "---|" * len(head)]
   for s in summary:
-    cells = [s["factorization"], s["rank"], f"{s['params']:,}",
+    cells = [s["init"]] * with_init + [
+             s["factorization"], s["rank"], f"{s['params']:,}",
              f"{s['compression']:.2f}x",
              "-" if s["factorization"] == "dense"
              else f"{s['layer_compression']:.2f}x", str(s["seeds"]),
@@ -93,43 +106,53 @@ def _table(summary: list[dict], paper: dict) -> str:
 
 def _plots(summary: list[dict], paper: dict, out: Path, title: str) -> list[
     str]:
-  factorized = [s for s in summary if s["factorization"] != "dense"]
-  dense = [s for s in summary if s["factorization"] == "dense"]
+  """Accuracy against rank and against compression, one series per init."""
+  ranks = list(dict.fromkeys(s["rank"] for s in summary
+                             if s["factorization"] != "dense"))
+  series = [(init, [s for s in summary if s["init"] == init])
+            for init in _inits(summary) or ["default"]]
   names = []  # of the files written
 
   fig = Figure(figsize=(6, 4))
   ax = fig.subplots()
-  x = list(range(len(factorized)))
-  ax.errorbar(x, [s["accuracy"][0] for s in factorized],
-              yerr=[s["accuracy"][1] for s in factorized], marker="o",
-              capsize=3, label="ours (final epoch, mean ± std)")
-  ax.plot(x, [s["best_accuracy"][0] for s in factorized], "s--", ms=4,
-          label="ours (best epoch)")
-  if paper:
-    known = [(i, paper[s["rank"]]) for i, s in enumerate(factorized)
-             if s["rank"] in paper]
-    if known:
-      ax.plot(*zip(*known), "k^", ms=7, label="paper")
-  for s in dense:
-    ax.axhline(s["accuracy"][0], color="gray", ls="--",
-               label=f"dense ({s['accuracy'][0]:.4f})")
-  ax.set_xticks(x, [s["rank"] for s in factorized],
-                rotation=45 if len(x) > 8 else 0)
+  for color, (init, entries) in enumerate(series):
+    label = f" {init} init" if len(series) > 1 else ""
+    factorized = [s for s in entries if s["factorization"] != "dense"]
+    x = [ranks.index(s["rank"]) for s in factorized]
+    ax.errorbar(x, [s["accuracy"][0] for s in factorized],
+                yerr=[s["accuracy"][1] for s in factorized], marker="o",
+                capsize=3, color=f"C{color}",
+                label=f"ours{label} (final epoch, mean ± std)")
+    ax.plot(x, [s["best_accuracy"][0] for s in factorized], "s--", ms=4,
+            color=f"C{color}", label=f"ours{label} (best epoch)")
+    for s in entries:
+      if s["factorization"] == "dense":
+        ax.axhline(s["accuracy"][0], color=f"C{color}", ls=":",
+                   label=f"dense{label} ({s['accuracy'][0]:.4f})")
+  known = [(i, paper[rank]) for i, rank in enumerate(ranks) if rank in paper]
+  if known:
+    ax.plot(*zip(*known), "k^", ms=7, label="paper")
+  ax.set_xticks(range(len(ranks)), ranks, rotation=45 if len(ranks) > 8 else 0)
   ax.set_xlabel("rank")
   ax.set_ylabel("test accuracy")
   names.append(_save(fig, ax, title, out / "accuracy_vs_rank.png"))
 
   fig = Figure(figsize=(6, 4))
   ax = fig.subplots()
-  ax.errorbar([s["layer_compression"] for s in factorized],
-              [s["accuracy"][0] for s in factorized],
-              yerr=[s["accuracy"][1] for s in factorized], marker="o",
-              capsize=3, label="ours")
-  for s in factorized:
-    ax.annotate(s["rank"], (s["layer_compression"], s["accuracy"][0]),
-                fontsize=7, textcoords="offset points", xytext=(3, 3))
-  for s in dense:
-    ax.axhline(s["accuracy"][0], color="gray", ls="--", label="dense")
+  for color, (init, entries) in enumerate(series):
+    label = f"ours, {init} init" if len(series) > 1 else "ours"
+    factorized = [s for s in entries if s["factorization"] != "dense"]
+    ax.errorbar([s["layer_compression"] for s in factorized],
+                [s["accuracy"][0] for s in factorized],
+                yerr=[s["accuracy"][1] for s in factorized], marker="o",
+                capsize=3, color=f"C{color}", label=label)
+    for s in factorized:
+      ax.annotate(s["rank"], (s["layer_compression"], s["accuracy"][0]),
+                  fontsize=7, textcoords="offset points", xytext=(3, 3))
+    for s in entries:
+      if s["factorization"] == "dense":
+        ax.axhline(s["accuracy"][0], color=f"C{color}", ls=":",
+                   label=f"dense{', ' + init if len(series) > 1 else ''}")
   ax.set_xscale("log")
   ax.set_xlabel("compression of the factorized layers (dense / ours)")
   ax.set_ylabel("test accuracy (final epoch)")

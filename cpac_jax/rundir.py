@@ -25,7 +25,7 @@ __all__ = ["COLUMNS", "MetricWriter", "append_row", "check_config",
            "read_results", "result_row", "write_config", "write_result",
            "write_rows"]
 
-COLUMNS = ("experiment", "dataset", "model", "factorization", "rank",
+COLUMNS = ("experiment", "dataset", "model", "factorization", "rank", "init",
            "params", "compression", "layer_params", "layer_compression",
            "seed", "epochs", "test_accuracy", "best_test_accuracy",
            "train_seconds", "status", "run", "key")
@@ -103,7 +103,8 @@ def failed_row(config: ml_collections.ConfigDict) -> dict:
   """The results row of a run whose loss became non-finite."""
   return {"experiment": config.get("name", ""),
           "dataset": config.dataset.name, "model": config.model.name,
-          "factorization": config.model.factorization, "seed": config.seed,
+          "factorization": config.model.factorization,
+          "init": config.model.get("init", "default"), "seed": config.seed,
           "epochs": config.num_epochs, "status": "diverged"}
 
 
@@ -119,6 +120,7 @@ def result_row(config: ml_collections.ConfigDict, counts: dict,
       "factorization": config.model.factorization,
       "rank": ("" if config.model.factorization == "dense" else json.dumps(
           list(rank) if isinstance(rank, tuple) else rank)),
+      "init": config.model.get("init", "default"),
       **counts,
       "seed": config.seed,
       "epochs": config.num_epochs,

@@ -35,8 +35,10 @@ from cpac_jax.config import build_model, differing_fields
 
 __all__ = ["Group", "check_together", "make_groups", "split_modes"]
 
-# Fields in which runs trained together may differ.
-MAY_DIFFER = ("seed", "model.rank", "model.factorization", "name")
+# Fields in which runs trained together may differ: each member is
+# initialised as its own run would be, so the init may differ too.
+MAY_DIFFER = ("seed", "model.rank", "model.factorization", "model.init",
+              "name")
 
 
 def check_together(configs: Sequence[ml_collections.ConfigDict]) -> None:

@@ -5,13 +5,14 @@ import difflib
 import ml_collections
 from flax import nnx
 
+from cpac_jax.models import cpac_cnn
 from cpac_jax.models.cpac_cnn import CPACNet
 from cpac_jax.models.params import count_factorized, parameter_counts
 from cpac_jax.models.ttl_mlp import TTLMLP
 from cpac_jax.models.vgg import VGG16
 
-__all__ = ["CPACNet", "MODELS", "TTLMLP", "VGG16", "build", "count_factorized",
-           "parameter_counts"]
+__all__ = ["CPACNet", "INITS", "MODELS", "TTLMLP", "VGG16", "build",
+           "count_factorized", "parameter_counts"]
 
 # name -> (constructor, the factorizations it takes, fixed keyword arguments)
 MODELS = {
@@ -20,6 +21,8 @@ MODELS = {
     "ttl_mlp": (TTLMLP, ("tucker", "dense"), {}),
     "vgg16": (VGG16, ("dense", "tucker", "cp"), {}),
 }
+# name -> the initialisations (`model.init`) it offers, "default" first
+INITS = {"cpac_cnn_1": cpac_cnn.INITS, "cpac_cnn_2": cpac_cnn.INITS}
 
 
 def check(model: ml_collections.ConfigDict) -> None:
@@ -35,14 +38,21 @@ def check(model: ml_collections.ConfigDict) -> None:
     raise ValueError(
         f"model {model.name!r} takes model.factorization in {factorizations}, "
         f"got {model.factorization!r}")
+  inits = INITS.get(model.name, ("default",))
+  if model.get("init", "default") not in inits:
+    raise ValueError(f"model {model.name!r} takes model.init in {inits}, got "
+                     f"{model.init!r}")
 
 
 def build(model: ml_collections.ConfigDict, input_shape, num_classes: int,
-          rngs: nnx.Rngs) -> nnx.Module:
-  """The model a config's `model` block names, for inputs (H, W, C)."""
+          rngs: nnx.Rngs, seed: int = 0) -> nnx.Module:
+  """The model a config's `model` block names, for inputs (H, W, C); `seed`
+  (the run's) seeds what an init other than "default" draws outside JAX."""
   check(model)
   constructor, _, fixed = MODELS[model.name]
   kwargs = dict(model.get("kwargs", {}))
+  if model.get("init", "default") != "default":
+    kwargs.update(init=model.init, init_seed=seed)
   rank = model.rank
   if isinstance(rank, list):
     rank = tuple(rank)

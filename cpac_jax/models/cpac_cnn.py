@@ -5,9 +5,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cpac_jax.layers import CPConv, patches_conv
+from cpac_jax.models import official_init
 from cpac_jax.tensor import RankSpec
 
-__all__ = ["CPACNet"]
+__all__ = ["CPACNet", "INITS"]
+
+INITS = ("default", "official")
 
 
 class CPACNet(nnx.Module):
@@ -34,6 +37,12 @@ class CPACNet(nnx.Module):
     num_classes: outputs.
     num_filters, kernel_size: conv outputs and spatial size.
     implementation: CPConv forward path.
+    init: "default" (CP factors and dense layers as cpac_jax and Flax
+      initialise them) or "official" (as the official code does: CP factors
+      by TensorLy 0.4's CP-ALS of a random kernel, PyTorch's uniform
+      defaults elsewhere; `cpac_jax.models.official_init`).
+    init_seed: with init "official", seed s draws the kernels from numpy's
+      RandomState(48 + s); 0 draws the official code's.
     rngs: random streams.
 
   Example:
@@ -49,13 +58,15 @@ class CPACNet(nnx.Module):
                rank: RankSpec = 5, input_shape=(28, 28, 1),
                num_classes: int = 10, num_filters: int = 8,
                kernel_size: int = 3, implementation: str = "auto",
-               rngs: nnx.Rngs):
+               init: str = "default", init_seed: int = 0, rngs: nnx.Rngs):
     if num_layers not in (1, 2):
       raise ValueError(f"CPACNet: num_layers must be 1 or 2, got {num_layers}")
     if factorization not in ("cp", "dense"):
       raise ValueError(
           f"CPACNet: factorization must be 'cp' or 'dense', got "
           f"{factorization!r}")
+    if init not in INITS:
+      raise ValueError(f"CPACNet: init must be one of {INITS}, got {init!r}")
     height, width, channels = input_shape
     convs = []
     for _ in range(num_layers):
@@ -78,6 +89,28 @@ class CPACNet(nnx.Module):
                            nnx.Linear(50, num_classes, rngs=rngs)])
     else:
       self.fcs = nnx.List([nnx.Linear(flat, num_classes, rngs=rngs)])
+    if init == "official":
+      self._official_init(init_seed, rngs)
+
+  def _official_init(self, seed: int, rngs: nnx.Rngs) -> None:
+    """Redraw every parameter as the official code does (module doc of
+    `cpac_jax.models.official_init`)."""
+    cp = [conv for conv in self.convs if isinstance(conv, CPConv)]
+    shapes = [(c.out_features, *c.kernel_size, c.in_features) for c in cp]
+    for conv, factors in zip(cp, official_init.kernels(
+        shapes, [c.rank for c in cp], seed)):
+      params = [*conv.spatial_factors, conv.in_factor, conv.out_factor]
+      for param, factor in zip(params, factors, strict=True):
+        param[...] = jnp.asarray(factor, param[...].dtype)
+    for layer in [c for c in self.convs if not isinstance(c, CPConv)] + list(
+        self.fcs):
+      kernel = layer.kernel[...]
+      fan_in = kernel.size // kernel.shape[-1]
+      layer.kernel[...] = official_init.torch_uniform(
+          rngs.params(), kernel.shape, fan_in, kernel.dtype)
+      if layer.bias is not None:
+        layer.bias[...] = official_init.torch_uniform(
+            rngs.params(), layer.bias.shape, fan_in, kernel.dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, H, W, C) -> logits (N, classes)."""
