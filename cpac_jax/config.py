@@ -191,7 +191,8 @@ def override(config: ml_collections.ConfigDict, field: str, value) -> None:
     raise ValueError(f"sweep sets unknown config field {field!r}")
   if isinstance(value, list):
     value = tuple(value)
-  with node.ignore_type():
+  # A config from --config is locked; an optional field may still be added.
+  with node.ignore_type(), node.unlocked():
     node[leaf] = value
 
 

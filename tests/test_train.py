@@ -106,6 +106,15 @@ def test_sweep_checks_every_run_before_training_any(mnist_dir, tmp_path):
   assert not (tmp_path / "runs").exists()
 
 
+def test_sweep_adds_optional_fields_to_a_locked_config():
+  config = load_config("cpac_mnist")
+  config.lock()  # as --config=... hands it over
+  inits = {run.model.get("init", "default") for _, run in expand(config)}
+  assert inits == {"default", "official"}
+  with pytest.raises(ValueError, match="model.rnak"):
+    override(config, "model.rnak", 2)
+
+
 def test_sweep_rejects_unknown_fields(mnist_dir):
   config = tiny(load_config("cpac_mnist", "quick"), mnist_dir)
   config.sweep = ({"model.rnak": [2]},)
