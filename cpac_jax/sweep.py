@@ -38,10 +38,11 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path,
   whose key falls in shard i of n) not yet in the workdir's results files,
   then write the report. Returns all rows of the workdir.
 
-  With `vectorize`, the runs train together as one compiled program
-  (`cpac_jax.train.train_runs`; they may differ only in seed, rank and
-  factorization), their rows written when all have finished; otherwise one
-  after another, each row written as its run finishes.
+  With `vectorize`, the runs of each seed train together as one compiled
+  program (`cpac_jax.train.train_runs`; they may differ only in seed, rank,
+  factorization and init), their rows written when the seed's runs have
+  finished; otherwise one after another, each row written as its run
+  finishes.
 
   Shard i of n > 1 appends to `results-shard<i>of<n>.csv`, so machines can
   share a workdir or each keep their own; `report` merges every
@@ -65,14 +66,20 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path,
   done = {row["key"] for row in rundir.read_results(workdir)}
   pending = [r for r in mine if r[2] not in done]
   start = time.perf_counter()
-  # Together: all pending runs in one program; else one program each.
-  batches = [pending] if vectorize else [[r] for r in pending]
+  # Together: the runs of a seed share every batch, so each seed's pending
+  # runs are one program (its rows land when it ends); else one run each.
+  batches = {}
+  for r in pending:
+    batches.setdefault(r[1].seed if vectorize else r[2], []).append(r)
+  batches = list(batches.values())
   logging.info("%d of %d runs done already; training the other %d%s",
                len(mine) - len(pending), len(mine), len(pending),
-               " together" if vectorize else " one at a time")
+               " together, a seed at a time" if vectorize
+               else " one at a time")
   for i, batch in enumerate(batches):
-    if not vectorize:
-      logging.info("[%d/%d] %s", i + 1, len(batches), batch[0][0])
+    logging.info("[%d/%d] %s", i + 1, len(batches),
+                 f"seed {batch[0][1].seed}: {len(batch)} runs" if vectorize
+                 else batch[0][0])
     outcomes = train.train_runs(
         [(run, workdir / "runs" / f"{name}-{key}") for name, run, key in batch],
         workdir / "vectorized")
