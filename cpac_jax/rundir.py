@@ -28,7 +28,7 @@ __all__ = ["COLUMNS", "MetricWriter", "append_row", "check_config",
 COLUMNS = ("experiment", "dataset", "model", "factorization", "rank", "init",
            "params", "compression", "layer_params", "layer_compression",
            "seed", "epochs", "test_accuracy", "best_test_accuracy",
-           "train_seconds", "status", "run", "key")
+           "best_epoch", "test_loss", "train_seconds", "status", "run", "key")
 
 
 # --- One run's workdir -------------------------------------------------------
@@ -111,8 +111,10 @@ def failed_row(config: ml_collections.ConfigDict) -> dict:
 def result_row(config: ml_collections.ConfigDict, counts: dict,
                epochs: list[dict]) -> dict:
   """A finished run's results row, from its parameter counts
-  (`models.parameter_counts`) and per-epoch metrics."""
+  (`models.parameter_counts`) and per-epoch metrics: test accuracy and
+  loss after the last epoch, and the best test accuracy with its epoch."""
   rank = config.model.rank
+  best = max(epochs, key=lambda r: r["test_accuracy"])  # the first best
   return {
       "experiment": config.get("name", ""),
       "dataset": config.dataset.name,
@@ -125,7 +127,9 @@ def result_row(config: ml_collections.ConfigDict, counts: dict,
       "seed": config.seed,
       "epochs": config.num_epochs,
       "test_accuracy": epochs[-1]["test_accuracy"],
-      "best_test_accuracy": max(r["test_accuracy"] for r in epochs),
+      "best_test_accuracy": best["test_accuracy"],
+      "best_epoch": best["epoch"],
+      "test_loss": epochs[-1]["test_loss"],
       "train_seconds": sum(r["epoch_seconds"] for r in epochs),
       "status": "ok",
   }

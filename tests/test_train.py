@@ -52,6 +52,10 @@ def test_main_trains_cpac_net_and_writes_its_workdir(mnist_dir, tmp_path):
              (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [m["epoch"] for m in metrics] == [1, 2, 3]
   assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+  assert row["test_loss"] == metrics[-1]["test_loss"]
+  best = max(metrics, key=lambda m: m["test_accuracy"])
+  assert (row["best_epoch"], row["best_test_accuracy"]) == (
+      best["epoch"], best["test_accuracy"])
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
   assert (workdir / "checkpoints" / str(3 * 512 // 16)).is_dir()  # global step
   assert json.loads((workdir / "config.json").read_text())["model"]["rank"] == 4
