@@ -32,8 +32,8 @@ __all__ = ["base_config", "build_model", "computed_fields", "differing_fields",
 OPTIONAL_FIELDS = {"optimizer.schedule": "constant", "model.kwargs": {},
                    "model.init": "default"}
 # Fields that don't change what a run computes.
-_NOT_IN_KEY = ("sweep", "paper", "dataset.data_dir", "steps_per_call",
-               "eval_batch_size", "distributed")
+_NOT_IN_KEY = ("sweep", "paper", "paper_loss", "dataset.data_dir",
+               "steps_per_call", "eval_batch_size", "distributed")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -76,6 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.distributed.process_id = config_dict.placeholder(int)
   config.sweep = ()                     # see `expand`
   config.paper = {}                     # the paper's accuracy by rank
+  config.paper_loss = {}                # the paper's test loss by rank
   return config
 
 

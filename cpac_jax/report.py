@@ -10,6 +10,7 @@ README's table is always the one the code produced.
 """
 
 import json
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -18,11 +19,12 @@ import ml_collections
 from absl import app, flags
 from matplotlib.figure import Figure  # no pyplot: files only, no display
 from ml_collections import config_flags
+from scipy import stats
 
 from cpac_jax import rundir
 from cpac_jax.config import expand, run_key
 
-__all__ = ["summarize", "write_report"]
+__all__ = ["interval95", "percentile", "summarize", "write_report"]
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
@@ -35,31 +37,56 @@ def _rank_label(row: dict) -> str:
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (ddof=1; 0 for one value)."""
   std = statistics.stdev(values) if len(values) > 1 else 0.0
   return statistics.fmean(values), std
+
+
+def interval95(values: list[float]) -> tuple[float, float] | None:
+  """The 95% Student-t interval of the mean of `values`; None for fewer
+  than two."""
+  if len(values) < 2:
+    return None
+  mean, std = _mean_std(values)
+  half = stats.t.ppf(0.975, len(values) - 1) * std / math.sqrt(len(values))
+  return mean - half, mean + half
+
+
+def percentile(values: list[float], value: float) -> float:
+  """Where `value` falls among `values`, in percent: the share below it,
+  ties counted half."""
+  below = sum(v < value for v in values) + 0.5 * sum(v == value
+                                                     for v in values)
+  return 100 * below / len(values)
 
 
 def summarize(rows: list[dict]) -> list[dict]:
   """One entry per (init, factorization, rank) with statistics over seeds;
   by init, dense last, the others from fewest parameters up. Rows from
-  before the init column read as init "default"."""
+  before the init column read as init "default"; their test loss and best
+  epoch, not recorded then, as missing."""
   groups = defaultdict(list)
   for row in rows:
     groups[(row.get("init") or "default", row["factorization"],
             _rank_label(row))].append(row)
   summary = []
   for (init, factorization, rank), group in groups.items():
-    accuracy = _mean_std([float(r["test_accuracy"]) for r in group])
+    finals = [float(r["test_accuracy"]) for r in group]
     bests = [float(r["best_test_accuracy"]) for r in group]
-    best = _mean_std(bests)
+    losses = [float(r["test_loss"]) for r in group if r.get("test_loss")]
+    epochs = [int(r["best_epoch"]) for r in group if r.get("best_epoch")]
     summary.append({
         "init": init, "factorization": factorization, "rank": rank,
         "seeds": len(group),
         "params": int(group[0]["params"]),
         "compression": float(group[0]["compression"]),
         "layer_compression": float(group[0]["layer_compression"]),
-        "accuracy": accuracy, "best_accuracy": best,
-        "best_seed_accuracy": max(bests),
+        "finals": finals, "bests": bests,
+        "accuracy": _mean_std(finals), "interval": interval95(finals),
+        "best_accuracy": _mean_std(bests),
+        "best_epoch": statistics.median(epochs) if epochs else None,
+        "test_loss": (statistics.fmean(losses) if len(losses) == len(group)
+                      else None),
         "train_seconds": statistics.fmean(
             float(r["train_seconds"]) for r in group),
     })
@@ -74,31 +101,40 @@ def _inits(summary: list[dict]) -> list[str]:
   return [] if inits == ["default"] else inits
 
 
-def _table(summary: list[dict], paper: dict) -> str:
-  has_paper = bool(paper)
+def _table(summary: list[dict], paper: dict, paper_loss: dict) -> str:
   with_init = bool(_inits(summary))
   head = ["init"] * with_init + [
       "factorization", "rank", "params", "compression (model)",
       "compression (factorized layers)", "seeds",
-      "test acc (final epoch)", "test acc (best epoch)",
-      "best epoch, best seed"]
-  if has_paper:
-    head.append("paper")
+      "test acc, final epoch: mean ± std", "95% interval of the mean",
+      "test acc, best epoch: mean ± std", "best epoch (median)",
+      "test loss, final epoch (mean)"]
+  if paper:
+    head += ["paper acc", "paper loss",
+             "paper's percentile among our seeds (final / best epoch)"]
   head.append("train s / run")
   lines = ["| " + " | ".join(head) + " |",
            "|" + "---|" * len(head)]
   for s in summary:
+    interval = s["interval"]
     cells = [s["init"]] * with_init + [
-             s["factorization"], s["rank"], f"{s['params']:,}",
-             f"{s['compression']:.2f}x",
-             "-" if s["factorization"] == "dense"
-             else f"{s['layer_compression']:.2f}x", str(s["seeds"]),
-             "{:.4f} ± {:.4f}".format(*s["accuracy"]),
-             "{:.4f} ± {:.4f}".format(*s["best_accuracy"]),
-             f"{s['best_seed_accuracy']:.4f}"]
-    if has_paper:
-      value = paper.get(s["rank"])
-      cells.append(f"{value:.4f}" if value is not None else "-")
+        s["factorization"], s["rank"], f"{s['params']:,}",
+        f"{s['compression']:.2f}x",
+        "-" if s["factorization"] == "dense"
+        else f"{s['layer_compression']:.2f}x", str(s["seeds"]),
+        "{:.4f} ± {:.4f}".format(*s["accuracy"]),
+        "-" if interval is None else "{:.4f}-{:.4f}".format(*interval),
+        "{:.4f} ± {:.4f}".format(*s["best_accuracy"]),
+        "-" if s["best_epoch"] is None else f"{s['best_epoch']:g}",
+        "-" if s["test_loss"] is None else f"{s['test_loss']:.4f}"]
+    if paper:
+      value, loss = paper.get(s["rank"]), paper_loss.get(s["rank"])
+      cells += [
+          "-" if value is None else f"{value:.4f}",
+          "-" if loss is None else f"{loss:.4f}",
+          "-" if value is None else
+          f"{percentile(s['finals'], value):.0f} / "
+          f"{percentile(s['bests'], value):.0f}"]
     cells.append(f"{s['train_seconds']:.0f}")
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
@@ -184,6 +220,7 @@ def write_report(workdir: str | Path, config: ml_collections.ConfigDict
   missing = [name for name, run in expand(config)
              if run_key(run) not in present]
   paper = dict(config.get("paper") or {})
+  paper_loss = dict(config.get("paper_loss") or {})
   failed = [r for r in rows if r.get("status", "ok") != "ok"]
   rows = [r for r in rows if r.get("status", "ok") == "ok"]
   if not rows:
@@ -191,14 +228,17 @@ def write_report(workdir: str | Path, config: ml_collections.ConfigDict
   summary = summarize(rows)
   out = results.parent
   title = config.get("name") or out.name
-  table = _table(summary, paper)
+  table = _table(summary, paper, paper_loss)
   plots = _plots(summary, paper, out, title)
   failures = "".join(
       f"- {r.get('run', '?')}: {r['status']}, left out of the table\n"
       for r in failed) + "".join(f"- {name}: missing, not run yet\n"
                                  for name in missing)
   text = (f"# {title}: results\n\n"
-          f"{len(rows)} runs from `{results.name}`; mean ± std over seeds.\n\n"
+          f"{len(rows)} runs from `{results.name}`. Over seeds: mean ± "
+          "sample std (ddof=1) and the 95% Student-t interval of the mean; "
+          "the paper's single run placed among our seeds (the percentile: "
+          "the share of our runs below it, ties half).\n\n"
           f"{table}\n\n" + (f"Not in the table:\n{failures}\n" if failures
                               else "")
           + "\n".join(f"![{p}]({p})" for p in plots) + "\n")

@@ -131,11 +131,13 @@ def test_report_puts_paper_numbers_beside_ours(tmp_path):
       {"factorization": "cp", "rank": "1", "params": "100",
        "compression": "2.0", "layer_compression": "10.0",
        "test_accuracy": str(acc), "best_test_accuracy": str(acc + 0.01),
+       "best_epoch": str(3 + seed), "test_loss": str(0.3 - 0.1 * seed),
        "train_seconds": "1", "seed": str(seed), "key": f"k{seed}"}
       for seed, acc in enumerate([0.90, 0.92])
   ] + [{"factorization": "dense", "rank": "", "params": "200",
         "compression": "1.0", "layer_compression": "1.0",
         "test_accuracy": "0.95", "best_test_accuracy": "0.95",
+        "best_epoch": "", "test_loss": "",  # as rows from before they were
         "train_seconds": "1", "seed": "0", "key": "k2"}]
   with open(tmp_path / "results.csv", "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -145,9 +147,13 @@ def test_report_puts_paper_numbers_beside_ours(tmp_path):
       f"intro\n{report.BEGIN}\nold table\n{report.END}\noutro\n")
   config = load_config("cpac_mnist")
   text = report.write_report(tmp_path, config).read_text()
+  # two seeds: t(0.975, 1) = 12.706, so 0.91 ± 12.706 * 0.01; the paper's
+  # 0.9278 lies above both final accuracies, between the best-epoch ones
   assert ("| cp | 1 | 100 | 2.00x | 10.00x | 2 | 0.9100 ± 0.0141 | "
-          "0.9200 ± 0.0141 | 0.9300 |") in text
-  assert "0.9278" in text and "0.9844" in text  # the paper's rank 1, dense
+          "0.7829-1.0371 | 0.9200 ± 0.0141 | 3.5 | 0.2500 | 0.9278 | 0.2436 "
+          "| 100 / 50 |") in text
+  assert ("| dense | dense | 200 | 1.00x | - | 1 | 0.9500 ± 0.0000 | - | "
+          "0.9500 ± 0.0000 | - | - | 0.9844 | 0.0484 | 100 / 100 |") in text
   assert "factorization=cp-rank=12-seed=2: missing, not run yet" in text
   readme = (tmp_path / "README.md").read_text()
   assert "old table" not in readme and "0.9100 ± 0.0141" in readme
@@ -266,3 +272,14 @@ def test_vectorized_sweep_refuses_runs_that_differ_in_more_than_rank_and_seed(
   with pytest.raises(ValueError, match="differ in optimizer.learning_rate"):
     sweep.run_sweep(config, tmp_path / "sweep", vectorize=True)
   assert not (tmp_path / "sweep" / "runs").exists()
+
+
+def test_percentile_counts_ties_half_and_interval_widens_with_fewer_seeds():
+  assert report.percentile([0.1, 0.2, 0.3, 0.4], 0.3) == 62.5
+  assert report.percentile([0.1, 0.2], 0.05) == 0.0
+  assert report.interval95([0.5]) is None
+  values = [0.97, 0.98, 0.975, 0.985, 0.972]
+  low, high = report.interval95(values)
+  assert low < sum(values) / 5 < high
+  narrow = report.interval95(values * 2)
+  assert narrow[1] - narrow[0] < high - low
