@@ -14,10 +14,16 @@ def _main():
   synthetic = flags.DEFINE_bool("synthetic", False,
                                 "run the synthetic TTL experiment")
   seeds = flags.DEFINE_integer("seeds", 5, "seeds of the synthetic run")
+  redraw = flags.DEFINE_bool(
+      "redraw", False, "rewrite the feature-selection tables and plots in "
+      "--out from their JSON numbers")
   out = flags.DEFINE_string("out", "experiments/interpret", "output folder")
 
   def main(argv):
     del argv
+    if redraw.value:
+      experiments.redraw(out.value)
+      return
     experiments.run(out.value, synthetic.value, sweep_dir.value, rank.value,
                     seeds.value)
 

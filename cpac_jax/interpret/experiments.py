@@ -33,7 +33,7 @@ from cpac_jax.interpret.significance import (
 )
 
 __all__ = ["cpac_feature_selection", "importance_during_training",
-           "run", "synthetic_ttl", "ttl_importance"]
+           "redraw", "run", "synthetic_ttl", "ttl_importance"]
 
 
 def importance_during_training(
@@ -193,16 +193,40 @@ def ttl_importance(sweep_dir: Path, rank: Sequence[int], seed: int = 0,
 
 
 def _feature_selection_table(result: dict) -> str:
-  """Test accuracy (mean ± std over models and orders) by maps removed."""
+  """Test accuracy (mean ± sample std over models and orders) by maps
+  removed."""
   count = len(next(iter(result["curves"].values()))[0])
   lines = ["| order | " + " | ".join(f"{k} removed" for k in range(count))
            + " |", "|---|" + "---|" * count]
   for name, curves in result["curves"].items():
     curves = np.asarray(curves)
     cells = [f"{m:.3f} ± {s:.3f}" for m, s in zip(curves.mean(0),
-                                                   curves.std(0))]
+                                                   curves.std(0, ddof=1))]
     lines.append(f"| {name} (n={len(curves)}) | " + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+def _write_feature_selection(result: dict, stem: Path) -> str:
+  """`stem`.md (the table, with the command that made `result`) and
+  `stem`.png from a feature-selection result; returns the table."""
+  sweep = Path(result["sweep"])
+  table = _feature_selection_table(result)
+  stem.with_suffix(".md").write_text(
+      f"# Feature selection, {sweep.name}, CP rank {result['rank']}\n\n"
+      f"`python -m cpac_jax.interpret --sweep_dir={sweep} "
+      f"--rank={result['rank']} --out={stem.parent}`\n\n"
+      "Test accuracy, mean ± sample std (ddof=1) over the trained models "
+      f"and orders.\n\n{table}\n")
+  _plot_feature_selection(result, stem.with_suffix(".png"))
+  return table
+
+
+def redraw(folder: str | Path) -> None:
+  """Rewrite the tables and plots of every feature_selection_*.json in
+  `folder` from its numbers, without retraining or reloading anything."""
+  for path in sorted(Path(folder).glob("feature_selection_*.json")):
+    _write_feature_selection(json.loads(path.read_text()),
+                             path.with_suffix(""))
 
 
 def _plot_feature_selection(result: dict, path: Path) -> None:
@@ -210,7 +234,7 @@ def _plot_feature_selection(result: dict, path: Path) -> None:
   ax = fig.subplots()
   for name, curves in result["curves"].items():
     curves = np.asarray(curves)
-    mean, std = curves.mean(0), curves.std(0)
+    mean, std = curves.mean(0), curves.std(0, ddof=1)
     removed = np.arange(len(mean))
     ax.plot(removed, mean, marker="o", label=f"{name} (n={len(curves)})")
     ax.fill_between(removed, mean - std, mean + std, alpha=0.2)
@@ -280,13 +304,7 @@ def run(out: str, synthetic: bool = False, sweep_dir: str | None = None,
     result = cpac_feature_selection(directory, json.loads(rank))
     stem = f"feature_selection_{name}_rank{result['rank']}"
     (folder / f"{stem}.json").write_text(json.dumps(result, indent=1))
-    _plot_feature_selection(result, folder / f"{stem}.png")
-    table = _feature_selection_table(result)
-    (folder / f"{stem}.md").write_text(
-        f"# Feature selection, {name}, CP rank {result['rank']}\n\n"
-        f"`python -m cpac_jax.interpret --sweep_dir={directory} "
-        f"--rank={rank} --out={folder}`\n\n{table}\n")
-    print(table)
+    print(_write_feature_selection(result, folder / stem))
   else:
     result = ttl_importance(directory, json.loads(rank))
     (folder / f"importance_{name}.json").write_text(
