@@ -1,12 +1,14 @@
-"""Datasets as numpy arrays, with their facts: MNIST, Fashion-MNIST and
-CIFAR-10; the training-set caps and the input normalisation a config asks
-for.
+"""Datasets as numpy arrays, with their facts: MNIST, Fashion-MNIST,
+CIFAR-10 and the CPAC-Conv paper's Magnetic-Tile-Defect images; the
+training-set caps and the input normalisation a config asks for.
 
 Sources, in order:
   1. raw files in the data dir: the original IDX `.gz` files for MNIST and
      Fashion-MNIST (in `<data_dir>/<name>/` or `<data_dir>/`), the CIFAR-10
      python tarball `cifar-10-python.tar.gz` (or its extracted
-     `cifar-10-batches-py/`);
+     `cifar-10-batches-py/`); Magnetic-Tile-Defect as the official CPAC-CNN
+     repository ships it, one folder of 100x100 grayscale PNGs per class
+     (`<data_dir>/magnetic_tile/MT_*/`);
   2. a prepared TFDS data dir (`<data_dir>/<name>/<version>/`), read with
      `tfds.data_source`: no TensorFlow and no network needed.
 The data dir is the `data_dir` argument, else `$CPAC_DATA_DIR`, else `data/`
@@ -31,17 +33,26 @@ __all__ = ["DATASETS", "INFO", "DataNotFoundError", "DatasetInfo", "InMemory",
 
 
 class DatasetInfo(NamedTuple):
-  """What a model must know of a dataset."""
+  """What a model, and the training loop, must know of a dataset."""
 
   image_shape: tuple[int, ...]  # (H, W, C) of one example
   num_classes: int
+  # No fixed test set: each run's seed draws its own train/test split.
+  seeded_split: bool = False
 
 
 INFO = {
     "mnist": DatasetInfo((28, 28, 1), 10),
     "fashion_mnist": DatasetInfo((28, 28, 1), 10),
     "cifar10": DatasetInfo((32, 32, 3), 10),
+    "magnetic_tile": DatasetInfo((100, 100, 1), 6, seeded_split=True),
 }
+# Magnetic-Tile-Defect: its class folders, in label order (alphabetical, as
+# torchvision's ImageFolder numbers them in the official code), and the
+# share of images that train (the official code: int(0.85 * 663) = 563).
+MAGNETIC_TILE_CLASSES = ("MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray",
+                         "MT_Free", "MT_Uneven")
+MAGNETIC_TILE_TRAIN_FRACTION = 0.85
 DATASETS = tuple(INFO)
 SPLITS = ("train", "test")
 _IDX_FILES = {
@@ -133,6 +144,33 @@ def _cifar_split(split: str, root: Path) -> Split | None:
   return None
 
 
+def _magnetic_tile_split(split: str, root: Path, seed: int) -> Split | None:
+  """The seed's random split of the class folders under
+  `root/magnetic_tile`: images in ImageFolder order (class, then file name),
+  permuted by RandomState(seed); the first 85% train, the rest test."""
+  from PIL import Image  # slow import: only when needed
+
+  folder = root / "magnetic_tile"
+  if not all((folder / c).is_dir() for c in MAGNETIC_TILE_CLASSES):
+    return None
+  images, labels = [], []
+  for label, name in enumerate(MAGNETIC_TILE_CLASSES):
+    for path in sorted((folder / name).glob("*.png"), key=lambda p: p.name):
+      with Image.open(path) as image:
+        if image.mode != "L" or image.size != (100, 100):
+          raise ValueError(
+              f"{path} is a {image.size[0]}x{image.size[1]} {image.mode!r} "
+              "image; Magnetic-Tile images are 100x100 grayscale ('L')")
+        images.append(np.asarray(image, np.uint8)[..., None])
+      labels.append(label)
+  if not images:
+    raise ValueError(f"{folder}'s class folders hold no .png images")
+  order = np.random.RandomState(seed).permutation(len(images))
+  cut = int(MAGNETIC_TILE_TRAIN_FRACTION * len(images))
+  chosen = order[:cut] if split == "train" else order[cut:]
+  return Split(np.stack(images)[chosen], np.asarray(labels, np.int32)[chosen])
+
+
 def _tfds_split(name: str, split: str, root: Path) -> Split | None:
   if not (root / name).is_dir():
     return None  # never let TFDS look further: it would go to the network
@@ -155,12 +193,17 @@ def fetch_hint(name: str) -> str:
     return ("download cifar-10-python.tar.gz from the CIFAR-10 site into the "
             "data dir (it can't be fetched on a machine that reaches only "
             "package registries)")
+  if name == "magnetic_tile":
+    return ("run `bash scripts/fetch_data.sh magnetic_tile` (from the official "
+            "CPAC-CNN repository)")
   return "run `bash scripts/fetch_data.sh` (MNIST and Fashion-MNIST)"
 
 
-def load(name: str, split: str, data_dir_path: str | os.PathLike | None = None
-         ) -> Split:
-  """Load one split of a dataset as uint8 images (N, H, W, C) and labels.
+def load(name: str, split: str, data_dir_path: str | os.PathLike | None = None,
+         seed: int = 0) -> Split:
+  """Load one split of a dataset as uint8 images (N, H, W, C) and labels;
+  `seed` draws the split of a dataset without a fixed one
+  (`DatasetInfo.seeded_split`).
 
   Raises:
     ValueError: unknown dataset or split.
@@ -175,11 +218,15 @@ def load(name: str, split: str, data_dir_path: str | os.PathLike | None = None
   if name == "cifar10":
     found = _cifar_split(split, root)
     looked = [root / "cifar10" / _CIFAR_TARBALL, root / _CIFAR_TARBALL]
+  elif name == "magnetic_tile":  # not in TFDS
+    found = _magnetic_tile_split(split, root, seed)
+    looked = [root / "magnetic_tile" / "MT_*/ (6 class folders of PNGs)"]
   else:
     found = _idx_split(name, split, root)
     looked = [root / name / _IDX_FILES[split][0], root / _IDX_FILES[split][0]]
-  found = found or _tfds_split(name, split, root)
-  looked.append(root / name / "<version>/dataset_info.json (TFDS)")
+  if name != "magnetic_tile":
+    found = found or _tfds_split(name, split, root)
+    looked.append(root / name / "<version>/dataset_info.json (TFDS)")
   if found is None:
     places = ", ".join(str(p) for p in looked)
     raise DataNotFoundError(
@@ -189,13 +236,14 @@ def load(name: str, split: str, data_dir_path: str | os.PathLike | None = None
   return found
 
 
-def load_splits(dataset, num_train: int = 0, num_test: int = 0
+def load_splits(dataset, num_train: int = 0, num_test: int = 0, seed: int = 0
                 ) -> tuple[Split, Split]:
-  """The train and test splits a config's `dataset` block names, each cut
-  to its first `num_train` / `num_test` examples (0: all)."""
+  """The train and test splits a config's `dataset` block names (`seed`'s,
+  where it has no fixed split), each cut to its first `num_train` /
+  `num_test` examples (0: all)."""
   splits = []
   for split, count in (("train", num_train), ("test", num_test)):
-    found = load(dataset.name, split, dataset.get("data_dir"))
+    found = load(dataset.name, split, dataset.get("data_dir"), seed)
     splits.append(Split(*(a[:count] for a in found)) if count else found)
   return splits[0], splits[1]
 

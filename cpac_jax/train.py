@@ -286,9 +286,15 @@ def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
     rundir.check_config(workdir, config)
   log = progress or logging.info
   if dataset is None:
+    info = data.INFO[first.dataset.name]
+    if info.seeded_split and len({c.seed for c in configs}) > 1:
+      raise ValueError(
+          f"{first.dataset.name} draws each seed's own train/test split, so "
+          "runs of different seeds can't share batches; train them a seed "
+          "at a time (as sweep --vectorize does)")
     dataset = data.InMemory(*data.load_splits(
         first.dataset, first.get("num_train_examples") or 0,
-        first.get("num_test_examples") or 0), data.INFO[first.dataset.name])
+        first.get("num_test_examples") or 0, first.seed), info)
   train_split, test_split, info = dataset
   num_train, num_test = len(train_split.labels), len(test_split.labels)
   batch_size = first.batch_size

@@ -97,3 +97,21 @@ def cifar_dir(tmp_path):
       info.size = len(payload)
       tar.addfile(info, io.BytesIO(payload))
   return root
+
+
+@pytest.fixture
+def magnetic_tile_dir(tmp_path):
+  """A data dir holding a tiny Magnetic-Tile-Defect in its real layout: six
+  class folders of 100x100 grayscale PNGs (10 each: 60 images)."""
+  from PIL import Image
+
+  from cpac_jax.data import MAGNETIC_TILE_CLASSES
+
+  root = tmp_path / "data"
+  for label, name in enumerate(MAGNETIC_TILE_CLASSES):
+    folder = root / "magnetic_tile" / name
+    folder.mkdir(parents=True)
+    images = learnable_images(np.full(10, label), 100, 1, label)[..., 0]
+    for i, image in enumerate(images):
+      Image.fromarray(image, mode="L").save(folder / f"{label * 10 + i}.png")
+  return root

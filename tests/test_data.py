@@ -67,3 +67,39 @@ def test_corrupt_idx_file_is_named(mnist_dir):
     f.write(b"not an idx file")
   with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.gz"):
     data.load("mnist", "test", mnist_dir)
+
+
+def test_magnetic_tile_folders_load_as_each_seeds_85_15_split(
+    magnetic_tile_dir):
+  train = data.load("magnetic_tile", "train", magnetic_tile_dir, seed=0)
+  test = data.load("magnetic_tile", "test", magnetic_tile_dir, seed=0)
+  assert train.images.shape == (51, 100, 100, 1)  # int(0.85 * 60)
+  assert test.images.shape == (9, 100, 100, 1)
+  assert train.images.dtype == np.uint8 and train.labels.dtype == np.int32
+  # every image once, each with its folder's label (labels in folder order)
+  images = np.concatenate([train.images, test.images])[..., 0]
+  labels = np.concatenate([train.labels, test.labels])
+  for label in range(6):
+    expected = learnable_images(np.full(10, label), 100, 1, label)[..., 0]
+    ours = images[labels == label]
+    assert len(ours) == 10
+    assert sorted(map(bytes, ours)) == sorted(map(bytes, expected))
+  other = data.load("magnetic_tile", "test", magnetic_tile_dir, seed=1)
+  assert not np.array_equal(other.labels, test.labels)
+  again = data.load("magnetic_tile", "test", magnetic_tile_dir, seed=0)
+  np.testing.assert_array_equal(again.images, test.images)
+
+
+def test_magnetic_tile_rejects_an_image_of_the_wrong_size(magnetic_tile_dir):
+  from PIL import Image
+
+  bad = magnetic_tile_dir / "magnetic_tile" / "MT_Free" / "odd.png"
+  Image.new("L", (64, 100)).save(bad)
+  with pytest.raises(ValueError, match=r"odd.png is a 64x100 'L' image"):
+    data.load("magnetic_tile", "train", magnetic_tile_dir)
+
+
+def test_missing_magnetic_tile_names_its_fetch_command(tmp_path):
+  with pytest.raises(data.DataNotFoundError,
+                     match="fetch_data.sh magnetic_tile"):
+    data.load("magnetic_tile", "train", tmp_path)

@@ -283,3 +283,21 @@ def test_percentile_counts_ties_half_and_interval_widens_with_fewer_seeds():
   assert low < sum(values) / 5 < high
   narrow = report.interval95(values * 2)
   assert narrow[1] - narrow[0] < high - low
+
+
+def test_magnetic_tile_sweep_trains_each_seed_on_its_own_split(
+    magnetic_tile_dir, tmp_path):
+  config = tiny(load_config("cpac_magnetic_tile_1layer"), magnetic_tile_dir,
+                num_epochs=2, batch_size=3)
+  config.sweep = ({"model.rank": [1, 2], "model.init": ["official"],
+                   "seed": [0, 1]},)
+  rows = sweep.run_sweep(config, tmp_path, vectorize=True)
+  assert sorted((r["seed"], r["rank"]) for r in rows) == [
+      ("0", "1"), ("0", "2"), ("1", "1"), ("1", "2")]
+  assert all(r["init"] == "official" and r["dataset"] == "magnetic_tile"
+             for r in rows)
+  # runs of two seeds would train on two splits: never in one program
+  runs = [(run, tmp_path / "together" / name)
+          for name, run in expand(config)][:2]  # seeds 0 and 1
+  with pytest.raises(ValueError, match="a seed at a time"):
+    train.train_runs(runs, tmp_path / "state")

@@ -121,7 +121,8 @@ def _runs(sweep_dir: Path, factorization: str, rank) -> list[Path]:
 
 
 def _test_set(config) -> tuple[jax.Array, jax.Array]:
-  split = data.load(config.dataset.name, "test", config.dataset.get("data_dir"))
+  split = data.load(config.dataset.name, "test", config.dataset.get("data_dir"),
+                    config.seed)
   x = data.normalize(jnp.asarray(split.images), config.dataset.mean,
                      config.dataset.std)
   return x, jnp.asarray(split.labels)
