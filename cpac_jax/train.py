@@ -103,8 +103,10 @@ def make_evaluation(config: ml_collections.ConfigDict,
 
 
 def eval_batches(split: data.Split, batch_size: int):
-  """The test set padded to whole batches: (B, bs, ...) arrays and a mask."""
+  """The test set padded to whole batches: (B, bs, ...) arrays and a mask;
+  a test set smaller than `batch_size` is one batch of its own size."""
   n = len(split.labels)
+  batch_size = min(batch_size, n)
   batches = math.ceil(n / batch_size)
   pad = batches * batch_size - n
   x = np.concatenate([split.images, np.zeros((pad,) + split.images.shape[1:],
