@@ -11,10 +11,13 @@ fields to lists of values and stands for their cartesian product:
   )
 """
 
+import ast
 import difflib
 import hashlib
 import itertools
 import json
+import math
+import re
 from collections.abc import Sequence
 
 import jax
@@ -25,12 +28,14 @@ from ml_collections import config_dict
 from cpac_jax import data, models, optimizers
 
 __all__ = ["base_config", "build_model", "computed_fields", "differing_fields",
-           "expand", "override", "run_key", "validate"]
+           "expand", "override", "run_key", "teacher_config", "validate"]
 
 # Fields a config may add to the base (absent, they take their default and
 # leave the run keys of older results unchanged).
 OPTIONAL_FIELDS = {"optimizer.schedule": "constant", "model.kwargs": {},
-                   "model.init": "default"}
+                   "model.init": "default", "dataset.validation_examples": 0,
+                   "teacher": "", "distill_weight": 0.0,
+                   "distill_temperature": 4.0}
 # Fields that don't change what a run computes.
 _NOT_IN_KEY = ("sweep", "paper", "paper_loss", "dataset.data_dir",
                "steps_per_call", "eval_batch_size", "distributed")
@@ -46,6 +51,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.dataset.data_dir = config_dict.placeholder(str)
   config.dataset.mean = 0.5             # inputs become (x / 255 - mean) / std
   config.dataset.std = 0.5
+  # config.dataset.validation_examples: 0 unless a config sets N > 0: then
+  # the last N training examples are held out and every evaluation (the
+  # "test_*" metrics, the row's evaluated_on "validation") is on them, never
+  # on the test set; for choosing hyperparameters.
   config.model = ml_collections.ConfigDict()
   config.model.name = "cpac_cnn_2"      # a key of cpac_jax.models.MODELS
   config.model.factorization = "cp"     # cp | tucker | dense
@@ -53,7 +62,9 @@ def base_config() -> ml_collections.ConfigDict:
   # command-line overrides: an int, a tuple, a float fraction or "same".
   config.model.implementation = "auto"  # auto | factorized | reconstructed
   # config.model.init: "default" unless a config sets another its model
-  # offers (models.INITS; the CPAC nets: "official").
+  # offers (models.INITS; the CPAC nets: "official"), or "teacher": the
+  # factorized layers decomposed from the teacher's trained dense ones
+  # (`models.from_teacher`), the other layers copied, then trained.
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adam"        # adam | adamw | sgd | momentum
   config.optimizer.learning_rate = 1e-3  # peak rate
@@ -74,6 +85,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.distributed.coordinator_address = config_dict.placeholder(str)
   config.distributed.num_processes = config_dict.placeholder(int)
   config.distributed.process_id = config_dict.placeholder(int)
+  # A teacher (optional): config.teacher, the overrides "field=value, ..."
+  # that turn this run's config into its teacher's (`teacher_config`), e.g.
+  # "model.factorization=dense": a finished run of the same sweep, found by
+  # its key beside this run's workdir. Used by model.init "teacher" and by
+  # distillation: config.distill_weight w in (0, 1] trains on
+  # (1 - w) * cross-entropy + w * T^2 * cross-entropy against the teacher's
+  # softened outputs, T = config.distill_temperature (Hinton et al. 2015).
   config.sweep = ()                     # see `expand`
   config.paper = {}                     # the paper's accuracy by rank
   config.paper_loss = {}                # the paper's test loss by rank
@@ -114,6 +132,12 @@ def validate(config: ml_collections.ConfigDict,
     if not isinstance(value, int) or value < 0:
       raise ValueError(
           f"{field} must be an int >= 0 (0: all), got {value!r}")
+  validation = config.dataset.get("validation_examples", 0)
+  if not isinstance(validation, int) or isinstance(validation,
+                                                   bool) or validation < 0:
+    raise ValueError("dataset.validation_examples must be an int >= 0 (0: "
+                     f"evaluate on the test set), got {validation!r}")
+  _check_teacher(config)
   devices = jax.device_count()
   if config.batch_size % devices:
     raise ValueError(
@@ -125,6 +149,57 @@ def validate(config: ml_collections.ConfigDict,
         "optimizer.learning_rate must be positive, got "
         f"{config.optimizer.learning_rate!r}")
   nnx.eval_shape(lambda: build_model(config, info))
+
+
+def _check_teacher(config: ml_collections.ConfigDict) -> None:
+  teacher = config.get("teacher", "")
+  weight = config.get("distill_weight", 0.0)
+  temperature = config.get("distill_temperature", 4.0)
+  if not (isinstance(weight, (int, float)) and 0 <= weight <= 1):
+    raise ValueError(f"distill_weight must be in [0, 1], got {weight!r}")
+  if not (isinstance(temperature, (int, float)) and temperature > 0
+          and math.isfinite(temperature)):
+    raise ValueError(
+        f"distill_temperature must be a positive number, got {temperature!r}")
+  uses = config.model.get("init") == "teacher" or weight > 0
+  if uses and not teacher:
+    raise ValueError(
+        "model.init 'teacher' and distill_weight > 0 need config.teacher, the "
+        "overrides that make the teacher's config (e.g. "
+        "'model.factorization=dense')")
+  if teacher and not uses:
+    raise ValueError(
+        f"config.teacher {teacher!r} is set but unused: set model.init "
+        "'teacher' or distill_weight > 0, or drop it")
+  if teacher:
+    teacher_config(config)  # unknown fields raise here
+
+
+def teacher_config(config: ml_collections.ConfigDict
+                   ) -> ml_collections.ConfigDict:
+  """The config of `config`'s teacher: `config` with its `teacher`
+  overrides applied, and no teacher, distillation or teacher init of its
+  own."""
+  teacher = config.copy_and_resolve_references()
+  overrides = teacher.get("teacher", "")
+  with teacher.unlocked():
+    for field in ("teacher", "distill_weight", "distill_temperature"):
+      if field in teacher:
+        del teacher[field]
+    if teacher.model.get("init") == "teacher":
+      del teacher.model["init"]
+    teacher.sweep = ()
+  for item in re.split(r",\s*(?=[A-Za-z_][\w.]*=)", overrides.strip()):
+    field, equals, text = item.partition("=")
+    if not equals:
+      raise ValueError(f"config.teacher {overrides!r}: {item!r} is not of "
+                       "the form field=value")
+    try:
+      value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+      value = text.strip()  # a bare word: a string
+    override(teacher, field.strip(), value)
+  return teacher
 
 
 def build_model(config: ml_collections.ConfigDict,
@@ -214,6 +289,8 @@ def expand(config: ml_collections.ConfigDict
 
 
 def _text(value) -> str:
+  if isinstance(value, (dict, ml_collections.ConfigDict)):
+    return ",".join(f"{k}={_text(v)}" for k, v in value.items())
   if isinstance(value, (tuple, list)):
     return "x".join(map(str, value))
   return str(value)

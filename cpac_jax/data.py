@@ -238,14 +238,27 @@ def load(name: str, split: str, data_dir_path: str | os.PathLike | None = None,
 
 def load_splits(dataset, num_train: int = 0, num_test: int = 0, seed: int = 0
                 ) -> tuple[Split, Split]:
-  """The train and test splits a config's `dataset` block names (`seed`'s,
-  where it has no fixed split), each cut to its first `num_train` /
-  `num_test` examples (0: all)."""
-  splits = []
-  for split, count in (("train", num_train), ("test", num_test)):
-    found = load(dataset.name, split, dataset.get("data_dir"), seed)
-    splits.append(Split(*(a[:count] for a in found)) if count else found)
-  return splits[0], splits[1]
+  """The train and evaluation splits a config's `dataset` block names
+  (`seed`'s, where it has no fixed split), each cut to its first
+  `num_train` / `num_test` examples (0: all). With
+  `dataset.validation_examples` N > 0, the evaluation split is the last N
+  training examples, held out of training, and the test set is not read."""
+  train = load(dataset.name, "train", dataset.get("data_dir"), seed)
+  held_out = dataset.get("validation_examples", 0)
+  if held_out:
+    if held_out >= len(train.labels):
+      raise ValueError(
+          f"dataset.validation_examples {held_out} leaves nothing to train "
+          f"on: {dataset.name} has {len(train.labels)} training examples")
+    train, evaluation = (Split(*(a[:-held_out] for a in train)),
+                         Split(*(a[-held_out:] for a in train)))
+  else:
+    evaluation = load(dataset.name, "test", dataset.get("data_dir"), seed)
+  return _first(train, num_train), _first(evaluation, num_test)
+
+
+def _first(split: Split, count: int) -> Split:
+  return Split(*(a[:count] for a in split)) if count else split
 
 
 def normalize(images: jax.Array, mean, std) -> jax.Array:

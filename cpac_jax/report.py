@@ -11,6 +11,7 @@ README's table is always the one the code produced.
 
 import json
 import math
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -34,6 +35,19 @@ def _rank_label(row: dict) -> str:
     return "dense"
   rank = json.loads(row["rank"])
   return "x".join(map(str, rank)) if isinstance(rank, list) else str(rank)
+
+
+# Sweep fields with a column of their own; the others a run's name sets make
+# up its "setting".
+_OWN_COLUMN = ("factorization", "rank", "init", "seed")
+
+
+def _setting(row: dict) -> str:
+  """What the run's sweep set besides factorization, rank, init and seed,
+  from its name (e.g. "learning_rate=0.001, epochs=60"); "" if nothing."""
+  parts = re.split(r"-(?=[A-Za-z_]\w*=)", row.get("run") or "")
+  return ", ".join(p for p in parts
+                   if "=" in p and p.split("=", 1)[0] not in _OWN_COLUMN)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -61,23 +75,23 @@ def percentile(values: list[float], value: float) -> float:
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-  """One entry per (init, factorization, rank) with statistics over seeds;
-  by init, dense last, the others from fewest parameters up. Rows from
-  before the init column read as init "default"; their test loss and best
-  epoch, not recorded then, as missing."""
+  """One entry per (init, factorization, rank, setting) with statistics
+  over seeds; by init, dense last, the others from fewest parameters up.
+  Rows from before the init column read as init "default"; their test loss
+  and best epoch, not recorded then, as missing."""
   groups = defaultdict(list)
   for row in rows:
     groups[(row.get("init") or "default", row["factorization"],
-            _rank_label(row))].append(row)
+            _rank_label(row), _setting(row))].append(row)
   summary = []
-  for (init, factorization, rank), group in groups.items():
+  for (init, factorization, rank, setting), group in groups.items():
     finals = [float(r["test_accuracy"]) for r in group]
     bests = [float(r["best_test_accuracy"]) for r in group]
     losses = [float(r["test_loss"]) for r in group if r.get("test_loss")]
     epochs = [int(r["best_epoch"]) for r in group if r.get("best_epoch")]
     summary.append({
         "init": init, "factorization": factorization, "rank": rank,
-        "seeds": len(group),
+        "setting": setting, "seeds": len(group),
         "params": int(group[0]["params"]),
         "compression": float(group[0]["compression"]),
         "layer_compression": float(group[0]["layer_compression"]),
@@ -91,7 +105,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             float(r["train_seconds"]) for r in group),
     })
   summary.sort(key=lambda s: (s["init"], s["factorization"] == "dense",
-                              s["params"]))
+                              s["params"], s["setting"]))
   return summary
 
 
@@ -101,14 +115,17 @@ def _inits(summary: list[dict]) -> list[str]:
   return [] if inits == ["default"] else inits
 
 
-def _table(summary: list[dict], paper: dict, paper_loss: dict) -> str:
+def _table(summary: list[dict], paper: dict, paper_loss: dict,
+           split: str = "test") -> str:
   with_init = bool(_inits(summary))
+  with_setting = any(s["setting"] for s in summary)
   head = ["init"] * with_init + [
-      "factorization", "rank", "params", "compression (model)",
+      "factorization", "rank"] + ["setting"] * with_setting + [
+      "params", "compression (model)",
       "compression (factorized layers)", "seeds",
-      "test acc, final epoch: mean ± std", "95% interval of the mean",
-      "test acc, best epoch: mean ± std", "best epoch (median)",
-      "test loss, final epoch (mean)"]
+      f"{split} acc, final epoch: mean ± std", "95% interval of the mean",
+      f"{split} acc, best epoch: mean ± std", "best epoch (median)",
+      f"{split} loss, final epoch (mean)"]
   if paper:
     head += ["paper acc", "paper loss",
              "paper's percentile among our seeds (final / best epoch)"]
@@ -118,7 +135,8 @@ def _table(summary: list[dict], paper: dict, paper_loss: dict) -> str:
   for s in summary:
     interval = s["interval"]
     cells = [s["init"]] * with_init + [
-        s["factorization"], s["rank"], f"{s['params']:,}",
+        s["factorization"], s["rank"]] + [s["setting"]] * with_setting + [
+        f"{s['params']:,}",
         f"{s['compression']:.2f}x",
         "-" if s["factorization"] == "dense"
         else f"{s['layer_compression']:.2f}x", str(s["seeds"]),
@@ -140,19 +158,23 @@ def _table(summary: list[dict], paper: dict, paper_loss: dict) -> str:
   return "\n".join(lines)
 
 
-def _plots(summary: list[dict], paper: dict, out: Path, title: str) -> list[
-    str]:
-  """Accuracy against rank and against compression, one series per init."""
+def _plots(summary: list[dict], paper: dict, out: Path, title: str,
+           split: str = "test") -> list[str]:
+  """Accuracy against rank and against compression, one series per init
+  and setting."""
   ranks = list(dict.fromkeys(s["rank"] for s in summary
                              if s["factorization"] != "dense"))
-  series = [(init, [s for s in summary if s["init"] == init])
-            for init in _inits(summary) or ["default"]]
+  series = [(f"{init} init" + (f", {setting}" if setting else ""),
+             [s for s in summary if (s["init"], s["setting"]) == (init,
+                                                                  setting)])
+            for init, setting in dict.fromkeys((s["init"], s["setting"])
+                                               for s in summary)]
   names = []  # of the files written
 
   fig = Figure(figsize=(6, 4))
   ax = fig.subplots()
-  for color, (init, entries) in enumerate(series):
-    label = f" {init} init" if len(series) > 1 else ""
+  for color, (name, entries) in enumerate(series):
+    label = f" {name}" if len(series) > 1 else ""
     factorized = [s for s in entries if s["factorization"] != "dense"]
     x = [ranks.index(s["rank"]) for s in factorized]
     ax.errorbar(x, [s["accuracy"][0] for s in factorized],
@@ -170,13 +192,13 @@ def _plots(summary: list[dict], paper: dict, out: Path, title: str) -> list[
     ax.plot(*zip(*known), "k^", ms=7, label="paper")
   ax.set_xticks(range(len(ranks)), ranks, rotation=45 if len(ranks) > 8 else 0)
   ax.set_xlabel("rank")
-  ax.set_ylabel("test accuracy")
+  ax.set_ylabel(f"{split} accuracy")
   names.append(_save(fig, ax, title, out / "accuracy_vs_rank.png"))
 
   fig = Figure(figsize=(6, 4))
   ax = fig.subplots()
-  for color, (init, entries) in enumerate(series):
-    label = f"ours, {init} init" if len(series) > 1 else "ours"
+  for color, (name, entries) in enumerate(series):
+    label = f"ours, {name}" if len(series) > 1 else "ours"
     factorized = [s for s in entries if s["factorization"] != "dense"]
     ax.errorbar([s["layer_compression"] for s in factorized],
                 [s["accuracy"][0] for s in factorized],
@@ -188,10 +210,10 @@ def _plots(summary: list[dict], paper: dict, out: Path, title: str) -> list[
     for s in entries:
       if s["factorization"] == "dense":
         ax.axhline(s["accuracy"][0], color=f"C{color}", ls=":",
-                   label=f"dense{', ' + init if len(series) > 1 else ''}")
+                   label=f"dense{', ' + name if len(series) > 1 else ''}")
   ax.set_xscale("log")
   ax.set_xlabel("compression of the factorized layers (dense / ours)")
-  ax.set_ylabel("test accuracy (final epoch)")
+  ax.set_ylabel(f"{split} accuracy (final epoch)")
   names.append(_save(fig, ax, title, out / "accuracy_vs_compression.png"))
   return names
 
@@ -225,11 +247,17 @@ def write_report(workdir: str | Path, config: ml_collections.ConfigDict
   rows = [r for r in rows if r.get("status", "ok") == "ok"]
   if not rows:
     raise ValueError(f"{results} holds no finished runs to report")
+  splits = {row.get("evaluated_on") or "test" for row in rows}
+  if len(splits) > 1:
+    raise ValueError(
+        f"{results} mixes runs evaluated on the test set and on validation "
+        "examples held out of training; keep them in separate workdirs")
+  split, = splits
   summary = summarize(rows)
   out = results.parent
   title = config.get("name") or out.name
-  table = _table(summary, paper, paper_loss)
-  plots = _plots(summary, paper, out, title)
+  table = _table(summary, paper, paper_loss, split)
+  plots = _plots(summary, paper, out, title, split)
   failures = "".join(
       f"- {r.get('run', '?')}: {r['status']}, left out of the table\n"
       for r in failed) + "".join(f"- {name}: missing, not run yet\n"

@@ -27,8 +27,9 @@ __all__ = ["COLUMNS", "MetricWriter", "append_row", "check_config",
 
 COLUMNS = ("experiment", "dataset", "model", "factorization", "rank", "init",
            "params", "compression", "layer_params", "layer_compression",
-           "seed", "epochs", "test_accuracy", "best_test_accuracy",
-           "best_epoch", "test_loss", "train_seconds", "status", "run", "key")
+           "seed", "epochs", "evaluated_on", "test_accuracy",
+           "best_test_accuracy", "best_epoch", "test_loss", "train_seconds",
+           "status", "run", "key")
 
 
 # --- One run's workdir -------------------------------------------------------
@@ -105,14 +106,22 @@ def failed_row(config: ml_collections.ConfigDict) -> dict:
           "dataset": config.dataset.name, "model": config.model.name,
           "factorization": config.model.factorization,
           "init": config.model.get("init", "default"), "seed": config.seed,
-          "epochs": config.num_epochs, "status": "diverged"}
+          "epochs": config.num_epochs,
+          "evaluated_on": _evaluated_on(config), "status": "diverged"}
+
+
+def _evaluated_on(config: ml_collections.ConfigDict) -> str:
+  return ("validation" if config.dataset.get("validation_examples", 0)
+          else "test")
 
 
 def result_row(config: ml_collections.ConfigDict, counts: dict,
                epochs: list[dict]) -> dict:
   """A finished run's results row, from its parameter counts
   (`models.parameter_counts`) and per-epoch metrics: test accuracy and
-  loss after the last epoch, and the best test accuracy with its epoch."""
+  loss after the last epoch, and the best test accuracy with its epoch;
+  "evaluated_on" says whether "test" meant the test set or the validation
+  examples held out of training (`dataset.validation_examples`)."""
   rank = config.model.rank
   best = max(epochs, key=lambda r: r["test_accuracy"])  # the first best
   return {
@@ -126,6 +135,7 @@ def result_row(config: ml_collections.ConfigDict, counts: dict,
       **counts,
       "seed": config.seed,
       "epochs": config.num_epochs,
+      "evaluated_on": _evaluated_on(config),
       "test_accuracy": epochs[-1]["test_accuracy"],
       "best_test_accuracy": best["test_accuracy"],
       "best_epoch": best["epoch"],

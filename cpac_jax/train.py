@@ -29,12 +29,14 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from cpac_jax import checkpoint, data, distributed, optimizers, rundir
-from cpac_jax.config import build_model, run_key, validate
+from cpac_jax import (checkpoint, data, distributed, models, optimizers,
+                      rundir)
+from cpac_jax.config import build_model, run_key, teacher_config, validate
 from cpac_jax.vectorized import check_together, make_groups, split_modes
 
 __all__ = ["Diverged", "Outcome", "Preempted", "epoch_metrics", "epoch_order",
-           "eval_batches", "make_evaluation", "make_step", "restore",
+           "distillation_loss", "eval_batches", "make_evaluation",
+           "make_step", "restore",
            "train_and_evaluate", "train_runs"]
 
 
@@ -58,17 +60,35 @@ def _loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
+def distillation_loss(weight: float, temperature: float):
+  """(logits, (labels, teacher logits)) -> per-example loss
+  (1 - weight) * cross-entropy + weight * T^2 * cross-entropy against the
+  teacher's outputs softened by T (Hinton et al. 2015; T^2 keeps the soft
+  term's gradients on the scale of the hard one's)."""
+
+  def loss(logits, target):
+    labels, teacher = target
+    soft = optax.softmax_cross_entropy(logits / temperature,
+                                       jax.nn.softmax(teacher / temperature))
+    return ((1 - weight) * _loss(logits, labels)
+            + weight * temperature**2 * soft)
+
+  return loss
+
+
+def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+              objective: Callable[[jax.Array, Any], jax.Array] = _loss):
   """One optimisation step on a normalised batch, as a pure function
   (params, rest, opt_state, x, y) -> (params, rest, opt_state, loss,
   logits, grads); `rest` is the model's non-parameter state (batch-norm
-  statistics), `grads` the gradients the update used."""
+  statistics), `grads` the gradients the update used. `objective`
+  (logits, y) -> per-example loss: by default cross-entropy, y the labels."""
 
   def loss_fn(params, rest, x, y):
     model = nnx.merge(graphdef, params, rest, copy=True)
     logits = model(x)
     _, _, rest = nnx.split(model, nnx.Param, ...)
-    return _loss(logits, y).mean(), (logits, rest)
+    return objective(logits, y).mean(), (logits, rest)
 
   def step(params, rest, opt_state, x, y):
     (loss, (logits, rest)), grads = jax.value_and_grad(
@@ -162,9 +182,10 @@ def _sigterm_requests_stop():
 
 
 def _make_programs(config, groups, tx, images, labels, batch_sharding,
-                   seed_of, tap, unroll):
+                   seed_of, tap, unroll, teacher_logits=None):
   """The compiled train chunk and eval pass of `groups`, closed over the
-  train data; each batch is split over the devices of `batch_sharding`.
+  train data (and, to distil from, the teacher's logits on it); each batch
+  is split over the devices of `batch_sharding`.
 
   train_chunk(states, taps, orders, steps) runs `steps` of every run and
   returns the new states and taps, each run's summed loss and correct
@@ -172,8 +193,10 @@ def _make_programs(config, groups, tx, images, labels, batch_sharding,
   """
   batch_size = config.batch_size
   steps, evaluations = [], []
+  objective = _loss if teacher_logits is None else distillation_loss(
+      config.distill_weight, config.get("distill_temperature", 4.0))
   for group in groups:
-    step = make_step(group.graphdef, tx)
+    step = make_step(group.graphdef, tx, objective)
     evaluation = make_evaluation(config, group.eval_graphdef)
     if group.stacked:
       step = jax.vmap(step, in_axes=(0, 0, 0, None, None))
@@ -192,10 +215,12 @@ def _make_programs(config, groups, tx, images, labels, batch_sharding,
                                              batch_size)
         x = data.normalize(images[index], config.dataset.mean,
                            config.dataset.std)
-        x, y = jax.lax.with_sharding_constraint((x, labels[index]),
-                                                batch_sharding)
+        y = labels[index]
+        target = y if teacher_logits is None else (y, teacher_logits[index])
+        x, target = jax.lax.with_sharding_constraint((x, target),
+                                                     batch_sharding)
         params, rest, opt_state, loss, logits, grads = group_step(
-            state["params"], state["rest"], state["opt_state"], x, y)
+            state["params"], state["rest"], state["opt_state"], x, target)
         new.append({"params": params, "rest": rest, "opt_state": opt_state})
         if tap is not None:
           taps = jax.tree.map(jnp.add, taps, tap(grads))
@@ -244,7 +269,9 @@ def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
   state (parameters, optimizer state, batch-norm statistics, position in
   the epoch, partial sums) is checkpointed after every epoch and on
   SIGTERM; data order and initialisation derive from each config's seed
-  and the epoch. Rerun with the same runs, training resumes from the last
+  and the epoch. A run with a teacher (`config.teacher`: model.init
+  "teacher", distillation) trains alone, its teacher a finished run beside
+  its workdir. Rerun with the same runs, training resumes from the last
   checkpoint and ends with the same parameters, bit for bit on the CPU, as
   an uninterrupted run. A run whose loss turns non-finite is left out of
   the metrics and results from then on (its Outcome names the step); once
@@ -286,6 +313,13 @@ def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
     check_together(configs)
   for config, workdir in runs:
     rundir.check_config(workdir, config)
+  teacher = None
+  if any(config.get("teacher") for config in configs):
+    if together:
+      raise ValueError(
+          "runs with a teacher (model.init 'teacher' or distill_weight > 0) "
+          "train one at a time: run their sweep without --vectorize")
+    teacher, teacher_run = restore(_teacher_workdir(*runs[0]))
   log = progress or logging.info
   if dataset is None:
     info = data.INFO[first.dataset.name]
@@ -312,6 +346,15 @@ def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
   keys = {seed: jax.random.split(jax.random.key(seed)) for seed in seeds}
   groups = make_groups(configs, info, {s: k[0] for s, k in keys.items()},
                        stacked=together)
+  if first.model.get("init") == "teacher":
+    group, = groups
+    student = models.from_teacher(
+        nnx.merge(group.graphdef, group.params, group.rest), teacher)
+    _, _, (group.params, group.rest) = split_modes(student)
+  teacher_logits = None
+  if first.get("distill_weight", 0) > 0:
+    teacher_logits = _logits(teacher, train_split.images,
+                             teacher_run.dataset)
   seed_of = [seeds.index(configs[g.indices[0]].seed) for g in groups]
   # Position of each run in the concatenated per-run outputs.
   column = np.argsort(np.concatenate([g.indices for g in groups]))
@@ -328,7 +371,9 @@ def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
       first, groups, tx, jax.device_put(train_split.images, replicated),
       jax.device_put(train_split.labels, replicated),
       NamedSharding(mesh, PartitionSpec("data")), seed_of, tap,
-      unroll=2 if together else 1)  # unrolled, many small models run faster
+      unroll=2 if together else 1,  # unrolled, many small models run faster
+      teacher_logits=None if teacher_logits is None else jax.device_put(
+          teacher_logits, replicated))
   test_batches = jax.device_put(eval_batches(test_split,
                                              first.eval_batch_size),
                                 replicated)
@@ -459,6 +504,31 @@ def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
       outcomes[i] = Outcome(row, None, None if tap is None else jax.tree.map(
           np.asarray, state["taps"]))
   return outcomes
+
+
+def _teacher_workdir(config: ml_collections.ConfigDict, workdir: Path
+                     ) -> Path:
+  """The workdir of `config`'s teacher: the finished run beside `workdir`
+  (a run of the same sweep) whose key is that of `teacher_config`."""
+  key = run_key(teacher_config(config))
+  found = sorted(p for p in workdir.parent.glob(f"*-{key}")
+                 if (p / "result.json").exists())
+  if not found:
+    raise ValueError(
+        f"{workdir.name}: its teacher ({config.teacher!r}, run key {key}) "
+        f"has no finished run in {workdir.parent}; put the teacher's run "
+        "earlier in the same sweep")
+  return found[0]
+
+
+def _logits(model: nnx.Module, images: np.ndarray, dataset,
+            batch_size: int = 1000) -> np.ndarray:
+  """`model`'s logits on uint8 `images`, normalised as `dataset` says."""
+  graphdef, state = nnx.split(model)
+  apply = jax.jit(lambda state, x: nnx.merge(graphdef, state)(
+      data.normalize(x, dataset.mean, dataset.std)))
+  return np.concatenate([np.asarray(apply(state, images[i:i + batch_size]))
+                         for i in range(0, len(images), batch_size)])
 
 
 def _divergence(global_step: int, steps_per_epoch: int) -> str:

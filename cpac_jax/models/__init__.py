@@ -5,6 +5,8 @@ import difflib
 import ml_collections
 from flax import nnx
 
+from cpac_jax.layers import CPConv, TuckerDense
+
 from cpac_jax.models import cpac_cnn
 from cpac_jax.models.cpac_cnn import CPACNet
 from cpac_jax.models.params import count_factorized, parameter_counts
@@ -12,7 +14,7 @@ from cpac_jax.models.ttl_mlp import TTLMLP
 from cpac_jax.models.vgg import VGG16
 
 __all__ = ["CPACNet", "INITS", "MODELS", "TTLMLP", "VGG16", "build",
-           "count_factorized", "parameter_counts"]
+           "count_factorized", "from_teacher", "parameter_counts"]
 
 # name -> (constructor, the factorizations it takes, fixed keyword arguments)
 MODELS = {
@@ -21,7 +23,8 @@ MODELS = {
     "ttl_mlp": (TTLMLP, ("tucker", "dense"), {}),
     "vgg16": (VGG16, ("dense", "tucker", "cp"), {}),
 }
-# name -> the initialisations (`model.init`) it offers, "default" first
+# name -> the initialisations (`model.init`) it offers, "default" first;
+# every model also takes "teacher" (`from_teacher`, applied by the trainer).
 INITS = {"cpac_cnn_1": cpac_cnn.INITS, "cpac_cnn_2": cpac_cnn.INITS}
 
 
@@ -38,7 +41,7 @@ def check(model: ml_collections.ConfigDict) -> None:
     raise ValueError(
         f"model {model.name!r} takes model.factorization in {factorizations}, "
         f"got {model.factorization!r}")
-  inits = INITS.get(model.name, ("default",))
+  inits = INITS.get(model.name, ("default",)) + ("teacher",)
   if model.get("init", "default") not in inits:
     raise ValueError(f"model {model.name!r} takes model.init in {inits}, got "
                      f"{model.init!r}")
@@ -51,7 +54,7 @@ def build(model: ml_collections.ConfigDict, input_shape, num_classes: int,
   check(model)
   constructor, _, fixed = MODELS[model.name]
   kwargs = dict(model.get("kwargs", {}))
-  if model.get("init", "default") != "default":
+  if model.get("init", "default") not in ("default", "teacher"):
     kwargs.update(init=model.init, init_seed=seed)
   rank = model.rank
   if isinstance(rank, list):
@@ -60,3 +63,34 @@ def build(model: ml_collections.ConfigDict, input_shape, num_classes: int,
                      input_shape=tuple(input_shape), num_classes=num_classes,
                      implementation=model.get("implementation", "auto"),
                      rngs=rngs, **fixed, **kwargs)
+
+
+def from_teacher(student: nnx.Module, teacher: nnx.Module) -> nnx.Module:
+  """`student` (changed in place, and returned) with each factorized layer
+  decomposed from the trained dense layer the `teacher` holds under the same
+  attribute (`TuckerDense.from_linear`, `CPConv.from_conv`, at the student
+  layer's rank) and every other layer's state copied from the teacher's.
+
+  Raises:
+    ValueError: a layer of the student with no counterpart in the teacher.
+  """
+  for name, layer in list(vars(student).items()):
+    if not isinstance(layer, nnx.Module):
+      continue
+    source = getattr(teacher, name, None)
+    if isinstance(layer, TuckerDense) and isinstance(source, nnx.Linear):
+      setattr(student, name, TuckerDense.from_linear(
+          source, in_shape=layer.in_shape, out_shape=layer.out_shape,
+          rank=layer.rank, implementation=layer.implementation))
+    elif isinstance(layer, CPConv) and isinstance(source, nnx.Conv):
+      setattr(student, name, CPConv.from_conv(
+          source, layer.rank, implementation=layer.implementation))
+    elif type(source) is type(layer):
+      nnx.update(layer, nnx.state(source))
+    else:
+      raise ValueError(
+          f"from_teacher: the student's {name!r} ({type(layer).__name__}) "
+          "has no counterpart in the teacher (it holds "
+          f"{type(source).__name__}); a teacher must be the student's dense "
+          "twin")
+  return student

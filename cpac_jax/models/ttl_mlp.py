@@ -17,6 +17,11 @@ class TTLMLP(nnx.Module):
   """Flatten -> hidden layer (TuckerDense on `in_shape` -> `hidden_shape`, or
   its dense twin nnx.Linear) -> ReLU -> nnx.Linear(hidden -> classes).
 
+  With factorization "dense" and `bottleneck` b, the hidden layer is
+  nnx.Linear(features -> b, no bias) then nnx.Linear(b -> hidden): a dense
+  layer of rank at most b, as TuckerDense's matrix has rank at most its
+  output rank.
+
   `in_shape` defaults to the image's (H, W), or (H, W, C) for colour.
 
   For MNIST: in_shape (28, 28), hidden_shape (300,), rank (5, 5, 10): the
@@ -35,7 +40,8 @@ class TTLMLP(nnx.Module):
                input_shape: Sequence[int] = (28, 28, 1),
                in_shape: Sequence[int] | None = None,
                hidden_shape: Sequence[int] = (300,), num_classes: int = 10,
-               implementation: str = "auto", rngs: nnx.Rngs):
+               bottleneck: int | None = None, implementation: str = "auto",
+               rngs: nnx.Rngs):
     if factorization not in ("tucker", "dense"):
       raise ValueError(
           f"TTLMLP: factorization must be 'tucker' or 'dense', got "
@@ -50,14 +56,25 @@ class TTLMLP(nnx.Module):
           f"{math.prod(in_shape)} features, but inputs of shape "
           f"{tuple(input_shape)} have {features}")
     hidden = math.prod(hidden_shape)
+    if bottleneck is not None and not (
+        factorization == "dense" and isinstance(bottleneck, int)
+        and 1 <= bottleneck <= min(features, hidden)):
+      raise ValueError(
+          f"TTLMLP: bottleneck must be an int in 1..{min(features, hidden)} "
+          f"with factorization 'dense', got {bottleneck!r} with "
+          f"{factorization!r}")
+    self.bottleneck = (None if bottleneck is None else nnx.Linear(
+        features, bottleneck, use_bias=False, rngs=rngs))
     if factorization == "tucker":
       self.hidden = TuckerDense(in_shape, hidden_shape, rank=rank,
                                 implementation=implementation, rngs=rngs)
     else:
-      self.hidden = nnx.Linear(math.prod(in_shape), hidden, rngs=rngs)
+      self.hidden = nnx.Linear(bottleneck or features, hidden, rngs=rngs)
     self.out = nnx.Linear(hidden, num_classes, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, H, W, C) or (N, features) -> logits (N, classes)."""
     x = jnp.reshape(x, (x.shape[0], -1))
+    if self.bottleneck is not None:
+      x = self.bottleneck(x)
     return self.out(nnx.relu(self.hidden(x)))

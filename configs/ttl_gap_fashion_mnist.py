@@ -1,0 +1,18 @@
+"""configs/ttl_gap_mnist.py on Fashion-MNIST: why TTL (5, 5, 10) trails its
+dense twin, and what narrows the gap.
+
+  python -m cpac_jax.sweep --config=configs/ttl_gap_fashion_mnist.py:select \
+      --workdir=experiments/ttl_gap_fashion_mnist/select
+  python -m cpac_jax.sweep --config=configs/ttl_gap_fashion_mnist.py \
+      --workdir=experiments/ttl_gap_fashion_mnist
+"""
+
+import pathlib
+import runpy
+
+_MNIST = runpy.run_path(str(pathlib.Path(__file__).with_name(
+    "ttl_gap_mnist.py")))
+
+
+def get_config(preset: str = ""):
+  return _MNIST["build"]("fashion_mnist", preset)
