@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import jax
 import ml_collections
+import numpy as np
 from flax import nnx
 from ml_collections import config_dict
 
@@ -144,10 +145,18 @@ def validate(config: ml_collections.ConfigDict,
         f"batch_size {config.batch_size} doesn't divide over the {devices} "
         f"devices that share each batch; use a multiple of {devices}, or "
         "make fewer devices visible (e.g. CUDA_VISIBLE_DEVICES)")
-  if not config.optimizer.learning_rate > 0:
+  rate = config.optimizer.learning_rate
+  if not (isinstance(rate, (int, float)) and 0 < rate < math.inf):
     raise ValueError(
-        "optimizer.learning_rate must be positive, got "
-        f"{config.optimizer.learning_rate!r}")
+        f"optimizer.learning_rate must be a positive finite number, got "
+        f"{rate!r}")
+  for field in ("mean", "std"):
+    values = np.ravel(np.asarray(config.dataset[field], dtype=float))
+    if not np.all(np.isfinite(values)) or (field == "std"
+                                           and np.any(values <= 0)):
+      raise ValueError(
+          f"dataset.{field} must be finite{' and positive' * (field == 'std')}"
+          f" (a number or one per channel), got {config.dataset[field]!r}")
   nnx.eval_shape(lambda: build_model(config, info))
 
 

@@ -114,6 +114,12 @@ def _idx_split(name: str, split: str, root: Path) -> Split | None:
       if len(x) != len(y):
         raise ValueError(
             f"{folder}: {len(x)} images but {len(y)} labels in {split}")
+      classes = INFO[name].num_classes
+      if len(y) and y.max() >= classes:
+        raise ValueError(
+            f"{labels} holds label {int(y.max())}, outside {name}'s classes "
+            f"0..{classes - 1}: the file is damaged or not {name}'s; fetch "
+            "it again")
       return Split(x, y)
   return None
 

@@ -21,6 +21,7 @@ from cpac_jax import distributed
 from cpac_jax.config import differing_fields
 
 __all__ = ["COLUMNS", "MetricWriter", "append_row", "check_config",
+           "check_rows",
            "failed_row", "history", "read_config", "read_csv",
            "read_results", "result_row", "write_config", "write_result",
            "write_rows"]
@@ -153,7 +154,19 @@ def read_csv(path: str | Path) -> list[dict]:
   if not path.exists():
     return []
   with open(path, newline="") as f:
-    return list(csv.DictReader(f))
+    text = f.read()
+  rows = list(csv.DictReader(io.StringIO(text)))
+  # Written whole, every row ends in a newline and has the header's fields.
+  torn = [i for i, row in enumerate(rows, start=2)
+          if None in row or None in row.values()]
+  if text and not text.endswith("\n"):
+    torn.append(len(text.splitlines()))
+  if torn:
+    raise ValueError(
+        f"{path} line {torn[0]} is torn (cut short or damaged, not as this "
+        "code writes it): delete that line (its run is trained again) and "
+        "rerun")
+  return rows
 
 
 def write_rows(path: Path, rows: list[dict], columns=COLUMNS) -> None:
@@ -174,6 +187,19 @@ def append_row(path: Path, row: dict) -> None:
   only process 0 writes."""
   if distributed.writes_files():
     write_rows(path, read_csv(path) + [row])
+
+
+def check_rows(workdir: str | Path, keys: set[str]) -> None:
+  """Refuse a workdir whose results hold runs outside `keys` (its config's
+  sweep): another config's workdir, or a config changed since."""
+  foreign = [row for row in read_results(workdir) if row["key"] not in keys]
+  if foreign:
+    raise ValueError(
+        f"{workdir} holds {len(foreign)} results of runs that are not in "
+        f"this config's sweep (the first: {foreign[0].get('run')!r}, key "
+        f"{foreign[0]['key']}): it is another config's workdir, or the "
+        "config changed since; use that config, another workdir, or move "
+        "those rows out of its results*.csv")
 
 
 def read_results(workdir: str | Path) -> list[dict]:

@@ -53,13 +53,17 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path,
           and 0 <= index < count):
     raise ValueError(f"shard {index}/{count} is invalid; give i/n with "
                      "0 <= i < n")
+  if not str(workdir):
+    raise ValueError("an empty workdir was given; name the folder the sweep "
+                     "writes into")
   distributed.initialize(config)
   workdir = Path(workdir)
   runs = expand(config)
   for _, run in runs:  # every run's config is checked before any compute
     validate(run)
-  mine = [(name, run, run_key(run)) for name, run in runs]
-  mine = [r for r in mine if shard_of(r[2], count) == index]
+  every = [(name, run, run_key(run)) for name, run in runs]
+  rundir.check_rows(workdir, {key for _, _, key in every})
+  mine = [r for r in every if shard_of(r[2], count) == index]
   workdir.mkdir(parents=True, exist_ok=True)
   results = workdir / ("results.csv" if count == 1
                        else f"results-shard{index}of{count}.csv")

@@ -292,6 +292,9 @@ def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
     data.DataNotFoundError: the dataset isn't in the data dir.
     Preempted: SIGTERM arrived; a checkpoint was saved first.
   """
+  if any(not str(workdir) for _, workdir in runs):
+    raise ValueError("an empty workdir was given; name the folder the run "
+                     "writes into")
   runs = [(config, Path(workdir)) for config, workdir in runs]
   if not runs:
     return []

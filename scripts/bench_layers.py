@@ -4,9 +4,14 @@ dense Flax layer of the same shape, measured in one run.
   python scripts/bench_layers.py [--repeats=30]
 
 Shapes: 3x3 convs 64->64 on 32x32 and 256->256 on 16x16 (batch 32), and
-784->300 (batch 128); ranks giving 2x, 10x and 66x fewer parameters (rank
-fractions 0.5, 0.1, 0.015). Every layer runs each implementation (auto,
-factorized, reconstructed). Each figure is the median of `repeats` timed
+784->300 (batch 128), the shapes `auto`'s INTERMEDIATE_COST was fitted to;
+ranks giving about 2x, 10x and 66x fewer parameters (rank fractions 0.5,
+0.1, 0.015; the table gives each layer's resolved ranks), and the TTL
+paper's TuckerDense (5, 5, 10), 66.63x. Then shapes the fit never saw, to
+check `auto` on them: a 3x3 conv 32->128 on 28x28 (batch 16), a 5x5 conv
+96->96 on 12x12 (batch 32), and 1024->512 as (32, 32)->(16, 32) (batch
+64). Every layer runs each implementation (auto, factorized,
+reconstructed). Each figure is the median of `repeats` timed
 calls after compilation, the variants of one shape interleaved call by call
 so machine noise hits all alike; times are reported relative to the dense
 layer, with the multiply-adds each path needs, so time and FLOPs can be set
@@ -14,6 +19,7 @@ side by side. Writes experiments/benchmarks/layers.{md,json}.
 """
 
 import json
+import math
 import platform
 import statistics
 import time
@@ -30,38 +36,50 @@ from cpac_jax.functional import INTERMEDIATE_COST, choose
 _REPEATS = flags.DEFINE_integer("repeats", 30, "timed calls per variant")
 _OUT = flags.DEFINE_string("out", "experiments/benchmarks",
                            "folder for layers.{md,json}")
-FRACTIONS = {"2x": 0.5, "10x": 0.1, "66x": 0.015}
+# Rank fractions (their labels); the compression each gives is in the table.
+FRACTIONS = {"f=0.5": 0.5, "f=0.1": 0.1, "f=0.015": 0.015}
 IMPLEMENTATIONS = ("auto", "factorized", "reconstructed")
 
 
-def _cases():
-  """(shape name, dense layer, input, [(variant, layer), ...])."""
-  rngs = nnx.Rngs(0)
-  for cin, size in ((64, 32), (256, 16)):
-    x = jax.random.normal(jax.random.key(0), (32, size, size, cin))
-    dense = nnx.Conv(cin, cin, (3, 3), rngs=rngs)
-    variants = []
-    for label, fraction in FRACTIONS.items():
-      for implementation in IMPLEMENTATIONS:
-        variants.append((f"CPConv {label} {implementation}", cj.layers.CPConv(
-            cin, cin, (3, 3), rank=fraction, implementation=implementation,
-            rngs=rngs)))
-        variants.append((f"TuckerConv {label} {implementation}",
-                         cj.layers.TuckerConv(
-                             cin, cin, (3, 3), rank=fraction,
-                             implementation=implementation, rngs=rngs)))
-    name = f"conv 3x3 {cin}->{cin} on {size}x{size}, batch 32"
-    yield name, dense, x, variants
-  x = jax.random.normal(jax.random.key(0), (128, 784))
-  dense = nnx.Linear(784, 300, rngs=rngs)
+def _conv_case(cin, cout, kernel, size, batch, rngs):
+  x = jax.random.normal(jax.random.key(0), (batch, size, size, cin))
+  dense = nnx.Conv(cin, cout, (kernel, kernel), rngs=rngs)
   variants = []
   for label, fraction in FRACTIONS.items():
     for implementation in IMPLEMENTATIONS:
-      variants.append((f"TuckerDense {label} {implementation}",
-                       cj.layers.TuckerDense(
-                           (28, 28), (300,), rank=fraction,
-                           implementation=implementation, rngs=rngs)))
-  yield "dense 784->300, batch 128", dense, x, variants
+      for layer in (cj.layers.CPConv, cj.layers.TuckerConv):
+        variants.append((f"{layer.__name__} {label} {implementation}", layer(
+            cin, cout, (kernel, kernel), rank=fraction,
+            implementation=implementation, rngs=rngs)))
+  name = (f"conv {kernel}x{kernel} {cin}->{cout} on {size}x{size}, batch "
+          f"{batch}")
+  return name, dense, x, variants
+
+
+def _dense_case(in_shape, out_shape, batch, ranks, rngs):
+  """TuckerDense at the rank fractions and at each of `ranks`."""
+  n_in, n_out = math.prod(in_shape), math.prod(out_shape)
+  x = jax.random.normal(jax.random.key(0), (batch, n_in))
+  dense = nnx.Linear(n_in, n_out, rngs=rngs)
+  specs = [*FRACTIONS.items(),
+           *((f"{'x'.join(map(str, r))} (paper)", r) for r in ranks)]
+  variants = [(f"TuckerDense {label} {implementation}", cj.layers.TuckerDense(
+      in_shape, out_shape, rank=rank, implementation=implementation,
+      rngs=rngs)) for label, rank in specs for implementation in
+      IMPLEMENTATIONS]
+  return f"dense {n_in}->{n_out}, batch {batch}", dense, x, variants
+
+
+def _cases():
+  """(shape name, dense layer, input, [(variant, layer), ...], whether
+  INTERMEDIATE_COST was fitted on this shape)."""
+  rngs = nnx.Rngs(0)
+  yield *_conv_case(64, 64, 3, 32, 32, rngs), True
+  yield *_conv_case(256, 256, 3, 16, 32, rngs), True
+  yield *_dense_case((28, 28), (300,), 128, [(5, 5, 10)], rngs), True
+  yield *_conv_case(32, 128, 3, 28, 16, rngs), False
+  yield *_conv_case(96, 96, 5, 12, 32, rngs), False
+  yield *_dense_case((32, 32), (16, 32), 64, [], rngs), False
 
 
 def _timers(layer, x):
@@ -82,11 +100,15 @@ def _timers(layer, x):
   return timers
 
 
-def _auto_summary(rows) -> list[str]:
-  """For each auto row: the path it took, the faster of the two by
+def _auto_summary(rows, fitted: bool) -> list[str]:
+  """For each auto row of the shapes INTERMEDIATE_COST was (or, with not
+  `fitted`, wasn't) fitted to: the path it took, the faster of the two by
   forward+backward time, and its time against the 1.1x-dense target."""
   by_name = {(r["shape"], r["variant"]): r for r in rows}
-  lines = ["## `auto` against the dense layer", "",
+  rows = [r for r in rows if r["fitted"] == fitted]
+  title = ("on the shapes its cost was fitted to" if fitted else
+           "on shapes its cost was not fitted to")
+  lines = [f"## `auto` against the dense layer, {title}", "",
            "`auto` picks by `cpac_jax.functional.choose`: "
            "multiply-adds, plus `INTERMEDIATE_COST` = "
            f"{INTERMEDIATE_COST} per entry of the factorized path's "
@@ -135,7 +157,7 @@ def _auto_summary(rows) -> list[str]:
 def main(argv):
   del argv
   rows = []
-  for shape, dense, x, variants in _cases():
+  for shape, dense, x, variants, fitted in _cases():
     timers = {"dense": _timers(dense, x)}
     for name, layer in variants:
       timers[name] = _timers(layer, x)
@@ -150,7 +172,7 @@ def main(argv):
     for name, layer in [("dense", dense)] + variants:
       flops = layer.flops(x.shape) if name != "dense" else {}
       rows.append({
-          "shape": shape, "variant": name,
+          "shape": shape, "variant": name, "fitted": fitted,
           "params": cj.count_params(layer),
           "compression": dense_params / cj.count_params(layer),
           "rank": getattr(layer, "rank", None),
@@ -193,7 +215,8 @@ def main(argv):
           f"| {r['compression']:.1f}x | {r['forward_vs_dense']:.2f}x "
           f"| {r['backward_vs_dense']:.2f}x | {flops_cell} |")
     lines.append("")
-  lines += _auto_summary(rows)
+  lines += _auto_summary(rows, fitted=True) + _auto_summary(rows,
+                                                            fitted=False)
   (out / "layers.md").write_text("\n".join(lines))
   print("\n".join(lines))
 

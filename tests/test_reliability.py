@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from cpac_jax import config as config_lib
-from cpac_jax import rundir, sweep, train
+from cpac_jax import data, report, rundir, sweep, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,7 +165,11 @@ BAD_CONFIGS = [
     ({"model.rank": 1.5}, r"\(0, 1\]"),
     ({"batch_size": 0}, "batch_size must be a positive int"),
     ({"num_epochs": 2.5}, "num_epochs must be a positive int"),
-    ({"optimizer.learning_rate": -1.0}, "learning_rate must be positive"),
+    ({"optimizer.learning_rate": -1.0}, "learning_rate must be a positive"),
+    ({"optimizer.learning_rate": float("inf")},
+     "learning_rate must be a positive finite number, got inf"),
+    ({"dataset.std": 0.0}, "dataset.std must be finite and positive"),
+    ({"dataset.mean": float("nan")}, "dataset.mean must be finite"),
     ({"optimizer.schedule": "linear"}, "unknown optimizer.schedule"),
 ]
 
@@ -203,6 +207,46 @@ def test_main_exits_nonzero_with_one_clear_line(tmp_path):
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: unknown model.name 'cpac_cnn3'")
   assert "Traceback" not in result.stderr
+
+
+def test_a_torn_results_row_is_refused_naming_its_line(tmp_path):
+  path = tmp_path / "results.csv"
+  for key in ("aaaaaaaaaaaa", "bbbbbbbbbbbb"):
+    rundir.append_row(path, {"experiment": "a", "key": key, "status": "ok"})
+  whole = path.read_bytes()
+  short_row = whole.rstrip().rsplit(b",", 2)[0] + b"\r\n"  # 2 fields lost
+  for torn in (whole[:-10], short_row):  # `truncate -s -10`; a short row
+    path.write_bytes(torn)
+    with pytest.raises(ValueError, match="results.csv line 3 is torn"):
+      rundir.read_results(tmp_path)
+
+
+def test_a_workdir_of_another_sweep_is_refused(mnist_dir, tmp_path):
+  one = small_config(mnist_dir, num_epochs=1)
+  one.sweep = ({"model.rank": [2], "seed": [0]},)
+  sweep.run_sweep(one, tmp_path / "sweep")
+  two = small_config(mnist_dir, num_epochs=2)
+  two.sweep = one.sweep
+  start = time.perf_counter()
+  for run in (lambda: sweep.run_sweep(two, tmp_path / "sweep"),
+              lambda: report.write_report(tmp_path / "sweep", two)):
+    with pytest.raises(ValueError, match="not in this config's sweep"):
+      run()
+  assert time.perf_counter() - start < 20
+  with pytest.raises(ValueError, match="empty workdir"):
+    sweep.run_sweep(one, "")
+  with pytest.raises(ValueError, match="empty workdir"):
+    train.train_and_evaluate(one, "")
+
+
+def test_labels_outside_the_classes_name_the_file(mnist_dir):
+  from tests.conftest import write_idx
+
+  labels = mnist_dir / "mnist" / "train-labels-idx1-ubyte.gz"
+  write_idx(labels, np.full(512, 12))
+  with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte.gz holds "
+                     r"label 12, outside mnist's classes 0..9"):
+    data.load("mnist", "train", mnist_dir)
 
 
 def test_results_csv_is_replaced_whole(tmp_path):

@@ -1,0 +1,115 @@
+"""The TTL-gap table: each option of configs/ttl_gap_<dataset>.py against
+the dense twin, from the committed results of both stages.
+
+  python scripts/ttl_gap_table.py [mnist fashion_mnist]
+
+For each option: the learning rate stage 1 chose and the validation
+accuracy it had there; stage 2's test accuracy over seeds (mean, sample
+std, n); and its gap to the dense twin in points, paired by seed (the same
+seed draws the same data order), with the 95% Student-t interval of the
+mean gap. Written into experiments/ttl_gap_<dataset>/README.md between
+`<!-- gap:begin -->` and `<!-- gap:end -->`, and printed.
+"""
+
+import math
+import runpy
+import statistics
+import sys
+from pathlib import Path
+
+from flax import nnx
+from scipy import stats
+
+from cpac_jax import rundir
+from cpac_jax.config import build_model, expand
+
+ROOT = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- gap:begin -->", "<!-- gap:end -->"
+
+
+def _mean_interval(values: list[float]) -> tuple[float, float, float]:
+  """Mean and its 95% Student-t interval."""
+  mean = statistics.fmean(values)
+  half = (stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values)
+          / math.sqrt(len(values)))
+  return mean, mean - half, mean + half
+
+
+def _layer_weights(config, group: dict) -> int:
+  """Weights (biases left out, as the paper counts) of the 784 -> 300
+  layer (and its bottleneck, if any) of the run `group` makes of
+  `config`."""
+  one = config.copy_and_resolve_references()
+  one.sweep = (group,)
+  (_, run), = expand(one)
+  model = nnx.eval_shape(lambda: build_model(run))
+  layers = [model.hidden] + [model.bottleneck] * (model.bottleneck
+                                                   is not None)
+  return sum(leaf.size for layer in layers
+             for path, leaf in nnx.to_flat_state(nnx.state(layer, nnx.Param))
+             if path[-1] != "bias")
+
+
+def table(dataset: str) -> str:
+  gap = runpy.run_path(str(ROOT / "configs" / "ttl_gap_mnist.py"))
+  workdir = ROOT / "experiments" / f"ttl_gap_{dataset}"
+  select, test = gap["build"](dataset, "select"), gap["build"](dataset)
+  rates = gap["chosen_rates"](select, workdir / "select")
+  validation = {r["key"]: r for r in rundir.read_results(workdir / "select")}
+  results = {r["key"]: r for r in rundir.read_results(workdir)
+             if r.get("status") == "ok"}
+
+  def rows_of(option: str, config, teacher_rate, seeds) -> list[dict]:
+    fields = gap["OPTIONS"][option]
+    return [results.get(gap["_run_key"](config, gap["_group"](
+        fields, rates[option], teacher_rate, [seed]))) for seed in seeds]
+
+  twin = {int(r["seed"]): float(r["test_accuracy"])
+          for r in rows_of("dense twin", test, rates["dense twin"], [0, 1, 2])
+          if r}
+  lines = ["| option | ranks | weights of the 784->300 layer | compression "
+           "of that layer | learning rate (chosen) | validation acc (stage "
+           "1) | test acc: mean ± std (n) | gap to the dense twin, points: "
+           "mean [95% interval], paired by seed |", "|" + "---|" * 8]
+  for option, fields in gap["OPTIONS"].items():
+    found = [r for r in rows_of(option, test, rates["dense twin"], [0, 1, 2])
+             if r]
+    chosen = validation[gap["_run_key"](select, gap["_group"](
+        fields, rates[option], gap["SELECT_TEACHER_RATE"], [0]))]
+    if not found:
+      lines.append(f"| {option} | | | | {rates[option]:g} | "
+                   f"{float(chosen['test_accuracy']):.4f} | not run yet | |")
+      continue
+    accuracies = [float(r["test_accuracy"]) for r in found]
+    mean = statistics.fmean(accuracies)
+    std = statistics.stdev(accuracies) if len(found) > 1 else 0.0
+    first = found[0]
+    layer = _layer_weights(test, gap["_group"](fields, rates[option],
+                                               rates["dense twin"], [0]))
+    gaps = [100 * (float(r["test_accuracy"]) - twin[int(r["seed"])])
+            for r in found if int(r["seed"]) in twin]
+    gap_cell = "-"
+    if option != "dense twin" and len(gaps) > 1:
+      gap_cell = "{:+.2f} [{:+.2f}, {:+.2f}]".format(*_mean_interval(gaps))
+    lines.append(
+        f"| {option} | {first['rank'] or '-'} | {layer:,} | "
+        f"{784 * 300 / layer:.2f}x | {rates[option]:g} | "
+        f"{float(chosen['test_accuracy']):.4f} | {mean:.4f} ± {std:.4f} "
+        f"({len(found)}) | {gap_cell} |")
+  return "\n".join(lines)
+
+
+def main(datasets: list[str]) -> None:
+  for dataset in datasets or ["mnist", "fashion_mnist"]:
+    text = table(dataset)
+    print(f"# {dataset}\n{text}\n")
+    readme = ROOT / "experiments" / f"ttl_gap_{dataset}" / "README.md"
+    if readme.exists():
+      body = readme.read_text()
+      if BEGIN in body and END in body:
+        head, rest = body.split(BEGIN, 1)
+        readme.write_text(f"{head}{BEGIN}\n{text}\n{END}{rest.split(END, 1)[1]}")
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
