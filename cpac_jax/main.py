@@ -9,7 +9,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from cpac_jax import data, train
+from cpac_jax import cli, data, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where the run writes")
@@ -29,4 +29,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure  # no pyplot: files only, no display
 from ml_collections import config_flags
 from scipy import stats
 
-from cpac_jax import rundir
+from cpac_jax import cli, rundir
 from cpac_jax.config import expand, run_key
 
 __all__ = ["interval95", "percentile", "summarize", "write_report"]
@@ -292,7 +292,7 @@ def _main():
     print(write_report(workdir.value, config.value))
 
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

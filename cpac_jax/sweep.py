@@ -20,7 +20,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cpac_jax import data, distributed, report, rundir, train
+from cpac_jax import cli, data, distributed, report, rundir, train
 from cpac_jax.config import expand, run_key, validate
 
 __all__ = ["run_sweep", "shard_of"]
@@ -121,7 +121,7 @@ def _main():
           f"table in {Path(workdir.value) / 'results.md'}")
 
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":  # flags only here: importing defines none

@@ -249,6 +249,34 @@ def test_labels_outside_the_classes_name_the_file(mnist_dir):
     data.load("mnist", "train", mnist_dir)
 
 
+COMMAND_LINE_ERRORS = [
+    ("configs/nope.py", [], "No such file or directory: 'configs/nope.py'"),
+    ("configs/cpac_mnist.py:nopreset", [], "unknown preset 'nopreset'"),
+    ("configs/cpac_mnist.py", ["--config.modle.rank=3"],
+     "unknown config field 'modle' Did you mean \"model\""),
+    # every rank spec reaches the layers (here num_epochs=0 stops the run)
+    ("configs/cpac_mnist.py", ["--config.model.rank=0.5"], "num_epochs"),
+    ("configs/ttl_mnist.py", ["--config.model.rank=0.1"], "num_epochs"),
+    ("configs/ttl_mnist.py", ["--config.model.rank=same"], "num_epochs"),
+    ("configs/ttl_mnist.py", ["--config.model.rank=(3, 3, 4)"], "num_epochs"),
+    ("configs/cpac_mnist.py", ["--config.model.rank=zero"],
+     "CP rank 'zero' is not a valid spec"),
+]
+
+
+@pytest.mark.parametrize("config,flags,message", COMMAND_LINE_ERRORS)
+def test_command_line_errors_are_one_line(config, flags, message, tmp_path):
+  extra = [] if message != "num_epochs" else ["--config.num_epochs=0"]
+  result = subprocess.run(
+      [sys.executable, "-m", "cpac_jax.main", f"--config={config}",
+       f"--workdir={tmp_path / 'run'}", *flags, *extra],
+      cwd=ROOT, capture_output=True, text=True, timeout=60)
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and message in last, last
+
+
 def test_results_csv_is_replaced_whole(tmp_path):
   path = tmp_path / "results.csv"
   rundir.append_row(path, {"experiment": "a", "key": "k1", "status": "ok"})

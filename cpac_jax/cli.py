@@ -1,0 +1,53 @@
+"""What the command lines (`main`, `sweep`, `report`) share: flags parsed
+into one `error:` line instead of a traceback, and a rank given in any form
+the layers take.
+
+`--config.model.rank` takes every rank spec: an int (`5`), a tuple
+(`"(5, 5, 10)"`), a fraction of the dense parameters (`0.5`) or `same`;
+ml_collections would hold it to the type the config file gave the field.
+"""
+
+import ast
+import sys
+
+from absl import flags
+
+from cpac_jax.config import override
+
+__all__ = ["parse_flags"]
+
+_RANK = "--config.model.rank="
+
+
+def _literal(text: str):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text  # a bare word, such as same
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing for `app.run(..., flags_parser=parse_flags)`: a bad
+  flag, config file, preset or override exits with status 1 and one line,
+  "error: ...", at once."""
+  ranks = [arg[len(_RANK):] for arg in argv if arg.startswith(_RANK)]
+  rest = [arg for arg in argv if not arg.startswith(_RANK)]
+  try:
+    args = flags.FLAGS(rest)
+    config = flags.FLAGS["config"].value
+    _ = config.model  # a file that failed to load raises only when read
+    for rank in ranks:
+      override(config, "model.rank", _literal(rank))
+  except (flags.Error, KeyError, ValueError, TypeError, OSError) as error:
+    sys.exit("error: " + _one_line(error))
+  return args
+
+
+def _one_line(error: Exception) -> str:
+  if isinstance(error, KeyError) and error.args:  # an unknown override
+    return "unknown config field " + " ".join(str(error.args[0]).split())
+  text = str(error)
+  if "Traceback (most recent call last)" in text:  # a config file raised
+    cause = text.strip().splitlines()[-1]
+    return f"{text.splitlines()[0].split(':')[0]}: {cause}"
+  return " ".join(text.split())
