@@ -32,8 +32,8 @@ _HERE = pathlib.Path(__file__).resolve()
 _TTL = runpy.run_path(str(_HERE.with_name("ttl_mnist.py")))
 
 EPOCHS, LONGER = 20, 60
-LEARNING_RATES = (1e-3, 3e-3, 1e-2)
-FINE_TUNE_RATES = (1e-4, 3e-4, 1e-3)  # from a trained layer: smaller steps
+LEARNING_RATES = (1e-3, 3e-3, 1e-2, 3e-2)
+FINE_TUNE_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)  # from a trained layer
 VALIDATION_EXAMPLES = 10_000
 # Stage 1's teacher: the dense twin at configs/ttl_mnist.py's rate (the one
 # choice made before stage 1); stage 2's: the twin at its chosen rate.
