@@ -96,6 +96,14 @@ def table(dataset: str) -> str:
         f"{784 * 300 / layer:.2f}x | {rates[option]:g} | "
         f"{float(chosen['test_accuracy']):.4f} | {mean:.4f} ± {std:.4f} "
         f"({len(found)}) | {gap_cell} |")
+  for stage, folder in (("stage 1", workdir / "select"), ("stage 2",
+                                                          workdir)):
+    rows = rundir.read_results(folder)
+    seconds = sum(float(r["train_seconds"]) for r in rows
+                  if r.get("train_seconds"))
+    lines.append(f"\n{stage}: {len(rows)} runs in `{folder.relative_to(ROOT)}"
+                 f"/results.csv`, {seconds:,.0f} s of training time in all "
+                 "(their train_seconds).")
   return "\n".join(lines)
 
 
