@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import orbax.checkpoint as ocp
 
+from cpac_jax import distributed
+
 __all__ = ["manager", "restore", "resume", "save", "save_final"]
 
 
@@ -41,14 +43,48 @@ def manager(directory: str | Path, max_to_keep: int | None = 2
                                            create=True))
 
 
+_KEY = "run_key.txt"  # beside the steps: what the checkpoints belong to
+
+
 def resume(checkpoints: ocp.CheckpointManager, state: dict,
-           steps_per_epoch: int, log) -> tuple[dict, int, int]:
-  """`state`, restored from the latest checkpoint if there is one, and the
-  (epoch, step) to go on from: (1, 0) for a fresh start."""
-  if checkpoints.latest_step() is None:
+           steps_per_epoch: int, log, key: str) -> tuple[dict, int, int]:
+  """`state`, restored from the latest checkpoint that reads back if there
+  is one, and the (epoch, step) to go on from: (1, 0) for a fresh start.
+  `key` names what is trained (run keys); checkpoints of another key are
+  refused, a damaged latest checkpoint is passed over for the one before.
+
+  Raises:
+    ValueError: the checkpoints are another key's, or none reads back.
+  """
+  directory = Path(checkpoints.directory)
+  recorded = directory / _KEY
+  if recorded.exists() and recorded.read_text().strip() != key:
+    raise ValueError(
+        f"{directory} holds checkpoints of another config (key "
+        f"{recorded.read_text().strip()}, not {key}); use another workdir "
+        "or delete them")
+  if distributed.writes_files():
+    recorded.write_text(key + "\n")
+  steps = sorted(checkpoints.all_steps(), reverse=True)
+  if not steps:
     return state, 1, 0
-  state = checkpoints.restore(checkpoints.latest_step(),
-                              args=ocp.args.StandardRestore(state))
+  for i, global_step in enumerate(steps):
+    try:
+      restored = checkpoints.restore(global_step,
+                                     args=ocp.args.StandardRestore(state))
+      break
+    except Exception as error:  # noqa: BLE001 - any damage: try the older
+      reason = " ".join(str(error).split())[:200]
+      if i + 1 == len(steps):
+        raise ValueError(
+            f"no checkpoint in {directory} reads back (the last tried, "
+            f"step {global_step}: {reason}); delete the folder to start "
+            "over") from error
+      log(f"checkpoint {global_step} in {directory} does not read back "
+          f"({reason}); resuming from step {steps[i + 1]}")
+  for damaged in steps[:i]:  # retraining saves these steps again
+    checkpoints.delete(damaged)
+  state = restored
   epoch, step = (int(v) for v in state["position"])
   log(f"resuming at epoch {epoch}, step {step}/{steps_per_epoch}")
   if step == steps_per_epoch:
@@ -68,6 +104,8 @@ def save_final(directory: str | Path, step: int, state: dict) -> None:
   """Save `state` at `step` in `directory` and wait for it: a finished
   run's parameters, for `restore`."""
   with manager(directory, max_to_keep=None) as checkpoints:
+    if step in checkpoints.all_steps():  # orbax won't overwrite a step
+      checkpoints.delete(step)
     checkpoints.save(step, args=ocp.args.StandardSave(state))
 
 

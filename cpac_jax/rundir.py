@@ -8,7 +8,9 @@ A sweep's workdir holds the rows of all its runs in `results.csv` (or
 on every write so a kill never leaves a torn line.
 """
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import os
@@ -20,11 +22,10 @@ import ml_collections
 from cpac_jax import distributed
 from cpac_jax.config import differing_fields
 
-__all__ = ["COLUMNS", "MetricWriter", "append_row", "check_config",
-           "check_rows",
-           "failed_row", "history", "read_config", "read_csv",
-           "read_results", "result_row", "write_config", "write_result",
-           "write_rows"]
+__all__ = ["COLUMNS", "MetricWriter", "append_row", "append_rows",
+           "check_config", "check_rows", "failed_row", "history", "lock",
+           "read_config", "read_csv", "read_results", "result_row",
+           "write_config", "write_result", "write_rows"]
 
 COLUMNS = ("experiment", "dataset", "model", "factorization", "rank", "init",
            "params", "compression", "layer_params", "layer_compression",
@@ -185,8 +186,48 @@ def write_rows(path: Path, rows: list[dict], columns=COLUMNS) -> None:
 def append_row(path: Path, row: dict) -> None:
   """Add a row to a results file, rewritten whole; in a multi-process job,
   only process 0 writes."""
+  append_rows(path, [row])
+
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+  """Add `rows` to a results file in one write: all of them or none."""
   if distributed.writes_files():
-    write_rows(path, read_csv(path) + [row])
+    write_rows(path, read_csv(path) + list(rows))
+
+
+@contextlib.contextmanager
+def lock(folder: Path, name: str = ".lock"):
+  """Hold `folder`/`name` for this process alone while the block runs; the
+  system drops the lock when the process ends, however it ends.
+
+  In a multi-process job only the writing process locks: the others work
+  in the same folders by design.
+
+  Raises:
+    ValueError: another process holds it.
+  """
+  if not distributed.writes_files():
+    yield
+    return
+  folder.mkdir(parents=True, exist_ok=True)
+  path = folder / name
+  with open(path, "a+") as handle:
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      handle.seek(0)
+      holder = handle.read().strip() or "?"
+      raise ValueError(
+          f"another process (pid {holder}) is running in {folder}; wait for "
+          "it to end, or use another workdir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    try:
+      yield
+    finally:
+      fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def check_rows(workdir: str | Path, keys: set[str]) -> None:

@@ -64,9 +64,20 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path,
   every = [(name, run, run_key(run)) for name, run in runs]
   rundir.check_rows(workdir, {key for _, _, key in every})
   mine = [r for r in every if shard_of(r[2], count) == index]
-  workdir.mkdir(parents=True, exist_ok=True)
   results = workdir / ("results.csv" if count == 1
                        else f"results-shard{index}of{count}.csv")
+  # One process per results file; shards have their own and run side by side.
+  with rundir.lock(workdir, f".{results.name}.lock"):
+    _run_pending(workdir, results, mine, vectorize)
+  if distributed.writes_files():
+    report.write_report(workdir, config)
+  return rundir.read_results(workdir)
+
+
+def _run_pending(workdir: Path, results: Path, mine: list, vectorize: bool
+                 ) -> None:
+  """Train the runs of `mine` (name, config, key) that no results file of
+  `workdir` holds yet, adding their rows to `results`."""
   done = {row["key"] for row in rundir.read_results(workdir)}
   pending = [r for r in mine if r[2] not in done]
   start = time.perf_counter()
@@ -91,11 +102,12 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path,
       if outcome.error is not None:
         logging.error("%s diverged, recorded as failed: %s", name,
                       outcome.error)
-      rundir.append_row(results, {**outcome.row, "run": name, "key": key})
+    # A batch's rows land in one write: a kill leaves all of them or none,
+    # so a rerun trains the same batch again, never a part of it.
+    rundir.append_rows(results, [{**o.row, "run": name, "key": key}
+                                 for (name, _, key), o in zip(batch,
+                                                              outcomes)])
   logging.info("sweep finished in %.0f s", time.perf_counter() - start)
-  if distributed.writes_files():
-    report.write_report(workdir, config)
-  return rundir.read_results(workdir)
 
 
 def _main():

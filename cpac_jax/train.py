@@ -316,7 +316,7 @@ def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
     check_together(configs)
   for config, workdir in runs:
     rundir.check_config(workdir, config)
-  teacher = None
+  teacher = teacher_run = None
   if any(config.get("teacher") for config in configs):
     if together:
       raise ValueError(
@@ -334,6 +334,18 @@ def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
     dataset = data.InMemory(*data.load_splits(
         first.dataset, first.get("num_train_examples") or 0,
         first.get("num_test_examples") or 0, first.seed), info)
+  with contextlib.ExitStack() as locks:
+    for _, workdir in runs:  # one process at a time in each run's workdir
+      locks.enter_context(rundir.lock(workdir))
+    return _train(runs, dataset, state_dir, tap, log, teacher, teacher_run)
+
+
+def _train(runs, dataset: data.InMemory, state_dir, tap, log, teacher,
+           teacher_run) -> list[Outcome]:
+  """`train_runs` once its checks have passed and its workdirs are locked."""
+  configs = [config for config, _ in runs]
+  first = configs[0]
+  together = len(runs) > 1
   train_split, test_split, info = dataset
   num_train, num_test = len(train_split.labels), len(test_split.labels)
   batch_size = first.batch_size
@@ -396,8 +408,9 @@ def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
   else:
     directory = runs[0][1] / "checkpoints"
   checkpoints = checkpoint.manager(directory)
-  state, epoch, step = checkpoint.resume(checkpoints, state, steps_per_epoch,
-                                         log)
+  state, epoch, step = checkpoint.resume(
+      checkpoints, state, steps_per_epoch, log,
+      " ".join(run_key(c) for c in configs))
   for name in ("groups", "taps"):
     state[name] = jax.device_put(state[name], replicated)
   histories = [rundir.history(workdir, epoch - 1) for _, workdir in runs]

@@ -84,12 +84,13 @@ def test_init_is_checked_with_the_config():
   config.model.rank = 5
   config_lib.override(config, "model.init", "oficial")
   with pytest.raises(ValueError, match=r"model.init in \('default', "
-                                       r"'official'\), got 'oficial'"):
+                                       r"'official', 'teacher'\), got "
+                                       r"'oficial'"):
     config_lib.validate(config)
   config.model.name = "ttl_mlp"
   config.model.factorization = "tucker"
   config_lib.override(config, "model.rank", (5, 5, 10))
   config_lib.override(config, "model.init", "official")
   with pytest.raises(ValueError, match=r"'ttl_mlp' takes model.init in "
-                                       r"\('default',\)"):
+                                       r"\('default', 'teacher'\)"):
     config_lib.validate(config)

@@ -4,6 +4,7 @@ and a guard against divergence."""
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -275,6 +276,55 @@ def test_command_line_errors_are_one_line(config, flags, message, tmp_path):
   assert "Traceback" not in result.stderr
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and message in last, last
+
+
+def test_one_process_at_a_time_and_a_killed_one_leaves_no_lock(tmp_path):
+  with rundir.lock(tmp_path):
+    with pytest.raises(ValueError, match=f"pid {os.getpid()}.* is running in"):
+      with rundir.lock(tmp_path):
+        pass
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import time\nfrom pathlib import Path\n"
+       "from cpac_jax import rundir\n"
+       f"with rundir.lock(Path({str(tmp_path)!r})):\n"
+       "  print('locked', flush=True)\n  time.sleep(60)"],
+      stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline().strip() == "locked"
+  with pytest.raises(ValueError, match=f"pid {holder.pid}"):
+    with rundir.lock(tmp_path):
+      pass
+  holder.kill()  # kill -9: the system drops its lock
+  holder.wait()
+  with rundir.lock(tmp_path):
+    pass
+
+
+def test_checkpoints_of_another_config_are_refused(mnist_dir, tmp_path):
+  train.train_and_evaluate(small_config(mnist_dir, num_epochs=1),
+                           tmp_path / "run")
+  (tmp_path / "run" / "config.json").unlink()
+  with pytest.raises(ValueError, match="holds checkpoints of another config"):
+    train.train_and_evaluate(
+        small_config(mnist_dir, num_epochs=1,
+                     **{"optimizer.learning_rate": 1e-3}), tmp_path / "run")
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(
+    uninterrupted, tmp_path, shared_mnist_dir):
+  reference, row = uninterrupted
+  workdir = tmp_path / "run"
+  shutil.copytree(reference, workdir)
+  latest = max((workdir / "checkpoints").glob("[0-9]*"),
+               key=lambda p: int(p.name))
+  for file in latest.rglob("*"):
+    if file.is_file():
+      file.write_bytes(b"\0" * file.stat().st_size)  # zero-filled
+  lines = []
+  again = train.train_and_evaluate(small_config(shared_mnist_dir), workdir,
+                                   progress=lines.append)
+  assert any("does not read back" in line for line in lines), lines
+  assert again["test_accuracy"] == row["test_accuracy"]
+  assert_same_bits(params_of(workdir), params_of(reference))
 
 
 def test_results_csv_is_replaced_whole(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from cpac_jax import data, models, report, rundir, sweep, train
-from cpac_jax.config import expand, teacher_config, validate
+from cpac_jax.config import expand, run_key, teacher_config, validate
 
 from tests.test_train import load_config, tiny
 
@@ -123,9 +123,10 @@ def test_report_refuses_test_and_validation_rows_in_one_table(tmp_path):
   row.update(factorization="dense", params=1, compression=1,
              layer_compression=1, test_accuracy=0.9, best_test_accuracy=0.9,
              train_seconds=1, status="ok")
+  (_, first), (_, second) = expand(config)
   rundir.write_rows(tmp_path / "results.csv", [
-      {**row, "key": "a", "evaluated_on": "test"},
-      {**row, "key": "b", "evaluated_on": "validation"}])
+      {**row, "key": run_key(first), "evaluated_on": "test"},
+      {**row, "key": run_key(second), "evaluated_on": "validation"}])
   with pytest.raises(ValueError, match="mixes runs evaluated on the test"):
     report.write_report(tmp_path, config)
 
