@@ -91,8 +91,13 @@ def data_dir(path: str | os.PathLike | None = None) -> Path:
 
 
 def _read_idx(path: Path) -> np.ndarray:
-  with gzip.open(path, "rb") as f:
-    raw = f.read()
+  try:
+    with gzip.open(path, "rb") as f:
+      raw = f.read()
+  except (OSError, EOFError) as error:  # not gzip, cut short, a folder
+    raise ValueError(
+        f"{path} can't be read ({error}); delete it and fetch it again "
+        "(bash scripts/fetch_data.sh)") from None
   if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
     raise ValueError(f"{path} is not an IDX file of unsigned bytes")
   ndim = raw[3]

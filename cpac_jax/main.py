@@ -19,7 +19,7 @@ def main(argv):
   del argv
   try:
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, data.DataNotFoundError, train.Diverged,
+  except (ValueError, OSError, data.DataNotFoundError, train.Diverged,
           train.Preempted) as error:
     sys.exit(f"error: {error}")  # one line, exit status 1
   print(f"test accuracy {result['test_accuracy']:.4f} with "

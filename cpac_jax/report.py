@@ -13,6 +13,7 @@ import json
 import math
 import re
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -289,7 +290,10 @@ def _main():
 
   def main(argv):
     del argv
-    print(write_report(workdir.value, config.value))
+    try:
+      print(write_report(workdir.value, config.value))
+    except (ValueError, OSError) as error:
+      sys.exit(f"error: {error}")  # one line, exit status 1
 
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main, flags_parser=cli.parse_flags)

@@ -43,8 +43,14 @@ def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
 
 
 def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(json.loads(
-      (Path(workdir) / "config.json").read_text()))
+  path = Path(workdir) / "config.json"
+  try:
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+  except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as error:
+    raise ValueError(
+        f"{path} is damaged ({error}); delete it to let this run's config "
+        "write it again (the checkpoints record which run they are)"
+    ) from None
 
 
 def check_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
@@ -83,11 +89,25 @@ def history(workdir: Path, up_to_epoch: int) -> list[dict]:
   """The metrics of epochs 1..`up_to_epoch`; metrics.jsonl is cut back to
   them, dropping any epoch written after the checkpoint now resumed."""
   path = workdir / "metrics.jsonl"
-  if not path.exists():
-    return []
-  rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+  lines = (path.read_text(errors="replace").splitlines() if path.exists()
+           else [])
+  rows = []
+  for number, line in enumerate(lines, start=1):
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      if number < len(lines):
+        raise ValueError(
+            f"{path} line {number} is damaged; delete the run's workdir "
+            "to train it again") from None
+      # The last line, cut by a kill: epochs past the checkpoint resumed
+      # now are dropped below anyway.
   kept = [r for r in rows if r["epoch"] <= up_to_epoch]
-  if len(kept) != len(rows) and distributed.writes_files():
+  if [r["epoch"] for r in kept] != list(range(1, up_to_epoch + 1)):
+    raise ValueError(
+        f"{path} lacks the metrics of epochs the checkpoint has trained "
+        f"(1..{up_to_epoch}); delete the run's workdir to train it again")
+  if len(kept) != len(lines) and distributed.writes_files():
     temp = path.with_suffix(".tmp")
     temp.write_text("".join(json.dumps(r) + "\n" for r in kept))
     os.replace(temp, path)

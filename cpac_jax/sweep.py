@@ -127,7 +127,8 @@ def _main():
         raise ValueError(f"--shard={shard.value!r} is not of the form i/n")
       rows = run_sweep(config.value, workdir.value, (int(index), int(count)),
                        vectorize.value)
-    except (ValueError, data.DataNotFoundError, train.Preempted) as error:
+    except (ValueError, OSError, data.DataNotFoundError,
+            train.Preempted) as error:
       sys.exit(f"error: {error}")  # one line, exit status 1
     print(f"{len(rows)} runs in {Path(workdir.value) / 'results.csv'}; "
           f"table in {Path(workdir.value) / 'results.md'}")

@@ -327,6 +327,51 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(
   assert_same_bits(params_of(workdir), params_of(reference))
 
 
+def test_damaged_run_files_resume_or_are_named(uninterrupted, tmp_path,
+                                               shared_mnist_dir):
+  reference, row = uninterrupted
+  config = small_config(shared_mnist_dir)
+  workdir = tmp_path / "run"
+  shutil.copytree(reference, workdir)
+  metrics = workdir / "metrics.jsonl"
+  whole = metrics.read_text()
+  # Killed while writing the last epoch's metrics: its line is cut short,
+  # and its checkpoint, saved after it, never came.
+  metrics.write_text(whole[:-15])
+  shutil.rmtree(max((workdir / "checkpoints").glob("[0-9]*"),
+                    key=lambda p: int(p.name)))
+  again = train.train_and_evaluate(config, workdir)
+  assert again["test_accuracy"] == row["test_accuracy"]
+  assert_same_bits(params_of(workdir), params_of(reference))
+  assert [json.loads(line)["epoch"]
+          for line in metrics.read_text().splitlines()] == [1, 2, 3]
+  metrics.write_text(whole[:-15])  # cut, with its checkpoint there
+  with pytest.raises(ValueError, match="lacks the metrics of epochs"):
+    train.train_and_evaluate(config, workdir)
+  lines = whole.splitlines()
+  metrics.write_text("\n".join([lines[0], "{garbage", *lines[2:]]) + "\n")
+  with pytest.raises(ValueError, match="metrics.jsonl line 2 is damaged"):
+    train.train_and_evaluate(config, workdir)
+  (workdir / "config.json").write_text('{"name": "x",')
+  with pytest.raises(ValueError, match="config.json is damaged"):
+    train.train_and_evaluate(config, workdir)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not gzip", "a folder"])
+def test_a_damaged_data_file_is_named(damage, mnist_dir):
+  path = mnist_dir / "mnist" / "t10k-images-idx3-ubyte.gz"
+  if damage == "truncated":
+    path.write_bytes(path.read_bytes()[:100])
+  elif damage == "not gzip":
+    path.write_bytes(b"<html>not found</html>")
+  else:
+    path.unlink()
+    path.mkdir()
+  with pytest.raises(ValueError, match="t10k-images-idx3-ubyte.gz can't be "
+                                       "read .* fetch it again"):
+    data.load("mnist", "test", mnist_dir)
+
+
 def test_results_csv_is_replaced_whole(tmp_path):
   path = tmp_path / "results.csv"
   rundir.append_row(path, {"experiment": "a", "key": "k1", "status": "ok"})
