@@ -372,6 +372,17 @@ def test_a_damaged_data_file_is_named(damage, mnist_dir):
     data.load("mnist", "test", mnist_dir)
 
 
+def test_a_workdir_that_is_a_file_is_one_line(mnist_dir, tmp_path):
+  (tmp_path / "file").write_text("not a folder")
+  result = subprocess.run(
+      main_command(ROOT / "configs" / "cpac_mnist.py", tmp_path / "file",
+                   mnist_dir), cwd=ROOT, capture_output=True, text=True,
+      timeout=120)
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and str(tmp_path / "file") in last, last
+
+
 def test_results_csv_is_replaced_whole(tmp_path):
   path = tmp_path / "results.csv"
   rundir.append_row(path, {"experiment": "a", "key": "k1", "status": "ok"})
