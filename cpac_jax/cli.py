@@ -7,23 +7,15 @@ the layers take.
 ml_collections would hold it to the type the config file gave the field.
 """
 
-import ast
 import sys
 
 from absl import flags
 
-from cpac_jax.config import override
+from cpac_jax.config import override, parse_value
 
 __all__ = ["parse_flags"]
 
 _RANK = "--config.model.rank="
-
-
-def _literal(text: str):
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text  # a bare word, such as same
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -37,7 +29,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     config = flags.FLAGS["config"].value
     _ = config.model  # a file that failed to load raises only when read
     for rank in ranks:
-      override(config, "model.rank", _literal(rank))
+      override(config, "model.rank", parse_value(rank))
   except (flags.Error, KeyError, ValueError, TypeError, OSError) as error:
     sys.exit("error: " + _one_line(error))
   return args

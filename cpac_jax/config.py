@@ -29,7 +29,8 @@ from ml_collections import config_dict
 from cpac_jax import data, models, optimizers
 
 __all__ = ["base_config", "build_model", "computed_fields", "differing_fields",
-           "expand", "override", "run_key", "teacher_config", "validate"]
+           "expand", "override", "parse_value", "run_key", "teacher_config",
+           "validate"]
 
 # Fields a config may add to the base (absent, they take their default and
 # leave the run keys of older results unchanged).
@@ -134,8 +135,7 @@ def validate(config: ml_collections.ConfigDict,
       raise ValueError(
           f"{field} must be an int >= 0 (0: all), got {value!r}")
   validation = config.dataset.get("validation_examples", 0)
-  if not isinstance(validation, int) or isinstance(validation,
-                                                   bool) or validation < 0:
+  if type(validation) is not int or validation < 0:
     raise ValueError("dataset.validation_examples must be an int >= 0 (0: "
                      f"evaluate on the test set), got {validation!r}")
   _check_teacher(config)
@@ -162,8 +162,9 @@ def validate(config: ml_collections.ConfigDict,
 
 def _check_teacher(config: ml_collections.ConfigDict) -> None:
   teacher = config.get("teacher", "")
-  weight = config.get("distill_weight", 0.0)
-  temperature = config.get("distill_temperature", 4.0)
+  weight = config.get("distill_weight", OPTIONAL_FIELDS["distill_weight"])
+  temperature = config.get("distill_temperature",
+                           OPTIONAL_FIELDS["distill_temperature"])
   if not (isinstance(weight, (int, float)) and 0 <= weight <= 1):
     raise ValueError(f"distill_weight must be in [0, 1], got {weight!r}")
   if not (isinstance(temperature, (int, float)) and temperature > 0
@@ -203,12 +204,17 @@ def teacher_config(config: ml_collections.ConfigDict
     if not equals:
       raise ValueError(f"config.teacher {overrides!r}: {item!r} is not of "
                        "the form field=value")
-    try:
-      value = ast.literal_eval(text.strip())
-    except (ValueError, SyntaxError):
-      value = text.strip()  # a bare word: a string
-    override(teacher, field.strip(), value)
+    override(teacher, field.strip(), parse_value(text))
   return teacher
+
+
+def parse_value(text: str):
+  """A value as written on a command line: a Python literal (5, 0.5,
+  (5, 5, 10)), else the text itself (same, dense)."""
+  try:
+    return ast.literal_eval(text.strip())
+  except (ValueError, SyntaxError):
+    return text.strip()
 
 
 def build_model(config: ml_collections.ConfigDict,

@@ -31,13 +31,13 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from cpac_jax import (checkpoint, data, distributed, models, optimizers,
                       rundir)
-from cpac_jax.config import build_model, run_key, teacher_config, validate
+from cpac_jax.config import (OPTIONAL_FIELDS, build_model, run_key,
+                             teacher_config, validate)
 from cpac_jax.vectorized import check_together, make_groups, split_modes
 
-__all__ = ["Diverged", "Outcome", "Preempted", "epoch_metrics", "epoch_order",
-           "distillation_loss", "eval_batches", "make_evaluation",
-           "make_step", "restore",
-           "train_and_evaluate", "train_runs"]
+__all__ = ["Diverged", "Outcome", "Preempted", "distillation_loss",
+           "epoch_metrics", "epoch_order", "eval_batches", "make_evaluation",
+           "make_step", "restore", "train_and_evaluate", "train_runs"]
 
 
 class Diverged(FloatingPointError):
@@ -194,7 +194,8 @@ def _make_programs(config, groups, tx, images, labels, batch_sharding,
   batch_size = config.batch_size
   steps, evaluations = [], []
   objective = _loss if teacher_logits is None else distillation_loss(
-      config.distill_weight, config.get("distill_temperature", 4.0))
+      config.distill_weight, config.get(
+          "distill_temperature", OPTIONAL_FIELDS["distill_temperature"]))
   for group in groups:
     step = make_step(group.graphdef, tx, objective)
     evaluation = make_evaluation(config, group.eval_graphdef)
