@@ -264,8 +264,10 @@ def write_report(workdir: str | Path, config: ml_collections.ConfigDict
       f"- {r.get('run', '?')}: {r['status']}, left out of the table\n"
       for r in failed) + "".join(f"- {name}: missing, not run yet\n"
                                  for name in missing)
+  seconds = sum(float(r["train_seconds"]) for r in rows)
   text = (f"# {title}: results\n\n"
-          f"{len(rows)} runs from `{results.name}`. Over seeds: mean ± "
+          f"{len(rows)} runs from `{results.name}`, {seconds:,.0f} s of "
+          "training in all (their train_seconds). Over seeds: mean ± "
           "sample std (ddof=1) and the 95% Student-t interval of the mean; "
           "the paper's single run placed among our seeds (the percentile: "
           "the share of our runs below it, ties half).\n\n"
