@@ -79,3 +79,21 @@ def test_interpret_is_reachable_from_the_package_as_designed():
       interpret.cp_feature_significance)
   with pytest.raises(AttributeError, match="no attribute 'nope'"):
     cj.nope  # noqa: B018
+
+
+def test_paired_tests_against_random_orders():
+  rng = np.random.default_rng(0)
+  models, maps = 10, 8
+  base = np.linspace(0.98, 0.1, maps + 1)
+  random = [[list(base + rng.normal(0, 0.01, maps + 1)) for _ in range(20)]
+            for _ in range(models)]
+  better = [list(base + 0.02 + rng.normal(0, 0.005, maps + 1))
+            for _ in range(models)]
+  same = [list(base + rng.normal(0, 0.01, maps + 1)) for _ in range(models)]
+  tests = experiments.paired_tests({"curves": {
+      "better": better, "same": same, "random order": random}})
+  assert tests["better"]["n"] == 10 and tests["better"]["wins"] == 10
+  assert tests["better"]["mean_gain_points"] == pytest.approx(2.0, abs=0.3)
+  assert tests["better"]["wilcoxon_p"] < 0.01
+  assert tests["better"]["paired_t_p"] < 0.001
+  assert abs(tests["same"]["mean_gain_points"]) < 0.3

@@ -14,6 +14,10 @@ def _main():
   synthetic = flags.DEFINE_bool("synthetic", False,
                                 "run the synthetic TTL experiment")
   seeds = flags.DEFINE_integer("seeds", 5, "seeds of the synthetic run")
+  init = flags.DEFINE_string("init", None, "feature selection: only the "
+                             "runs of this model.init (default: all)")
+  random_orders = flags.DEFINE_integer(
+      "random_orders", 20, "feature selection: random orders per model")
   redraw = flags.DEFINE_bool(
       "redraw", False, "rewrite the feature-selection tables and plots in "
       "--out from their JSON numbers")
@@ -25,7 +29,7 @@ def _main():
       experiments.redraw(out.value)
       return
     experiments.run(out.value, synthetic.value, sweep_dir.value, rank.value,
-                    seeds.value)
+                    seeds.value, init.value, random_orders.value)
 
   app.run(main)
 

@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 from matplotlib.figure import Figure  # no pyplot: files only, no display
+from scipy import stats
 
 from cpac_jax import data, layers, rundir, train
 from cpac_jax.config import base_config, build_model
@@ -108,14 +109,16 @@ def synthetic_ttl(seed: int = 0, size: int = 16,
           "accuracy": row["test_accuracy"]}
 
 
-def _runs(sweep_dir: Path, factorization: str, rank) -> list[Path]:
+def _runs(sweep_dir: Path, factorization: str, rank, init: str | None = None
+          ) -> list[Path]:
   """Finished runs of a sweep (result.json written) with this factorization
-  and rank, by seed."""
+  and rank (and `init`, if given), by seed."""
   found = []
   for result in sorted((sweep_dir / "runs").glob("*/result.json")):
     config = rundir.read_config(result.parent)
     if (config.model.factorization == factorization
-        and config.model.rank == rank):  # JSON: a tuple rank reads as a list
+        and config.model.rank == rank  # JSON: a tuple rank reads as a list
+        and init in (None, config.model.get("init", "default"))):
       found.append((config.seed, result.parent))
   return [run for _, run in sorted(found)]
 
@@ -128,14 +131,22 @@ def _test_set(config) -> tuple[jax.Array, jax.Array]:
   return x, jnp.asarray(split.labels)
 
 
-def cpac_feature_selection(sweep_dir: Path, rank: int, random_orders: int = 5
-                           ) -> dict:
-  """Remove the first CP conv's output maps of every trained seed at `rank`,
-  least significant first, most significant first and in random orders."""
-  runs = _runs(sweep_dir, "cp", rank)
+def cpac_feature_selection(sweep_dir: Path, rank: int, random_orders: int = 20,
+                           init: str | None = None) -> dict:
+  """Remove the first CP conv's output maps of every trained seed at `rank`
+  (and `init`), least significant first, most significant first, by the
+  combined score where a next CP conv consumes the maps, and in
+  `random_orders` random orders per model.
+
+  Returns the curves (test accuracy with 0, 1, ... maps removed) by order:
+  one per model, and for "random order" one list of `random_orders` per
+  model; and `paired_tests` of each order against the random ones.
+  """
+  runs = _runs(sweep_dir, "cp", rank, init)
   if not runs:
     raise FileNotFoundError(
-        f"no finished CP runs at rank {rank} under {sweep_dir}/runs")
+        f"no finished CP runs at rank {rank}"
+        + (f", init {init}" if init else "") + f" under {sweep_dir}/runs")
   curves = {}
   significance = []
   rng = np.random.default_rng(0)
@@ -153,15 +164,53 @@ def cpac_feature_selection(sweep_dir: Path, rank: int, random_orders: int = 5
       consumed = np.asarray(cp_feature_significance(model.convs[1])["input"])
       orders["least significant first (x next layer's input score)"] = (
           np.argsort(scores * consumed))
-    for _ in range(random_orders):
-      orders.setdefault("random order", []).append(
-          rng.permutation(len(scores)))
+    remove = lambda order: feature_selection(model, conv, x, y,
+                                             [int(i) for i in order])
     for name, order in orders.items():
-      for each in (order if name == "random order" else [order]):
-        curves.setdefault(name, []).append(
-            feature_selection(model, conv, x, y, [int(i) for i in each]))
-  return {"sweep": str(sweep_dir), "rank": rank, "runs": [str(r) for r in runs],
-          "significance": significance, "curves": curves}
+      curves.setdefault(name, []).append(remove(order))
+    curves.setdefault("random order", []).append(
+        [remove(rng.permutation(len(scores))) for _ in range(random_orders)])
+  result = {"sweep": str(sweep_dir), "rank": rank, "init": init,
+            "runs": [str(r) for r in runs], "random_orders": random_orders,
+            "significance": significance, "curves": curves}
+  result["paired_tests"] = paired_tests(result)
+  return result
+
+
+def _per_model(result: dict, name: str) -> np.ndarray:
+  """(models, maps + 1) curves of order `name`; random orders averaged
+  within each model."""
+  curves = np.asarray(result["curves"][name])
+  return curves.mean(1) if name == "random order" else curves
+
+
+def paired_tests(result: dict) -> dict:
+  """Each order against the random ones, model by model: the mean test
+  accuracy over the partial removals (1 .. maps - 1 removed; none and all
+  are the same for every order), minus the same mean over that model's
+  random orders, in points. Over models: mean, sample std, 95% t-interval,
+  how many models the order beats random on, and two-sided p-values of
+  the Wilcoxon signed-rank test and the paired t-test."""
+  random = _per_model(result, "random order")[:, 1:-1].mean(1)
+  tests = {}
+  for name in result["curves"]:
+    if name == "random order":
+      continue
+    gain = 100 * (_per_model(result, name)[:, 1:-1].mean(1) - random)
+    n = len(gain)
+    std = float(gain.std(ddof=1)) if n > 1 else 0.0
+    half = float(stats.t.ppf(0.975, n - 1) * std / np.sqrt(n)) if n > 1 \
+        else float("nan")
+    tests[name] = {
+        "n": n, "mean_gain_points": float(gain.mean()), "std": std,
+        "interval95": [float(gain.mean()) - half, float(gain.mean()) + half],
+        "wins": int(np.sum(gain > 0)),
+        "wilcoxon_p": float(stats.wilcoxon(gain).pvalue) if n > 1
+        else float("nan"),
+        "paired_t_p": float(stats.ttest_1samp(gain, 0.0).pvalue) if n > 1
+        else float("nan"),
+        "gains": gain.tolist()}
+  return tests
 
 
 def ttl_importance(sweep_dir: Path, rank: Sequence[int], seed: int = 0,
@@ -194,30 +243,45 @@ def ttl_importance(sweep_dir: Path, rank: Sequence[int], seed: int = 0,
 
 
 def _feature_selection_table(result: dict) -> str:
-  """Test accuracy (mean ± sample std over models and orders) by maps
-  removed."""
-  count = len(next(iter(result["curves"].values()))[0])
+  """Test accuracy by maps removed (mean ± sample std over models; random
+  orders averaged within each model first), then each order's paired test
+  against random."""
+  count = len(_per_model(result, "random order")[0])
   lines = ["| order | " + " | ".join(f"{k} removed" for k in range(count))
            + " |", "|---|" + "---|" * count]
-  for name, curves in result["curves"].items():
-    curves = np.asarray(curves)
+  for name in result["curves"]:
+    curves = _per_model(result, name)
     cells = [f"{m:.3f} ± {s:.3f}" for m, s in zip(curves.mean(0),
                                                    curves.std(0, ddof=1))]
-    lines.append(f"| {name} (n={len(curves)}) | " + " | ".join(cells) + " |")
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  lines += ["", "| order, against random | models | beats random on | mean "
+            "gain, points (1 to maps - 1 removed) | sample std | 95% "
+            "interval | Wilcoxon p | paired t p |", "|---|---|---|---|---|"
+            "---|---|---|"]
+  for name, t in result["paired_tests"].items():
+    lines.append(
+        f"| {name} | {t['n']} | {t['wins']} | {t['mean_gain_points']:+.2f} "
+        f"| {t['std']:.2f} | {t['interval95'][0]:+.2f} to "
+        f"{t['interval95'][1]:+.2f} | {t['wilcoxon_p']:.3g} | "
+        f"{t['paired_t_p']:.3g} |")
   return "\n".join(lines)
 
 
 def _write_feature_selection(result: dict, stem: Path) -> str:
-  """`stem`.md (the table, with the command that made `result`) and
-  `stem`.png from a feature-selection result; returns the table."""
+  """`stem`.md (the tables, with the command that made `result`) and
+  `stem`.png from a feature-selection result; returns the tables."""
   sweep = Path(result["sweep"])
   table = _feature_selection_table(result)
+  init = f" --init={result['init']}" if result.get("init") else ""
+  models = len(result["runs"])
   stem.with_suffix(".md").write_text(
       f"# Feature selection, {sweep.name}, CP rank {result['rank']}\n\n"
       f"`python -m cpac_jax.interpret --sweep_dir={sweep} "
-      f"--rank={result['rank']} --out={stem.parent}`\n\n"
-      "Test accuracy, mean ± sample std (ddof=1) over the trained models "
-      f"and orders.\n\n{table}\n")
+      f"--rank={result['rank']}{init} "
+      f"--random_orders={result['random_orders']} --out={stem.parent}`\n\n"
+      f"{models} trained models, {result['random_orders']} random orders "
+      "each. Test accuracy, mean ± sample std (ddof=1) over the models.\n\n"
+      f"{table}\n")
   _plot_feature_selection(result, stem.with_suffix(".png"))
   return table
 
@@ -233,11 +297,12 @@ def redraw(folder: str | Path) -> None:
 def _plot_feature_selection(result: dict, path: Path) -> None:
   fig = Figure(figsize=(6, 4))
   ax = fig.subplots()
-  for name, curves in result["curves"].items():
-    curves = np.asarray(curves)
+  for name in result["curves"]:
+    curves = _per_model(result, name)
     mean, std = curves.mean(0), curves.std(0, ddof=1)
     removed = np.arange(len(mean))
-    ax.plot(removed, mean, marker="o", label=f"{name} (n={len(curves)})")
+    ax.plot(removed, mean, marker="o", label=f"{name} (± std over "
+            f"{len(curves)} models)")
     ax.fill_between(removed, mean - std, mean + std, alpha=0.2)
   ax.set_xlabel("feature maps of the first CP conv removed")
   ax.set_ylabel("MNIST test accuracy")
@@ -279,7 +344,8 @@ def _plot_synthetic(results: list[dict], planted, path: Path) -> None:
 
 
 def run(out: str, synthetic: bool = False, sweep_dir: str | None = None,
-        rank: str | None = None, seeds: int = 5) -> None:
+        rank: str | None = None, seeds: int = 5, init: str | None = None,
+        random_orders: int = 20) -> None:
   """What `python -m cpac_jax.interpret` runs: the synthetic TTL experiment
   (`synthetic`), or the one that fits the sweep in `sweep_dir` (CPAC:
   feature selection at `rank`; TTL: importance maps at `rank`, JSON),
@@ -302,7 +368,8 @@ def run(out: str, synthetic: bool = False, sweep_dir: str | None = None,
   config = rundir.read_config(next((directory / "runs").glob("*/")))
   name = directory.name
   if config.model.name.startswith("cpac_cnn"):
-    result = cpac_feature_selection(directory, json.loads(rank))
+    result = cpac_feature_selection(directory, json.loads(rank),
+                                    random_orders, init)
     stem = f"feature_selection_{name}_rank{result['rank']}"
     (folder / f"{stem}.json").write_text(json.dumps(result, indent=1))
     print(_write_feature_selection(result, folder / stem))
