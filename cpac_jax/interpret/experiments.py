@@ -181,7 +181,11 @@ def _per_model(result: dict, name: str) -> np.ndarray:
   """(models, maps + 1) curves of order `name`; random orders averaged
   within each model."""
   curves = np.asarray(result["curves"][name])
-  return curves.mean(1) if name == "random order" else curves
+  if name != "random order":
+    return curves
+  if curves.ndim == 2:  # files from before: each model's orders in a row
+    curves = curves.reshape(len(result["runs"]), -1, curves.shape[-1])
+  return curves.mean(1)
 
 
 def paired_tests(result: dict) -> dict:
@@ -290,8 +294,11 @@ def redraw(folder: str | Path) -> None:
   """Rewrite the tables and plots of every feature_selection_*.json in
   `folder` from its numbers, without retraining or reloading anything."""
   for path in sorted(Path(folder).glob("feature_selection_*.json")):
-    _write_feature_selection(json.loads(path.read_text()),
-                             path.with_suffix(""))
+    result = json.loads(path.read_text())
+    result.setdefault("random_orders", len(result["curves"]["random order"])
+                      // len(result["runs"]))
+    result.setdefault("paired_tests", paired_tests(result))
+    _write_feature_selection(result, path.with_suffix(""))
 
 
 def _plot_feature_selection(result: dict, path: Path) -> None:
