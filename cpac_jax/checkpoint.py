@@ -18,11 +18,15 @@ __all__ = ["manager", "restore", "resume", "save", "save_final"]
 
 
 class _DropOrbaxInfo(logging.Filter):
-  """Orbax logs every checkpoint step at INFO; keep its warnings only."""
+  """Orbax logs every checkpoint step at INFO; keep its warnings only, and
+  not the tracebacks its background threads log for a failed save (the
+  error reaches the caller, which reports it once)."""
 
   def filter(self, record):
-    return record.levelno >= logging.WARNING or "/orbax/" not in (
-        record.pathname or "")
+    if "/orbax/" not in (record.pathname or ""):
+      return True
+    return record.levelno >= logging.WARNING and not (
+        record.levelno >= logging.ERROR and record.exc_info)
 
 
 _QUIET = _DropOrbaxInfo()

@@ -13,7 +13,7 @@ from absl import flags
 
 from cpac_jax.config import override, parse_value
 
-__all__ = ["parse_flags"]
+__all__ = ["error_line", "parse_flags"]
 
 _RANK = "--config.model.rank="
 
@@ -31,8 +31,17 @@ def parse_flags(argv: list[str]) -> list[str]:
     for rank in ranks:
       override(config, "model.rank", parse_value(rank))
   except (flags.Error, KeyError, ValueError, TypeError, OSError) as error:
-    sys.exit("error: " + _one_line(error))
+    sys.exit(error_line(error))
   return args
+
+
+def error_line(error: Exception) -> str:
+  """The one line a command line ends with when `error` stops it."""
+  text = _one_line(error)
+  if "No space left on device" in text:
+    text += ("; free some space and rerun the same command: it resumes "
+             "from the last checkpoint")
+  return "error: " + text
 
 
 def _one_line(error: Exception) -> str:
@@ -43,3 +52,4 @@ def _one_line(error: Exception) -> str:
     cause = text.strip().splitlines()[-1]
     return f"{text.splitlines()[0].split(':')[0]}: {cause}"
   return " ".join(text.split())
+

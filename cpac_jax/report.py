@@ -295,7 +295,7 @@ def _main():
     try:
       print(write_report(workdir.value, config.value))
     except (ValueError, OSError) as error:
-      sys.exit(f"error: {error}")  # one line, exit status 1
+      sys.exit(cli.error_line(error))  # one line, exit status 1
 
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main, flags_parser=cli.parse_flags)

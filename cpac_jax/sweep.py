@@ -129,7 +129,7 @@ def _main():
                        vectorize.value)
     except (ValueError, OSError, data.DataNotFoundError,
             train.Preempted) as error:
-      sys.exit(f"error: {error}")  # one line, exit status 1
+      sys.exit(cli.error_line(error))  # one line, exit status 1
     print(f"{len(rows)} runs in {Path(workdir.value) / 'results.csv'}; "
           f"table in {Path(workdir.value) / 'results.md'}")
 

@@ -338,12 +338,14 @@ def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
   with contextlib.ExitStack() as locks:
     for _, workdir in runs:  # one process at a time in each run's workdir
       locks.enter_context(rundir.lock(workdir))
-    return _train(runs, dataset, state_dir, tap, log, teacher, teacher_run)
+    return _train(runs, dataset, state_dir, tap, log, teacher, teacher_run,
+                  locks)
 
 
 def _train(runs, dataset: data.InMemory, state_dir, tap, log, teacher,
-           teacher_run) -> list[Outcome]:
-  """`train_runs` once its checks have passed and its workdirs are locked."""
+           teacher_run, cleanup: contextlib.ExitStack) -> list[Outcome]:
+  """`train_runs` once its checks have passed and its workdirs are locked;
+  `cleanup` closes what it opens if training stops on an error."""
   configs = [config for config, _ in runs]
   first = configs[0]
   together = len(runs) > 1
@@ -409,6 +411,9 @@ def _train(runs, dataset: data.InMemory, state_dir, tap, log, teacher,
   else:
     directory = runs[0][1] / "checkpoints"
   checkpoints = checkpoint.manager(directory)
+  # On an error (a full disk, say), let orbax's threads end before the
+  # error is reported; its own error then is the one that counts.
+  cleanup.callback(_close_quietly, checkpoints)
   state, epoch, step = checkpoint.resume(
       checkpoints, state, steps_per_epoch, log,
       " ".join(run_key(c) for c in configs))
@@ -521,6 +526,13 @@ def _train(runs, dataset: data.InMemory, state_dir, tap, log, teacher,
       outcomes[i] = Outcome(row, None, None if tap is None else jax.tree.map(
           np.asarray, state["taps"]))
   return outcomes
+
+
+def _close_quietly(checkpoints) -> None:
+  """Close `checkpoints` after training failed (its own errors dropped:
+  the caller reports the one that stopped training)."""
+  with contextlib.suppress(Exception):
+    checkpoints.close()
 
 
 def _teacher_workdir(config: ml_collections.ConfigDict, workdir: Path
