@@ -17,9 +17,10 @@ Two stages, each its own workdir:
   python -m cpac_jax.sweep --config=configs/ttl_gap_mnist.py \
       --workdir=experiments/ttl_gap_mnist
 
-Stage 2's config reads stage 1's results.csv: each option gets the
-learning rate with the best final-epoch validation accuracy; no test-set
-number takes part in any choice.
+Stage 2's config reads stage 1's results.csv from
+experiments/ttl_gap_<dataset>/select (that path, whatever --workdir stage 2
+gets): each option gets the learning rate with the best final-epoch
+validation accuracy; no test-set number takes part in any choice.
 """
 
 import pathlib
@@ -83,8 +84,7 @@ def chosen_rates(select, select_dir: pathlib.Path) -> dict:
   """option -> the learning rate of its best final-epoch validation
   accuracy among the results of stage 1 (config `select`) in
   `select_dir`."""
-  rows = {r["key"]: r for r in rundir.read_results(select_dir)
-          if r.get("status") == "ok"}
+  rows = {r["key"]: r for r in rundir.read_results(select_dir)}
   chosen = {}
   for option, fields in OPTIONS.items():
     scored = []
@@ -95,7 +95,10 @@ def chosen_rates(select, select_dir: pathlib.Path) -> dict:
             f"{select_dir} has no stage-1 result for {option!r} at learning "
             f"rate {rate} (run key {key}): run the 'select' preset first "
             "(see configs/ttl_gap_mnist.py)")
-      scored.append((float(rows[key]["test_accuracy"]), rate))
+      if rows[key].get("status") == "ok":  # a diverged rate can't be chosen
+        scored.append((float(rows[key]["test_accuracy"]), rate))
+    if not scored:
+      raise ValueError(f"{select_dir}: every rate of {option!r} diverged")
     chosen[option] = max(scored)[1]
   return chosen
 

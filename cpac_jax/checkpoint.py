@@ -7,6 +7,8 @@ steps_per_epoch once the epoch has been evaluated.
 """
 
 import logging
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +20,11 @@ __all__ = ["manager", "restore", "resume", "save", "save_final"]
 
 
 class _DropOrbaxInfo(logging.Filter):
-  """Orbax logs every checkpoint step at INFO; keep its warnings only, and
-  not the tracebacks its background threads log for a failed save (the
-  error reaches the caller, which reports it once)."""
+  """Orbax logs every checkpoint step at INFO; keep its warnings only."""
 
   def filter(self, record):
-    if "/orbax/" not in (record.pathname or ""):
-      return True
-    return record.levelno >= logging.WARNING and not (
-        record.levelno >= logging.ERROR and record.exc_info)
+    return record.levelno >= logging.WARNING or "/orbax/" not in (
+        record.pathname or "")
 
 
 _QUIET = _DropOrbaxInfo()
@@ -62,13 +60,15 @@ def resume(checkpoints: ocp.CheckpointManager, state: dict,
   """
   directory = Path(checkpoints.directory)
   recorded = directory / _KEY
-  if recorded.exists() and recorded.read_text().strip() != key:
+  found = recorded.read_text().strip() if recorded.exists() else ""
+  if found and found != key:
     raise ValueError(
-        f"{directory} holds checkpoints of another config (key "
-        f"{recorded.read_text().strip()}, not {key}); use another workdir "
-        "or delete them")
-  if distributed.writes_files():
-    recorded.write_text(key + "\n")
+        f"{directory} holds checkpoints of another config (key {found}, "
+        f"not {key}); use another workdir or delete them")
+  if not found and distributed.writes_files():
+    temp = directory / f".{_KEY}.tmp"
+    temp.write_text(key + "\n")
+    os.replace(temp, recorded)  # whole or not at all
   steps = sorted(checkpoints.all_steps(), reverse=True)
   if not steps:
     return state, 1, 0
@@ -85,9 +85,12 @@ def resume(checkpoints: ocp.CheckpointManager, state: dict,
             f"step {global_step}: {reason}); delete the folder to start "
             "over") from error
       log(f"checkpoint {global_step} in {directory} does not read back "
-          f"({reason}); resuming from step {steps[i + 1]}")
-  for damaged in steps[:i]:  # retraining saves these steps again
-    checkpoints.delete(damaged)
+          f"({reason}); resuming from step {steps[i + 1]}, the unreadable "
+          "one kept aside")
+  for damaged in steps[:i]:  # kept aside; retraining saves these steps again
+    (directory / str(damaged)).rename(
+        directory / f"{damaged}.unreadable-{int(time.time())}")
+  checkpoints.reload()
   state = restored
   epoch, step = (int(v) for v in state["position"])
   log(f"resuming at epoch {epoch}, step {step}/{steps_per_epoch}")

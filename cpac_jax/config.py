@@ -93,7 +93,9 @@ def base_config() -> ml_collections.ConfigDict:
   # its key beside this run's workdir. Used by model.init "teacher" and by
   # distillation: config.distill_weight w in (0, 1] trains on
   # (1 - w) * cross-entropy + w * T^2 * cross-entropy against the teacher's
-  # softened outputs, T = config.distill_temperature (Hinton et al. 2015).
+  # softened outputs, T = config.distill_temperature (Hinton et al. 2015);
+  # a distilled run's train loss is that objective, its test loss plain
+  # cross-entropy.
   config.sweep = ()                     # see `expand`
   config.paper = {}                     # the paper's accuracy by rank
   config.paper_loss = {}                # the paper's test loss by rank
@@ -182,7 +184,15 @@ def _check_teacher(config: ml_collections.ConfigDict) -> None:
         f"config.teacher {teacher!r} is set but unused: set model.init "
         "'teacher' or distill_weight > 0, or drop it")
   if teacher:
-    teacher_config(config)  # unknown fields raise here
+    twin = teacher_config(config)  # unknown fields raise here
+    if config.model.get("init") == "teacher" and (
+        twin.model.name != config.model.name
+        or twin.model.factorization != "dense"):
+      raise ValueError(
+          f"model.init 'teacher' decomposes a dense twin of the same model; "
+          f"config.teacher {teacher!r} makes a {twin.model.factorization} "
+          f"{twin.model.name!r}")
+    validate(twin)
 
 
 def teacher_config(config: ml_collections.ConfigDict

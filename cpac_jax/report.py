@@ -258,6 +258,8 @@ def write_report(workdir: str | Path, config: ml_collections.ConfigDict
   summary = summarize(rows)
   out = results.parent
   title = config.get("name") or out.name
+  if split != "test":  # the paper's numbers are test accuracies
+    paper, paper_loss = {}, {}
   table = _table(summary, paper, paper_loss, split)
   plots = _plots(summary, paper, out, title, split)
   failures = "".join(

@@ -85,9 +85,12 @@ class MetricWriter:
     self._tensorboard.close()
 
 
-def history(workdir: Path, up_to_epoch: int) -> list[dict]:
+def history(workdir: Path, up_to_epoch: int, complete: bool = True
+            ) -> list[dict]:
   """The metrics of epochs 1..`up_to_epoch`; metrics.jsonl is cut back to
-  them, dropping any epoch written after the checkpoint now resumed."""
+  them, dropping any epoch written after the checkpoint now resumed. Not
+  `complete` (a run that diverged while others trained on), it may stop
+  earlier."""
   path = workdir / "metrics.jsonl"
   lines = (path.read_text(errors="replace").splitlines() if path.exists()
            else [])
@@ -103,7 +106,8 @@ def history(workdir: Path, up_to_epoch: int) -> list[dict]:
       # The last line, cut by a kill: epochs past the checkpoint resumed
       # now are dropped below anyway.
   kept = [r for r in rows if r["epoch"] <= up_to_epoch]
-  if [r["epoch"] for r in kept] != list(range(1, up_to_epoch + 1)):
+  epochs = [r["epoch"] for r in kept]
+  if epochs != list(range(1, (up_to_epoch if complete else len(kept)) + 1)):
     raise ValueError(
         f"{path} lacks the metrics of epochs the checkpoint has trained "
         f"(1..{up_to_epoch}); delete the run's workdir to train it again")

@@ -21,7 +21,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cpac_jax import cli, data, distributed, report, rundir, train
-from cpac_jax.config import expand, run_key, validate
+from cpac_jax.config import expand, run_key, teacher_config, validate
 
 __all__ = ["run_sweep", "shard_of"]
 
@@ -63,6 +63,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path,
     validate(run)
   every = [(name, run, run_key(run)) for name, run in runs]
   rundir.check_rows(workdir, {key for _, _, key in every})
+  _check_teachers(every, count, vectorize)
   mine = [r for r in every if shard_of(r[2], count) == index]
   results = workdir / ("results.csv" if count == 1
                        else f"results-shard{index}of{count}.csv")
@@ -72,6 +73,28 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path,
   if distributed.writes_files():
     report.write_report(workdir, config)
   return rundir.read_results(workdir)
+
+
+def _check_teachers(every: list, count: int, vectorize: bool) -> None:
+  """Refuse, before any compute, a run whose teacher is not an earlier run
+  of the sweep (of the same shard), or teachers with --vectorize."""
+  order = {key: i for i, (_, _, key) in enumerate(every)}
+  for i, (name, run, key) in enumerate(every):
+    if not run.get("teacher"):
+      continue
+    if vectorize:
+      raise ValueError(f"run {name} learns from a teacher: such runs train "
+                       "one at a time; run the sweep without --vectorize")
+    teacher = run_key(teacher_config(run))
+    if order.get(teacher, len(every)) >= i:
+      raise ValueError(
+          f"run {name}: its teacher ({run.teacher!r}, key {teacher}) is not "
+          "an earlier run of this sweep; add its config to a sweep group "
+          "before this one")
+    if count > 1 and shard_of(teacher, count) != shard_of(key, count):
+      raise ValueError(
+          f"run {name} and its teacher fall in different shards of "
+          f"{count}; run this sweep unsharded")
 
 
 def _run_pending(workdir: Path, results: Path, mine: list, vectorize: bool

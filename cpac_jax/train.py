@@ -419,7 +419,8 @@ def _train(runs, dataset: data.InMemory, state_dir, tap, log, teacher,
       " ".join(run_key(c) for c in configs))
   for name in ("groups", "taps"):
     state[name] = jax.device_put(state[name], replicated)
-  histories = [rundir.history(workdir, epoch - 1) for _, workdir in runs]
+  histories = [rundir.history(workdir, epoch - 1, complete=diverged < 0)
+               for (_, workdir), diverged in zip(runs, state["diverged"])]
   writers = ([rundir.MetricWriter(workdir) for _, workdir in runs]
              if distributed.writes_files() else [])
   steps_per_call = min(first.steps_per_call, steps_per_epoch)

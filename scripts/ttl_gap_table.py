@@ -11,28 +11,18 @@ mean gap. Written into experiments/ttl_gap_<dataset>/README.md between
 `<!-- gap:begin -->` and `<!-- gap:end -->`, and printed.
 """
 
-import math
 import runpy
 import statistics
 import sys
 from pathlib import Path
 
 from flax import nnx
-from scipy import stats
 
-from cpac_jax import rundir
+from cpac_jax import report, rundir
 from cpac_jax.config import build_model, expand
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- gap:begin -->", "<!-- gap:end -->"
-
-
-def _mean_interval(values: list[float]) -> tuple[float, float, float]:
-  """Mean and its 95% Student-t interval."""
-  mean = statistics.fmean(values)
-  half = (stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values)
-          / math.sqrt(len(values)))
-  return mean, mean - half, mean + half
 
 
 def _layer_weights(config, group: dict) -> int:
@@ -90,7 +80,8 @@ def table(dataset: str) -> str:
             for r in found if int(r["seed"]) in twin]
     gap_cell = "-"
     if option != "dense twin" and len(gaps) > 1:
-      gap_cell = "{:+.2f} [{:+.2f}, {:+.2f}]".format(*_mean_interval(gaps))
+      gap_cell = "{:+.2f} [{:+.2f}, {:+.2f}]".format(
+          statistics.fmean(gaps), *report.interval95(gaps))
     lines.append(
         f"| {option} | {first['rank'] or '-'} | {layer:,} | "
         f"{784 * 300 / layer:.2f}x | {rates[option]:g} | "

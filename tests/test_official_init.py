@@ -84,8 +84,7 @@ def test_init_is_checked_with_the_config():
   config.model.rank = 5
   config_lib.override(config, "model.init", "oficial")
   with pytest.raises(ValueError, match=r"model.init in \('default', "
-                                       r"'official', 'teacher'\), got "
-                                       r"'oficial'"):
+                                       r"'official'\), got 'oficial'"):
     config_lib.validate(config)
   config.model.name = "ttl_mlp"
   config.model.factorization = "tucker"

@@ -164,3 +164,20 @@ def test_ttl_gap_stage_2_takes_each_options_best_validation_rate(tmp_path):
     gap["chosen_rates"](select, tmp_path)
   rundir.write_rows(tmp_path / "results.csv", rows)
   assert gap["chosen_rates"](select, tmp_path) == best
+
+
+def test_a_sweep_checks_its_teachers_before_any_compute(mnist_dir, tmp_path):
+  config = ttl(mnist_dir, **{"model.rank": (28, 28, 300)})
+  student = {"distill_weight": [0.5], "teacher": ["model.factorization=dense"],
+             "seed": [0]}
+  config.sweep = (student, {"model.factorization": ["dense"], "seed": [0]})
+  with pytest.raises(ValueError, match="is not an earlier run of this sweep"):
+    sweep.run_sweep(config, tmp_path / "late")
+  config.sweep = ({"model.factorization": ["dense"], "seed": [0]}, student)
+  with pytest.raises(ValueError, match="without --vectorize"):
+    sweep.run_sweep(config, tmp_path / "vectorized", vectorize=True)
+  config.model.init = "teacher"
+  config.teacher = "model.rank=(28, 28, 100)"
+  with pytest.raises(ValueError, match="decomposes a dense twin"):
+    validate(config)
+  assert not (tmp_path / "late").exists()

@@ -9,6 +9,7 @@ tested on trained models, with their tables and plots.
 """
 
 import json
+import math
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ from flax import nnx
 from matplotlib.figure import Figure  # no pyplot: files only, no display
 from scipy import stats
 
-from cpac_jax import data, layers, rundir, train
+from cpac_jax import data, layers, report, rundir, train
 from cpac_jax.config import base_config, build_model
 from cpac_jax.interpret.importance import (
     factor_gradients,
@@ -202,12 +203,11 @@ def paired_tests(result: dict) -> dict:
       continue
     gain = 100 * (_per_model(result, name)[:, 1:-1].mean(1) - random)
     n = len(gain)
-    std = float(gain.std(ddof=1)) if n > 1 else 0.0
-    half = float(stats.t.ppf(0.975, n - 1) * std / np.sqrt(n)) if n > 1 \
-        else float("nan")
+    interval = report.interval95(gain.tolist()) or (math.nan, math.nan)
     tests[name] = {
-        "n": n, "mean_gain_points": float(gain.mean()), "std": std,
-        "interval95": [float(gain.mean()) - half, float(gain.mean()) + half],
+        "n": n, "mean_gain_points": float(gain.mean()),
+        "std": float(gain.std(ddof=1)) if n > 1 else 0.0,
+        "interval95": [float(v) for v in interval],
         "wins": int(np.sum(gain > 0)),
         "wilcoxon_p": float(stats.wilcoxon(gain).pvalue) if n > 1
         else float("nan"),

@@ -24,8 +24,10 @@ MODELS = {
     "vgg16": (VGG16, ("dense", "tucker", "cp"), {}),
 }
 # name -> the initialisations (`model.init`) it offers, "default" first;
-# every model also takes "teacher" (`from_teacher`, applied by the trainer).
-INITS = {"cpac_cnn_1": cpac_cnn.INITS, "cpac_cnn_2": cpac_cnn.INITS}
+# "teacher" (`from_teacher`, applied by the trainer) where its layers are
+# attributes `from_teacher` reaches.
+INITS = {"cpac_cnn_1": cpac_cnn.INITS, "cpac_cnn_2": cpac_cnn.INITS,
+         "ttl_mlp": ("default", "teacher")}
 
 
 def check(model: ml_collections.ConfigDict) -> None:
@@ -41,7 +43,7 @@ def check(model: ml_collections.ConfigDict) -> None:
     raise ValueError(
         f"model {model.name!r} takes model.factorization in {factorizations}, "
         f"got {model.factorization!r}")
-  inits = INITS.get(model.name, ("default",)) + ("teacher",)
+  inits = INITS.get(model.name, ("default",))
   if model.get("init", "default") not in inits:
     raise ValueError(f"model {model.name!r} takes model.init in {inits}, got "
                      f"{model.init!r}")
@@ -77,6 +79,11 @@ def from_teacher(student: nnx.Module, teacher: nnx.Module) -> nnx.Module:
   for name, layer in list(vars(student).items()):
     if not isinstance(layer, nnx.Module):
       continue
+    if isinstance(layer, nnx.List):  # would copy a Conv's state onto a CPConv
+      raise ValueError(
+          f"from_teacher: the student's {name!r} is a list of layers; only "
+          "layers held as attributes are decomposed (models.INITS says "
+          "which models take init 'teacher')")
     source = getattr(teacher, name, None)
     if isinstance(layer, TuckerDense) and isinstance(source, nnx.Linear):
       setattr(student, name, TuckerDense.from_linear(
