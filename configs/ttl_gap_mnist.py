@@ -103,11 +103,16 @@ def chosen_rates(select, select_dir: pathlib.Path) -> dict:
   return chosen
 
 
-def _run_key(config, group: dict) -> str:
+def _run(config, group: dict):
+  """The one run that `group` (one value per field) makes of `config`."""
   one = config.copy_and_resolve_references()
   one.sweep = (group,)
   (_, run), = expand(one)
-  return run_key(run)
+  return run
+
+
+def _run_key(config, group: dict) -> str:
+  return run_key(_run(config, group))
 
 
 def build(dataset: str, preset: str = ""):

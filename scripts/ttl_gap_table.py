@@ -19,19 +19,15 @@ from pathlib import Path
 from flax import nnx
 
 from cpac_jax import report, rundir
-from cpac_jax.config import build_model, expand
+from cpac_jax.config import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- gap:begin -->", "<!-- gap:end -->"
 
 
-def _layer_weights(config, group: dict) -> int:
+def _layer_weights(run) -> int:
   """Weights (biases left out, as the paper counts) of the 784 -> 300
-  layer (and its bottleneck, if any) of the run `group` makes of
-  `config`."""
-  one = config.copy_and_resolve_references()
-  one.sweep = (group,)
-  (_, run), = expand(one)
+  layer (and its bottleneck, if any) of `run`."""
   model = nnx.eval_shape(lambda: build_model(run))
   layers = [model.hidden] + [model.bottleneck] * (model.bottleneck
                                                    is not None)
@@ -74,8 +70,8 @@ def table(dataset: str) -> str:
     mean = statistics.fmean(accuracies)
     std = statistics.stdev(accuracies) if len(found) > 1 else 0.0
     first = found[0]
-    layer = _layer_weights(test, gap["_group"](fields, rates[option],
-                                               rates["dense twin"], [0]))
+    layer = _layer_weights(gap["_run"](test, gap["_group"](
+        fields, rates[option], rates["dense twin"], [0])))
     gaps = [100 * (float(r["test_accuracy"]) - twin[int(r["seed"])])
             for r in found if int(r["seed"]) in twin]
     gap_cell = "-"
