@@ -5,9 +5,20 @@
 # Usage: bash scripts/reproduce.sh [experiment ...]   (default: all below)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/fetch_data.sh
-[ $# -gt 0 ] || set -- cpac_mnist cpac_mnist_1layer ttl_mnist ttl_fashion_mnist
+bash scripts/fetch_data.sh mnist fashion_mnist magnetic_tile
+[ $# -gt 0 ] || set -- cpac_mnist cpac_mnist_1layer cpac_magnetic_tile \
+  cpac_magnetic_tile_1layer ttl_mnist ttl_fashion_mnist ttl_gap_mnist \
+  ttl_gap_fashion_mnist
 for name in "$@"; do
-  python -m cpac_jax.sweep --config="configs/$name.py" \
-    --workdir="experiments/$name"
+  case "$name" in
+    cpac_*) bash scripts/cpac_seeds.sh "$name" ;;  # --vectorize, a seed at a time
+    ttl_gap_*)  # learning rates chosen on held-out data first, then tested
+      python -m cpac_jax.sweep --config="configs/$name.py:select" \
+        --workdir="experiments/$name/select"
+      python -m cpac_jax.sweep --config="configs/$name.py" \
+        --workdir="experiments/$name"
+      python scripts/ttl_gap_table.py "${name#ttl_gap_}" ;;
+    *) python -m cpac_jax.sweep --config="configs/$name.py" \
+         --workdir="experiments/$name" ;;
+  esac
 done
