@@ -6,11 +6,14 @@ A checkpoint's step is the global train step; the state's "position"
 steps_per_epoch once the epoch has been evaluated.
 """
 
+import errno
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -99,10 +102,27 @@ def resume(checkpoints: ocp.CheckpointManager, state: dict,
   return state, epoch, step
 
 
+def _check_space(directory: str | Path, state) -> None:
+  """Refuse a save the disk can't hold before orbax starts it: its write
+  threads, failing midway, would print tracebacks of their own and leave
+  a torn step. A checkpoint takes the state's bytes plus metadata (about
+  60 KB for a small net); a quarter more and 128 KiB leave room."""
+  need = int(1.25 * sum(getattr(leaf, "nbytes", 0)
+                        for leaf in jax.tree.leaves(state))) + (128 << 10)
+  free = shutil.disk_usage(directory).free
+  if free < need:
+    raise OSError(errno.ENOSPC,
+                  f"No space left on device: {directory} has {free:,} bytes "
+                  f"free, a checkpoint needs about {need:,}")
+
+
 def save(checkpoints: ocp.CheckpointManager, state: dict, epoch: int,
          step: int, steps_per_epoch: int) -> None:
-  """Save `state` as taken at (epoch, step), asynchronously."""
+  """Save `state` as taken at (epoch, step), asynchronously, once the
+  disk has room for it (else OSError ENOSPC, the last checkpoint kept)."""
   state["position"] = np.array([epoch, step], np.int64)
+  checkpoints.wait_until_finished()  # the space the previous save took
+  _check_space(checkpoints.directory, state)
   checkpoints.save((epoch - 1) * steps_per_epoch + step,
                    args=ocp.args.StandardSave(state))
 
@@ -113,6 +133,7 @@ def save_final(directory: str | Path, step: int, state: dict) -> None:
   with manager(directory, max_to_keep=None) as checkpoints:
     if step in checkpoints.all_steps():  # orbax won't overwrite a step
       checkpoints.delete(step)
+    _check_space(checkpoints.directory, state)
     checkpoints.save(step, args=ocp.args.StandardSave(state))
 
 

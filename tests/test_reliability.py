@@ -18,7 +18,7 @@ import pytest
 from flax import nnx
 
 from cpac_jax import config as config_lib
-from cpac_jax import data, report, rundir, sweep, train
+from cpac_jax import cli, data, report, rundir, sweep, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -323,6 +323,31 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(
   again = train.train_and_evaluate(small_config(shared_mnist_dir), workdir,
                                    progress=lines.append)
   assert any("does not read back" in line for line in lines), lines
+  assert again["test_accuracy"] == row["test_accuracy"]
+  assert_same_bits(params_of(workdir), params_of(reference))
+
+
+def test_a_full_disk_stops_before_the_save_and_the_rerun_resumes(
+    uninterrupted, tmp_path, shared_mnist_dir, monkeypatch):
+  reference, row = uninterrupted
+  workdir = tmp_path / "run"
+  real = shutil.disk_usage
+  calls = []
+
+  def usage(path):  # room for the first epoch's checkpoint, then none
+    calls.append(path)
+    found = real(path)
+    return found._replace(free=found.free if len(calls) < 2 else 4096)
+
+  monkeypatch.setattr(shutil, "disk_usage", usage)
+  with pytest.raises(OSError, match="No space left on device") as stopped:
+    train.train_and_evaluate(small_config(shared_mnist_dir), workdir)
+  assert "free some space and rerun" in cli.error_line(stopped.value)
+  steps = [p.name for p in (workdir / "checkpoints").iterdir()
+           if not p.name.endswith(".txt")]
+  assert steps == ["64"], steps  # epoch 1's, whole; no torn step beside it
+  monkeypatch.setattr(shutil, "disk_usage", real)
+  again = train.train_and_evaluate(small_config(shared_mnist_dir), workdir)
   assert again["test_accuracy"] == row["test_accuracy"]
   assert_same_bits(params_of(workdir), params_of(reference))
 
