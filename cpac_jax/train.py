@@ -598,12 +598,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   return outcome.row
 
 
-def restore(workdir: str | Path
+def restore(workdir: str | Path, info: data.DatasetInfo | None = None
             ) -> tuple[nnx.Module, ml_collections.ConfigDict]:
   """The model of a run's workdir, with its last checkpoint's parameters and
-  statistics, in eval mode; and the run's config."""
+  statistics, in eval mode; and the run's config. `info`: the facts of the
+  data a caller brought (`data.InMemory`), for a run trained on it."""
   config = rundir.read_config(workdir)
-  _, eval_graphdef, (params, rest) = split_modes(build_model(config))
+  _, eval_graphdef, (params, rest) = split_modes(build_model(config, info))
   target = {"groups": [{"params": params, "rest": rest}]}
   state, = checkpoint.restore(Path(workdir) / "checkpoints",
                               target)["groups"]

@@ -3,11 +3,12 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
 from cpac_jax import interpret, models
-from cpac_jax.interpret import experiments
+from cpac_jax.interpret import experiments, importance, validation
 from cpac_jax.layers import CPConv
 
 
@@ -34,19 +35,21 @@ def test_cp_significance_bounds_the_map_norm_and_tracks_zeroed_rows(rank):
   assert float(scores[2]) == 0.0 and float(norms[2]) == 0.0
 
 
-def test_ttl_importance_of_an_always_zero_row_is_zero():
+@pytest.mark.parametrize("method", importance.METHODS[:3] + ("gradient",))
+def test_ttl_importance_of_an_always_zero_row_is_zero(method):
   model = models.TTLMLP(factorization="tucker", rank=(3, 3, 4),
                         input_shape=(8, 8, 1), hidden_shape=(16,),
                         num_classes=3, rngs=nnx.Rngs(0))
   x = jax.random.uniform(jax.random.key(0), (64, 8, 8)).at[:, 0].set(0.0)
   y = jnp.arange(64) % 3
-  importance = interpret.tucker_factor_importance(model, (x, y))
-  (rows, columns, hidden), = importance.values()
+  found = interpret.tucker_factor_importance(model, (x, y), method)
+  (rows, columns, hidden), = found.values()
   assert float(rows[0]) == 0.0
   assert rows.shape == (8,) and columns.shape == (8,) and hidden.shape == (16,)
-  np.testing.assert_allclose(jnp.sum(rows), 1.0, rtol=1e-5)
-  grid = interpret.importance_map([rows, columns])
-  assert grid.shape == (8, 8) and float(jnp.sum(grid[0])) == 0.0
+  if method in ("contribution", "gradient"):  # shares
+    np.testing.assert_allclose(jnp.sum(rows), 1.0, rtol=1e-5)
+    grid = interpret.importance_map([rows, columns])
+    assert grid.shape == (8, 8) and float(jnp.sum(grid[0])) == 0.0
 
 
 def test_ttl_importance_ranks_planted_rows_on_top():
@@ -54,6 +57,96 @@ def test_ttl_importance_ranks_planted_rows_on_top():
                                      steps=200)
   assert sorted(result["top_rows"]) == [2, 9]
   assert result["accuracy"] > 0.9
+
+
+def _small_ttl(seed=0):
+  model = models.TTLMLP(factorization="tucker", rank=(3, 3, 4),
+                        input_shape=(8, 8, 1), hidden_shape=(16,),
+                        num_classes=3, rngs=nnx.Rngs(seed))
+  x = jax.random.normal(jax.random.key(seed), (64, 8, 8, 1))
+  return model, x, jnp.arange(64) % 3
+
+
+def test_weight_importance_is_the_norm_of_each_weight_slice():
+  model, _, _ = _small_ttl()
+  weight = model.hidden.weight_tensor()
+  rows, columns, hidden = importance._slice_norms(model.hidden)
+  np.testing.assert_allclose(rows, jnp.linalg.norm(weight, axis=(1, 2)),
+                             rtol=1e-4)
+  np.testing.assert_allclose(columns, jnp.linalg.norm(weight, axis=(0, 2)),
+                             rtol=1e-4)
+  np.testing.assert_allclose(hidden, jnp.linalg.norm(weight, axis=(0, 1)),
+                             rtol=1e-4)
+  shares = interpret.tucker_factor_importance(model, None, "weight")
+  np.testing.assert_allclose(shares["hidden"][0], rows / jnp.sum(rows),
+                             rtol=1e-5)
+
+
+def test_occlusion_and_permutation_are_the_loss_rise_by_hand():
+  model, x, y = _small_ttl()
+
+  def loss(inputs):
+    return float(optax.softmax_cross_entropy_with_integer_labels(
+        model(inputs), y).mean())
+
+  occluded = interpret.tucker_factor_importance(model, (x, y), "occlusion")
+  rise = loss(x.at[:, 5].set(jnp.mean(x[:, 5], axis=0))) - loss(x)
+  assert float(occluded["hidden"][0][5]) == pytest.approx(rise, abs=1e-5)
+  # a hidden unit (output mode) occluded: its activation set to its mean
+  shuffled = interpret.tucker_factor_importance(model, (x, y), "permutation",
+                                                repeats=3, seed=1)
+  assert all(v.shape == (s,) for v, s in zip(shuffled["hidden"], (8, 8, 16)))
+  again = interpret.tucker_factor_importance(model, (x, y), "permutation",
+                                             repeats=3, seed=1)
+  np.testing.assert_array_equal(shuffled["hidden"][2], again["hidden"][2])
+
+
+def test_contribution_of_a_constant_row_is_zero():
+  model, x, y = _small_ttl()
+  x = x.at[:, 4].set(0.7)  # never varies: passes nothing to the output
+  rows, _, hidden = interpret.tucker_factor_importance(
+      model, (x, y), "contribution")["hidden"]
+  assert float(rows[4]) == 0.0
+  np.testing.assert_allclose(jnp.sum(hidden), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method, batches, match", [
+    ("nope", None, "method must be one of"),
+    ("occlusion", None, "needs batches"),
+    ("occlusion", [], "no batches"),
+])
+def test_tucker_importance_rejects_bad_requests(method, batches, match):
+  model, _, _ = _small_ttl()
+  with pytest.raises(ValueError, match=match):
+    interpret.tucker_factor_importance(model, batches, method)
+
+
+def test_tucker_importance_needs_a_tucker_layer():
+  net = models.CPACNet(num_layers=1, rank=2, input_shape=(10, 10, 1),
+                       num_classes=3, num_filters=4, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="holds no TuckerDense"):
+    interpret.tucker_factor_importance(net, None, "weight")
+
+
+@pytest.fixture(scope="module")
+def converged():
+  """The planted-rows and 3-mode designs, trained to convergence, every
+  method scored (small sizes)."""
+  return [validation.validate_design(name, seed=0, train_examples=4096,
+                                     epochs=8, repeats=2)
+          for name in ("planted rows", "3-mode input")]
+
+
+@pytest.mark.parametrize("method", [*importance.METHODS[:-1],
+                                    validation.ACCUMULATED])
+def test_importance_ranks_planted_features_on_a_converged_model(converged,
+                                                                method):
+  for result in converged:
+    assert result["train_accuracy"] > 0.97, result["design"]
+    for mode, entry in result["modes"].items():
+      assert entry["truth_top_k_recovery"] == 1.0
+      assert entry["methods"][method]["top_k_recovery"] == 1.0, (
+          result["design"], mode)
 
 
 def test_feature_selection_removes_maps_and_restores_the_layer():

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cpac_jax import config as config_lib
 from cpac_jax import cli, data, report, rundir, sweep, train
+from cpac_jax import config as config_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,9 +3,10 @@ tested on trained models, with their tables and plots.
 
   python -m cpac_jax.interpret --sweep_dir=experiments/cpac_mnist \\
       --out=experiments/interpret      # feature selection on trained CPAC nets
-  python -m cpac_jax.interpret --sweep_dir=experiments/ttl_mnist \\
-      --out=experiments/interpret      # TTL importance maps
   python -m cpac_jax.interpret --synthetic --out=experiments/interpret
+
+TTL importance on trained models, validated against ground truth:
+`cpac_jax.interpret.validation`.
 """
 
 import json
@@ -27,7 +28,6 @@ from cpac_jax.config import base_config, build_model
 from cpac_jax.interpret.importance import (
     factor_gradients,
     importance_from_gradients,
-    importance_map,
 )
 from cpac_jax.interpret.significance import (
     cp_feature_significance,
@@ -35,7 +35,7 @@ from cpac_jax.interpret.significance import (
 )
 
 __all__ = ["cpac_feature_selection", "importance_during_training",
-           "redraw", "run", "synthetic_ttl", "ttl_importance"]
+           "redraw", "run", "synthetic_ttl"]
 
 
 def importance_during_training(
@@ -217,35 +217,6 @@ def paired_tests(result: dict) -> dict:
   return tests
 
 
-def ttl_importance(sweep_dir: Path, rank: Sequence[int], seed: int = 0,
-                   epochs: int = 1) -> dict:
-  """Importance of MNIST-like rows and columns for the TTL MLP of a sweep:
-  retrain its run at `rank` and `seed` from initialisation for `epochs`
-  epochs (its config, the schedule fitted to those epochs), accumulating
-  factor gradients (the paper's reading), and report the rows, columns and
-  the (rows x columns) map."""
-  runs = [r for r in _runs(sweep_dir, "tucker", list(rank))
-          if rundir.read_config(r).seed == seed]
-  if not runs:
-    raise FileNotFoundError(
-        f"no finished Tucker run at rank {rank}, seed {seed} under "
-        f"{sweep_dir}/runs")
-  config = rundir.read_config(runs[0])
-  config.num_epochs = epochs
-  with tempfile.TemporaryDirectory() as workdir:
-    importance, row = importance_during_training(config, workdir)
-  rows, columns = next(iter(importance.values()))[:2]
-  grid = importance_map([rows, columns])
-  centre = float(jnp.sum(grid[4:24, 4:24]))
-  return {"sweep": str(sweep_dir), "run": str(runs[0]),
-          "dataset": config.dataset.name, "rank": list(rank), "epochs": epochs,
-          "rows": np.asarray(rows).tolist(),
-          "columns": np.asarray(columns).tolist(),
-          "centre_20x20_share": centre,
-          "centre_20x20_area_share": 400 / 784,
-          "test_accuracy_after": row["test_accuracy"]}
-
-
 def _feature_selection_table(result: dict) -> str:
   """Test accuracy by maps removed (mean ± sample std over models; random
   orders averaged within each model first), then each order's paired test
@@ -320,23 +291,6 @@ def _plot_feature_selection(result: dict, path: Path) -> None:
   fig.savefig(path, dpi=120)
 
 
-def _plot_importance(result: dict, path: Path) -> None:
-  rows, columns = np.asarray(result["rows"]), np.asarray(result["columns"])
-  fig = Figure(figsize=(11, 3.4))
-  axes = fig.subplots(1, 3)
-  axes[0].bar(range(len(rows)), rows)
-  axes[0].set_title("rows (mode 0)")
-  axes[1].bar(range(len(columns)), columns)
-  axes[1].set_title("columns (mode 1)")
-  image = axes[2].imshow(np.outer(rows, columns), cmap="magma")
-  axes[2].set_title("rows x columns")
-  fig.colorbar(image, ax=axes[2], fraction=0.046)
-  fig.suptitle(f"TTL {tuple(result['rank'])} on {result['dataset']}: "
-               "factor-gradient importance")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-
-
 def _plot_synthetic(results: list[dict], planted, path: Path) -> None:
   fig = Figure(figsize=(6, 3.4))
   ax = fig.subplots()
@@ -354,9 +308,8 @@ def run(out: str, synthetic: bool = False, sweep_dir: str | None = None,
         rank: str | None = None, seeds: int = 5, init: str | None = None,
         random_orders: int = 20) -> None:
   """What `python -m cpac_jax.interpret` runs: the synthetic TTL experiment
-  (`synthetic`), or the one that fits the sweep in `sweep_dir` (CPAC:
-  feature selection at `rank`; TTL: importance maps at `rank`, JSON),
-  writing its JSON, table and plot into `out`."""
+  (`synthetic`), or feature selection on the CPAC sweep in `sweep_dir` at
+  `rank` (JSON), writing its JSON, table and plot into `out`."""
   folder = Path(out)
   folder.mkdir(parents=True, exist_ok=True)
   if synthetic:
@@ -373,17 +326,12 @@ def run(out: str, synthetic: bool = False, sweep_dir: str | None = None,
     return
   directory = Path(sweep_dir)
   config = rundir.read_config(next((directory / "runs").glob("*/")))
-  name = directory.name
-  if config.model.name.startswith("cpac_cnn"):
-    result = cpac_feature_selection(directory, json.loads(rank),
-                                    random_orders, init)
-    stem = f"feature_selection_{name}_rank{result['rank']}"
-    (folder / f"{stem}.json").write_text(json.dumps(result, indent=1))
-    print(_write_feature_selection(result, folder / stem))
-  else:
-    result = ttl_importance(directory, json.loads(rank))
-    (folder / f"importance_{name}.json").write_text(
-        json.dumps(result, indent=1))
-    _plot_importance(result, folder / f"importance_{name}.png")
-    print(f"centre 20x20 holds {result['centre_20x20_share']:.3f} of the "
-          f"importance ({result['centre_20x20_area_share']:.3f} of the area)")
+  if not config.model.name.startswith("cpac_cnn"):
+    raise ValueError(
+        f"{sweep_dir} is a {config.model.name} sweep; feature selection "
+        "reads CPAC sweeps (TTL importance: --validate)")
+  result = cpac_feature_selection(directory, json.loads(rank), random_orders,
+                                  init)
+  stem = f"feature_selection_{directory.name}_rank{result['rank']}"
+  (folder / f"{stem}.json").write_text(json.dumps(result, indent=1))
+  print(_write_feature_selection(result, folder / stem))
