@@ -26,7 +26,8 @@ from scipy import stats
 from cpac_jax import cli, rundir
 from cpac_jax.config import expand, run_key
 
-__all__ = ["interval95", "percentile", "summarize", "write_report"]
+__all__ = ["interval95", "mixed_training_note", "percentile", "summarize",
+           "write_report"]
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
@@ -268,7 +269,8 @@ def write_report(workdir: str | Path, config: ml_collections.ConfigDict
                                  for name in missing)
   seconds = sum(float(r["train_seconds"]) for r in rows)
   text = (f"# {title}: results\n\n"
-          f"{len(rows)} runs from `{results.name}`, {seconds:,.0f} s of "
+          + mixed_training_note(rows)
+          + f"{len(rows)} runs from `{results.name}`, {seconds:,.0f} s of "
           "training in all (their train_seconds). Over seeds: mean ± "
           "sample std (ddof=1) and the 95% Student-t interval of the mean; "
           "the paper's single run placed among our seeds (the percentile: "
@@ -286,6 +288,18 @@ def write_report(workdir: str | Path, config: ml_collections.ConfigDict
       _, tail = rest.split(END, 1)
       readme.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
   return path
+
+
+def mixed_training_note(rows: list[dict]) -> str:
+  """A paragraph when `rows` mix runs trained alone and vectorized (their
+  "trained" column), else ""."""
+  kinds = {r.get("trained", "").split(" ")[0] for r in rows} - {""}
+  if len(kinds) < 2:
+    return ""
+  return ("These rows mix runs trained alone and runs trained vectorized "
+          "(the `trained` column of the results file): the two compute in "
+          "another order of float sums, so one run's numbers differ "
+          "between them in about the 4th decimal.\n\n")
 
 
 def _main():

@@ -31,7 +31,10 @@ COLUMNS = ("experiment", "dataset", "model", "factorization", "rank", "init",
            "params", "compression", "layer_params", "layer_compression",
            "seed", "epochs", "evaluated_on", "test_accuracy",
            "best_test_accuracy", "best_epoch", "test_loss", "train_seconds",
-           "status", "run", "key")
+           "trained", "status", "run", "key")
+# "trained": "alone", or "vectorized (N runs)" for a run trained in one
+# program with others (--vectorize): the two sum in other orders, so the
+# same run's numbers differ between them in about the 4th decimal.
 
 
 # --- One run's workdir -------------------------------------------------------

@@ -506,6 +506,8 @@ def _train(runs, dataset: data.InMemory, state_dir, tap, log, teacher,
 
   outcomes = [None] * num_runs
   total_steps = first.num_epochs * steps_per_epoch
+  trained = {"trained": f"vectorized ({num_runs} runs)" if together
+             else "alone"}
   for group, group_state in zip(groups, state["groups"]):
     for member, (i, counts) in enumerate(zip(group.indices, group.counts)):
       config, workdir = runs[i]
@@ -515,14 +517,15 @@ def _train(runs, dataset: data.InMemory, state_dir, tap, log, teacher,
           error += (f"; the last good checkpoint, at global step "
                     f"{last_good}, is kept in {workdir}" if last_good
                     is not None else "; no checkpoint was saved before")
-        outcomes[i] = Outcome(rundir.failed_row(config), error, None)
+        outcomes[i] = Outcome({**rundir.failed_row(config), **trained},
+                              error, None)
         continue
       if together and distributed.writes_files():
         params, rest = group.unpadded(member, group_state["params"],
                                       group_state["rest"])
         checkpoint.save_final(workdir / "checkpoints", total_steps,
                               {"groups": [{"params": params, "rest": rest}]})
-      row = rundir.result_row(config, counts, histories[i])
+      row = {**rundir.result_row(config, counts, histories[i]), **trained}
       rundir.write_result(workdir, row)
       outcomes[i] = Outcome(row, None, None if tap is None else jax.tree.map(
           np.asarray, state["taps"]))

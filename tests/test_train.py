@@ -252,6 +252,12 @@ def test_vectorized_sweep_trains_each_run_as_its_separate_run_does(
   assert sorted(r["key"] for r in together) == sorted(
       r["key"] for r in separate)
   by_key = {r["key"]: r for r in separate}
+  assert {r["trained"] for r in separate} == {"alone"}
+  # seed 0: ranks 1, 3 and dense in one program; seed 1: ranks 1 and 3
+  assert sorted(r["trained"] for r in together) == (
+      ["vectorized (2 runs)"] * 2 + ["vectorized (3 runs)"] * 3)
+  assert report.mixed_training_note(together) == ""
+  assert "4th decimal" in report.mixed_training_note(together + separate)
   for row in together:
     twin = by_key[row["key"]]
     assert row["status"] == "ok" and row["params"] == twin["params"]
