@@ -35,7 +35,7 @@ from cpac_jax.interpret.significance import (
 )
 
 __all__ = ["cpac_feature_selection", "importance_during_training",
-           "redraw", "run", "synthetic_ttl"]
+           "redraw", "run", "synthetic_config", "synthetic_ttl"]
 
 
 def importance_during_training(
@@ -58,6 +58,23 @@ def importance_during_training(
   if outcome.error is not None:
     raise train.Diverged(outcome.error)
   return importance_from_gradients(model, outcome.tap), outcome.row
+
+
+def synthetic_config(name: str, rank: tuple[int, ...], seed: int
+                     ) -> ml_collections.ConfigDict:
+  """A TTL MLP (hidden 32, Adam 1e-2) for synthetic uint8 images stored
+  as 128 + 32 z, z standard normal."""
+  config = base_config()
+  config.name = name
+  config.dataset.name = "synthetic"
+  config.dataset.mean, config.dataset.std = 128 / 255, 32 / 255
+  config.model.name = "ttl_mlp"
+  config.model.factorization = "tucker"
+  config.model.rank = rank
+  config.model.kwargs = {"hidden_shape": (32,)}
+  config.optimizer.learning_rate = 1e-2
+  config.seed = seed
+  return config
 
 
 def synthetic_ttl(seed: int = 0, size: int = 16,
@@ -87,19 +104,10 @@ def synthetic_ttl(seed: int = 0, size: int = 16,
     labels = (planted.mean(axis=(1, 2, 3)) > 0).astype(np.int32)
     return data.Split(images, labels)
 
-  config = base_config()
-  config.name = "synthetic_ttl"
-  config.dataset.name = "synthetic"
-  config.dataset.mean, config.dataset.std = 128 / 255, 32 / 255
-  config.model.name = "ttl_mlp"
-  config.model.factorization = "tucker"
-  config.model.rank = (4, 4, 4)
-  config.model.kwargs = {"hidden_shape": (32,)}
-  config.optimizer.learning_rate = 1e-2
+  config = synthetic_config("synthetic_ttl", (4, 4, 4), seed)
   config.batch_size = batch_size
   config.num_epochs = 1
   config.steps_per_call = steps
-  config.seed = seed
   dataset = data.InMemory(sample(steps * batch_size), sample(4096),
                           data.DatasetInfo((size, size, 1), 2))
   with tempfile.TemporaryDirectory() as workdir:

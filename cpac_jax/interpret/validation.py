@@ -25,8 +25,10 @@ from matplotlib.figure import Figure  # no pyplot: files only, no display
 from scipy import stats
 
 from cpac_jax import data, report, train
-from cpac_jax.config import base_config
-from cpac_jax.interpret.experiments import importance_during_training
+from cpac_jax.interpret.experiments import (
+    importance_during_training,
+    synthetic_config,
+)
 from cpac_jax.interpret.importance import (
     DEFAULT_METHOD,
     METHODS,
@@ -144,19 +146,10 @@ def validate_design(name: str, seed: int = 0, train_examples: int = 16_384,
   rng = np.random.default_rng(seed)
   train_split = _sample(design, rng, train_examples)
   held_out = _sample(design, rng, 4096)
-  config = base_config()
-  config.name = "importance_validation"
-  config.dataset.name = "synthetic"
-  config.dataset.mean, config.dataset.std = 128 / 255, 32 / 255
-  config.model.name = "ttl_mlp"
-  config.model.factorization = "tucker"
-  config.model.rank = design.rank
-  config.model.kwargs = {"hidden_shape": (32,)}
-  config.optimizer.learning_rate = 1e-2
+  config = synthetic_config("importance_validation", design.rank, seed)
   config.optimizer.schedule = "cosine"
   config.batch_size = 128
   config.num_epochs = epochs
-  config.seed = seed
   dataset = data.InMemory(train_split, held_out,
                           data.DatasetInfo(design.image_shape, 2))
   with tempfile.TemporaryDirectory() as workdir:
