@@ -54,7 +54,10 @@ def _check(tensor: jax.Array, rank, modes, caller: str):
 
 
 def _leading_vectors(matrix: jax.Array, k: int) -> jax.Array:
-  u, _, _ = jnp.linalg.svd(matrix, full_matrices=False)
+  """k orthonormal columns, the leading left singular vectors first; where
+  the matrix has fewer than k columns (a mode rank above the product of the
+  others), completed by an orthonormal basis of the rest of the space."""
+  u, _, _ = jnp.linalg.svd(matrix, full_matrices=matrix.shape[1] < k)
   return u[:, :k]
 
 
