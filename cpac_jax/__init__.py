@@ -2,20 +2,23 @@
 
 `cpac_jax.tensor` holds the pure-JAX tensor algebra, `cpac_jax.functional`
 the factorized contractions built on it, `cpac_jax.layers` the Flax NNX
-layers that hold their parameters; the rest (data, models, training,
+layers that hold their parameters, and `compress` (`cpac_jax.compression`)
+swaps a trained model's layers for them; the rest (data, models, training,
 sweeps, reports, interpretation) loads on first use, as it pulls in optax,
 orbax and TFDS.
 """
 
 import importlib
 
-from cpac_jax import functional, layers, tensor
+from cpac_jax import compression, functional, layers, tensor
+from cpac_jax.compression import compress
 from cpac_jax.layers import count_params
 
 _LAZY = ("checkpoint", "config", "data", "distributed", "interpret", "models",
          "optimizers", "report", "rundir", "sweep", "train", "vectorized")
 
-__all__ = ["count_params", "functional", "layers", "tensor", *_LAZY]
+__all__ = ["compress", "compression", "count_params", "functional", "layers",
+           "tensor", *_LAZY]
 __version__ = "0.1.0"
 
 

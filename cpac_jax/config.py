@@ -26,10 +26,11 @@ import numpy as np
 from flax import nnx
 from ml_collections import config_dict
 
-from cpac_jax import data, models, optimizers
+from cpac_jax import compression, data, models, optimizers
 
-__all__ = ["base_config", "build_model", "computed_fields", "differing_fields",
-           "expand", "override", "parse_value", "run_key", "teacher_config",
+__all__ = ["base_config", "build_model", "compress_config", "compressing",
+           "computed_fields", "differing_fields", "expand", "has_teacher",
+           "override", "parse_value", "run_key", "teacher_config",
            "validate"]
 
 # Fields a config may add to the base (absent, they take their default and
@@ -40,7 +41,7 @@ OPTIONAL_FIELDS = {"optimizer.schedule": "constant", "model.kwargs": {},
                    "distill_temperature": 4.0}
 # Fields that don't change what a run computes.
 _NOT_IN_KEY = ("sweep", "paper", "paper_loss", "dataset.data_dir",
-               "steps_per_call", "eval_batch_size", "distributed")
+               "steps_per_call", "unroll", "eval_batch_size", "distributed")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -78,6 +79,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.num_train_examples = 0         # first N training examples; 0: all
   config.num_test_examples = 0          # first N test examples; 0: all
   config.steps_per_call = 1000          # train steps per compiled call
+  # Unroll each call's steps (and the eval pass's batches) instead of
+  # looping over them: XLA's CPU convolutions run ~15x slower inside a loop
+  # (a 5-conv CNN's step: 1.8 s looped, 0.12 s unrolled). For conv nets on
+  # a CPU, with a small steps_per_call; compiles grow with it.
+  config.unroll = False
   config.seed = 0                       # seeds init and data order
   # Several hosts: with initialize, jax.distributed.initialize() joins them
   # before any computation; the fields left unset it detects itself on
@@ -96,10 +102,43 @@ def base_config() -> ml_collections.ConfigDict:
   # softened outputs, T = config.distill_temperature (Hinton et al. 2015);
   # a distilled run's train loss is that objective, its test loss plain
   # cross-entropy.
+  # config.compress (optional, `compress_config`): a run that compresses
+  # its teacher, a trained model (`cpac_jax.compress`), then fine-tunes it.
   config.sweep = ()                     # see `expand`
   config.paper = {}                     # the paper's accuracy by rank
   config.paper_loss = {}                # the paper's test loss by rank
   return config
+
+
+def compress_config() -> ml_collections.ConfigDict:
+  """The `config.compress` block a config adds to compress its teacher.
+
+  With `factorization` "" (the default) nothing is compressed, and the
+  block is left out of the run key. Otherwise the run's model is its
+  teacher's trained model (`config.teacher`, the overrides that make the
+  teacher's config; "" for the same config without compression, which is
+  the teacher's own) with its layers replaced by `cpac_jax.compress`,
+  then trained as any run: the fine-tuning. init "random" builds the same
+  compressed architecture from scratch instead: the ranks are allocated on
+  the teacher's weights, every parameter is drawn anew.
+  """
+  block = ml_collections.ConfigDict()
+  block.factorization = ""              # "" (off) | cp | tucker
+  block.budget = 0.1                    # fraction (or count) of weights kept
+  block.allocation = "global"           # global | uniform
+  block.init = "decomposed"             # decomposed | random
+  block.exclude = ()                    # paths or globs left dense
+  return block
+
+
+def compressing(config: ml_collections.ConfigDict) -> bool:
+  """Whether `config` compresses its teacher (`compress_config`)."""
+  return bool(config.get("compress", {}).get("factorization", ""))
+
+
+def has_teacher(config: ml_collections.ConfigDict) -> bool:
+  """Whether a run of `config` needs its teacher's finished run."""
+  return bool(config.get("teacher")) or compressing(config)
 
 
 def _choose(value, valid, field: str) -> None:
@@ -141,6 +180,8 @@ def validate(config: ml_collections.ConfigDict,
     raise ValueError("dataset.validation_examples must be an int >= 0 (0: "
                      f"evaluate on the test set), got {validation!r}")
   _check_teacher(config)
+  if "compress" in config:
+    _check_compress(config.compress)
   devices = jax.device_count()
   if config.batch_size % devices:
     raise ValueError(
@@ -162,6 +203,17 @@ def validate(config: ml_collections.ConfigDict,
   nnx.eval_shape(lambda: build_model(config, info))
 
 
+def _check_compress(block: ml_collections.ConfigDict) -> None:
+  _choose(block.factorization, ("", *compression.FACTORIZATIONS),
+          "compress.factorization")
+  _choose(block.allocation, compression.ALLOCATIONS, "compress.allocation")
+  _choose(block.init, compression.INITS, "compress.init")
+  compression.check_budget(block.budget)
+  if not all(isinstance(f, str) for f in block.exclude):
+    raise ValueError("compress.exclude must be a tuple of layer paths or "
+                     f"globs, got {block.exclude!r}")
+
+
 def _check_teacher(config: ml_collections.ConfigDict) -> None:
   teacher = config.get("teacher", "")
   weight = config.get("distill_weight", OPTIONAL_FIELDS["distill_weight"])
@@ -174,17 +226,21 @@ def _check_teacher(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
         f"distill_temperature must be a positive number, got {temperature!r}")
   uses = config.model.get("init") == "teacher" or weight > 0
-  if uses and not teacher:
+  if uses and not teacher and not compressing(config):
     raise ValueError(
         "model.init 'teacher' and distill_weight > 0 need config.teacher, the "
         "overrides that make the teacher's config (e.g. "
         "'model.factorization=dense')")
-  if teacher and not uses:
+  if teacher and not uses and not compressing(config):
     raise ValueError(
         f"config.teacher {teacher!r} is set but unused: set model.init "
-        "'teacher' or distill_weight > 0, or drop it")
-  if teacher:
+        "'teacher', distill_weight > 0 or compress.factorization, or drop it")
+  if has_teacher(config):
     twin = teacher_config(config)  # unknown fields raise here
+    if compressing(config) and twin.model.to_dict() != config.model.to_dict():
+      raise ValueError(
+          f"a compressing run's model is its teacher's, compressed; "
+          f"config.teacher {teacher!r} changes the model block")
     if config.model.get("init") == "teacher" and (
         twin.model.name != config.model.name
         or twin.model.factorization != "dense"):
@@ -208,8 +264,11 @@ def teacher_config(config: ml_collections.ConfigDict
         del teacher[field]
     if teacher.model.get("init") == "teacher":
       del teacher.model["init"]
+    if "compress" in teacher:
+      teacher.compress.factorization = ""
     teacher.sweep = ()
-  for item in re.split(r",\s*(?=[A-Za-z_][\w.]*=)", overrides.strip()):
+  items = re.split(r",\s*(?=[A-Za-z_][\w.]*=)", overrides.strip())
+  for item in items if overrides.strip() else ():
     field, equals, text = item.partition("=")
     if not equals:
       raise ValueError(f"config.teacher {overrides!r}: {item!r} is not of "
@@ -244,6 +303,8 @@ def computed_fields(config: ml_collections.ConfigDict,
   computes (where data lives, how steps are grouped, sweeps, paper) and
   the dotted fields `ignore`."""
   flat = json.loads(config.to_json_best_effort(sort_keys=True))
+  if not compressing(config):
+    flat.pop("compress", None)
   for field in (*_NOT_IN_KEY, *ignore):
     *parents, leaf = field.split(".")
     node = flat

@@ -20,7 +20,7 @@ from pathlib import Path
 import ml_collections
 
 from cpac_jax import distributed
-from cpac_jax.config import differing_fields
+from cpac_jax.config import compressing, differing_fields
 
 __all__ = ["COLUMNS", "MetricWriter", "append_row", "append_rows",
            "check_config", "check_rows", "failed_row", "history", "lock",
@@ -153,14 +153,22 @@ def result_row(config: ml_collections.ConfigDict, counts: dict,
   examples held out of training (`dataset.validation_examples`)."""
   rank = config.model.rank
   best = max(epochs, key=lambda r: r["test_accuracy"])  # the first best
+  what = {"factorization": config.model.factorization,
+          "rank": ("" if config.model.factorization == "dense" else json.dumps(
+              list(rank) if isinstance(rank, tuple) else rank)),
+          "init": config.model.get("init", "default")}
+  if compressing(config):
+    # A compressed teacher: the rank column says how the budget was shared.
+    block = config.compress
+    what = {"factorization": block.factorization,
+            "rank": json.dumps(f"{block.allocation} {block.budget}"),
+            "init": ("compressed" if block.init == "decomposed"
+                     else "scratch")}
   return {
       "experiment": config.get("name", ""),
       "dataset": config.dataset.name,
       "model": config.model.name,
-      "factorization": config.model.factorization,
-      "rank": ("" if config.model.factorization == "dense" else json.dumps(
-          list(rank) if isinstance(rank, tuple) else rank)),
-      "init": config.model.get("init", "default"),
+      **what,
       **counts,
       "seed": config.seed,
       "epochs": config.num_epochs,

@@ -21,7 +21,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cpac_jax import cli, data, distributed, report, rundir, train
-from cpac_jax.config import expand, run_key, teacher_config, validate
+from cpac_jax.config import (expand, has_teacher, run_key, teacher_config,
+                             validate)
 
 __all__ = ["run_sweep", "shard_of"]
 
@@ -80,7 +81,7 @@ def _check_teachers(every: list, count: int, vectorize: bool) -> None:
   of the sweep (of the same shard), or teachers with --vectorize."""
   order = {key: i for i, (_, _, key) in enumerate(every)}
   for i, (name, run, key) in enumerate(every):
-    if not run.get("teacher"):
+    if not has_teacher(run):
       continue
     if vectorize:
       raise ValueError(f"run {name} learns from a teacher: such runs train "

@@ -12,6 +12,7 @@ logs and writes each run's workdir (`cpac_jax.rundir`).
 
 import contextlib
 import hashlib
+import json
 import math
 import signal
 import threading
@@ -29,11 +30,12 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from cpac_jax import (checkpoint, data, distributed, models, optimizers,
-                      rundir)
-from cpac_jax.config import (OPTIONAL_FIELDS, build_model, run_key,
-                             teacher_config, validate)
-from cpac_jax.vectorized import check_together, make_groups, split_modes
+from cpac_jax import (checkpoint, compression, data, distributed, models,
+                      optimizers, rundir)
+from cpac_jax.config import (OPTIONAL_FIELDS, build_model, compressing,
+                             has_teacher, run_key, teacher_config, validate)
+from cpac_jax.vectorized import (Group, check_together, make_groups,
+                                 split_modes)
 
 __all__ = ["Diverged", "Outcome", "Preempted", "distillation_loss",
            "epoch_metrics", "epoch_order", "eval_batches", "make_evaluation",
@@ -116,7 +118,8 @@ def make_evaluation(config: ml_collections.ConfigDict,
       correct = jnp.sum((jnp.argmax(logits, -1) == y) * m)
       return (totals[0] + loss, totals[1] + correct), None
 
-    (loss, correct), _ = jax.lax.scan(body, (0.0, 0.0), (x_all, y_all, mask))
+    (loss, correct), _ = jax.lax.scan(body, (0.0, 0.0), (x_all, y_all, mask),
+                                      unroll=bool(config.get("unroll")))
     return loss, correct
 
   return evaluate
@@ -318,7 +321,7 @@ def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
   for config, workdir in runs:
     rundir.check_config(workdir, config)
   teacher = teacher_run = None
-  if any(config.get("teacher") for config in configs):
+  if any(has_teacher(config) for config in configs):
     if together:
       raise ValueError(
           "runs with a teacher (model.init 'teacher' or distill_weight > 0) "
@@ -364,7 +367,10 @@ def _train(runs, dataset: data.InMemory, state_dir, tap, log, teacher,
   keys = {seed: jax.random.split(jax.random.key(seed)) for seed in seeds}
   groups = make_groups(configs, info, {s: k[0] for s, k in keys.items()},
                        stacked=together)
-  if first.model.get("init") == "teacher":
+  if compressing(first):
+    groups = [_compressed_group(first, runs[0][1], teacher, info,
+                                keys[first.seed][0])]
+  elif first.model.get("init") == "teacher":
     group, = groups
     student = models.from_teacher(
         nnx.merge(group.graphdef, group.params, group.rest), teacher)
@@ -389,7 +395,8 @@ def _train(runs, dataset: data.InMemory, state_dir, tap, log, teacher,
       first, groups, tx, jax.device_put(train_split.images, replicated),
       jax.device_put(train_split.labels, replicated),
       NamedSharding(mesh, PartitionSpec("data")), seed_of, tap,
-      unroll=2 if together else 1,  # unrolled, many small models run faster
+      # unrolled, many small models run faster
+      unroll=True if first.get("unroll") else 2 if together else 1,
       teacher_logits=None if teacher_logits is None else jax.device_put(
           teacher_logits, replicated))
   test_batches = jax.device_put(eval_batches(test_split,
@@ -532,6 +539,35 @@ def _train(runs, dataset: data.InMemory, state_dir, tap, log, teacher,
   return outcomes
 
 
+def _compressed_group(config: ml_collections.ConfigDict, workdir: Path,
+                      teacher: nnx.Module, info: data.DatasetInfo,
+                      init_key: jax.Array) -> Group:
+  """The one group of a run that compresses its teacher (`config.compress`):
+  the teacher's layers decomposed, or (init "random") the same architecture
+  drawn afresh from `init_key`; the report written to the workdir
+  (compression.json, which `restore` rebuilds the architecture from, and
+  compression.md)."""
+  block = config.compress
+  kwargs = dict(factorization=block.factorization,
+                exclude=tuple(block.exclude), allocation=block.allocation)
+  ranks = compression.allocate(teacher, block.budget, **kwargs)
+  kwargs.update(ranks=ranks, implementation=config.model.get(
+      "implementation", "auto"))
+  dense = build_model(config, info, init_key)
+  if block.init == "random":
+    model, report = compression.compress(
+        dense, block.budget, init="random", rngs=nnx.Rngs(params=init_key),
+        **kwargs)
+  else:
+    model, report = compression.compress(teacher, block.budget,
+                                         key=init_key, **kwargs)
+  if distributed.writes_files():
+    (workdir / "compression.json").write_text(
+        json.dumps(report.to_dict(), indent=2))
+    (workdir / "compression.md").write_text(report.table() + "\n")
+  return Group.of_model(model, 0, nnx.eval_shape(lambda: dense))
+
+
 def _close_quietly(checkpoints) -> None:
   """Close `checkpoints` after training failed (its own errors dropped:
   the caller reports the one that stopped training)."""
@@ -607,7 +643,16 @@ def restore(workdir: str | Path, info: data.DatasetInfo | None = None
   statistics, in eval mode; and the run's config. `info`: the facts of the
   data a caller brought (`data.InMemory`), for a run trained on it."""
   config = rundir.read_config(workdir)
-  _, eval_graphdef, (params, rest) = split_modes(build_model(config, info))
+  model = build_model(config, info)
+  if compressing(config):
+    block = config.compress
+    ranks = json.loads((Path(workdir) / "compression.json").read_text())
+    model = nnx.eval_shape(lambda: compression.compress(
+        model, block.budget, block.factorization, init="random",
+        exclude=tuple(block.exclude), allocation=block.allocation,
+        ranks={layer["path"]: layer["rank"] for layer in ranks["layers"]},
+        implementation=config.model.get("implementation", "auto"))[0])
+  _, eval_graphdef, (params, rest) = split_modes(model)
   target = {"groups": [{"params": params, "rest": rest}]}
   state, = checkpoint.restore(Path(workdir) / "checkpoints",
                               target)["groups"]

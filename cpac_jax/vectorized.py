@@ -110,6 +110,18 @@ class Group:
     self.params, self.rest = init.lower().compile(
         {"xla_backend_optimization_level": 0})()
 
+  @classmethod
+  def of_model(cls, model: nnx.Module, index: int, dense_twin: nnx.Module
+               ) -> "Group":
+    """The unstacked group of run `index`, whose `model` is built already
+    (`dense_twin` its dense counterpart, for the parameter counts)."""
+    group = cls.__new__(cls)
+    group.indices, group.stacked = [index], False
+    group.counts = [models.parameter_counts(model, dense_twin)]
+    group.graphdef, group.eval_graphdef, (group.params, group.rest) = (
+        split_modes(model))
+    return group
+
   def unpadded(self, member: int, params, rest):
     """Member `member`'s (params, rest), cut back to its own shapes."""
     if not self.stacked:

@@ -8,12 +8,13 @@ from flax import nnx
 from cpac_jax.layers import CPConv, TuckerDense
 
 from cpac_jax.models import cpac_cnn
+from cpac_jax.models.cnn import CNN
 from cpac_jax.models.cpac_cnn import CPACNet
 from cpac_jax.models.params import count_factorized, parameter_counts
 from cpac_jax.models.ttl_mlp import TTLMLP
 from cpac_jax.models.vgg import VGG16
 
-__all__ = ["CPACNet", "INITS", "MODELS", "TTLMLP", "VGG16", "build",
+__all__ = ["CNN", "CPACNet", "INITS", "MODELS", "TTLMLP", "VGG16", "build",
            "count_factorized", "from_teacher", "parameter_counts"]
 
 # name -> (constructor, the factorizations it takes, fixed keyword arguments)
@@ -22,6 +23,7 @@ MODELS = {
     "cpac_cnn_2": (CPACNet, ("cp", "dense"), {"num_layers": 2}),
     "ttl_mlp": (TTLMLP, ("tucker", "dense"), {}),
     "vgg16": (VGG16, ("dense", "tucker", "cp"), {}),
+    "cnn": (CNN, ("dense", "cp", "tucker"), {}),
 }
 # name -> the initialisations (`model.init`) it offers, "default" first;
 # "teacher" (`from_teacher`, applied by the trainer) where its layers are

@@ -1,0 +1,494 @@
+"""Whole-model compression: a trained model's `nnx.Conv` and `nnx.Linear`
+layers swapped for CP or Tucker layers decomposed from their weights, the
+ranks shared out among the layers under one parameter budget.
+
+  small, report = cj.compress(model, budget=0.1, factorization="tucker",
+                              exclude=("convs/0", "out"))
+  print(report.table())
+
+Then fine-tune `small` as any model (the config and sweep machinery do it
+for a run whose `config.compress.factorization` is set: see
+`cpac_jax.config`).
+
+What replaces what:
+  "cp": each `nnx.Conv` by a `CPConv` of rank R (CP-ALS of its kernel,
+    `CPConv.from_conv`); a CP dense layer doesn't exist, so `nnx.Linear`
+    can't take "cp".
+  "tucker": each `nnx.Conv` by a Tucker-2 `TuckerConv` of ranks
+    (R_in, R_out) on its channel modes (HOOI, Kim et al. 2016); each
+    `nnx.Linear` by a `TuckerDense` of ranks (R, R) on its (in, out)
+    matrix (the truncated SVD with an R x R core).
+
+The rule that shares the budget (`allocation`):
+  "uniform": every layer keeps the same fraction `budget` of its own
+    weights (the largest rank that fits it).
+  "global": the ranks maximise the product over the layers of the
+    fraction of each one's weight energy kept, 1 - e^2 for e = ||W -
+    W_hat|| / ||W|| (a signal passes through every layer, so what each
+    loses compounds; a sum of errors would starve the largest layers to
+    rank 1), with the replaced layers' weights together at most the
+    budget: greedily, from every layer at its smallest rank, each step
+    raises the rank of the layer that buys the most log energy kept per
+    parameter, until no raise fits. The errors come from each layer's
+    spectra, without a decomposition per candidate: for Tucker, the
+    HOSVD truncation at those ranks (exact for the Linear's SVD, the Tucker-2 projection onto the
+    leading singular vectors of the channel unfoldings for a conv); for
+    CP, the largest of the channel unfoldings' rank-R truncation errors, a
+    lower bound on any rank-R CP's error. Layers whose spectra decay fast
+    give up parameters to those whose spectra don't, and a large layer pays
+    more parameters per rank than a small one. The report gives each
+    layer's error after its actual decomposition.
+"""
+
+import dataclasses
+import fnmatch
+import math
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+from cpac_jax import layers as cj_layers
+from cpac_jax.layers import _conv
+
+__all__ = ["ALLOCATIONS", "FACTORIZATIONS", "INITS", "CompressionReport",
+           "LayerReport", "allocate", "check_budget", "compress",
+           "compressible"]
+
+FACTORIZATIONS = ("cp", "tucker")
+ALLOCATIONS = ("global", "uniform")
+# "decomposed": the new layers from the trained weights; "random": the same
+# architecture freshly initialised (to train it from scratch).
+INITS = ("decomposed", "random")
+_TAKES = {"cp": (nnx.Conv,), "tucker": (nnx.Conv, nnx.Linear)}
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerReport:
+  """What `compress` did to one layer."""
+
+  path: str                 # where it sits, e.g. "convs/1"
+  layer: str                # what it was: "Conv(32->64, 3x3)"
+  factorization: str        # "cp" or "tucker"
+  rank: int | tuple         # the rank it got
+  params_before: int        # weights (bias excluded: it is kept as it was)
+  params_after: int
+  error: float | None       # ||W - W_hat|| / ||W||; None if not decomposed
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressionReport:
+  """The layers `compress` replaced, and the budget it shared among them."""
+
+  factorization: str
+  allocation: str
+  budget: float | int
+  layers: tuple[LayerReport, ...]
+
+  @property
+  def params_before(self) -> int:
+    return sum(layer.params_before for layer in self.layers)
+
+  @property
+  def params_after(self) -> int:
+    return sum(layer.params_after for layer in self.layers)
+
+  @property
+  def compression(self) -> float:
+    """The replaced layers' weights before over after."""
+    return self.params_before / self.params_after
+
+  def ranks(self) -> dict:
+    """{path: rank}: what `compress(..., ranks=)` takes to rebuild the
+    same architecture."""
+    return {layer.path: layer.rank for layer in self.layers}
+
+  def to_dict(self) -> dict:
+    return {"factorization": self.factorization,
+            "allocation": self.allocation, "budget": self.budget,
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "compression": self.compression,
+            "layers": [dataclasses.asdict(layer) for layer in self.layers]}
+
+  def table(self) -> str:
+    """The per-layer report as a markdown table, with a total row."""
+    lines = ["| layer | was | factorization | rank | weights before | "
+             "weights after | compression | relative error |",
+             "|---|---|---|---|---:|---:|---:|---:|"]
+    for layer in self.layers:
+      rank = ("x".join(map(str, layer.rank)) if isinstance(layer.rank, tuple)
+              else str(layer.rank))
+      error = "" if layer.error is None else f"{layer.error:.3f}"
+      lines.append(
+          f"| {layer.path} | {layer.layer} | {layer.factorization} | {rank} "
+          f"| {layer.params_before} | {layer.params_after} | "
+          f"{layer.params_before / layer.params_after:.1f}x | {error} |")
+    lines.append(f"| total | | {self.factorization} | {self.allocation} "
+                 f"{self.budget} | {self.params_before} | "
+                 f"{self.params_after} | {self.compression:.1f}x | |")
+    return "\n".join(lines)
+
+
+Filter = str | type
+
+
+def compressible(model: nnx.Module, factorization: str = "tucker", *,
+                 include: Sequence[Filter] | None = None,
+                 exclude: Sequence[Filter] = ()
+                 ) -> list[tuple[str, nnx.Module]]:
+  """The (path, layer) pairs `compress` would replace, in graph order.
+
+  A filter is a glob on the path ("convs/*", "out") or a layer type
+  (`nnx.Linear`). `include` None: every layer that can take the
+  factorization (`nnx.Conv` for "cp", also `nnx.Linear` for "tucker").
+
+  Raises:
+    ValueError: an unknown factorization, a filter that matches no
+      `nnx.Conv` or `nnx.Linear`, an included layer that can't take the
+      factorization, or nothing left to replace.
+  """
+  _check_choice(factorization, FACTORIZATIONS, "factorization")
+  candidates = [("/".join(map(str, path)), node)
+                for path, node in nnx.iter_graph(model)
+                if isinstance(node, (nnx.Conv, nnx.Linear))]
+  paths = [path for path, _ in candidates]
+  for kind, filters in (("include", include or ()), ("exclude", exclude)):
+    for f in filters:
+      if not any(_matches(f, path, node) for path, node in candidates):
+        raise ValueError(
+            f"compress: {kind} filter {_name(f)!r} matches no nnx.Conv or "
+            f"nnx.Linear; the model's are at {paths}")
+  chosen = []
+  for path, node in candidates:
+    if any(_matches(f, path, node) for f in exclude):
+      continue
+    takes = isinstance(node, _TAKES[factorization])
+    if include is None:
+      if takes:
+        chosen.append((path, node))
+      continue
+    if not any(_matches(f, path, node) for f in include):
+      continue
+    if not takes:
+      raise ValueError(
+          f"compress: the {type(node).__name__} at {path!r} can't take "
+          f"factorization {factorization!r} (it replaces "
+          f"{' and '.join(t.__name__ for t in _TAKES[factorization])}); "
+          "exclude it or choose 'tucker'")
+    chosen.append((path, node))
+  if not chosen:
+    raise ValueError(
+        f"compress: no layer left to replace with {factorization!r} among "
+        f"{paths} (include={include!r}, exclude={exclude!r})")
+  for path, node in chosen:
+    if isinstance(node, nnx.Conv):
+      _conv.from_conv_kwargs(node, f"compress: the Conv at {path!r}")
+  return chosen
+
+
+def compress(model: nnx.Module, budget: float | int = 0.1,
+             factorization: str = "tucker", *,
+             include: Sequence[Filter] | None = None,
+             exclude: Sequence[Filter] = (), allocation: str = "global",
+             ranks: Mapping[str, object] | None = None,
+             init: str = "decomposed", implementation: str = "auto",
+             key: jax.Array | None = None,
+             rngs: nnx.Rngs | None = None
+             ) -> tuple[nnx.Module, CompressionReport]:
+  """A copy of `model` (left untouched) with its Conv and Linear layers
+  (`compressible`) replaced by CP or Tucker layers, and the report.
+
+  Args:
+    model: any Flax NNX model; the layers may sit anywhere in it
+      (attributes, lists, nested modules).
+    budget: the replaced layers' weights to keep: a float in (0, 1], the
+      fraction (0.1 ~ 10x fewer), or an int, their count.
+    factorization: "cp" or "tucker" (see the module docstring).
+    include, exclude: filters choosing the layers (`compressible`).
+    allocation: "global" or "uniform": how the budget is shared out (see
+      the module docstring).
+    ranks: {path: rank} to give the layers instead of an allocation (as
+      `allocate` and `CompressionReport.ranks` return them); every chosen
+      layer's.
+    init: "decomposed" (from the trained weights) or "random" (the same
+      architecture freshly initialised from `rngs`, for training from
+      scratch; no reconstruction error then).
+    implementation: the new layers' forward path.
+    key: seeds CP-ALS (default: key 0).
+    rngs: random streams of init "random" (default: Rngs(0)).
+
+  Raises:
+    ValueError: a bad budget, factorization, allocation, init, filter or
+      rank; a budget below what the smallest ranks need.
+  """
+  _check_choice(init, INITS, "init")
+  chosen = compressible(model, factorization, include=include,
+                        exclude=exclude)
+  paths = [path for path, _ in chosen]
+  if ranks is None:
+    ranks = allocate(model, budget, factorization, include=include,
+                     exclude=exclude, allocation=allocation)
+  else:
+    _target(budget, sum(_dense_params(node) for _, node in chosen))
+    _check_choice(allocation, ALLOCATIONS, "allocation")
+    if sorted(ranks) != sorted(paths):
+      raise ValueError(
+          f"compress: ranks are given for {sorted(ranks)}, but the layers "
+          f"chosen are {paths}")
+    ranks = {path: tuple(rank) if isinstance(rank, list) else rank
+             for path, rank in ranks.items()}
+
+  new = nnx.clone(model)
+  key = jax.random.key(0) if key is None else key
+  rngs = rngs or nnx.Rngs(0)
+  reports = []
+  for i, (path, node) in enumerate(chosen):
+    layer = _replace(node, factorization, ranks[path], init, implementation,
+                     jax.random.fold_in(key, i), rngs, path)
+    _set(new, path, layer)
+    error = None
+    if init == "decomposed":
+      weight = np.asarray(_weight(node), np.float64)
+      rebuilt = np.asarray(_rebuilt(layer), np.float64).reshape(weight.shape)
+      error = float(np.linalg.norm(weight - rebuilt) / np.linalg.norm(weight))
+    reports.append(LayerReport(
+        path=path, layer=_describe(node), factorization=factorization,
+        rank=ranks[path], params_before=_dense_params(node),
+        params_after=cj_layers.count_params(layer) - _bias_params(layer),
+        error=error))
+  return new, CompressionReport(factorization, allocation, budget,
+                                tuple(reports))
+
+
+# --- Choosing ranks ----------------------------------------------------------
+
+
+def allocate(model: nnx.Module, budget: float | int = 0.1,
+             factorization: str = "tucker", *,
+             include: Sequence[Filter] | None = None,
+             exclude: Sequence[Filter] = (), allocation: str = "global"
+             ) -> dict:
+  """{path: rank} for the layers `compress` would replace: the budget
+  shared out by `allocation` (module docstring), from the layers' spectra
+  alone (no decomposition). Raises ValueError as `compress` does."""
+  _check_choice(allocation, ALLOCATIONS, "allocation")
+  chosen = compressible(model, factorization, include=include,
+                        exclude=exclude)
+  total = sum(_dense_params(node) for _, node in chosen)
+  target = _target(budget, total)
+  options = [_options(node, factorization) for _, node in chosen]
+  if allocation == "uniform":
+    picks = [_largest_within(o, target * _dense_params(node) / total)
+             for o, (_, node) in zip(options, chosen)]
+  else:
+    picks = _share(options, target, [path for path, _ in chosen])
+  return {path: option.rank for (path, _), option in zip(chosen, picks)}
+
+
+
+@dataclasses.dataclass(frozen=True)
+class _Option:
+  rank: int | tuple
+  params: int
+  error2: float  # squared relative reconstruction error (estimated)
+
+
+def _options(node: nnx.Module, factorization: str) -> list[_Option]:
+  """A layer's candidate ranks, smallest first, each with its weights and
+  estimated squared relative error (from the spectra; module docstring)."""
+  weight = np.asarray(_weight(node), np.float64)
+  norm2 = float(np.sum(weight**2)) or 1.0
+  if isinstance(node, nnx.Linear):
+    _, s2 = _left_spectrum(weight if weight.shape[0] <= weight.shape[1]
+                           else weight.T)
+    rest = norm2 - np.cumsum(s2)
+    n_in, n_out = weight.shape
+    return [_Option((r, r), r * (n_in + n_out) + r * r,
+                    max(rest[r - 1], 0.0) / norm2)
+            for r in range(1, len(s2) + 1)]
+  # A conv kernel (*spatial, Cin, Cout): its channel unfoldings.
+  c_in, c_out = weight.shape[-2:]
+  u_in, s2_in = _left_spectrum(_unfold(weight, -2))
+  u_out, s2_out = _left_spectrum(_unfold(weight, -1))
+  if factorization == "cp":
+    rest_in = norm2 - np.cumsum(s2_in)
+    rest_out = norm2 - np.cumsum(s2_out)
+    top = math.floor(weight.size / sum(weight.shape))  # rank "same"
+    return [_Option(r, r * sum(weight.shape), max(
+        rest_in[r - 1] if r <= len(rest_in) else 0.0,
+        rest_out[r - 1] if r <= len(rest_out) else 0.0, 0.0) / norm2)
+            for r in range(1, top + 1)]
+  # Tucker-2: ranks proportional to the channel counts, as tucker_rank's
+  # fractions are; the error of projecting onto the leading vectors.
+  # kept[a, b]: the energy of the core of ranks (a + 1, b + 1).
+  spatial = math.prod(weight.shape[:-2])
+  core = np.einsum("...io,ia,ob->...ab", weight, u_in, u_out,
+                   optimize=True)
+  kept = np.cumsum(np.cumsum(np.sum(core**2, axis=tuple(
+      range(core.ndim - 2))), axis=0), axis=1)
+  options = {}
+  for scale in np.linspace(0, 1, 4 * max(c_in, c_out) + 1):
+    r_in = max(1, min(kept.shape[0], round(scale * c_in)))
+    r_out = max(1, min(kept.shape[1], round(scale * c_out)))
+    if (r_in, r_out) not in options:
+      options[(r_in, r_out)] = _Option(
+          (r_in, r_out),
+          spatial * r_in * r_out + c_in * r_in + c_out * r_out,
+          max(norm2 - float(kept[r_in - 1, r_out - 1]), 0.0) / norm2)
+  return sorted(options.values(), key=lambda o: o.params)
+
+
+def _share(options: list[list[_Option]], target: float,
+           paths: list[str]) -> list[_Option]:
+  """One option per layer, the weights within `target`, greedily
+  maximising the summed log energy kept (module docstring)."""
+  at = [0] * len(options)
+  used = sum(o[0].params for o in options)
+  if used > target:
+    raise ValueError(
+        f"compress: a budget of {target:.0f} weights is below the {used} "
+        f"that the smallest ranks of {paths} need together; raise the budget "
+        "or exclude layers")
+  while True:
+    best = None
+    for layer, candidates in enumerate(options):
+      here = candidates[at[layer]]
+      for j in range(at[layer] + 1, len(candidates)):
+        cost = candidates[j].params - here.params
+        if used + cost > target:
+          break
+        gain = (_log_kept(candidates[j]) - _log_kept(here)) / max(cost, 1)
+        if best is None or gain > best[0]:
+          best = (gain, layer, j, cost)
+    if best is None or best[0] < 0:
+      return [candidates[i] for candidates, i in zip(options, at)]
+    _, layer, j, cost = best
+    at[layer], used = j, used + cost
+
+
+def _log_kept(option: _Option) -> float:
+  return math.log(max(1.0 - option.error2, 1e-12))
+
+
+def _largest_within(options: list[_Option], limit: float) -> _Option:
+  """The largest option whose weights fit `limit` (the smallest if none)."""
+  fitting = [o for o in options if o.params <= limit]
+  return fitting[-1] if fitting else options[0]
+
+
+def check_budget(budget) -> None:
+  """Raise ValueError unless `budget` is a fraction in (0, 1] or a count
+  of weights >= 1."""
+  if isinstance(budget, bool) or not isinstance(budget, (int, float)) or (
+      isinstance(budget, float) and not 0 < budget <= 1) or budget <= 0:
+    raise ValueError(f"compress: budget must be a float in (0, 1] (the "
+                     f"fraction of weights kept) or an int count of weights "
+                     f">= 1, got {budget!r}")
+
+
+def _target(budget, total: int) -> float:
+  """The weights `budget` keeps of `total`."""
+  check_budget(budget)
+  if isinstance(budget, float):
+    if not 0 < budget <= 1:
+      raise ValueError(
+          f"compress: budget {budget!r} is not a fraction in (0, 1] of the "
+          f"{total} weights of the layers it replaces")
+    return budget * total
+  if not 0 < budget <= total:
+    raise ValueError(
+        f"compress: budget {budget} weights is not in 1..{total}, the "
+        "weights of the layers it replaces")
+  return float(budget)
+
+
+# --- Replacing layers --------------------------------------------------------
+
+
+def _replace(node, factorization, rank, init, implementation, key, rngs,
+             path) -> nnx.Module:
+  """The factorized layer that takes `node`'s place."""
+  where = f"compress: the {type(node).__name__} at {path!r}"
+  if isinstance(node, nnx.Linear):
+    rank = tuple(rank) if isinstance(rank, Sequence) else (rank, rank)
+    shapes = dict(in_shape=(node.in_features,),
+                  out_shape=(node.out_features,), rank=rank,
+                  implementation=implementation)
+    if init == "decomposed":
+      return cj_layers.TuckerDense.from_linear(node, **shapes)
+    return cj_layers.TuckerDense(
+        **shapes, use_bias=node.bias is not None, dtype=node.dtype,
+        param_dtype=node.param_dtype, precision=node.precision, rngs=rngs)
+  cls = (cj_layers.CPConv if factorization == "cp"
+         else cj_layers.TuckerConv)
+  if init == "random":
+    return cls(**_conv.from_conv_kwargs(node, where), rank=rank,
+               implementation=implementation, rngs=rngs)
+  if factorization == "cp":
+    return cls.from_conv(node, rank, key=key, implementation=implementation)
+  return cls.from_conv(node, rank, implementation=implementation)
+
+
+def _set(model: nnx.Module, path: str, layer: nnx.Module) -> None:
+  *parents, leaf = path.split("/")
+  node = model
+  for part in parents:
+    node = node[int(part)] if part.isdigit() else getattr(node, part)
+  if leaf.isdigit():
+    node[int(leaf)] = layer
+  else:
+    setattr(node, leaf, layer)
+
+
+def _weight(node) -> jax.Array:
+  return node.kernel[...]
+
+
+def _rebuilt(layer) -> jax.Array:
+  if isinstance(layer, cj_layers.TuckerDense):
+    return layer.weight_tensor()
+  return layer.kernel_tensor()
+
+
+def _dense_params(node) -> int:
+  return math.prod(node.kernel.shape)
+
+
+def _bias_params(layer) -> int:
+  return 0 if layer.bias is None else math.prod(layer.bias.shape)
+
+
+def _left_spectrum(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The left singular vectors of a wide `matrix` and its squared singular
+  values, largest first (from its Gram matrix: one small eigh)."""
+  values, vectors = np.linalg.eigh(matrix @ matrix.T)
+  return vectors[:, ::-1], np.maximum(values[::-1], 0.0)
+
+
+def _unfold(weight: np.ndarray, mode: int) -> np.ndarray:
+  return np.moveaxis(weight, mode, 0).reshape(weight.shape[mode], -1)
+
+
+def _describe(node) -> str:
+  if isinstance(node, nnx.Linear):
+    return f"Linear({node.in_features}->{node.out_features})"
+  size = "x".join(map(str, node.kernel_size))
+  return f"Conv({node.in_features}->{node.out_features}, {size})"
+
+
+def _matches(f: Filter, path: str, node) -> bool:
+  if isinstance(f, type):
+    return isinstance(node, f)
+  return fnmatch.fnmatchcase(path, f)
+
+
+def _name(f: Filter) -> str:
+  return f.__name__ if isinstance(f, type) else f
+
+
+def _check_choice(value, valid, field: str) -> None:
+  if value not in valid:
+    raise ValueError(f"compress: {field} must be one of {valid}, got "
+                     f"{value!r}")

@@ -1,0 +1,134 @@
+"""The compression table: compress + fine-tune (global and uniform ranks)
+against the same architecture trained from scratch and the dense net, from
+experiments/compress_fashion_mnist/results.csv, and its plot.
+
+  python scripts/compress_table.py [experiments/compress_fashion_mnist]
+
+For each budget and condition: the compressed convs' weights and their
+compression, test accuracy over seeds (mean, sample std, n), and the gap in
+points to the dense net and to training from scratch, paired by seed (a
+seed's runs share the dense teacher and the data order), with the 95%
+Student-t interval of the mean gap. Written into the folder's README.md
+between `<!-- compress:begin -->` and `<!-- compress:end -->`, as
+comparison.png beside it, and printed.
+"""
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from cpac_jax import report, rundir
+
+ROOT = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- compress:begin -->", "<!-- compress:end -->"
+CONDITIONS = (("compressed", "global"), ("compressed", "uniform"),
+              ("scratch", "global"))
+LABELS = {("compressed", "global"): "compress + fine-tune, global ranks",
+          ("compressed", "uniform"): "compress + fine-tune, uniform ranks",
+          ("scratch", "global"): "from scratch (global ranks' architecture)"}
+
+
+def _gap(ours: dict, theirs: dict) -> str:
+  """Paired gap in points, mean and 95% interval, over shared seeds."""
+  seeds = sorted(set(ours) & set(theirs))
+  gaps = [100 * (ours[s] - theirs[s]) for s in seeds]
+  if not gaps:
+    return "-"
+  interval = report.interval95(gaps)
+  text = f"{statistics.fmean(gaps):+.2f}"
+  if interval:
+    text += f" [{interval[0]:+.2f}, {interval[1]:+.2f}]"
+  return text
+
+
+def _cell(by_seed: dict) -> str:
+  values = list(by_seed.values())
+  std = statistics.stdev(values) if len(values) > 1 else 0.0
+  return f"{statistics.fmean(values):.4f} ± {std:.4f} (n={len(values)})"
+
+
+def collect(rows: list[dict]) -> tuple[dict, dict]:
+  """(dense accuracy by seed, {(budget, init, allocation): {"acc": by
+  seed, "weights", "compression"}})."""
+  dense, groups = {}, defaultdict(lambda: {"acc": {}})
+  for row in rows:
+    if row["status"] != "ok":
+      continue
+    accuracy = float(row["test_accuracy"])
+    if row["factorization"] == "dense":
+      dense[int(row["seed"])] = accuracy
+      continue
+    allocation, budget = json.loads(row["rank"]).split()
+    group = groups[(float(budget), row["init"], allocation)]
+    group["acc"][int(row["seed"])] = accuracy
+    group["weights"] = int(row["layer_params"])
+    group["compression"] = float(row["layer_compression"])
+  return dense, groups
+
+
+def table(rows: list[dict]) -> str:
+  dense, groups = collect(rows)
+  lines = [
+      "| budget | condition | compressed convs' weights | their compression "
+      "| test accuracy, mean ± std (n) | vs dense, points [95%] | "
+      "vs scratch, points [95%] |",
+      "|---|---|---:|---:|---|---|---|",
+      f"| 1 | dense | 138,240 | 1.0x | {_cell(dense)} | | |"]
+  for budget in sorted({b for b, _, _ in groups}, reverse=True):
+    scratch = groups.get((budget, "scratch", "global"), {"acc": {}})["acc"]
+    for condition in CONDITIONS:
+      group = groups.get((budget, *condition))
+      if group is None:
+        continue
+      versus = ("" if condition[0] == "scratch"
+                else _gap(group["acc"], scratch))
+      lines.append(
+          f"| {budget} | {LABELS[condition]} | {group['weights']:,} | "
+          f"{group['compression']:.1f}x | {_cell(group['acc'])} | "
+          f"{_gap(group['acc'], dense)} | {versus} |")
+  return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+  dense, groups = collect(rows)
+  fig = Figure(figsize=(6.4, 4.2))
+  ax = fig.subplots()
+  ax.axhline(100 * statistics.fmean(dense.values()), color="black", lw=1,
+             ls="--", label=f"dense (mean of {len(dense)})")
+  for offset, condition in zip((-0.03, 0.0, 0.03), CONDITIONS):
+    points = sorted((g["compression"], g["acc"]) for (b, *c), g
+                    in groups.items() if tuple(c) == condition)
+    xs = [x * (1 + offset) for x, _ in points]
+    means = [100 * statistics.fmean(acc.values()) for _, acc in points]
+    line, = ax.plot(xs, means, marker="o", label=LABELS[condition])
+    for x, (_, acc) in zip(xs, points):
+      ax.scatter([x] * len(acc), [100 * a for a in acc.values()], s=8,
+                 color=line.get_color(), alpha=0.5)
+  ax.set_xscale("log")
+  ax.set_xlabel("compression of the four compressed convs (x)")
+  ax.set_ylabel("test accuracy (%)")
+  ax.set_title("CNN on Fashion-MNIST: Tucker-2 compression (dots: seeds)")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def main(folder: str = "experiments/compress_fashion_mnist") -> None:
+  folder = ROOT / folder if not Path(folder).is_absolute() else Path(folder)
+  rows = rundir.read_results(folder)
+  text = table(rows)
+  plot(rows, folder / "comparison.png")
+  readme = folder / "README.md"
+  if readme.exists() and BEGIN in readme.read_text():
+    head, rest = readme.read_text().split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+  print(text)
+
+
+if __name__ == "__main__":
+  main(*sys.argv[1:])

@@ -1,0 +1,242 @@
+"""Whole-model compression (`cj.compress`): layers found wherever they sit,
+replaced under one budget, the input left alone; the global allocation
+against the uniform one; the errors; the compress-then-fine-tune runs of a
+sweep, resumed and restored."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import cpac_jax as cj
+from cpac_jax import compression, models, sweep, train
+from cpac_jax.config import (build_model, expand, run_key, teacher_config,
+                             validate)
+
+from tests.test_train import load_config, tiny
+
+
+class Block(nnx.Module):
+  def __init__(self, rngs):
+    self.conv = nnx.Conv(8, 12, (3, 3), rngs=rngs)
+
+
+class Net(nnx.Module):
+  """Convs as an attribute, in a list and in a nested module; a Linear."""
+
+  def __init__(self, rngs):
+    self.stem = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+    self.blocks = nnx.List([Block(rngs),
+                            nnx.Conv(12, 16, (3, 3), strides=2, rngs=rngs)])
+    self.head = nnx.Linear(16, 10, rngs=rngs)
+
+  def __call__(self, x):
+    x = nnx.relu(self.stem(x))
+    x = nnx.relu(self.blocks[0].conv(x))
+    x = nnx.relu(self.blocks[1](x))
+    return self.head(jnp.mean(x, axis=(1, 2)))
+
+
+def _planted(shape, ranks, seed):
+  """A kernel of Tucker-2 ranks `ranks` on its channel modes."""
+  keys = jax.random.split(jax.random.key(seed), 3)
+  core = jax.random.normal(keys[0], shape[:-2] + tuple(ranks))
+  u = jax.random.normal(keys[1], (shape[-2], ranks[0]))
+  v = jax.random.normal(keys[2], (shape[-1], ranks[1]))
+  return jnp.einsum("...ab,ia,ob->...io", core, u, v)
+
+
+def test_compress_replaces_every_layer_and_leaves_the_input_alone():
+  net = Net(nnx.Rngs(0))
+  before = jax.tree.map(np.array, nnx.state(net, nnx.Param))
+  x = jax.random.normal(jax.random.key(1), (2, 9, 9, 3))
+  small, report = cj.compress(net, 0.3, "tucker")
+  assert [layer.path for layer in report.layers] == [  # nnx's graph order
+      "blocks/0/conv", "blocks/1", "head", "stem"]
+  assert isinstance(small.stem, cj.layers.TuckerConv)
+  assert isinstance(small.blocks[0].conv, cj.layers.TuckerConv)
+  assert isinstance(small.blocks[1], cj.layers.TuckerConv)
+  assert small.blocks[1].strides == (2, 2)
+  assert isinstance(small.head, cj.layers.TuckerDense)
+  assert isinstance(net.stem, nnx.Conv)  # the input untouched
+  jax.tree.map(np.testing.assert_array_equal, before,
+               jax.tree.map(np.array, nnx.state(net, nnx.Param)))
+  assert report.params_after <= 0.3 * report.params_before
+  assert report.params_before == 3 * 8 * 9 + 8 * 12 * 9 + 12 * 16 * 9 + 160
+  assert small(x).shape == (2, 10)
+  # Each layer's error is its rebuilt weight's.
+  layer = report.layers[0]
+  rebuilt = small.blocks[0].conv.kernel_tensor()
+  weight = net.blocks[0].conv.kernel[...]
+  np.testing.assert_allclose(
+      layer.error, jnp.linalg.norm(rebuilt - weight) / jnp.linalg.norm(weight),
+      rtol=1e-4)
+  assert "| blocks/0/conv | Conv(8->12, 3x3) | tucker |" in report.table()
+  # At full ranks the compressed model computes the original.
+  full = {"stem": (3, 8), "blocks/0/conv": (8, 12), "blocks/1": (12, 16),
+          "head": (10, 10)}
+  exact, _ = cj.compress(net, 1.0, "tucker", ranks=full)
+  np.testing.assert_allclose(exact(x), net(x), atol=1e-4)
+
+
+def test_cp_filters_and_random_init():
+  net = Net(nnx.Rngs(0))
+  small, report = cj.compress(net, 0.2, "cp", exclude=("stem",),
+                              allocation="uniform")
+  assert [layer.path for layer in report.layers] == ["blocks/0/conv",
+                                                     "blocks/1"]
+  assert isinstance(small.blocks[1], cj.layers.CPConv)
+  assert isinstance(small.stem, nnx.Conv) and isinstance(small.head,
+                                                         nnx.Linear)
+  for layer in report.layers:  # uniform: each within its own share
+    assert layer.params_after <= 0.2 * layer.params_before
+  # The same architecture drawn afresh: ranks as given, no error.
+  fresh, again = cj.compress(net, 0.2, "cp", exclude=("stem",),
+                             ranks=report.ranks(), init="random")
+  assert again.ranks() == report.ranks()
+  assert {layer.error for layer in again.layers} == {None}
+  assert cj.count_params(fresh) == cj.count_params(small)
+  only, _ = cj.compress(net, 0.5, "tucker", include=(nnx.Linear,))
+  assert isinstance(only.head, cj.layers.TuckerDense)
+  assert isinstance(only.stem, nnx.Conv)
+
+
+def test_global_allocation_keeps_more_than_uniform_at_the_same_budget():
+  """A layer of low rank needs little; the global rule gives the rest to
+  the full-rank layer, keeping more of the weights' energy in all."""
+  net = Net(nnx.Rngs(0))
+  net.blocks[1].kernel[...] = _planted((3, 3, 12, 16), (2, 2), 0)
+  results = {}
+  for allocation in ("global", "uniform"):
+    _, report = cj.compress(net, 0.25, "tucker", include=("blocks/*",),
+                            allocation=allocation)
+    assert report.params_after <= 0.25 * report.params_before
+    results[allocation] = report
+  kept = {name: np.prod([1 - layer.error**2 for layer in report.layers])
+          for name, report in results.items()}
+  assert kept["global"] > kept["uniform"] + 0.05
+  ranks = results["global"].ranks()
+  assert ranks["blocks/1"][0] <= 4  # the planted rank-2 layer stays small
+  assert results["global"].layers[1].error < 1e-3  # blocks/1
+
+
+def test_bad_requests_get_one_clear_error():
+  net = Net(nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"budget must be a float in \(0, 1\]"):
+    cj.compress(net, 1.5)
+  with pytest.raises(ValueError, match="budget must be"):
+    cj.compress(net, 0)
+  with pytest.raises(ValueError, match=r"budget 99999 weights is not in "
+                     r"1\.\.2968"):
+    cj.compress(net, 99999)
+  with pytest.raises(ValueError, match="below the .* that the smallest ranks"):
+    cj.compress(net, 40)
+  with pytest.raises(ValueError, match="exclude filter 'convs/9' matches no"):
+    cj.compress(net, exclude=("convs/9",))
+  with pytest.raises(ValueError, match="Linear at 'head' can't take "
+                     "factorization 'cp'"):
+    cj.compress(net, 0.5, "cp", include=("head",))
+  with pytest.raises(ValueError, match="factorization must be one of"):
+    cj.compress(net, 0.5, "tt")
+  with pytest.raises(ValueError, match="allocation must be one of"):
+    cj.compress(net, 0.5, allocation="greedy")
+  with pytest.raises(ValueError, match="ranks are given for"):
+    cj.compress(net, 0.5, ranks={"stem": (2, 2)})
+  grouped = Net(nnx.Rngs(0))
+  grouped.stem = nnx.Conv(3, 6, (3, 3), feature_group_count=3,
+                          rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="stem.*grouped"):
+    cj.compress(grouped, 0.5)
+
+
+def _cnn(data_dir, **overrides):
+  config = tiny(load_config("compress_fashion_mnist", "quick"), data_dir,
+                **{"dataset.name": "mnist", "num_train_examples": 0,
+                   "num_test_examples": 0, "batch_size": 32,
+                   "model.kwargs": {"widths": (8, "M", 16, 16)},
+                   **overrides})
+  return config
+
+
+def test_compress_and_fine_tune_in_a_sweep(mnist_dir, tmp_path):
+  config = _cnn(mnist_dir)
+  config.sweep = (
+      {"seed": [0]},
+      {"compress.factorization": ["tucker"], "compress.budget": [0.3],
+       "compress.allocation": ["global", "uniform"], "num_epochs": [1],
+       "teacher": ["num_epochs=3"], "seed": [0]},
+      {"compress.factorization": ["cp"], "compress.budget": [0.3],
+       "compress.init": ["random"], "teacher": [""], "seed": [0]},
+  )
+  rows = sweep.run_sweep(config, tmp_path / "sweep")
+  assert [r["status"] for r in rows] == ["ok"] * 4
+  dense, tuned, uniform, scratch = rows
+  assert (tuned["factorization"], tuned["rank"], tuned["init"]) == (
+      "tucker", '"global 0.3"', "compressed")
+  assert scratch["init"] == "scratch" and scratch["factorization"] == "cp"
+  assert float(tuned["layer_compression"]) >= 1 / 0.3 - 1e-6
+  runs = sorted((tmp_path / "sweep" / "runs").iterdir(), key=lambda p: next(
+      i for i, r in enumerate(rows) if p.name.endswith(r["key"])))
+  report = json.loads((runs[1] / "compression.json").read_text())
+  assert [layer["path"] for layer in report["layers"]] == ["convs/1",
+                                                           "convs/2"]
+  # A run restores into its compressed architecture, with its accuracy.
+  model, restored = train.restore(runs[1])
+  assert isinstance(model.convs[1], cj.layers.TuckerConv)
+  assert cj.count_params(model) == int(tuned["params"])
+  scratch_model, _ = train.restore(runs[3])
+  assert isinstance(scratch_model.convs[2], cj.layers.CPConv)
+  # The fine-tuning's teacher is the dense run, found by its key.
+  assert run_key(teacher_config(restored)) == dense["key"]
+  # Rerun: every run is found done, nothing retrained.
+  again = sweep.run_sweep(config, tmp_path / "sweep")
+  assert [r["key"] for r in again] == [r["key"] for r in rows]
+
+
+def test_compress_config_errors(mnist_dir):
+  config = _cnn(mnist_dir, **{"compress.factorization": "tucker"})
+  validate(config)
+  for field, value, message in (
+      ("compress.factorization", "tt", "unknown compress.factorization"),
+      ("compress.allocation", "even", "unknown compress.allocation"),
+      ("compress.budget", 2.0, "budget must be a float"),
+      ("teacher", "model.name=ttl_mlp", "changes the model block")):
+    bad = config.copy_and_resolve_references()
+    with bad.ignore_type():
+      bad_field = bad
+      *parents, leaf = field.split(".")
+      for parent in parents:
+        bad_field = bad_field[parent]
+      bad_field[leaf] = value
+    with pytest.raises(ValueError, match=message):
+      validate(bad)
+  # Off, the block is left out of the run key.
+  off = config.copy_and_resolve_references()
+  off.compress.factorization = ""
+  off.compress.budget = 0.5
+  plain = off.copy_and_resolve_references()
+  del plain["compress"]
+  assert run_key(off) == run_key(plain)
+
+
+def test_vgg16_config_compresses_its_trained_dense_net():
+  config = load_config("ttl_vgg16_cifar10")
+  runs = [run for _, run in expand(config) if run.compress.factorization]
+  assert {run.compress.allocation for run in runs} == {"global", "uniform"}
+  for run in runs:
+    validate(run)
+    teacher = teacher_config(run)
+    assert teacher.model.factorization == "dense"
+    assert teacher.num_epochs == config.num_epochs
+  dense = build_model(teacher)
+  ranks = compression.allocate(dense, 0.1, "tucker",
+                               exclude=("convs/0", "out"))
+  assert list(ranks)[-2:] == ["hidden/0", "hidden/1"]
+  small = nnx.eval_shape(lambda: cj.compress(
+      dense, 0.1, "tucker", exclude=("convs/0", "out"), ranks=ranks,
+      init="random")[0])
+  ours, before = models.count_factorized(small)
+  assert 0.09 * before < ours <= 0.1 * before
