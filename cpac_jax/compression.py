@@ -31,10 +31,11 @@ The rule that shares the budget (`allocation`):
     raises the rank of the layer that buys the most log energy kept per
     parameter, until no raise fits. The errors come from each layer's
     spectra, without a decomposition per candidate: for Tucker, the
-    HOSVD truncation at those ranks (exact for the Linear's SVD, the Tucker-2 projection onto the
-    leading singular vectors of the channel unfoldings for a conv); for
-    CP, the largest of the channel unfoldings' rank-R truncation errors, a
-    lower bound on any rank-R CP's error. Layers whose spectra decay fast
+    HOSVD truncation at those ranks (exact for the Linear's SVD; for a
+    conv, the Tucker-2 projection onto the leading singular vectors of
+    its channel unfoldings); for CP, the largest of the channel
+    unfoldings' rank-R truncation errors, a lower bound on any rank-R
+    CP's error. Layers whose spectra decay fast
     give up parameters to those whose spectra don't, and a large layer pays
     more parameters per rank than a small one. The report gives each
     layer's error after its actual decomposition.
