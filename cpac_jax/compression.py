@@ -51,11 +51,10 @@ import numpy as np
 from flax import nnx
 
 from cpac_jax import layers as cj_layers
-from cpac_jax.layers import _conv
 
 __all__ = ["ALLOCATIONS", "FACTORIZATIONS", "INITS", "CompressionReport",
            "LayerReport", "allocate", "check_budget", "compress",
-           "compressible"]
+           "compressible", "set_at"]
 
 FACTORIZATIONS = ("cp", "tucker")
 ALLOCATIONS = ("global", "uniform")
@@ -185,7 +184,7 @@ def compressible(model: nnx.Module, factorization: str = "tucker", *,
         f"{paths} (include={include!r}, exclude={exclude!r})")
   for path, node in chosen:
     if isinstance(node, nnx.Conv):
-      _conv.from_conv_kwargs(node, f"compress: the Conv at {path!r}")
+      cj_layers.from_conv_kwargs(node, f"compress: the Conv at {path!r}")
   return chosen
 
 
@@ -248,7 +247,7 @@ def compress(model: nnx.Module, budget: float | int = 0.1,
   for i, (path, node) in enumerate(chosen):
     layer = _replace(node, factorization, ranks[path], init, implementation,
                      jax.random.fold_in(key, i), rngs, path)
-    _set(new, path, layer)
+    set_at(new, path, layer)
     error = None
     if init == "decomposed":
       weight = np.asarray(_weight(node), np.float64)
@@ -425,14 +424,16 @@ def _replace(node, factorization, rank, init, implementation, key, rngs,
   cls = (cj_layers.CPConv if factorization == "cp"
          else cj_layers.TuckerConv)
   if init == "random":
-    return cls(**_conv.from_conv_kwargs(node, where), rank=rank,
+    return cls(**cj_layers.from_conv_kwargs(node, where), rank=rank,
                implementation=implementation, rngs=rngs)
   if factorization == "cp":
     return cls.from_conv(node, rank, key=key, implementation=implementation)
   return cls.from_conv(node, rank, implementation=implementation)
 
 
-def _set(model: nnx.Module, path: str, layer: nnx.Module) -> None:
+def set_at(model: nnx.Module, path: str, layer) -> None:
+  """Put `layer` at `path` ("blocks/0/conv": attributes and list indices,
+  as `compressible` names them) in `model`, in place."""
   *parents, leaf = path.split("/")
   node = model
   for part in parents:

@@ -10,6 +10,7 @@ import optax
 from flax import nnx
 
 from cpac_jax import layers, tensor
+from cpac_jax.compression import set_at
 
 __all__ = ["DEFAULT_METHOD", "METHODS", "factor_gradients",
            "importance_from_gradients", "importance_map",
@@ -182,17 +183,6 @@ def _slice_norms(layer: layers.TuckerDense) -> list[jax.Array]:
   return norms
 
 
-def _set_at(model: nnx.Module, path: str, value) -> None:
-  *parents, last = path.split("/")
-  node = model
-  for key in parents:
-    node = node[int(key)] if key.isdigit() else getattr(node, key)
-  if last.isdigit():
-    node[int(last)] = value
-  else:
-    setattr(node, last, value)
-
-
 def _contribution(model, batches):
   """Shares of each layer's centred output energy by index of each mode."""
   graphdef, state = nnx.split(model)
@@ -206,7 +196,7 @@ def _contribution(model, batches):
       def record(z, path=path, layer=layer):
         seen[path] = z
         return layer(z)
-      _set_at(net, path, record)
+      set_at(net, path, record)
     net(x)
     return [seen[path] for path in paths]
 
@@ -277,7 +267,7 @@ def _loss_rise(model, batches, method, repeats, seed):
       else:
         call = lambda z: _perturb(layer(z), layer.out_shape, mode - modes,
                                   index, replacement)
-      _set_at(net, path, call)
+      set_at(net, path, call)
       return loss(net, x, y) - clean
 
     size = (layer := found[path]).in_shape + layer.out_shape

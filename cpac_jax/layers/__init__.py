@@ -2,10 +2,11 @@
 thin shells that own the parameters and call `cpac_jax.functional`."""
 
 from cpac_jax.functional import patches_conv
+from cpac_jax.layers._conv import from_conv_kwargs
 from cpac_jax.layers.cp_conv import CPConv
 from cpac_jax.layers.params import count_params
 from cpac_jax.layers.tucker_conv import TuckerConv
 from cpac_jax.layers.tucker_dense import TuckerDense
 
 __all__ = ["CPConv", "TuckerConv", "TuckerDense", "count_params",
-           "patches_conv"]
+           "from_conv_kwargs", "patches_conv"]
