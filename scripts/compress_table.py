@@ -10,7 +10,8 @@ points to the dense net and to training from scratch, paired by seed (a
 seed's runs share the dense teacher and the data order), with the 95%
 Student-t interval of the mean gap. Written into the folder's README.md
 between `<!-- compress:begin -->` and `<!-- compress:end -->`, as
-comparison.png beside it, and printed.
+comparison.png beside it, and printed; with the run folders present, each
+compressed run's ranks into allocations.md.
 """
 
 import json
@@ -65,9 +66,17 @@ def collect(rows: list[dict]) -> tuple[dict, dict]:
     allocation, budget = json.loads(row["rank"]).split()
     group = groups[(float(budget), row["init"], allocation)]
     group["acc"][int(row["seed"])] = accuracy
-    group["weights"] = int(row["layer_params"])
-    group["compression"] = float(row["layer_compression"])
+    group.setdefault("weights", []).append(int(row["layer_params"]))
+    group.setdefault("ratios", []).append(float(row["layer_compression"]))
+    group["compression"] = statistics.fmean(group["ratios"])
   return dense, groups
+
+
+def _weights(values: list[int]) -> str:
+  """The seeds' counts: one number, or their range (the global rule's
+  ranks follow each seed's trained weights)."""
+  low, high = min(values), max(values)
+  return f"{low:,}" if low == high else f"{low:,}-{high:,}"
 
 
 def table(rows: list[dict]) -> str:
@@ -75,21 +84,24 @@ def table(rows: list[dict]) -> str:
   lines = [
       "| budget | condition | compressed convs' weights | their compression "
       "| test accuracy, mean ± std (n) | vs dense, points [95%] | "
-      "vs scratch, points [95%] |",
-      "|---|---|---:|---:|---|---|---|",
-      f"| 1 | dense | 138,240 | 1.0x | {_cell(dense)} | | |"]
+      "vs scratch, points [95%] | vs uniform, points [95%] |",
+      "|---|---|---:|---:|---|---|---|---|",
+      f"| 1 | dense | 138,240 | 1.0x | {_cell(dense)} | | | |"]
   for budget in sorted({b for b, _, _ in groups}, reverse=True):
-    scratch = groups.get((budget, "scratch", "global"), {"acc": {}})["acc"]
+    acc = {c: groups.get((budget, *c), {"acc": {}})["acc"]
+           for c in CONDITIONS}
     for condition in CONDITIONS:
       group = groups.get((budget, *condition))
       if group is None:
         continue
-      versus = ("" if condition[0] == "scratch"
-                else _gap(group["acc"], scratch))
+      scratch = ("" if condition[0] == "scratch"
+                 else _gap(group["acc"], acc[("scratch", "global")]))
+      uniform = (_gap(group["acc"], acc[("compressed", "uniform")])
+                 if condition == ("compressed", "global") else "")
       lines.append(
-          f"| {budget} | {LABELS[condition]} | {group['weights']:,} | "
-          f"{group['compression']:.1f}x | {_cell(group['acc'])} | "
-          f"{_gap(group['acc'], dense)} | {versus} |")
+          f"| {budget} | {LABELS[condition]} | {_weights(group['weights'])} "
+          f"| {group['compression']:.1f}x | {_cell(group['acc'])} | "
+          f"{_gap(group['acc'], dense)} | {scratch} | {uniform} |")
   return "\n".join(lines)
 
 
@@ -117,11 +129,38 @@ def plot(rows: list[dict], path: Path) -> None:
   fig.savefig(path, dpi=120)
 
 
+def allocations(folder: Path, rows: list[dict]) -> str:
+  """Each compressed run's per-layer ranks, from its run folder's
+  compression.json, as one table."""
+  lines = ["| seed | budget | allocation | init | " + " | ".join(
+      f"{p} rank (error)" for p in ("convs/1", "convs/2", "convs/3",
+                                    "convs/4")) + " |",
+           "|---|---|---|---|---|---|---|---|"]
+  for row in rows:
+    path = folder / "runs" / f"{row['run']}-{row['key']}" / "compression.json"
+    if row["factorization"] == "dense" or not path.exists():
+      continue
+    report_ = json.loads(path.read_text())
+    cells = [
+        "x".join(map(str, layer["rank"])) + (
+            f" ({layer['error']:.2f})" if layer["error"] is not None else "")
+        for layer in report_["layers"]]
+    lines.append(f"| {row['seed']} | {report_['budget']} | "
+                 f"{report_['allocation']} | {row['init']} | "
+                 + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def main(folder: str = "experiments/compress_fashion_mnist") -> None:
   folder = ROOT / folder if not Path(folder).is_absolute() else Path(folder)
   rows = rundir.read_results(folder)
   text = table(rows)
   plot(rows, folder / "comparison.png")
+  if (folder / "runs").is_dir():  # run folders are not committed
+    (folder / "allocations.md").write_text(
+        "# Ranks per layer of every compressed run (relative reconstruction "
+        "error of the decomposition before fine-tuning)\n\n"
+        f"{allocations(folder, rows)}\n")
   readme = folder / "README.md"
   if readme.exists() and BEGIN in readme.read_text():
     head, rest = readme.read_text().split(BEGIN, 1)
