@@ -240,3 +240,16 @@ def test_vgg16_config_compresses_its_trained_dense_net():
       init="random")[0])
   ours, before = models.count_factorized(small)
   assert 0.09 * before < ours <= 0.1 * before
+
+
+def test_unrolled_steps_train_as_the_loop_does(mnist_dir, tmp_path):
+  """config.unroll changes how the steps compile, not what they compute."""
+  config = _cnn(mnist_dir, num_epochs=1, steps_per_call=4)
+  rows = [train.train_and_evaluate(
+      _cnn(mnist_dir, num_epochs=1, steps_per_call=4, unroll=unroll),
+      tmp_path / str(unroll)) for unroll in (False, True)]
+  assert run_key(config) == run_key(_cnn(mnist_dir, num_epochs=1,
+                                         steps_per_call=4, unroll=True))
+  np.testing.assert_allclose(rows[0]["test_loss"], rows[1]["test_loss"],
+                             rtol=1e-4)
+  assert rows[0]["test_accuracy"] == rows[1]["test_accuracy"]
