@@ -228,8 +228,7 @@ def compress(model: nnx.Module, budget: float | int = 0.1,
                         exclude=exclude)
   paths = [path for path, _ in chosen]
   if ranks is None:
-    ranks = allocate(model, budget, factorization, include=include,
-                     exclude=exclude, allocation=allocation)
+    ranks = _allocate(chosen, budget, factorization, allocation)
   else:
     _target(budget, sum(_dense_params(node) for _, node in chosen))
     _check_choice(allocation, ALLOCATIONS, "allocation")
@@ -273,9 +272,15 @@ def allocate(model: nnx.Module, budget: float | int = 0.1,
   """{path: rank} for the layers `compress` would replace: the budget
   shared out by `allocation` (module docstring), from the layers' spectra
   alone (no decomposition). Raises ValueError as `compress` does."""
-  _check_choice(allocation, ALLOCATIONS, "allocation")
   chosen = compressible(model, factorization, include=include,
                         exclude=exclude)
+  return _allocate(chosen, budget, factorization, allocation)
+
+
+def _allocate(chosen: list[tuple[str, nnx.Module]], budget,
+              factorization: str, allocation: str) -> dict:
+  """`allocate` for the (path, layer) pairs `compressible` chose."""
+  _check_choice(allocation, ALLOCATIONS, "allocation")
   total = sum(_dense_params(node) for _, node in chosen)
   target = _target(budget, total)
   options = [_options(node, factorization) for _, node in chosen]
@@ -392,12 +397,8 @@ def _target(budget, total: int) -> float:
   """The weights `budget` keeps of `total`."""
   check_budget(budget)
   if isinstance(budget, float):
-    if not 0 < budget <= 1:
-      raise ValueError(
-          f"compress: budget {budget!r} is not a fraction in (0, 1] of the "
-          f"{total} weights of the layers it replaces")
     return budget * total
-  if not 0 < budget <= total:
+  if budget > total:
     raise ValueError(
         f"compress: budget {budget} weights is not in 1..{total}, the "
         "weights of the layers it replaces")

@@ -365,16 +365,17 @@ def _train(runs, dataset: data.InMemory, state_dir, tap, log, teacher,
 
   seeds = sorted({config.seed for config in configs})
   keys = {seed: jax.random.split(jax.random.key(seed)) for seed in seeds}
-  groups = make_groups(configs, info, {s: k[0] for s, k in keys.items()},
-                       stacked=together)
   if compressing(first):
     groups = [_compressed_group(first, runs[0][1], teacher, info,
                                 keys[first.seed][0])]
-  elif first.model.get("init") == "teacher":
-    group, = groups
-    student = models.from_teacher(
-        nnx.merge(group.graphdef, group.params, group.rest), teacher)
-    _, _, (group.params, group.rest) = split_modes(student)
+  else:
+    groups = make_groups(configs, info, {s: k[0] for s, k in keys.items()},
+                         stacked=together)
+    if first.model.get("init") == "teacher":
+      group, = groups
+      student = models.from_teacher(
+          nnx.merge(group.graphdef, group.params, group.rest), teacher)
+      _, _, (group.params, group.rest) = split_modes(student)
   teacher_logits = None
   if first.get("distill_weight", 0) > 0:
     teacher_logits = _logits(teacher, train_split.images,
@@ -548,24 +549,30 @@ def _compressed_group(config: ml_collections.ConfigDict, workdir: Path,
   (compression.json, which `restore` rebuilds the architecture from, and
   compression.md)."""
   block = config.compress
-  kwargs = dict(factorization=block.factorization,
-                exclude=tuple(block.exclude), allocation=block.allocation)
-  ranks = compression.allocate(teacher, block.budget, **kwargs)
-  kwargs.update(ranks=ranks, implementation=config.model.get(
-      "implementation", "auto"))
-  dense = build_model(config, info, init_key)
+  ranks = compression.allocate(teacher, block.budget, block.factorization,
+                               exclude=tuple(block.exclude),
+                               allocation=block.allocation)
   if block.init == "random":
     model, report = compression.compress(
-        dense, block.budget, init="random", rngs=nnx.Rngs(params=init_key),
-        **kwargs)
+        build_model(config, info, init_key), init="random",
+        rngs=nnx.Rngs(params=init_key), **_compress_kwargs(config, ranks))
   else:
-    model, report = compression.compress(teacher, block.budget,
-                                         key=init_key, **kwargs)
+    model, report = compression.compress(teacher, key=init_key,
+                                         **_compress_kwargs(config, ranks))
   if distributed.writes_files():
     (workdir / "compression.json").write_text(
         json.dumps(report.to_dict(), indent=2))
     (workdir / "compression.md").write_text(report.table() + "\n")
-  return Group.of_model(model, 0, nnx.eval_shape(lambda: dense))
+  return Group.of_model(model, 0, dense_twin=teacher)
+
+
+def _compress_kwargs(config: ml_collections.ConfigDict, ranks: dict) -> dict:
+  """`compression.compress`'s arguments for `config.compress` at `ranks`."""
+  block = config.compress
+  return dict(budget=block.budget, factorization=block.factorization,
+              exclude=tuple(block.exclude), allocation=block.allocation,
+              ranks=ranks,
+              implementation=config.model.get("implementation", "auto"))
 
 
 def _close_quietly(checkpoints) -> None:
@@ -645,13 +652,10 @@ def restore(workdir: str | Path, info: data.DatasetInfo | None = None
   config = rundir.read_config(workdir)
   model = build_model(config, info)
   if compressing(config):
-    block = config.compress
-    ranks = json.loads((Path(workdir) / "compression.json").read_text())
+    report = json.loads((Path(workdir) / "compression.json").read_text())
+    ranks = {layer["path"]: layer["rank"] for layer in report["layers"]}
     model = nnx.eval_shape(lambda: compression.compress(
-        model, block.budget, block.factorization, init="random",
-        exclude=tuple(block.exclude), allocation=block.allocation,
-        ranks={layer["path"]: layer["rank"] for layer in ranks["layers"]},
-        implementation=config.model.get("implementation", "auto"))[0])
+        model, init="random", **_compress_kwargs(config, ranks))[0])
   _, eval_graphdef, (params, rest) = split_modes(model)
   target = {"groups": [{"params": params, "rest": rest}]}
   state, = checkpoint.restore(Path(workdir) / "checkpoints",
