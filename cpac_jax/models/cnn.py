@@ -8,10 +8,36 @@ from flax import nnx
 from cpac_jax.layers import CPConv, TuckerConv
 from cpac_jax.tensor import RankSpec
 
-__all__ = ["CNN"]
+__all__ = ["CNN", "apply_stages", "conv_stages"]
 
 # Conv widths; "M" is a 2x2 max-pool.
 STAGES = (32, "M", 32, 64, "M", 64, 128)
+
+
+def conv_stages(widths, channels: int, make_conv, rngs: nnx.Rngs
+                ) -> tuple[nnx.List, nnx.List]:
+  """(convs, norms): the 3x3 convs `widths` names ("M" a 2x2 max-pool),
+  the i-th `make_conv(in_channels, width, i)`, each with its batch norm."""
+  convs, norms = [], []
+  for width in widths:
+    if width == "M":
+      continue
+    convs.append(make_conv(channels, width, len(convs)))
+    norms.append(nnx.BatchNorm(width, rngs=rngs))
+    channels = width
+  return nnx.List(convs), nnx.List(norms)
+
+
+def apply_stages(widths, convs, norms, x: jax.Array) -> jax.Array:
+  """`x` through `conv_stages`' layers: conv, batch norm, ReLU; pools."""
+  layers = iter(zip(convs, norms))
+  for width in widths:
+    if width == "M":
+      x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+    else:
+      conv, norm = next(layers)
+      x = nnx.relu(norm(conv(x)))
+  return x
 
 
 class CNN(nnx.Module):
@@ -41,30 +67,19 @@ class CNN(nnx.Module):
       raise ValueError("CNN: factorization must be 'dense', 'cp' or 'tucker', "
                        f"got {factorization!r}")
     self.widths = tuple(widths)
-    convs, norms = [], []
-    channels = input_shape[-1]
-    for width in self.widths:
-      if width == "M":
-        continue
-      if layer[factorization] and convs:
-        conv = layer[factorization](channels, width, (3, 3), rank=rank,
+
+    def make_conv(channels, width, index):
+      if layer[factorization] and index:
+        return layer[factorization](channels, width, (3, 3), rank=rank,
                                     implementation=implementation, rngs=rngs)
-      else:
-        conv = nnx.Conv(channels, width, (3, 3), rngs=rngs)
-      convs.append(conv)
-      norms.append(nnx.BatchNorm(width, rngs=rngs))
-      channels = width
-    self.convs = nnx.List(convs)
-    self.norms = nnx.List(norms)
-    self.out = nnx.Linear(channels, num_classes, rngs=rngs)
+      return nnx.Conv(channels, width, (3, 3), rngs=rngs)
+
+    self.convs, self.norms = conv_stages(self.widths, input_shape[-1],
+                                         make_conv, rngs)
+    self.out = nnx.Linear(self.convs[-1].out_features, num_classes,
+                          rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, H, W, C) -> logits (N, classes)."""
-    layers = iter(zip(self.convs, self.norms))
-    for width in self.widths:
-      if width == "M":
-        x = nnx.max_pool(x, (2, 2), strides=(2, 2))
-      else:
-        conv, norm = next(layers)
-        x = nnx.relu(norm(conv(x)))
+    x = apply_stages(self.widths, self.convs, self.norms, x)
     return self.out(jnp.mean(x, axis=(1, 2)))

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cpac_jax.layers import CPConv, TuckerDense
+from cpac_jax.models.cnn import apply_stages, conv_stages
 from cpac_jax.tensor import RankSpec
 
 __all__ = ["VGG16"]
@@ -38,21 +39,16 @@ class VGG16(nnx.Module):
       raise ValueError(
           "VGG16: factorization must be 'dense', 'tucker' or 'cp', got "
           f"{factorization!r}")
-    convs, norms = [], []
-    channels = input_shape[-1]
-    for stage in _STAGES:
-      if stage == "M":
-        continue
-      if factorization == "cp" and channels != input_shape[-1]:
-        conv = CPConv(channels, stage, (3, 3), rank=rank,
+
+    def make_conv(channels, out, index):
+      if factorization == "cp" and index:
+        return CPConv(channels, out, (3, 3), rank=rank,
                       implementation=implementation, rngs=rngs)
-      else:
-        conv = nnx.Conv(channels, stage, (3, 3), rngs=rngs)
-      convs.append(conv)
-      norms.append(nnx.BatchNorm(stage, rngs=rngs))
-      channels = stage
-    self.convs = nnx.List(convs)
-    self.norms = nnx.List(norms)
+      return nnx.Conv(channels, out, (3, 3), rngs=rngs)
+
+    self.convs, self.norms = conv_stages(_STAGES, input_shape[-1], make_conv,
+                                         rngs)
+    channels = self.convs[-1].out_features
     if factorization == "tucker":
       side = round(width ** (1 / 3))
       shape = (side,) * 3
@@ -70,13 +66,7 @@ class VGG16(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, 32, 32, 3) -> logits (N, classes)."""
-    layers = iter(zip(self.convs, self.norms))
-    for stage in _STAGES:
-      if stage == "M":
-        x = nnx.max_pool(x, (2, 2), strides=(2, 2))
-      else:
-        conv, norm = next(layers)
-        x = nnx.relu(norm(conv(x)))
+    x = apply_stages(_STAGES, self.convs, self.norms, x)
     x = jnp.reshape(x, (x.shape[0], -1))
     for layer in self.hidden:
       x = nnx.relu(layer(x))
