@@ -9,7 +9,7 @@ from flax import nnx
 import cpac_jax as cj
 from cpac_jax import tensor
 from cpac_jax.functional import choose
-from cpac_jax.layers import CPConv, TuckerConv, TuckerDense
+from cpac_jax.layers import CPConv, TTConv, TTDense, TuckerConv, TuckerDense
 
 CONV_CASES = [  # kernel_size, strides, padding, dilation, spatial input
     ((3,), 1, "SAME", 1, (11,)),
@@ -25,7 +25,7 @@ CONV_CASES = [  # kernel_size, strides, padding, dilation, spatial input
 def make_conv(kind, cin, cout, kernel_size, strides, padding, dilation,
               rank=None, **kwargs):
   cls, default_rank = {"cp": (CPConv, 4), "tucker2": (TuckerConv, (3, 2)),
-                       "tucker": (TuckerConv, None)}[kind]
+                       "tucker": (TuckerConv, None), "tt": (TTConv, 3)}[kind]
   if kind == "tucker":
     kwargs["factorize_spatial"] = True
     default_rank = tuple(min(2, k) for k in kernel_size) + (3, 2)
@@ -46,7 +46,7 @@ def dense_twin(layer, kernel):
   return conv
 
 
-@pytest.mark.parametrize("kind", ["cp", "tucker2", "tucker"])
+@pytest.mark.parametrize("kind", ["cp", "tucker2", "tucker", "tt"])
 @pytest.mark.parametrize("case", CONV_CASES)
 def test_conv_paths_agree_with_dense_conv(kind, case):
   kernel_size, strides, padding, dilation, spatial = case
@@ -100,6 +100,23 @@ def test_ttl_paths_agree_with_dense_matmul():
     tensorized = ttl(jnp.reshape(x, (6, 4, 7)))
     assert tensorized.shape == (6, 3, 5)
     np.testing.assert_allclose(jnp.reshape(tensorized, (6, 15)), expected,
+                               rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("rank", [1, 3, (1, 5, 3, 1), "same"])
+def test_tt_dense_paths_agree_with_dense_matmul(rank):
+  tt = TTDense(in_shape=(4, 7, 2), out_shape=(3, 5, 2), rank=rank,
+               rngs=nnx.Rngs(0))
+  tt.bias[...] = jnp.arange(30.0) / 10
+  x = jax.random.normal(jax.random.key(0), (6, 56))
+  weight = jnp.reshape(tt.weight_tensor(), (56, 30))
+  expected = x @ weight + tt.bias[...]
+  for implementation in ("factorized", "reconstructed", "auto"):
+    tt.implementation = implementation
+    np.testing.assert_allclose(tt(x), expected, rtol=1e-4, atol=1e-5)
+    tensorized = tt(jnp.reshape(x, (6, 4, 7, 2)))
+    assert tensorized.shape == (6, 3, 5, 2)
+    np.testing.assert_allclose(jnp.reshape(tensorized, (6, 30)), expected,
                                rtol=1e-4, atol=1e-5)
 
 
@@ -159,14 +176,48 @@ def test_ttl_from_linear_low_rank_is_the_best_fit_of_the_kernel():
       jnp.linalg.norm(tensor.tucker_to_tensor(best) - kernel)) * 1.0001
 
 
+def test_tt_from_conv_and_from_linear_at_full_rank_are_exact():
+  conv = nnx.Conv(5, 7, (3, 2), strides=(2, 1), padding="VALID",
+                  rngs=nnx.Rngs(0))
+  conv.bias[...] = jnp.arange(7.0)
+  tt = TTConv.from_conv(conv, rank=10**6)
+  assert tt.rank == tensor.tt_max_ranks((5, 3, 2, 7))
+  assert (tt.strides, tt.padding) == ((2, 1), "VALID")
+  np.testing.assert_allclose(tt.kernel_tensor(), conv.kernel[...], atol=1e-5)
+  x = jax.random.normal(jax.random.key(1), (2, 9, 8, 5))
+  np.testing.assert_allclose(tt(x), conv(x), rtol=1e-4, atol=1e-4)
+  dense = nnx.Linear(28, 15, rngs=nnx.Rngs(0))
+  tt = TTDense.from_linear(dense, in_shape=(4, 7), out_shape=(3, 5),
+                           rank=12)
+  np.testing.assert_allclose(jnp.reshape(tt.weight_tensor(), (28, 15)),
+                             dense.kernel[...], atol=1e-5)
+  np.testing.assert_allclose(tt.bias[...], dense.bias[...])
+
+
+def test_tt_from_linear_low_rank_matches_tt_svd_error():
+  """The layer holds exactly the truncated TT-SVD of its kernel."""
+  dense = nnx.Linear(64, 36, rngs=nnx.Rngs(0))
+  tt = TTDense.from_linear(dense, in_shape=(4, 4, 4), out_shape=(3, 3, 4),
+                           rank=3)
+  cores = tensor.tt_matrix_svd(dense.kernel[...], (4, 4, 4), (3, 3, 4), 3)
+  np.testing.assert_allclose(tt.weight_tensor(),
+                             tensor.tt_matrix_to_tensor(cores), atol=1e-6)
+  error = jnp.linalg.norm(jnp.reshape(tt.weight_tensor(), (64, 36))
+                          - dense.kernel[...])
+  assert 0.1 < float(error / jnp.linalg.norm(dense.kernel[...])) < 1
+
+
 def test_from_linear_rejects_shapes_that_dont_match():
   dense = nnx.Linear(784, 30, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="784 -> 30"):
     TuckerDense.from_linear(dense, in_shape=(28, 27), out_shape=(30,), rank=2)
+  with pytest.raises(ValueError, match="784 -> 30"):
+    TTDense.from_linear(dense, in_shape=(28, 27), out_shape=(5, 6), rank=2)
 
 
 @pytest.mark.parametrize("rank", [1, 4, 16])
-@pytest.mark.parametrize("kind", ["cp", "tucker2", "tucker", "ttl"])
+@pytest.mark.parametrize("kind", ["cp", "tucker2", "tucker", "ttl", "tt",
+                                  "tt_dense"])
 def test_init_matches_flax_default_variance_at_any_rank(kind, rank):
   variances = []
   for seed in range(16):
@@ -174,9 +225,14 @@ def test_init_matches_flax_default_variance_at_any_rank(kind, rank):
     if kind == "ttl":
       layer = TuckerDense((16, 16), (32,), rank=min(rank, 16), rngs=rngs)
       weight, fan_in = layer.weight_tensor(), 256
+    elif kind == "tt_dense":
+      layer = TTDense((4, 8, 8), (4, 4, 2), rank=rank, rngs=rngs)
+      weight, fan_in = layer.weight_tensor(), 256
     else:
       if kind == "cp":
         layer = CPConv(32, 32, (3, 3), rank=rank, rngs=rngs)
+      elif kind == "tt":
+        layer = TTConv(32, 32, (3, 3), rank=rank, rngs=rngs)
       else:
         spatial = (min(rank, 3),) * 2 if kind == "tucker" else ()
         layer = TuckerConv(32, 32, (3, 3), rank=spatial + (rank, rank),
@@ -191,11 +247,13 @@ def layers_under_test():
       CPConv(3, 4, (3, 3), rank=2, rngs=nnx.Rngs(0)),
       TuckerConv(3, 4, (3, 3), rank=(2, 3), rngs=nnx.Rngs(0)),
       TuckerDense((4, 12), (4,), rank=(2, 3, 2), rngs=nnx.Rngs(0)),
+      TTConv(3, 4, (3, 3), rank=2, rngs=nnx.Rngs(0)),
+      TTDense((4, 12), (2, 2), rank=3, rngs=nnx.Rngs(0)),
   ]
 
 
 def inputs_for(layer, batch=2):
-  if isinstance(layer, TuckerDense):
+  if isinstance(layer, (TuckerDense, TTDense)):
     return jax.random.normal(jax.random.key(0), (batch, 48))
   return jax.random.normal(jax.random.key(0), (batch, 6, 6, 3))
 
@@ -263,6 +321,14 @@ def test_auto_picks_the_cheaper_path():
   flops = ttl.flops((128, 784))
   assert flops == ttl.flops((128, 28, 28))  # flat or tensorized input
   assert flops["factorized"] < flops["dense"] / 20
+  tt = TTConv(256, 256, (3, 3), rank=0.1, rngs=nnx.Rngs(0))
+  flops = tt.flops((8, 16, 16, 256))
+  assert flops["factorized"] < flops["dense"] / 5
+  assert choose("auto", flops) == "factorized"
+  tt = TTDense((4, 7, 4, 7), (2, 5, 5, 6), rank=4, rngs=nnx.Rngs(0))
+  flops = tt.flops((128, 784))
+  assert flops["factorized"] < flops["dense"] / 3
+  assert flops == tt.flops((128, 4, 7, 4, 7))
 
 
 @pytest.mark.parametrize("make,match", [
@@ -283,6 +349,16 @@ def test_auto_picks_the_cheaper_path():
      "TuckerDense"),
     (lambda: TuckerDense((28, 0), (300,), rank=2, rngs=nnx.Rngs(0)),
      "in_shape"),
+    (lambda: TTConv(3, 4, (3, 3), rank=(2, 2), rngs=nnx.Rngs(0)),
+     r"TTConv\(3->4\).*2 entries.*3 inner ranks"),
+    (lambda: TTConv(3, 4, (3, 3), rank=(4, 2, 2), rngs=nnx.Rngs(0)),
+     r"1\.\.3, 1\.\.9, 1\.\.4"),
+    (lambda: TTConv(3, 4, (3, 3), rank=1e-3, rngs=nnx.Rngs(0)),
+     "at least"),
+    (lambda: TTDense((28, 28), (300,), rank=2, rngs=nnx.Rngs(0)),
+     "as many modes"),
+    (lambda: TTDense((4, 7), (20, 15), rank=(1, 2, 2), rngs=nnx.Rngs(0)),
+     "start and end with 1"),
 ])
 def test_layers_reject_bad_arguments_at_construction(make, match):
   with pytest.raises(ValueError, match=match):
@@ -296,6 +372,9 @@ def test_layers_reject_inputs_of_the_wrong_shape():
   ttl = TuckerDense((28, 28), (300,), rank=2, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match=r"\(N, 784\)"):
     ttl(jnp.ones((2, 780)))
+  tt = TTDense((28, 28), (20, 15), rank=2, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"TTDense.*\(N, 784\)"):
+    tt(jnp.ones((2, 780)))
 
 
 def test_count_params_counts_trainable_entries():

@@ -81,3 +81,35 @@ def test_tucker_rank_rejects_bad_spec_naming_layer_and_range(rank, match):
   with pytest.raises(ValueError, match="fc1") as error:
     tensor.tucker_rank((28, 28, 300), rank, layer="fc1")
   assert error.match(match)
+
+
+def test_tt_int_rank_is_capped_by_what_each_bond_can_need():
+  assert tensor.tt_max_ranks((3, 3, 3, 64)) == (1, 3, 9, 27, 1)
+  assert tensor.tt_rank((3, 3, 3, 64), 16) == (1, 3, 9, 16, 1)
+  assert tensor.tt_rank((3, 3, 3, 64), (2, 5, 7)) == (1, 2, 5, 7, 1)
+  assert tensor.tt_rank((3, 3, 3, 64), (1, 2, 5, 7, 1)) == (1, 2, 5, 7, 1)
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.1, 0.5, 1.0])
+def test_tt_fraction_keeps_at_most_that_share(fraction):
+  shape = (64, 3, 3, 64)
+  ranks = tensor.tt_rank(shape, fraction)
+  assert tensor.tt_num_params(shape, ranks) <= fraction * 36_864
+  bigger = (1,) + tuple(min(r + 1, m) for r, m in zip(
+      ranks[1:-1], tensor.tt_max_ranks(shape)[1:-1])) + (1,)
+  assert tensor.tt_num_params(shape, bigger) > fraction * 36_864
+  conv = cj.layers.TTConv(64, 64, (3, 3), rank=fraction, use_bias=False,
+                          rngs=nnx.Rngs(0))
+  assert cj.count_params(conv) == tensor.tt_num_params(shape, ranks)
+
+
+@pytest.mark.parametrize("rank,match", [
+    (0, "int >= 1"), ((2, 2), "2 entries"), ((4, 2, 2), r"1\.\.3, 1\.\.9"),
+    ((2, 2, 2, 2, 2), "start and end with 1"), ((2, 2, 30), r"1\.\.27"),
+    (1.5, r"\(0, 1\]"),
+    ("full", "'same'"), ((2, 2.0, 2), "tuple of inner ranks"),
+    (1e-4, "at least")])
+def test_tt_rank_rejects_bad_spec_naming_layer_and_range(rank, match):
+  with pytest.raises(ValueError, match="conv2") as error:
+    tensor.tt_rank((3, 3, 3, 64), rank, layer="conv2")
+  assert error.match(match)

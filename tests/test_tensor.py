@@ -175,3 +175,60 @@ def test_tucker_rejects_bad_rank(rank, match):
 def test_tucker_rejects_bad_method():
   with pytest.raises(ValueError, match="'hooi' or 'hosvd'"):
     tensor.tucker(jnp.ones((6, 7, 8)), 2, method="parafac")
+
+
+@pytest.mark.parametrize("shape,rank", [((4, 5, 6, 3), 2),
+                                        ((4, 5, 6, 3), (1, 3, 4, 2, 1)),
+                                        ((3, 3, 8, 6), 100)])
+def test_tt_svd_matches_tensorly_tensor_train(shape, rank, tensorly):
+  from tensorly.decomposition import tensor_train
+
+  x = jax.random.normal(jax.random.key(0), shape)
+  cores = tensor.tt_svd(x, rank)
+  ranks = tensor.tt_rank(shape, rank)
+  assert [c.shape for c in cores] == [
+      (ranks[k], s, ranks[k + 1]) for k, s in enumerate(shape)]
+  theirs = tensor_train(np.asarray(x), list(ranks))
+  # The cores differ by a gauge; the tensors they hold agree.
+  np.testing.assert_allclose(tensor.tt_to_tensor(cores),
+                             tensorly.tt_to_tensor(theirs), atol=1e-4)
+  np.testing.assert_allclose(
+      tensor.tt_to_tensor([jnp.asarray(c) for c in theirs]),
+      tensorly.tt_to_tensor(theirs), atol=1e-5)
+  if ranks == tensor.tt_max_ranks(shape):
+    assert relative_error(x, tensor.tt_to_tensor(cores)) < 1e-5
+
+
+def test_tt_matrix_svd_matches_tensorly_tensor_train_matrix(tensorly):
+  from tensorly.decomposition import tensor_train_matrix
+
+  weight = jax.random.normal(jax.random.key(1), (4 * 7 * 2, 3 * 5 * 2))
+  cores = tensor.tt_matrix_svd(weight, (4, 7, 2), (3, 5, 2), (1, 5, 3, 1))
+  assert [c.shape for c in cores] == [(1, 4, 3, 5), (5, 7, 5, 3),
+                                      (3, 2, 2, 1)]
+  theirs = tensor_train_matrix(
+      tensorly.tensor(np.asarray(weight).reshape(4, 7, 2, 3, 5, 2)),
+      [1, 5, 3, 1])
+  np.testing.assert_allclose(tensor.tt_matrix_to_tensor(cores),
+                             tensorly.tt_matrix_to_tensor(theirs), atol=1e-4)
+  np.testing.assert_allclose(
+      tensor.tt_matrix_to_tensor([jnp.asarray(c) for c in theirs.factors]),
+      tensorly.tt_matrix_to_tensor(theirs), atol=1e-5)
+
+
+def test_tt_svd_gives_zero_slices_to_ranks_a_bond_cannot_hold():
+  x = jax.random.normal(jax.random.key(2), (2, 2, 8, 8))
+  cores = tensor.tt_svd(x, (1, 1, 4, 8, 1))  # r_2 = 4 > r_1 * I_1 = 2
+  assert [c.shape for c in cores] == [(1, 2, 1), (1, 2, 4), (4, 8, 8),
+                                      (8, 8, 1)]
+  np.testing.assert_array_equal(cores[1][..., 2:], 0)
+  exact = tensor.tt_svd(x, (1, 1, 2, 8, 1))
+  np.testing.assert_allclose(tensor.tt_to_tensor(cores),
+                             tensor.tt_to_tensor(exact), atol=1e-5)
+
+
+def test_tt_matrix_svd_rejects_shapes_that_dont_match():
+  with pytest.raises(ValueError, match="as many modes"):
+    tensor.tt_matrix_svd(jnp.ones((12, 6)), (3, 4), (6,), 2)
+  with pytest.raises(ValueError, match="12 x 5"):
+    tensor.tt_matrix_svd(jnp.ones((12, 6)), (3, 4), (5, 1), 2)

@@ -10,6 +10,13 @@ from cpac_jax.functional.implementation import (
     check_implementation,
     choose,
 )
+from cpac_jax.functional.tt import (
+    tt_conv,
+    tt_conv_flops,
+    tt_conv_kernel,
+    tt_dense,
+    tt_dense_flops,
+)
 from cpac_jax.functional.tucker_conv import (
     tucker_conv,
     tucker_conv_flops,
@@ -31,6 +38,11 @@ __all__ = [
     "cp_conv",
     "cp_conv_flops",
     "patches_conv",
+    "tt_conv",
+    "tt_conv_flops",
+    "tt_conv_kernel",
+    "tt_dense",
+    "tt_dense_flops",
     "tucker_conv",
     "tucker_conv_flops",
     "tucker_conv_modes",

@@ -1,12 +1,15 @@
-"""Flax NNX layers whose weights are held as CP or Tucker decompositions:
-thin shells that own the parameters and call `cpac_jax.functional`."""
+"""Flax NNX layers whose weights are held as CP, Tucker or tensor-train
+decompositions: thin shells that own the parameters and call
+`cpac_jax.functional`."""
 
 from cpac_jax.functional import patches_conv
 from cpac_jax.layers._conv import from_conv_kwargs
 from cpac_jax.layers.cp_conv import CPConv
 from cpac_jax.layers.params import count_params
+from cpac_jax.layers.tt_conv import TTConv
+from cpac_jax.layers.tt_dense import TTDense
 from cpac_jax.layers.tucker_conv import TuckerConv
 from cpac_jax.layers.tucker_dense import TuckerDense
 
-__all__ = ["CPConv", "TuckerConv", "TuckerDense", "count_params",
-           "from_conv_kwargs", "patches_conv"]
+__all__ = ["CPConv", "TTConv", "TTDense", "TuckerConv", "TuckerDense",
+           "count_params", "from_conv_kwargs", "patches_conv"]

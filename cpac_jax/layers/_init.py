@@ -44,3 +44,16 @@ def tucker(key: jax.Array, shape: Sequence[int], ranks: Sequence[int],
   factors = [orthogonal(k, (shape[m], r), dtype)
              for k, r, m in zip(keys[1:], ranks, modes)]
   return core, factors
+
+
+def tt_cores(key: jax.Array, core_shapes: Sequence[Sequence[int]],
+             fan_in: int, dtype) -> list[jax.Array]:
+  """Cores of a tensor train (or TT-matrix) whose entries have mean square
+  1 / fan_in: an entry sums prod(inner ranks) products of one entry per
+  core, so each core gets mean square (1 / (fan_in prod(inner ranks)))^(1/d).
+  """
+  inner = math.prod(shape[0] for shape in core_shapes[1:])
+  mean_square = (1.0 / (fan_in * inner)) ** (1 / len(core_shapes))
+  keys = jax.random.split(key, len(core_shapes))
+  return [fixed_norm(k, shape, mean_square, dtype=dtype)
+          for k, shape in zip(keys, core_shapes)]

@@ -19,8 +19,17 @@ from cpac_jax.tensor.rank import (
                                   RankSpec,
                                   cp_num_params,
                                   cp_rank,
+                                  tt_max_ranks,
+                                  tt_num_params,
+                                  tt_rank,
                                   tucker_num_params,
                                   tucker_rank,
+)
+from cpac_jax.tensor.tt import (
+                                  tt_matrix_svd,
+                                  tt_matrix_to_tensor,
+                                  tt_svd,
+                                  tt_to_tensor,
 )
 from cpac_jax.tensor.tucker import (
                                   TuckerTensor,
@@ -48,6 +57,13 @@ __all__ = [
     "mode_dot",
     "mttkrp",
     "multi_mode_dot",
+    "tt_matrix_svd",
+    "tt_matrix_to_tensor",
+    "tt_max_ranks",
+    "tt_num_params",
+    "tt_rank",
+    "tt_svd",
+    "tt_to_tensor",
     "tucker",
     "tucker_grads",
     "tucker_num_params",

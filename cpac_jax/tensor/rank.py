@@ -2,7 +2,8 @@
 
 A rank spec means what it means in TensorLy-Torch:
   - an int: the CP rank, or the same Tucker rank on every factorized mode;
-  - a tuple of ints: one Tucker rank per factorized mode;
+  - a tuple of ints: one Tucker rank per factorized mode, or the ranks of a
+    tensor train (the d - 1 inner ones, or all d + 1 with the boundary 1s);
   - a float in (0, 1]: keep that fraction of the dense parameter count
     (0.1 is about 10x compression), rounded down to a rank that fits;
   - "same": as many parameters as the dense tensor (the fraction 1.0).
@@ -17,6 +18,9 @@ __all__ = [
     "RankSpec",
     "cp_num_params",
     "cp_rank",
+    "tt_max_ranks",
+    "tt_num_params",
+    "tt_rank",
     "tucker_num_params",
     "tucker_rank",
 ]
@@ -139,3 +143,83 @@ def tucker_rank(shape: Sequence[int], rank: RankSpec,
         f"{layer}: Tucker rank {rank!r} is out of range for modes of sizes "
         f"{tuple(sizes)}; each rank must lie in {valid}")
   return ranks
+
+
+def tt_num_params(shape: Sequence[int], ranks: Sequence[int]) -> int:
+  """Entries of the cores (r_k, I_k, r_{k+1}) of a tensor train with
+  `ranks` (r_0 = r_d = 1 included): sum_k r_k I_k r_{k+1}."""
+  return sum(ranks[k] * size * ranks[k + 1] for k, size in enumerate(shape))
+
+
+def tt_max_ranks(shape: Sequence[int]) -> tuple[int, ...]:
+  """The largest TT ranks a tensor of `shape` can need, boundaries included:
+  r_k = min(prod(shape[:k]), prod(shape[k:])), the ranks at which the tensor
+  train holds any tensor exactly."""
+  shape = tuple(shape)
+  return tuple(min(math.prod(shape[:k]), math.prod(shape[k:]))
+               for k in range(len(shape) + 1))
+
+
+def tt_rank(shape: Sequence[int], rank: RankSpec, *,
+            layer: str = "layer") -> tuple[int, ...]:
+  """Resolve a TT rank spec for a tensor train over the modes `shape` to
+  its d + 1 ranks (1, r_1, ..., r_{d-1}, 1).
+
+  An int r gives every bond min(r, the largest it can need)
+  (`tt_max_ranks`), as TensorLy does; a tuple gives the inner ranks (d - 1
+  of them, or d + 1 with the boundary 1s), each within that largest; a
+  fraction (or "same") takes the largest such uniform r whose cores fit the
+  budget.
+  """
+  shape = tuple(shape)
+  maxima = tt_max_ranks(shape)
+  inner = maxima[1:-1]
+  valid = "(" + ", ".join(f"1..{m}" for m in inner) + ")"
+
+  def uniform(r: int) -> tuple[int, ...]:
+    return (1,) + tuple(min(r, m) for m in inner) + (1,)
+
+  fraction = _fraction(rank, layer, "TT")
+  if fraction is not None:
+    budget = fraction * math.prod(shape)
+    smallest = tt_num_params(shape, uniform(1))
+    if smallest > budget:
+      raise ValueError(
+          f"{layer}: TT rank {rank!r} leaves {budget:.0f} parameters, fewer "
+          f"than the {smallest} of ranks all 1 on modes {shape}; a fraction "
+          f"must be at least {smallest / math.prod(shape):.4g}")
+    low, high = 1, max(inner, default=1)
+    while low < high:  # the largest r that fits; the count grows with r
+      mid = (low + high + 1) // 2
+      if tt_num_params(shape, uniform(mid)) <= budget:
+        low = mid
+      else:
+        high = mid - 1
+    return uniform(low)
+  if _is_int(rank):
+    if rank < 1:
+      raise ValueError(
+          f"{layer}: TT rank {rank!r} is invalid; give an int >= 1, the "
+          f"inner ranks in {valid}, a float in (0, 1] or 'same'")
+    return uniform(rank)
+  if not (isinstance(rank, Sequence) and all(_is_int(r) for r in rank)):
+    raise ValueError(
+        f"{layer}: TT rank {rank!r} is invalid; give an int >= 1, a tuple of "
+        f"inner ranks in {valid}, a float in (0, 1] or 'same'")
+  ranks = tuple(rank)
+  if len(ranks) == len(shape) + 1 and len(shape) > 1:
+    if ranks[0] != 1 or ranks[-1] != 1:
+      raise ValueError(
+          f"{layer}: TT rank {rank!r} must start and end with 1 when it "
+          "lists the boundary ranks")
+    ranks = ranks[1:-1]
+  if len(ranks) != len(inner):
+    raise ValueError(
+        f"{layer}: TT rank {rank!r} has {len(ranks)} entries but a tensor "
+        f"train over {len(shape)} modes {shape} has {len(inner)} inner ranks "
+        f"(or {len(shape) + 1} with the boundary 1s); give them in {valid}")
+  if not all(1 <= r <= m for r, m in zip(ranks, inner)):
+    raise ValueError(
+        f"{layer}: TT rank {rank!r} is out of range for modes {shape}; each "
+        f"inner rank must lie in {valid}")
+  return (1,) + ranks + (1,)
