@@ -184,6 +184,26 @@ def test_vgg16_variants_build_with_fewer_parameters(factorization):
   assert count_params(model) > 0
 
 
+@pytest.mark.parametrize("name,kwargs", [
+    ("cnn", {}), ("ttl_mlp", {"hidden_shape": (15, 20)})])
+def test_tt_variants_build_and_count_their_compression(name, kwargs):
+  import jax.numpy as jnp
+  import ml_collections
+  from flax import nnx
+
+  from cpac_jax import layers
+
+  model = ml_collections.ConfigDict(
+      {"name": name, "factorization": "tt", "rank": 0.1, "kwargs": kwargs})
+  net = models.build(model, (28, 28, 1), 10, nnx.Rngs(0))
+  tt = [node for _, node in nnx.iter_graph(net)
+        if isinstance(node, (layers.TTConv, layers.TTDense))]
+  assert tt and net(jnp.zeros((2, 28, 28, 1))).shape == (2, 10)
+  ours, dense = models.count_factorized(net)
+  assert ours == sum(layers.count_params(t) - t.bias.size for t in tt)
+  assert 0.05 < ours / dense <= 0.1
+
+
 def test_train_step_updates_batch_norm_statistics():
   import jax.numpy as jnp
   import numpy as np

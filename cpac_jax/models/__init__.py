@@ -21,9 +21,9 @@ __all__ = ["CNN", "CPACNet", "INITS", "MODELS", "TTLMLP", "VGG16", "build",
 MODELS = {
     "cpac_cnn_1": (CPACNet, ("cp", "dense"), {"num_layers": 1}),
     "cpac_cnn_2": (CPACNet, ("cp", "dense"), {"num_layers": 2}),
-    "ttl_mlp": (TTLMLP, ("tucker", "dense"), {}),
+    "ttl_mlp": (TTLMLP, ("tucker", "tt", "dense"), {}),
     "vgg16": (VGG16, ("dense", "tucker", "cp"), {}),
-    "cnn": (CNN, ("dense", "cp", "tucker"), {}),
+    "cnn": (CNN, ("dense", "cp", "tucker", "tt"), {}),
 }
 # name -> the initialisations (`model.init`) it offers, "default" first;
 # "teacher" (`from_teacher`, applied by the trainer) where its layers are

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cpac_jax.layers import CPConv, TuckerConv
+from cpac_jax.layers import CPConv, TTConv, TuckerConv
 from cpac_jax.tensor import RankSpec
 
 __all__ = ["CNN", "apply_stages", "conv_stages"]
@@ -49,7 +49,8 @@ class CNN(nnx.Module):
   weights, 99.8% of them in the four convs after the first.
 
   Variants (`factorization`): "dense" (nnx.Conv throughout), "cp" or
-  "tucker" (every conv but the first a CPConv or TuckerConv at `rank`).
+  "tucker" or "tt" (every conv but the first a CPConv, TuckerConv or
+  TTConv at `rank`).
 
   Example:
     >>> from flax import nnx
@@ -62,9 +63,10 @@ class CNN(nnx.Module):
                input_shape=(28, 28, 1), num_classes: int = 10,
                widths=STAGES, implementation: str = "auto",
                rngs: nnx.Rngs):
-    layer = {"dense": None, "cp": CPConv, "tucker": TuckerConv}
+    layer = {"dense": None, "cp": CPConv, "tucker": TuckerConv,
+             "tt": TTConv}
     if factorization not in layer:
-      raise ValueError("CNN: factorization must be 'dense', 'cp' or 'tucker', "
+      raise ValueError(f"CNN: factorization must be one of {tuple(layer)}, "
                        f"got {factorization!r}")
     self.widths = tuple(widths)
 

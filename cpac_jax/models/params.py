@@ -15,10 +15,10 @@ def count_factorized(model: nnx.Module) -> tuple[int, int]:
   bias excluded, so the ratio is the papers' per-layer compression."""
   ours = dense = 0
   for _, node in nnx.iter_graph(model):
-    if isinstance(node, (layers.CPConv, layers.TuckerConv)):
+    if isinstance(node, (layers.CPConv, layers.TuckerConv, layers.TTConv)):
       dense += (math.prod(node.kernel_size) * node.in_features
                 * node.out_features)
-    elif isinstance(node, layers.TuckerDense):
+    elif isinstance(node, (layers.TuckerDense, layers.TTDense)):
       dense += node.in_features * node.out_features
     else:
       continue

@@ -7,15 +7,18 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cpac_jax.layers import TuckerDense
+from cpac_jax.layers import TTDense, TuckerDense
 from cpac_jax.tensor import RankSpec
 
 __all__ = ["TTLMLP"]
 
 
 class TTLMLP(nnx.Module):
-  """Flatten -> hidden layer (TuckerDense on `in_shape` -> `hidden_shape`, or
-  its dense twin nnx.Linear) -> ReLU -> nnx.Linear(hidden -> classes).
+  """Flatten -> hidden layer (TuckerDense, or with factorization "tt" the
+  TT-matrix TTDense, on `in_shape` -> `hidden_shape`, or its dense twin
+  nnx.Linear) -> ReLU -> nnx.Linear(hidden -> classes). A TTDense needs
+  `hidden_shape` with as many modes as `in_shape`, e.g. (15, 20) for
+  (28, 28).
 
   With factorization "dense" and `bottleneck` b, the hidden layer is
   nnx.Linear(features -> b, no bias) then nnx.Linear(b -> hidden): a dense
@@ -42,9 +45,9 @@ class TTLMLP(nnx.Module):
                hidden_shape: Sequence[int] = (300,), num_classes: int = 10,
                bottleneck: int | None = None, implementation: str = "auto",
                rngs: nnx.Rngs):
-    if factorization not in ("tucker", "dense"):
+    if factorization not in ("tucker", "tt", "dense"):
       raise ValueError(
-          f"TTLMLP: factorization must be 'tucker' or 'dense', got "
+          f"TTLMLP: factorization must be 'tucker', 'tt' or 'dense', got "
           f"{factorization!r}")
     if in_shape is None:  # (H, W) for grey images, else (H, W, C)
       in_shape = tuple(input_shape[:-1]) if input_shape[-1] == 1 else tuple(
@@ -65,9 +68,10 @@ class TTLMLP(nnx.Module):
           f"{factorization!r}")
     self.bottleneck = (None if bottleneck is None else nnx.Linear(
         features, bottleneck, use_bias=False, rngs=rngs))
-    if factorization == "tucker":
-      self.hidden = TuckerDense(in_shape, hidden_shape, rank=rank,
-                                implementation=implementation, rngs=rngs)
+    if factorization in ("tucker", "tt"):
+      layer = TuckerDense if factorization == "tucker" else TTDense
+      self.hidden = layer(in_shape, hidden_shape, rank=rank,
+                          implementation=implementation, rngs=rngs)
     else:
       self.hidden = nnx.Linear(bottleneck or features, hidden, rngs=rngs)
     self.out = nnx.Linear(hidden, num_classes, rngs=rngs)
