@@ -7,10 +7,12 @@ Shapes: 3x3 convs 64->64 on 32x32 and 256->256 on 16x16 (batch 32), and
 784->300 (batch 128), the shapes `auto`'s INTERMEDIATE_COST was fitted to;
 ranks giving about 2x, 10x and 66x fewer parameters (rank fractions 0.5,
 0.1, 0.015; the table gives each layer's resolved ranks), and the TTL
-paper's TuckerDense (5, 5, 10), 66.63x. Then shapes the fit never saw, to
+paper's TuckerDense (5, 5, 10), 66.63x; TTConv beside the CP and Tucker
+convs, and TTDense (784 as (4, 7, 4, 7) -> 300 as (3, 4, 5, 5)) beside
+TuckerDense. Then shapes the fit never saw, to
 check `auto` on them: a 3x3 conv 32->128 on 28x28 (batch 16), a 5x5 conv
 96->96 on 12x12 (batch 32), and 1024->512 as (32, 32)->(16, 32) (batch
-64). Every layer runs each implementation (auto, factorized,
+64; TTDense (4, 8, 4, 8) -> (4, 4, 4, 8)). Every layer runs each implementation (auto, factorized,
 reconstructed). Each figure is the median of `repeats` timed
 calls after compilation, the variants of one shape interleaved call by call
 so machine noise hits all alike; times are reported relative to the dense
@@ -47,7 +49,8 @@ def _conv_case(cin, cout, kernel, size, batch, rngs):
   variants = []
   for label, fraction in FRACTIONS.items():
     for implementation in IMPLEMENTATIONS:
-      for layer in (cj.layers.CPConv, cj.layers.TuckerConv):
+      for layer in (cj.layers.CPConv, cj.layers.TuckerConv,
+                    cj.layers.TTConv):
         variants.append((f"{layer.__name__} {label} {implementation}", layer(
             cin, cout, (kernel, kernel), rank=fraction,
             implementation=implementation, rngs=rngs)))
@@ -56,8 +59,9 @@ def _conv_case(cin, cout, kernel, size, batch, rngs):
   return name, dense, x, variants
 
 
-def _dense_case(in_shape, out_shape, batch, ranks, rngs):
-  """TuckerDense at the rank fractions and at each of `ranks`."""
+def _dense_case(in_shape, out_shape, batch, ranks, tt_shapes, rngs):
+  """TuckerDense at the rank fractions and at each of `ranks`, and TTDense
+  on `tt_shapes` (in, out: as many modes each) at the rank fractions."""
   n_in, n_out = math.prod(in_shape), math.prod(out_shape)
   x = jax.random.normal(jax.random.key(0), (batch, n_in))
   dense = nnx.Linear(n_in, n_out, rngs=rngs)
@@ -66,6 +70,10 @@ def _dense_case(in_shape, out_shape, batch, ranks, rngs):
   variants = [(f"TuckerDense {label} {implementation}", cj.layers.TuckerDense(
       in_shape, out_shape, rank=rank, implementation=implementation,
       rngs=rngs)) for label, rank in specs for implementation in
+      IMPLEMENTATIONS]
+  variants += [(f"TTDense {label} {implementation}", cj.layers.TTDense(
+      *tt_shapes, rank=rank, implementation=implementation, rngs=rngs))
+      for label, rank in FRACTIONS.items() for implementation in
       IMPLEMENTATIONS]
   return f"dense {n_in}->{n_out}, batch {batch}", dense, x, variants
 
@@ -76,10 +84,12 @@ def _cases():
   rngs = nnx.Rngs(0)
   yield *_conv_case(64, 64, 3, 32, 32, rngs), True
   yield *_conv_case(256, 256, 3, 16, 32, rngs), True
-  yield *_dense_case((28, 28), (300,), 128, [(5, 5, 10)], rngs), True
+  yield *_dense_case((28, 28), (300,), 128, [(5, 5, 10)],
+                     ((4, 7, 4, 7), (3, 4, 5, 5)), rngs), True
   yield *_conv_case(32, 128, 3, 28, 16, rngs), False
   yield *_conv_case(96, 96, 5, 12, 32, rngs), False
-  yield *_dense_case((32, 32), (16, 32), 64, [], rngs), False
+  yield *_dense_case((32, 32), (16, 32), 64, [],
+                     ((4, 8, 4, 8), (4, 4, 4, 8)), rngs), False
 
 
 def _timers(layer, x):

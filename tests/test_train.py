@@ -204,6 +204,34 @@ def test_tt_variants_build_and_count_their_compression(name, kwargs):
   assert 0.05 < ours / dense <= 0.1
 
 
+def test_shootout_families_get_matched_budgets_of_the_hidden_layer():
+  from flax import nnx
+
+  from cpac_jax.config import expand
+
+  config = load_config("shootout_ttl_mnist")
+  weights = {}
+  for _, run in expand(config):
+    if run.seed:
+      continue
+    net = nnx.eval_shape(lambda run=run: models.build(
+        run.model, (28, 28, 1), 10, nnx.Rngs(0)))
+    ours, _ = models.count_factorized(net)
+    if net.bottleneck is not None:
+      ours = net.bottleneck.kernel.size + net.hidden.kernel.size
+    budget = run.model.rank if ours else 1.0
+    if run.model.factorization == "dense" and net.bottleneck is not None:
+      budget = next(f for f in (0.5, 0.1, 0.03, 0.01)
+                    if 1084 * int(784 * 300 * f / 1084) == ours)
+    weights.setdefault(budget, []).append(ours or 784 * 300)
+  assert sorted(weights) == [0.01, 0.03, 0.1, 0.5, 1.0]
+  for budget, counts in weights.items():
+    if budget < 1:  # Tucker, TT, low-rank dense: each within the budget,
+      assert len(counts) == 3  # none wasting more than a third of it
+      assert all(2 / 3 * budget * 235_200 <= c <= budget * 235_200
+                 for c in counts), (budget, counts)
+
+
 def test_train_step_updates_batch_norm_statistics():
   import jax.numpy as jnp
   import numpy as np
