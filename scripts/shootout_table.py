@@ -7,7 +7,9 @@ budgets, from experiments/shootout_ttl_mnist/results.csv.
 For each budget (the fraction of the hidden layer's 235,200 weights) and
 family: the hidden layer's weights, test accuracy over seeds (mean, sample
 std, n, the 95% Student-t interval of the mean) and the gap in points to
-the dense net paired by seed, with its 95% interval; the best family of
+the dense net paired by seed, with its 95% interval, and the mean of the
+runs' train_seconds (20 epochs, compilation included) relative to the
+dense net's in the same sweep; the best family of
 each budget by mean accuracy, and whether its lead over the runner-up is
 outside the runner-up's seed-paired interval. Written into the folder's
 README.md between `<!-- shootout:begin -->` and `<!-- shootout:end -->`,
@@ -56,6 +58,7 @@ def collect(rows: list[dict]):
   """(dense accuracy by seed, {(budget, family): {"acc": by seed,
   "weights": hidden-layer weights}})."""
   dense, groups = {}, defaultdict(lambda: {"acc": {}})
+  dense_seconds = groups[(None, "dense")]["seconds"] = []
   for row in rows:
     if row["status"] != "ok":
       continue
@@ -63,17 +66,22 @@ def collect(rows: list[dict]):
     accuracy = float(row["test_accuracy"])
     if family == "dense":
       dense[int(row["seed"])] = accuracy
+      dense_seconds.append(float(row["train_seconds"]))
       continue
     groups[(budget, family)]["acc"][int(row["seed"])] = accuracy
     groups[(budget, family)]["weights"] = weights
+    groups[(budget, family)].setdefault("seconds", []).append(
+        float(row["train_seconds"]))
   return dense, groups
 
 
-def _interval(values: list[float], scale: float = 1.0) -> str:
+def _interval(values: list[float], points: bool = False) -> str:
+  """The 95% interval of the mean: accuracies to 4 places, points to 2."""
   interval = report.interval95(values)
   if not interval:
     return "-"
-  return f"[{scale * interval[0]:.4g}, {scale * interval[1]:.4g}]"
+  low, high = interval
+  return f"[{low:+.2f}, {high:+.2f}]" if points else f"[{low:.4f}, {high:.4f}]"
 
 
 def _gaps(ours: dict, theirs: dict) -> list[float]:
@@ -83,13 +91,15 @@ def _gaps(ours: dict, theirs: dict) -> list[float]:
 def table(rows: list[dict]) -> str:
   dense, groups = collect(rows)
   values = list(dense.values())
+  dense_seconds = statistics.fmean(groups.pop((None, "dense"))["seconds"])
   lines = [
       "| budget | family | hidden-layer weights | compression | test "
-      "accuracy, mean ± std (n) | 95% interval | vs dense, points [95%] |",
-      "|---|---|---:|---:|---|---|---|",
+      "accuracy, mean ± std (n) | 95% interval | vs dense, points [95%] | "
+      "training time vs dense |",
+      "|---|---|---:|---:|---|---|---|---:|",
       f"| 1 | dense (nnx.Linear 784 -> 300) | {DENSE_WEIGHTS:,} | 1.0x | "
       f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f} "
-      f"(n={len(values)}) | {_interval(values)} | |"]
+      f"(n={len(values)}) | {_interval(values)} | | 1.00x |"]
   winners = []
   for budget in sorted({b for b, _ in groups}, reverse=True):
     present = [f for f in FAMILIES if (budget, f) in groups]
@@ -97,14 +107,15 @@ def table(rows: list[dict]) -> str:
       group = groups[(budget, family)]
       acc = list(group["acc"].values())
       gaps = _gaps(group["acc"], dense)
-      gap = (f"{statistics.fmean(gaps):+.2f} {_interval(gaps)}" if gaps
+      gap = (f"{statistics.fmean(gaps):+.2f} {_interval(gaps, True)}" if gaps
              else "-")
       lines.append(
           f"| {budget} | {LABELS[family]} | {group['weights']:,} | "
           f"{DENSE_WEIGHTS / group['weights']:.1f}x | "
           f"{statistics.fmean(acc):.4f} ± "
           f"{statistics.stdev(acc) if len(acc) > 1 else 0:.4f} "
-          f"(n={len(acc)}) | {_interval(acc)} | {gap} |")
+          f"(n={len(acc)}) | {_interval(acc)} | {gap} | "
+          f"{statistics.fmean(group['seconds']) / dense_seconds:.2f}x |")
     ranked = sorted(present, key=lambda f: -statistics.fmean(
         groups[(budget, f)]["acc"].values()))
     if len(ranked) > 1:
@@ -114,15 +125,17 @@ def table(rows: list[dict]) -> str:
       interval = report.interval95(lead)
       clear = interval is not None and interval[0] > 0
       winners.append(
-          f"- budget {budget}: **{best}** leads {second} by "
+          f"- budget {budget}: **{LABELS[best].split(' (')[0]}** leads "
+          f"{LABELS[second].split(' (')[0]} by "
           f"{statistics.fmean(lead):+.2f} points, seed-paired 95% interval "
-          f"{_interval(lead)}" + ("" if clear else
+          f"{_interval(lead, True)}" + ("" if clear else
                                   " (the interval includes 0: a tie)"))
   return "\n".join(lines + ["", "Best family per budget:", "", *winners])
 
 
 def plot(rows: list[dict], path: Path) -> None:
   dense, groups = collect(rows)
+  groups.pop((None, "dense"))
   fig = Figure(figsize=(6.4, 4.2))
   ax = fig.subplots()
   ax.axhline(100 * statistics.fmean(dense.values()), color="black", lw=1,
