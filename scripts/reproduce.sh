@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 bash scripts/fetch_data.sh mnist fashion_mnist magnetic_tile
 [ $# -gt 0 ] || set -- cpac_mnist cpac_mnist_1layer cpac_magnetic_tile \
   cpac_magnetic_tile_1layer ttl_mnist ttl_fashion_mnist ttl_gap_mnist \
-  ttl_gap_fashion_mnist
+  ttl_gap_fashion_mnist shootout_ttl_mnist
 for name in "$@"; do
   case "$name" in
     cpac_*) bash scripts/cpac_seeds.sh "$name" ;;  # --vectorize, a seed at a time
@@ -18,6 +18,10 @@ for name in "$@"; do
       python -m cpac_jax.sweep --config="configs/$name.py" \
         --workdir="experiments/$name"
       python scripts/ttl_gap_table.py "${name#ttl_gap_}" ;;
+    shootout_*)
+      python -m cpac_jax.sweep --config="configs/$name.py" \
+        --workdir="experiments/$name"
+      python scripts/shootout_table.py "experiments/$name" ;;
     *) python -m cpac_jax.sweep --config="configs/$name.py" \
          --workdir="experiments/$name" ;;
   esac
