@@ -9,8 +9,7 @@ from flax import nnx
 from flax.nnx.nn import dtypes
 
 from cpac_jax import functional, tensor
-from cpac_jax.layers import _init
-from cpac_jax.layers.tucker_dense import _shape
+from cpac_jax.layers import _dense, _init
 
 __all__ = ["TTDense"]
 
@@ -63,8 +62,8 @@ class TTDense(nnx.Module):
                dtype=None, param_dtype=jnp.float32, precision=None,
                rngs: nnx.Rngs):
     name = f"TTDense({in_shape}->{out_shape})"
-    self.in_shape = _shape(in_shape, "in_shape", name)
-    self.out_shape = _shape(out_shape, "out_shape", name)
+    self.in_shape = _dense.shape(in_shape, "in_shape", name)
+    self.out_shape = _dense.shape(out_shape, "out_shape", name)
     if len(self.in_shape) != len(self.out_shape):
       raise ValueError(
           f"{name}: in_shape {self.in_shape} and out_shape {self.out_shape} "

@@ -10,17 +10,9 @@ from flax import nnx
 from flax.nnx.nn import dtypes
 
 from cpac_jax import functional, tensor
-from cpac_jax.layers import _init
+from cpac_jax.layers import _dense, _init
 
 __all__ = ["TuckerDense"]
-
-
-def _shape(value, what: str, name: str) -> tuple[int, ...]:
-  shape = (value,) if isinstance(value, int) else tuple(value)
-  if not shape or not all(isinstance(s, int) and s >= 1 for s in shape):
-    raise ValueError(
-        f"{name}: {what} {value!r} must be a positive int or a tuple of them")
-  return shape
 
 
 class TuckerDense(nnx.Module):
@@ -73,8 +65,8 @@ class TuckerDense(nnx.Module):
                dtype=None, param_dtype=jnp.float32, precision=None,
                rngs: nnx.Rngs):
     name = f"TuckerDense({in_shape}->{out_shape})"
-    self.in_shape = _shape(in_shape, "in_shape", name)
-    self.out_shape = _shape(out_shape, "out_shape", name)
+    self.in_shape = _dense.shape(in_shape, "in_shape", name)
+    self.out_shape = _dense.shape(out_shape, "out_shape", name)
     self.implementation = functional.check_implementation(implementation, name)
     self.dtype = dtype
     self.precision = precision
