@@ -94,25 +94,18 @@ class TTDense(nnx.Module):
     """The dense weight this layer represents, in_shape + out_shape."""
     return tensor.tt_matrix_to_tensor([core[...] for core in self.cores])
 
-  def _batch_shape(self, input_shape: Sequence[int]):
-    try:
-      return functional.batch_shape(input_shape, self.in_shape)
-    except ValueError as error:
-      raise ValueError(
-          f"TTDense({self.in_shape}->{self.out_shape}): {error}") from None
-
   def flops(self, input_shape: Sequence[int]) -> dict[str, int]:
     """Multiply-adds of each implementation for an input (N, prod(in_shape))
     or (N, *in_shape), and the entries of the factorized path's
     intermediates (`cpac_jax.functional.tt_dense_flops`)."""
-    self._batch_shape(input_shape)  # a clear error for a wrong shape
+    _dense.batch_shape(self, input_shape)  # a clear error for a wrong shape
     return functional.tt_dense_flops(input_shape, self.in_shape,
                                      self.out_shape, self.rank)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, prod(in_shape)) -> (N, prod(out_shape)), or (N, *in_shape) ->
     (N, *out_shape); extra leading batch axes are kept."""
-    batch_shape, tensorized = self._batch_shape(x.shape)
+    batch_shape, tensorized = _dense.batch_shape(self, x.shape)
     x = jnp.reshape(x, (math.prod(batch_shape), self.in_features))
     bias = self.bias[...] if self.bias is not None else None
     x, bias, *cores = dtypes.promote_dtype(
@@ -136,13 +129,7 @@ class TTDense(nnx.Module):
                 implementation=implementation, dtype=linear.dtype,
                 param_dtype=linear.param_dtype, precision=linear.precision,
                 rngs=rngs or nnx.Rngs(0))
-    if (layer.in_features, layer.out_features) != (linear.in_features,
-                                                   linear.out_features):
-      raise ValueError(
-          f"TTDense.from_linear: in_shape {layer.in_shape} and out_shape "
-          f"{layer.out_shape} hold {layer.in_features} -> "
-          f"{layer.out_features} features, but the linear layer maps "
-          f"{linear.in_features} -> {linear.out_features}")
+    _dense.check_linear(layer, linear, "TTDense.from_linear")
     cores = tensor.tt_matrix_svd(linear.kernel[...].astype(jnp.float32),
                                  layer.in_shape, layer.out_shape, layer.rank)
     for param, core in zip(layer.cores, cores):

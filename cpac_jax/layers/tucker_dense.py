@@ -93,26 +93,18 @@ class TuckerDense(nnx.Module):
     return tensor.tucker_to_tensor(
         (self.core[...], [f[...] for f in self.factors]))
 
-  def _batch_shape(self, input_shape: Sequence[int]):
-    """The batch axes of an input, and whether it is tensorized."""
-    try:
-      return functional.batch_shape(input_shape, self.in_shape)
-    except ValueError as error:
-      raise ValueError(
-          f"TuckerDense({self.in_shape}->{self.out_shape}): {error}") from None
-
   def flops(self, input_shape: Sequence[int]) -> dict[str, int]:
     """Multiply-adds of each implementation for an input (N, prod(in_shape))
     or (N, *in_shape), and the entries of the factorized path's
     intermediates (`cpac_jax.functional.tucker_dense_flops`)."""
-    self._batch_shape(input_shape)  # a clear error for a wrong shape
+    _dense.batch_shape(self, input_shape)  # a clear error for a wrong shape
     return functional.tucker_dense_flops(input_shape, self.in_shape,
                                          self.out_shape, self.rank)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, prod(in_shape)) -> (N, prod(out_shape)), or (N, *in_shape) ->
     (N, *out_shape); extra leading batch axes are kept."""
-    batch_shape, tensorized = self._batch_shape(x.shape)
+    batch_shape, tensorized = _dense.batch_shape(self, x.shape)
     x = jnp.reshape(x, (math.prod(batch_shape), self.in_features))
     bias = self.bias[...] if self.bias is not None else None
     x, bias, core, *factors = dtypes.promote_dtype(
@@ -138,13 +130,7 @@ class TuckerDense(nnx.Module):
                 implementation=implementation, dtype=linear.dtype,
                 param_dtype=linear.param_dtype, precision=linear.precision,
                 rngs=rngs or nnx.Rngs(0))
-    if (layer.in_features, layer.out_features) != (linear.in_features,
-                                                   linear.out_features):
-      raise ValueError(
-          f"TuckerDense.from_linear: in_shape {layer.in_shape} and out_shape "
-          f"{layer.out_shape} hold {layer.in_features} -> "
-          f"{layer.out_features} features, but the linear layer maps "
-          f"{linear.in_features} -> {linear.out_features}")
+    _dense.check_linear(layer, linear, "TuckerDense.from_linear")
     kernel = jnp.reshape(linear.kernel[...].astype(jnp.float32),
                          layer.in_shape + layer.out_shape)
     core, factors = tensor.tucker(kernel, layer.rank, method=method)
