@@ -5,7 +5,6 @@ import math
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 from jax import lax
 
 from cpac_jax import tensor
@@ -15,6 +14,7 @@ from cpac_jax.functional.conv import (
   dense_conv_flops,
   depthwise_along,
   output_shape,
+  pointwise,
 )
 from cpac_jax.functional.implementation import choose
 
@@ -74,8 +74,8 @@ def cp_conv(x: jax.Array, factors: Sequence[jax.Array],
     return conv(x, tensor.cp_to_tensor(factors), geometry.strides, pads,
                 geometry.dilation, precision=precision,
                 conv_general_dilated=conv_general_dilated)
-  h = jnp.einsum("...c,cr->...r", x, in_factor, precision=precision)
+  h = pointwise(x, in_factor, precision=precision)
   for axis, factor in enumerate(spatial):
     h = depthwise_along(h, factor, axis + 1, geometry.strides[axis],
                         geometry.dilation[axis], pads[axis])
-  return jnp.einsum("...r,or->...o", h, out_factor, precision=precision)
+  return pointwise(h, out_factor.T, precision=precision)

@@ -14,6 +14,7 @@ from cpac_jax.functional.conv import (
   conv,
   dense_conv_flops,
   output_shape,
+  pointwise,
 )
 from cpac_jax.functional.implementation import choose
 from cpac_jax.functional.tucker_dense import batch_shape
@@ -92,7 +93,7 @@ def tt_conv(x: jax.Array, cores: Sequence[jax.Array], geometry: ConvGeometry,
                 geometry.dilation, precision=precision,
                 conv_general_dilated=conv_general_dilated)
   num_spatial = len(geometry.kernel_size)
-  h = jnp.einsum("...c,cr->...r", x, cores[0][0], precision=precision)
+  h = pointwise(x, cores[0][0], precision=precision)
   for axis, core in enumerate(cores[1:-1]):
     one = [1] * num_spatial
     strides, dilation = list(one), list(one)
@@ -106,8 +107,7 @@ def tt_conv(x: jax.Array, cores: Sequence[jax.Array], geometry: ConvGeometry,
                          kernel_shape + [core.shape[0], core.shape[2]])
     h = conv(h, kernel, strides, axis_pads, dilation, precision=precision,
              conv_general_dilated=conv_general_dilated)
-  return jnp.einsum("...r,ro->...o", h, cores[-1][..., 0],
-                    precision=precision)
+  return pointwise(h, cores[-1][..., 0], precision=precision)
 
 
 def _dense_plan(batch: int, in_shape: Sequence[int],

@@ -5,7 +5,6 @@ import math
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 from jax import lax
 
 from cpac_jax import tensor
@@ -14,6 +13,7 @@ from cpac_jax.functional.conv import (
   conv,
   dense_conv_flops,
   output_shape,
+  pointwise,
 )
 from cpac_jax.functional.implementation import choose
 
@@ -77,7 +77,7 @@ def tucker_conv(x: jax.Array, core: jax.Array, factors: Sequence[jax.Array],
     return conv(x, kernel, geometry.strides, pads, geometry.dilation,
                 precision=precision, conv_general_dilated=conv_general_dilated)
   small = tensor.multi_mode_dot(core, spatial, range(len(spatial)))
-  h = jnp.einsum("...c,cr->...r", x, in_factor, precision=precision)
+  h = pointwise(x, in_factor, precision=precision)
   h = conv(h, small, geometry.strides, pads, geometry.dilation,
            precision=precision, conv_general_dilated=conv_general_dilated)
-  return jnp.einsum("...r,or->...o", h, out_factor, precision=precision)
+  return pointwise(h, out_factor.T, precision=precision)
