@@ -57,15 +57,15 @@ except ImportError as error:  # pragma: no cover - a missing extra
       'pip install -e ".[bench]"') from error
 
 _REPEATS = flags.DEFINE_integer("repeats", 10, "timed calls per variant")
-_SECTIONS = flags.DEFINE_list("sections", ["layers", "cpac", "vgg16"],
-                              "which of layers, cpac, vgg16 to run")
+SECTIONS = ("layers", "cpac", "vgg16")
+_SECTIONS = flags.DEFINE_list("sections", list(SECTIONS),
+                              f"which of {', '.join(SECTIONS)} to run")
 _THREADS = flags.DEFINE_integer("threads", os.cpu_count(),
                                 "PyTorch's intra-op threads")
 _SLOW = flags.DEFINE_float("slow_s", 5.0, "a first call slower than this is "
                            "reported, not timed")
 _OUT = flags.DEFINE_string("out", "experiments/benchmarks",
                            "folder for peers.{md,json}")
-SECTIONS = ("layers", "cpac", "vgg16")
 FRACTIONS = {"2x": 0.5, "10x": 0.1, "66x": 0.015}
 OURS = {"CP": cj.layers.CPConv, "Tucker": cj.layers.TuckerConv,
         "TT": cj.layers.TTConv}
@@ -415,8 +415,10 @@ def _step_variants(section, shape, nets, batch, torch_batch, steps_per_epoch):
 
 # -- the report --------------------------------------------------------------
 
-def _ms(row, kind):
-  return row.get(f"{kind}_ms", math.inf)
+def _fastest_dense(group):
+  """The dense row of `group` with the least fwd+bwd time."""
+  return min((r for r in group if r["factorization"] == "dense"),
+             key=lambda r: r.get("backward_ms", math.inf))
 
 
 def _cell(row, kind):
@@ -427,10 +429,8 @@ def _layer_tables(rows):
   lines = []
   for shape in dict.fromkeys(r["shape"] for r in rows):
     group = [r for r in rows if r["shape"] == shape]
-    dense = {r["library"] + " " + r["variant"]: r for r in group
-             if r["factorization"] == "dense"}
-    torch_dense = dense["PyTorch dense"]
-    fastest = min(dense.values(), key=lambda r: _ms(r, "backward"))
+    torch_dense = next(r for r in group if r["library"] == "PyTorch")
+    fastest = _fastest_dense(group)
     lines += [f"### {shape}", "",
               f"Fastest dense (fwd+bwd): {fastest['library']} "
               f"{fastest['variant']}, {fastest['backward_ms']:.2f} ms.", "",
@@ -468,8 +468,7 @@ def _targets(rows):
   met = total = 0
   for shape in dict.fromkeys(r["shape"] for r in rows):
     group = [r for r in rows if r["shape"] == shape and "backward_ms" in r]
-    fastest_dense = min((r for r in group if r["factorization"] == "dense"),
-                        key=lambda r: r["backward_ms"])
+    fastest_dense = _fastest_dense(group)
     keys = dict.fromkeys((r["factorization"], r["budget"]) for r in group
                          if r["factorization"] != "dense")
     for factorization, budget in keys:
