@@ -93,3 +93,11 @@ def test_init_is_checked_with_the_config():
   with pytest.raises(ValueError, match=r"'ttl_mlp' takes model.init in "
                                        r"\('default', 'teacher'\)"):
     config_lib.validate(config)
+
+
+def test_official_init_refuses_tucker_and_tt_convs():
+  for factorization in ("tucker", "tt"):
+    with pytest.raises(ValueError, match=f"factorization '{factorization}' "
+                       "takes init 'default'"):
+      CPACNet(num_layers=2, factorization=factorization, rank=0.5,
+              init="official", rngs=nnx.Rngs(0))

@@ -19,8 +19,10 @@ __all__ = ["CNN", "CPACNet", "INITS", "MODELS", "TTLMLP", "VGG16", "build",
 
 # name -> (constructor, the factorizations it takes, fixed keyword arguments)
 MODELS = {
-    "cpac_cnn_1": (CPACNet, ("cp", "dense"), {"num_layers": 1}),
-    "cpac_cnn_2": (CPACNet, ("cp", "dense"), {"num_layers": 2}),
+    "cpac_cnn_1": (CPACNet, ("cp", "tucker", "tt", "dense"),
+                   {"num_layers": 1}),
+    "cpac_cnn_2": (CPACNet, ("cp", "tucker", "tt", "dense"),
+                   {"num_layers": 2}),
     "ttl_mlp": (TTLMLP, ("tucker", "tt", "dense"), {}),
     "vgg16": (VGG16, ("dense", "tucker", "cp"), {}),
     "cnn": (CNN, ("dense", "cp", "tucker", "tt"), {}),

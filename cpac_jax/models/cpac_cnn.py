@@ -4,13 +4,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cpac_jax.layers import CPConv, patches_conv
+from cpac_jax.layers import CPConv, TTConv, TuckerConv, patches_conv
 from cpac_jax.models import official_init
 from cpac_jax.tensor import RankSpec
 
 __all__ = ["CPACNet", "INITS"]
 
 INITS = ("default", "official")
+_LAYERS = {"cp": CPConv, "tucker": TuckerConv, "tt": TTConv, "dense": None}
 
 
 class CPACNet(nnx.Module):
@@ -23,20 +24,25 @@ class CPACNet(nnx.Module):
   28x28 MNIST, flat is 200 (two layers) or 1352 (one layer).
 
   Built for batch size 1, where these tiny layers cost more in dispatch
-  and memory layout than in arithmetic: the convs (the CP kernel rebuilt,
-  or the dense one) run as `patches_conv`, one matmul over the taps, and
-  the pooling as a max over a reshape, whose gradient is an elementwise
-  select rather than XLA's scatter; both compute what `nnx.Conv` and
-  `nnx.max_pool` do (the pooling's gradient differs only at tied maxima).
+  and memory layout than in arithmetic: the convs (the factorized kernel
+  rebuilt, or the dense one) run as `patches_conv`, one matmul over the
+  taps, and the pooling as a max over a reshape, whose gradient is an
+  elementwise select rather than XLA's scatter; both compute what
+  `nnx.Conv` and `nnx.max_pool` do (the pooling's gradient differs only
+  at tied maxima).
 
   Args:
     num_layers: 1 or 2 conv layers.
-    factorization: "cp" (CPConv) or "dense" (nnx.Conv).
-    rank: CP rank spec of every conv (ignored for dense).
+    factorization: "cp" (CPConv, the paper's), "tucker" (TuckerConv),
+      "tt" (TTConv) or "dense" (nnx.Conv).
+    rank: rank spec of every factorized conv (ignored for dense).
+    factorize_first: False keeps the first conv dense (1 -> 8 on MNIST:
+      72 weights, which even rank 1 shrinks only 4.8x), so that a budget
+      falls on the second conv alone; the shoot-out's setting.
     input_shape: (H, W, C) of one example.
     num_classes: outputs.
     num_filters, kernel_size: conv outputs and spatial size.
-    implementation: CPConv forward path.
+    implementation: the factorized convs' forward path.
     init: "default" (CP factors and dense layers as cpac_jax and Flax
       initialise them) or "official" (as the official code does: CP factors
       by TensorLy 0.4's CP-ALS of a random kernel, PyTorch's uniform
@@ -58,23 +64,30 @@ class CPACNet(nnx.Module):
                rank: RankSpec = 5, input_shape=(28, 28, 1),
                num_classes: int = 10, num_filters: int = 8,
                kernel_size: int = 3, implementation: str = "auto",
-               init: str = "default", init_seed: int = 0, rngs: nnx.Rngs):
+               factorize_first: bool = True, init: str = "default",
+               init_seed: int = 0, rngs: nnx.Rngs):
     if num_layers not in (1, 2):
       raise ValueError(f"CPACNet: num_layers must be 1 or 2, got {num_layers}")
-    if factorization not in ("cp", "dense"):
+    if factorization not in _LAYERS:
       raise ValueError(
-          f"CPACNet: factorization must be 'cp' or 'dense', got "
+          f"CPACNet: factorization must be one of {tuple(_LAYERS)}, got "
           f"{factorization!r}")
     if init not in INITS:
       raise ValueError(f"CPACNet: init must be one of {INITS}, got {init!r}")
+    if init == "official" and factorization in ("tucker", "tt"):
+      raise ValueError(
+          "CPACNet: init 'official' is the official code's, which has CP "
+          f"and dense convs only; factorization {factorization!r} takes "
+          "init 'default'")
     height, width, channels = input_shape
     convs = []
-    for _ in range(num_layers):
+    for index in range(num_layers):
       kwargs = dict(padding="VALID", use_bias=False,
                     conv_general_dilated=patches_conv, rngs=rngs)
-      if factorization == "cp":
-        conv = CPConv(channels, num_filters, (kernel_size, kernel_size),
-                      rank=rank, implementation=implementation, **kwargs)
+      layer = _LAYERS[factorization] if index or factorize_first else None
+      if layer:
+        conv = layer(channels, num_filters, (kernel_size, kernel_size),
+                     rank=rank, implementation=implementation, **kwargs)
       else:
         conv = nnx.Conv(channels, num_filters, (kernel_size, kernel_size),
                         **kwargs)
