@@ -1,11 +1,13 @@
-"""The decomposition shoot-out table and plot: the TTL MLP's hidden layer
-as a Tucker tensor, a TT-matrix and a low-rank dense product at matched
-budgets, from experiments/shootout_ttl_mnist/results.csv.
+"""The decomposition shoot-out tables and plots, from a shoot-out folder's
+results.csv: the TTL MLP's hidden layer as a Tucker tensor, a TT-matrix and
+a low-rank dense product (experiments/shootout_ttl_mnist), or the CPAC-CNN's
+second conv as a CP, Tucker and TT kernel (experiments/shootout_cpac_mnist),
+at matched budgets.
 
   python scripts/shootout_table.py [experiments/shootout_ttl_mnist]
 
-For each budget (the fraction of the hidden layer's 235,200 weights) and
-family: the hidden layer's weights, test accuracy over seeds (mean, sample
+For each budget (the fraction of the held layer's weights) and family: the
+layer's weights, test accuracy over seeds (mean, sample
 std, n, the 95% Student-t interval of the mean) and the gap in points to
 the dense net paired by seed, with its 95% interval, and the mean of the
 runs' train_seconds (20 epochs, compilation included) relative to the
@@ -24,6 +26,7 @@ import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 from matplotlib.figure import Figure
 
@@ -31,30 +34,51 @@ from cpac_jax import report
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- shootout:begin -->", "<!-- shootout:end -->"
-DENSE_WEIGHTS = 784 * 300
-FRACTIONS = (0.5, 0.1, 0.03, 0.01)
-FAMILIES = ("tucker", "tt", "low-rank dense")
-LABELS = {"tucker": "Tucker (TuckerDense, (28, 28) -> (300,))",
-          "tt": "TT-matrix (TTDense, (4, 7, 4, 7) -> (3, 4, 5, 5))",
-          "low-rank dense": "low-rank dense (784 -> b -> 300)"}
 
 
-def _family_budget(row: dict):
-  """(family, budget fraction, hidden-layer weights) of a row; budget None
+class Net(NamedTuple):
+  """What a shoot-out holds at a budget, and how its table names it."""
+
+  layer: str                # the held layer, as the weights column names it
+  dense: str                # the dense net's row label
+  dense_weights: int        # the held layer's dense weights
+  labels: dict              # family -> row label, in table order
+  title: str                # the plot's
+
+
+NETS = {
+    "shootout_ttl_mnist": Net(
+        "hidden-layer", "dense (nnx.Linear 784 -> 300)", 784 * 300,
+        {"tucker": "Tucker (TuckerDense, (28, 28) -> (300,))",
+         "tt": "TT-matrix (TTDense, (4, 7, 4, 7) -> (3, 4, 5, 5))",
+         "low-rank dense": "low-rank dense (784 -> b -> 300)"},
+        "TTL MLP on MNIST, hidden layer 784 -> 300 (dots: seeds)"),
+    "shootout_cpac_mnist": Net(
+        "second-conv", "dense (nnx.Conv 8 -> 8, 3x3)", 8 * 8 * 9,
+        {"cp": "CP (CPConv)", "tucker": "Tucker-2 (TuckerConv)",
+         "tt": "TT (TTConv)"},
+        "CPAC-CNN on MNIST, second conv 8 -> 8 3x3 (dots: seeds)"),
+}
+LOW_RANK_FRACTIONS = (0.5, 0.1, 0.03, 0.01)  # configs/shootout_ttl_mnist.py
+
+
+def _family_budget(row: dict, net: Net):
+  """(family, budget fraction, held-layer weights) of a row; budget None
   for the dense net."""
-  if row["factorization"] in ("tucker", "tt"):
+  if row["factorization"] != "dense":
     return (row["factorization"], float(json.loads(row["rank"])),
             int(row["layer_params"]))
   match = re.search(r"bottleneck=(\d+)", row["run"])
   if not match:
-    return "dense", None, DENSE_WEIGHTS
+    return "dense", None, net.dense_weights
+  # The low-rank product 784 -> b -> 300 holds 1,084 b weights.
   b = int(match.group(1))
-  budget = next(f for f in FRACTIONS
-                if math.floor(f * DENSE_WEIGHTS / 1084) == b)
+  budget = next(f for f in LOW_RANK_FRACTIONS
+                if math.floor(f * net.dense_weights / 1084) == b)
   return "low-rank dense", budget, 1084 * b
 
 
-def collect(rows: list[dict]):
+def collect(rows: list[dict], net: Net):
   """(dense accuracy by seed, {(budget, family): {"acc": by seed,
   "weights": hidden-layer weights}})."""
   dense, groups = {}, defaultdict(lambda: {"acc": {}})
@@ -62,7 +86,7 @@ def collect(rows: list[dict]):
   for row in rows:
     if row["status"] != "ok":
       continue
-    family, budget, weights = _family_budget(row)
+    family, budget, weights = _family_budget(row, net)
     accuracy = float(row["test_accuracy"])
     if family == "dense":
       dense[int(row["seed"])] = accuracy
@@ -88,21 +112,21 @@ def _gaps(ours: dict, theirs: dict) -> list[float]:
   return [100 * (ours[s] - theirs[s]) for s in sorted(set(ours) & set(theirs))]
 
 
-def table(rows: list[dict]) -> str:
-  dense, groups = collect(rows)
+def table(rows: list[dict], net: Net) -> str:
+  dense, groups = collect(rows, net)
   values = list(dense.values())
   dense_seconds = statistics.fmean(groups.pop((None, "dense"))["seconds"])
   lines = [
-      "| budget | family | hidden-layer weights | compression | test "
+      f"| budget | family | {net.layer} weights | compression | test "
       "accuracy, mean ± std (n) | 95% interval | vs dense, points [95%] | "
       "training time vs dense |",
       "|---|---|---:|---:|---|---|---|---:|",
-      f"| 1 | dense (nnx.Linear 784 -> 300) | {DENSE_WEIGHTS:,} | 1.0x | "
+      f"| 1 | {net.dense} | {net.dense_weights:,} | 1.0x | "
       f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f} "
       f"(n={len(values)}) | {_interval(values)} | | 1.00x |"]
   winners = []
   for budget in sorted({b for b, _ in groups}, reverse=True):
-    present = [f for f in FAMILIES if (budget, f) in groups]
+    present = [f for f in net.labels if (budget, f) in groups]
     for family in present:
       group = groups[(budget, family)]
       acc = list(group["acc"].values())
@@ -110,8 +134,8 @@ def table(rows: list[dict]) -> str:
       gap = (f"{statistics.fmean(gaps):+.2f} {_interval(gaps, True)}" if gaps
              else "-")
       lines.append(
-          f"| {budget} | {LABELS[family]} | {group['weights']:,} | "
-          f"{DENSE_WEIGHTS / group['weights']:.1f}x | "
+          f"| {budget} | {net.labels[family]} | {group['weights']:,} | "
+          f"{net.dense_weights / group['weights']:.1f}x | "
           f"{statistics.fmean(acc):.4f} ± "
           f"{statistics.stdev(acc) if len(acc) > 1 else 0:.4f} "
           f"(n={len(acc)}) | {_interval(acc)} | {gap} | "
@@ -125,46 +149,50 @@ def table(rows: list[dict]) -> str:
       interval = report.interval95(lead)
       clear = interval is not None and interval[0] > 0
       winners.append(
-          f"- budget {budget}: **{LABELS[best].split(' (')[0]}** leads "
-          f"{LABELS[second].split(' (')[0]} by "
+          f"- budget {budget}: **{net.labels[best].split(' (')[0]}** leads "
+          f"{net.labels[second].split(' (')[0]} by "
           f"{statistics.fmean(lead):+.2f} points, seed-paired 95% interval "
           f"{_interval(lead, True)}" + ("" if clear else
                                   " (the interval includes 0: a tie)"))
   return "\n".join(lines + ["", "Best family per budget:", "", *winners])
 
 
-def plot(rows: list[dict], path: Path) -> None:
-  dense, groups = collect(rows)
+def plot(rows: list[dict], net: Net, path: Path) -> None:
+  dense, groups = collect(rows, net)
   groups.pop((None, "dense"))
   fig = Figure(figsize=(6.4, 4.2))
   ax = fig.subplots()
   ax.axhline(100 * statistics.fmean(dense.values()), color="black", lw=1,
-             ls="--", label=f"dense, {DENSE_WEIGHTS:,} weights")
-  for family in FAMILIES:
+             ls="--", label=f"dense, {net.dense_weights:,} weights")
+  for family, label in net.labels.items():
     points = sorted((g["weights"], g["acc"]) for (_, f), g in groups.items()
                     if f == family)
     if not points:
       continue
     means = [100 * statistics.fmean(acc.values()) for _, acc in points]
     line, = ax.plot([w for w, _ in points], means, marker="o",
-                    label=LABELS[family])
+                    label=label)
     for weights, acc in points:
       ax.scatter([weights] * len(acc), [100 * a for a in acc.values()], s=8,
                  color=line.get_color(), alpha=0.5)
   ax.set_xscale("log")
-  ax.set_xlabel("hidden-layer weights")
+  ax.set_xlabel(f"{net.layer} weights")
   ax.set_ylabel("test accuracy (%)")
-  ax.set_title("TTL MLP on MNIST, hidden layer 784 -> 300 (dots: seeds)")
+  ax.set_title(net.title)
   ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
 
 
 def main(folder: Path) -> None:
+  if folder.name not in NETS:
+    raise ValueError(f"{folder} is not a shoot-out folder; its name must be "
+                     f"one of {tuple(NETS)}")
+  net = NETS[folder.name]
   with open(folder / "results.csv", newline="") as f:
     rows = list(csv.DictReader(f))
-  text = table(rows)
-  plot(rows, folder / "accuracy_vs_weights.png")
+  text = table(rows, net)
+  plot(rows, net, folder / "accuracy_vs_weights.png")
   readme = folder / "README.md"
   old = readme.read_text()
   if BEGIN not in old or END not in old:

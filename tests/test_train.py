@@ -232,6 +232,35 @@ def test_shootout_families_get_matched_budgets_of_the_hidden_layer():
                  for c in counts), (budget, counts)
 
 
+def test_cpac_shootout_holds_matched_budgets_of_the_second_conv():
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from cpac_jax.config import expand
+
+  config = load_config("shootout_cpac_mnist")
+  weights = {}
+  for _, run in expand(config):
+    if run.seed:
+      continue
+    net = models.build(run.model, (28, 28, 1), 10, nnx.Rngs(0))
+    assert isinstance(net.convs[0], nnx.Conv)  # the first conv stays dense
+    assert net(jnp.zeros((1, 28, 28, 1))).shape == (1, 10)
+    ours, dense = models.count_factorized(net)
+    if run.model.factorization == "dense":
+      assert ours == 0
+      continue
+    assert dense == 576 and type(net.convs[1]).__name__ == {
+        "cp": "CPConv", "tucker": "TuckerConv", "tt": "TTConv"}[
+            run.model.factorization]
+    weights.setdefault(run.model.rank, []).append(ours)
+  assert sorted(weights) == [0.05, 0.15, 0.25, 0.5]
+  for budget, counts in weights.items():  # CP, Tucker, TT: each within the
+    assert len(counts) == 3               # budget, none below half of it
+    assert all(budget * 576 / 2 <= c <= budget * 576 for c in counts), (
+        budget, counts)
+
+
 def test_train_step_updates_batch_norm_statistics():
   import jax.numpy as jnp
   import numpy as np
