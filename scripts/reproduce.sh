@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 bash scripts/fetch_data.sh mnist fashion_mnist magnetic_tile
 [ $# -gt 0 ] || set -- cpac_mnist cpac_mnist_1layer cpac_magnetic_tile \
   cpac_magnetic_tile_1layer ttl_mnist ttl_fashion_mnist ttl_gap_mnist \
-  ttl_gap_fashion_mnist shootout_ttl_mnist
+  ttl_gap_fashion_mnist shootout_ttl_mnist shootout_cpac_mnist \
+  compress_fashion_mnist
 for name in "$@"; do
   case "$name" in
     cpac_*) bash scripts/cpac_seeds.sh "$name" ;;  # --vectorize, a seed at a time
@@ -18,9 +19,16 @@ for name in "$@"; do
       python -m cpac_jax.sweep --config="configs/$name.py" \
         --workdir="experiments/$name"
       python scripts/ttl_gap_table.py "${name#ttl_gap_}" ;;
-    shootout_*)
+    compress_*)  # fine-tuning rates chosen on held-out data first
+      python -m cpac_jax.sweep --config="configs/$name.py:select" \
+        --workdir="experiments/$name/selection"
       python -m cpac_jax.sweep --config="configs/$name.py" \
         --workdir="experiments/$name"
+      python scripts/compress_table.py "experiments/$name" ;;
+    shootout_*)  # the CPAC net's batch-1 runs train a seed at a time, together
+      python -m cpac_jax.sweep --config="configs/$name.py" \
+        --workdir="experiments/$name" \
+        $([ "$name" = shootout_cpac_mnist ] && echo --vectorize)
       python scripts/shootout_table.py "experiments/$name" ;;
     *) python -m cpac_jax.sweep --config="configs/$name.py" \
          --workdir="experiments/$name" ;;

@@ -7,14 +7,16 @@ at matched budgets.
   python scripts/shootout_table.py [experiments/shootout_ttl_mnist]
 
 For each budget (the fraction of the held layer's weights) and family: the
-layer's weights, test accuracy over seeds (mean, sample
-std, n, the 95% Student-t interval of the mean) and the gap in points to
-the dense net paired by seed, with its 95% interval, and the mean of the
-runs' train_seconds (20 epochs, compilation included) relative to the
-dense net's in the same sweep; the best family of
-each budget by mean accuracy, and whether its lead over the runner-up is
-outside the runner-up's seed-paired interval. Written into the folder's
-README.md between `<!-- shootout:begin -->` and `<!-- shootout:end -->`,
+layer's weights, test accuracy over seeds (mean, sample std, n, the 95%
+Student-t interval of the mean) and the gap in points to the dense net
+paired by seed, with its 95% interval, and the mean of the runs'
+train_seconds (compilation included) relative to the dense net's in the
+same sweep where every run trained alone ("-" where runs trained together,
+whose train_seconds are shared: scripts/bench_shootout.py times their
+steps); the best family of each budget by mean accuracy, and its lead over
+each other family (the runner-up first) with the seed-paired interval of
+the lead. Written into the folder's README.md between
+`<!-- shootout:begin -->` and `<!-- shootout:end -->`,
 as accuracy_vs_weights.png beside it, and printed.
 """
 
@@ -116,6 +118,11 @@ def table(rows: list[dict], net: Net) -> str:
   dense, groups = collect(rows, net)
   values = list(dense.values())
   dense_seconds = statistics.fmean(groups.pop((None, "dense"))["seconds"])
+  alone = all(row.get("trained", "alone") == "alone" for row in rows)
+
+  def time_cell(seconds: list[float]) -> str:
+    return f"{statistics.fmean(seconds) / dense_seconds:.2f}x" if alone else "-"
+
   lines = [
       f"| budget | family | {net.layer} weights | compression | test "
       "accuracy, mean ± std (n) | 95% interval | vs dense, points [95%] | "
@@ -123,7 +130,8 @@ def table(rows: list[dict], net: Net) -> str:
       "|---|---|---:|---:|---|---|---|---:|",
       f"| 1 | {net.dense} | {net.dense_weights:,} | 1.0x | "
       f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f} "
-      f"(n={len(values)}) | {_interval(values)} | | 1.00x |"]
+      f"(n={len(values)}) | {_interval(values)} | | "
+      f"{time_cell([dense_seconds])} |"]
   winners = []
   for budget in sorted({b for b, _ in groups}, reverse=True):
     present = [f for f in net.labels if (budget, f) in groups]
@@ -139,18 +147,19 @@ def table(rows: list[dict], net: Net) -> str:
           f"{statistics.fmean(acc):.4f} ± "
           f"{statistics.stdev(acc) if len(acc) > 1 else 0:.4f} "
           f"(n={len(acc)}) | {_interval(acc)} | {gap} | "
-          f"{statistics.fmean(group['seconds']) / dense_seconds:.2f}x |")
+          f"{time_cell(group['seconds'])} |")
     ranked = sorted(present, key=lambda f: -statistics.fmean(
         groups[(budget, f)]["acc"].values()))
-    if len(ranked) > 1:
-      best, second = ranked[:2]
+    best, short = ranked[0], net.labels[ranked[0]].split(" (")[0]
+    for other in ranked[1:]:  # the runner-up first
       lead = _gaps(groups[(budget, best)]["acc"],
-                   groups[(budget, second)]["acc"])
+                   groups[(budget, other)]["acc"])
       interval = report.interval95(lead)
       clear = interval is not None and interval[0] > 0
       winners.append(
-          f"- budget {budget}: **{net.labels[best].split(' (')[0]}** leads "
-          f"{net.labels[second].split(' (')[0]} by "
+          (f"- budget {budget}: **{short}** leads " if other == ranked[1]
+           else "  - and ")
+          + f"{net.labels[other].split(' (')[0]} by "
           f"{statistics.fmean(lead):+.2f} points, seed-paired 95% interval "
           f"{_interval(lead, True)}" + ("" if clear else
                                   " (the interval includes 0: a tie)"))
