@@ -7,7 +7,9 @@ the four compressed convs' weights kept; the first conv and the
 classifier stay dense), its Tucker-2 compression with the ranks shared
 globally and uniformly (`cpac_jax.compress`), each fine-tuned 3 epochs;
 and the global allocation's architecture trained from scratch for the
-dense net's 4 epochs plus the fine-tuning's 3.
+dense net's 4 epochs plus the fine-tuning's 3. Beside them, CP in place of
+Tucker-2: its global compression fine-tuned at both budgets, and its
+architecture from scratch at 0.1.
 
   python -m cpac_jax.sweep --config=configs/compress_fashion_mnist.py:select \
       --workdir=experiments/compress_fashion_mnist/selection
@@ -16,7 +18,8 @@ dense net's 4 epochs plus the fine-tuning's 3.
 
 The fine-tuning's peak rate and distillation weight, and the scratch
 runs' peak rate, are those the "select" preset scored best on 6,000
-training images held out of training (seed 0; `FINE_TUNE`, `SCRATCH`),
+training images held out of training (seed 0; `FINE_TUNE`, `SCRATCH`,
+`CP_FINE_TUNE`),
 never on the test set. Adam, cosine decay; the dense net at 1e-3, fixed.
 """
 
@@ -26,6 +29,10 @@ DENSE_EPOCHS, TUNE_EPOCHS = 4, 3
 # Chosen by the "select" preset on validation (selection/README.md).
 FINE_TUNE = {"optimizer.learning_rate": [3e-3], "distill_weight": [0.0]}
 SCRATCH = {"optimizer.learning_rate": [3e-3]}
+# CP in place of Tucker-2, global ranks: its fine-tuning rate chosen by the
+# same "select" preset (distillation left off, as it did not help Tucker);
+# CP from scratch takes SCRATCH's rate, chosen for Tucker-2, unselected.
+CP_FINE_TUNE = {"optimizer.learning_rate": [3e-3], "distill_weight": [0.0]}
 
 
 def get_config(preset: str = ""):
@@ -51,7 +58,7 @@ def get_config(preset: str = ""):
   config.eval_batch_size = 500
   seeds, budgets = [0, 1, 2], [0.1, 0.05]
   dense_epochs, tune_epochs = DENSE_EPOCHS, TUNE_EPOCHS
-  fine_tune, scratch = FINE_TUNE, SCRATCH
+  fine_tune, scratch, cp_tune = FINE_TUNE, SCRATCH, CP_FINE_TUNE
   allocations = ["global", "uniform"]
   if preset == "select":
     config.dataset.validation_examples = 6000
@@ -59,6 +66,8 @@ def get_config(preset: str = ""):
     fine_tune = {"optimizer.learning_rate": [1e-3, 3e-3],
                  "distill_weight": [0.0, 0.5]}
     scratch = {"optimizer.learning_rate": [1e-3, 3e-3]}
+    cp_tune = {"optimizer.learning_rate": [1e-3, 3e-3],
+               "distill_weight": [0.0]}
   elif preset == "quick":
     config.num_train_examples = 1024
     config.num_test_examples = 1000
@@ -75,10 +84,20 @@ def get_config(preset: str = ""):
          "compress.allocation": allocations,
          "num_epochs": [tune_epochs], **fine_tune,
          "teacher": [teacher], "seed": [seed]},
+        {"compress.factorization": ["cp"], "compress.budget": budgets,
+         "compress.allocation": ["global"],
+         "num_epochs": [tune_epochs], **cp_tune,
+         "teacher": [teacher], "seed": [seed]},
         {"compress.factorization": ["tucker"], "compress.budget": budgets,
          "compress.init": ["random"],
          "num_epochs": [dense_epochs + tune_epochs], **scratch,
          "teacher": [teacher], "seed": [seed]},
     ]
+    if preset != "select":  # CP's own architecture from scratch, at 10x
+      sweep.append(
+          {"compress.factorization": ["cp"], "compress.budget": budgets[:1],
+           "compress.init": ["random"],
+           "num_epochs": [dense_epochs + tune_epochs], **SCRATCH,
+           "teacher": [teacher], "seed": [seed]})
   config.sweep = tuple(sweep)
   return config

@@ -1,12 +1,14 @@
-"""The compression table: compress + fine-tune (global and uniform ranks)
-against the same architecture trained from scratch and the dense net, from
+"""The compression table: Tucker-2 compress + fine-tune (global and uniform
+ranks) against the same architecture trained from scratch and the dense
+net, and CP compress + fine-tune (global ranks) beside them, from
 experiments/compress_fashion_mnist/results.csv, and its plot.
 
   python scripts/compress_table.py [experiments/compress_fashion_mnist]
 
 For each budget and condition: the compressed convs' weights and their
 compression, test accuracy over seeds (mean, sample std, n), and the gap in
-points to the dense net and to training from scratch, paired by seed (a
+points to the dense net, to training from scratch, to uniform ranks and
+(for CP) to Tucker-2 with global ranks, paired by seed (a
 seed's runs share the dense teacher and the data order), with the 95%
 Student-t interval of the mean gap. Written into the folder's README.md
 between `<!-- compress:begin -->` and `<!-- compress:end -->`, as
@@ -26,11 +28,15 @@ from cpac_jax import report, rundir
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- compress:begin -->", "<!-- compress:end -->"
-CONDITIONS = (("compressed", "global"), ("compressed", "uniform"),
-              ("scratch", "global"))
-LABELS = {("compressed", "global"): "compress + fine-tune, global ranks",
-          ("compressed", "uniform"): "compress + fine-tune, uniform ranks",
-          ("scratch", "global"): "from scratch (global ranks' architecture)"}
+# (factorization, init, allocation)
+TUCKER, UNIFORM, SCRATCH, CP = (
+    ("tucker", "compressed", "global"), ("tucker", "compressed", "uniform"),
+    ("tucker", "scratch", "global"), ("cp", "compressed", "global"))
+CONDITIONS = (TUCKER, UNIFORM, SCRATCH, CP)
+LABELS = {TUCKER: "Tucker-2 compress + fine-tune, global ranks",
+          UNIFORM: "Tucker-2 compress + fine-tune, uniform ranks",
+          SCRATCH: "Tucker-2 from scratch (global ranks' architecture)",
+          CP: "CP compress + fine-tune, global ranks"}
 
 
 def _gap(ours: dict, theirs: dict) -> str:
@@ -53,8 +59,8 @@ def _cell(by_seed: dict) -> str:
 
 
 def collect(rows: list[dict]) -> tuple[dict, dict]:
-  """(dense accuracy by seed, {(budget, init, allocation): {"acc": by
-  seed, "weights", "compression"}})."""
+  """(dense accuracy by seed, {(budget, factorization, init, allocation):
+  {"acc": by seed, "weights", "compression"}})."""
   dense, groups = {}, defaultdict(lambda: {"acc": {}})
   for row in rows:
     if row["status"] != "ok":
@@ -64,7 +70,8 @@ def collect(rows: list[dict]) -> tuple[dict, dict]:
       dense[int(row["seed"])] = accuracy
       continue
     allocation, budget = json.loads(row["rank"]).split()
-    group = groups[(float(budget), row["init"], allocation)]
+    group = groups[(float(budget), row["factorization"], row["init"],
+                    allocation)]
     group["acc"][int(row["seed"])] = accuracy
     group.setdefault("weights", []).append(int(row["layer_params"]))
     group.setdefault("ratios", []).append(float(row["layer_compression"]))
@@ -84,24 +91,26 @@ def table(rows: list[dict]) -> str:
   lines = [
       "| budget | condition | compressed convs' weights | their compression "
       "| test accuracy, mean ± std (n) | vs dense, points [95%] | "
-      "vs scratch, points [95%] | vs uniform, points [95%] |",
-      "|---|---|---:|---:|---|---|---|---|",
-      f"| 1 | dense | 138,240 | 1.0x | {_cell(dense)} | | | |"]
-  for budget in sorted({b for b, _, _ in groups}, reverse=True):
+      "vs scratch, points [95%] | vs uniform, points [95%] | "
+      "vs Tucker-2 global, points [95%] |",
+      "|---|---|---:|---:|---|---|---|---|---|",
+      f"| 1 | dense | 138,240 | 1.0x | {_cell(dense)} | | | | |"]
+  for budget in sorted({b for b, *_ in groups}, reverse=True):
     acc = {c: groups.get((budget, *c), {"acc": {}})["acc"]
            for c in CONDITIONS}
     for condition in CONDITIONS:
       group = groups.get((budget, *condition))
       if group is None:
         continue
-      scratch = ("" if condition[0] == "scratch"
-                 else _gap(group["acc"], acc[("scratch", "global")]))
-      uniform = (_gap(group["acc"], acc[("compressed", "uniform")])
-                 if condition == ("compressed", "global") else "")
+      scratch = ("" if condition == SCRATCH
+                 else _gap(group["acc"], acc[SCRATCH]))
+      uniform = (_gap(group["acc"], acc[UNIFORM]) if condition in (TUCKER, CP)
+                 else "")
+      tucker = _gap(group["acc"], acc[TUCKER]) if condition == CP else ""
       lines.append(
           f"| {budget} | {LABELS[condition]} | {_weights(group['weights'])} "
           f"| {group['compression']:.1f}x | {_cell(group['acc'])} | "
-          f"{_gap(group['acc'], dense)} | {scratch} | {uniform} |")
+          f"{_gap(group['acc'], dense)} | {scratch} | {uniform} | {tucker} |")
   return "\n".join(lines)
 
 
@@ -111,9 +120,11 @@ def plot(rows: list[dict], path: Path) -> None:
   ax = fig.subplots()
   ax.axhline(100 * statistics.fmean(dense.values()), color="black", lw=1,
              ls="--", label=f"dense (mean of {len(dense)})")
-  for offset, condition in zip((-0.03, 0.0, 0.03), CONDITIONS):
+  for offset, condition in zip((-0.045, -0.015, 0.015, 0.045), CONDITIONS):
     points = sorted((g["compression"], g["acc"]) for (b, *c), g
                     in groups.items() if tuple(c) == condition)
+    if not points:
+      continue
     xs = [x * (1 + offset) for x, _ in points]
     means = [100 * statistics.fmean(acc.values()) for _, acc in points]
     line, = ax.plot(xs, means, marker="o", label=LABELS[condition])
@@ -123,7 +134,7 @@ def plot(rows: list[dict], path: Path) -> None:
   ax.set_xscale("log")
   ax.set_xlabel("compression of the four compressed convs (x)")
   ax.set_ylabel("test accuracy (%)")
-  ax.set_title("CNN on Fashion-MNIST: Tucker-2 compression (dots: seeds)")
+  ax.set_title("CNN on Fashion-MNIST: compression (dots: seeds)")
   ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -132,20 +143,22 @@ def plot(rows: list[dict], path: Path) -> None:
 def allocations(folder: Path, rows: list[dict]) -> str:
   """Each compressed run's per-layer ranks, from its run folder's
   compression.json, as one table."""
-  lines = ["| seed | budget | allocation | init | " + " | ".join(
-      f"{p} rank (error)" for p in ("convs/1", "convs/2", "convs/3",
-                                    "convs/4")) + " |",
-           "|---|---|---|---|---|---|---|---|"]
+  lines = ["| seed | factorization | budget | allocation | init | "
+           + " | ".join(f"{p} rank (error)" for p in (
+               "convs/1", "convs/2", "convs/3", "convs/4")) + " |",
+           "|---|---|---|---|---|---|---|---|---|"]
   for row in rows:
     path = folder / "runs" / f"{row['run']}-{row['key']}" / "compression.json"
     if row["factorization"] == "dense" or not path.exists():
       continue
     report_ = json.loads(path.read_text())
     cells = [
-        "x".join(map(str, layer["rank"])) + (
+        ("x".join(map(str, layer["rank"])) if isinstance(layer["rank"], list)
+         else str(layer["rank"])) + (
             f" ({layer['error']:.2f})" if layer["error"] is not None else "")
         for layer in report_["layers"]]
-    lines.append(f"| {row['seed']} | {report_['budget']} | "
+    lines.append(f"| {row['seed']} | {row['factorization']} | "
+                 f"{report_['budget']} | "
                  f"{report_['allocation']} | {row['init']} | "
                  + " | ".join(cells) + " |")
   return "\n".join(lines)
