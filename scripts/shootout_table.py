@@ -11,9 +11,10 @@ layer's weights, test accuracy over seeds (mean, sample std, n, the 95%
 Student-t interval of the mean) and the gap in points to the dense net
 paired by seed, with its 95% interval, and the mean of the runs'
 train_seconds (compilation included) relative to the dense net's in the
-same sweep where every run trained alone ("-" where runs trained together,
-whose train_seconds are shared: scripts/bench_shootout.py times their
-steps); the best family of each budget by mean accuracy, and its lead over
+same sweep where every run trained alone (where the runs trained together,
+whose train_seconds are shared, the step time relative to the dense net's
+that scripts/bench_shootout.py measured, from
+experiments/benchmarks/shootout_steps.json, or "-" without it); the best family of each budget by mean accuracy, and its lead over
 each other family (the runner-up first) with the seed-paired interval of
 the lead. Written into the folder's README.md between
 `<!-- shootout:begin -->` and `<!-- shootout:end -->`,
@@ -36,6 +37,7 @@ from cpac_jax import report
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- shootout:begin -->", "<!-- shootout:end -->"
+STEPS = ROOT / "experiments/benchmarks/shootout_steps.json"
 
 
 class Net(NamedTuple):
@@ -114,19 +116,36 @@ def _gaps(ours: dict, theirs: dict) -> list[float]:
   return [100 * (ours[s] - theirs[s]) for s in sorted(set(ours) & set(theirs))]
 
 
-def table(rows: list[dict], net: Net) -> str:
+def step_ratios(config: str) -> dict:
+  """{(family, budget): step time / the dense net's} of `config`'s runs in
+  scripts/bench_shootout.py's report ({} where it has none)."""
+  if not STEPS.exists():
+    return {}
+  rows = json.loads(STEPS.read_text())["nets"].get(config, [])
+  return {(r["family"], float(r["budget"])): r["vs_dense"] for r in rows
+          if r["family"] in ("cp", "tucker", "tt")}
+
+
+def table(rows: list[dict], net: Net, steps: dict | None = None) -> str:
+  """The README block; `steps` ({(family, budget): ratio}) fills the time
+  column where the runs trained together."""
   dense, groups = collect(rows, net)
   values = list(dense.values())
   dense_seconds = statistics.fmean(groups.pop((None, "dense"))["seconds"])
   alone = all(row.get("trained", "alone") == "alone" for row in rows)
 
-  def time_cell(seconds: list[float]) -> str:
-    return f"{statistics.fmean(seconds) / dense_seconds:.2f}x" if alone else "-"
+  def time_cell(seconds: list[float], key=None) -> str:
+    if alone:
+      return f"{statistics.fmean(seconds) / dense_seconds:.2f}x"
+    if key is None and steps:
+      return "1.00x"
+    return f"{steps[key]:.2f}x" if key in (steps or {}) else "-"
 
   lines = [
       f"| budget | family | {net.layer} weights | compression | test "
       "accuracy, mean ± std (n) | 95% interval | vs dense, points [95%] | "
-      "training time vs dense |",
+      + ("training time vs dense |" if alone or not steps else
+         "step time vs dense (bench_shootout) |"),
       "|---|---|---:|---:|---|---|---|---:|",
       f"| 1 | {net.dense} | {net.dense_weights:,} | 1.0x | "
       f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f} "
@@ -147,7 +166,7 @@ def table(rows: list[dict], net: Net) -> str:
           f"{statistics.fmean(acc):.4f} ± "
           f"{statistics.stdev(acc) if len(acc) > 1 else 0:.4f} "
           f"(n={len(acc)}) | {_interval(acc)} | {gap} | "
-          f"{time_cell(group['seconds'])} |")
+          f"{time_cell(group['seconds'], (family, budget))} |")
     ranked = sorted(present, key=lambda f: -statistics.fmean(
         groups[(budget, f)]["acc"].values()))
     best, short = ranked[0], net.labels[ranked[0]].split(" (")[0]
@@ -200,7 +219,7 @@ def main(folder: Path) -> None:
   net = NETS[folder.name]
   with open(folder / "results.csv", newline="") as f:
     rows = list(csv.DictReader(f))
-  text = table(rows, net)
+  text = table(rows, net, step_ratios(f"configs/{folder.name}.py"))
   plot(rows, net, folder / "accuracy_vs_weights.png")
   readme = folder / "README.md"
   old = readme.read_text()

@@ -1,0 +1,147 @@
+"""Training-step time of the shoot-out nets, each decomposition family at
+each budget against the same net with its dense layer, measured in one run.
+
+  python scripts/bench_shootout.py [--repeats=15]
+
+For every net of `NETS` (a shoot-out config), the seed-0 run of each family
+and budget is built as its config builds it and timed at its own batch
+size with its own optimizer: `steps` train steps (cpac_jax.train.make_step:
+forward, backward, update) as one compiled `lax.scan`, as the trainer runs
+them, on generated batches of the dataset's shape (the step costs the same
+whatever the pixels are). Each net's variants are interleaved round by
+round, so machine noise hits all alike; the median of `repeats` rounds.
+
+Writes experiments/benchmarks/shootout_steps.{md,json}: microseconds per
+step and the ratio to the net's dense variant measured in the same run.
+The shoot-out sweeps train their runs side by side (`--vectorize`), so
+their train_seconds are not one model's; this is.
+"""
+
+import importlib.util
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import app, flags
+from flax import nnx
+
+from cpac_jax import config as config_lib
+from cpac_jax import data, layers, optimizers, train
+
+_REPEATS = flags.DEFINE_integer("repeats", 15, "timed rounds per net")
+_OUT = flags.DEFINE_string("out", "experiments/benchmarks",
+                           "folder for shootout_steps.{md,json}")
+ROOT = Path(__file__).resolve().parents[1]
+# config file -> (the layer the budget holds, steps per timed call)
+NETS = {
+    "configs/shootout_cpac_mnist.py": ("second conv, 8 -> 8 3x3", 500),
+    "configs/shootout_ttl_mnist.py": ("hidden layer, 784 -> 300", 50),
+}
+
+
+def _config(path: str):
+  spec = importlib.util.spec_from_file_location("shootout", ROOT / path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _family_budget(run) -> tuple[str, str]:
+  """The run's family and budget as the shoot-out tables name them."""
+  if run.model.factorization != "dense":
+    return run.model.factorization, str(run.model.rank)
+  bottleneck = dict(run.model.get("kwargs", {})).get("bottleneck")
+  if bottleneck is None:
+    return "dense", "dense"
+  return "low-rank dense", f"bottleneck {bottleneck}"
+
+
+def _timer(run, steps: int):
+  """A call that runs `steps` train steps of `run`'s model (returning the
+  seconds per step), and the model's parameter count."""
+  info = data.INFO[run.dataset.name]
+  model = config_lib.build_model(run, info, jax.random.key(0))
+  model.train()
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx = optimizers.make_optimizer(run.optimizer, 10 * steps)
+  step = train.make_step(graphdef, tx)
+
+  @jax.jit
+  def chunk(params, rest, opt_state, x, y):
+    def body(carry, batch):
+      return step(*carry, *batch)[:3], None
+    return jax.lax.scan(body, (params, rest, opt_state), (x, y))[0]
+
+  shape = (steps, run.batch_size, *info.image_shape)
+  x = jax.random.normal(jax.random.key(1), shape)
+  y = jax.random.randint(jax.random.key(2), shape[:2], 0, info.num_classes)
+  state = [params, rest, tx.init(params)]
+
+  def call():
+    start = time.perf_counter()
+    state[:] = jax.block_until_ready(chunk(*state, x, y))
+    return (time.perf_counter() - start) / steps
+
+  call()  # compile
+  return call, layers.count_params(model)
+
+
+def _net(path: str, steps: int) -> list[dict]:
+  runs = [run for _, run in config_lib.expand(_config(path)) if run.seed == 0]
+  timers = [_timer(run, steps) for run in runs]
+  samples = [[] for _ in runs]
+  for _ in range(_REPEATS.value):
+    for sample, (call, _) in zip(samples, timers):
+      sample.append(call())
+  medians = [statistics.median(s) for s in samples]
+  names = [_family_budget(run) for run in runs]
+  dense = next(m for name, m in zip(names, medians) if name[0] == "dense")
+  return [{"family": family, "budget": budget, "params": params,
+           "batch_size": run.batch_size, "median_step_us": 1e6 * median,
+           "iqr_step_us": 1e6 * float(np.subtract(*np.percentile(s, [75, 25]))),
+           "vs_dense": median / dense}
+          for run, (family, budget), (_, params), median, s in zip(
+              runs, names, timers, medians, samples)]
+
+
+def main(argv):
+  del argv
+  results = {path: _net(path, steps) for path, (_, steps) in NETS.items()}
+  device = f"{jax.devices()[0].device_kind} ({jax.default_backend()})"
+  meta = {"device": device, "machine": platform.machine(),
+          "jax": jax.__version__, "repeats": _REPEATS.value,
+          "steps_per_call": {p: s for p, (_, s) in NETS.items()}}
+  out = Path(_OUT.value)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "shootout_steps.json").write_text(
+      json.dumps({"meta": meta, "nets": results}, indent=2))
+  lines = [
+      "# Shoot-out nets: one training step per family and budget",
+      "",
+      f"`python scripts/bench_shootout.py --repeats={_REPEATS.value}` on "
+      f"{device}, {platform.machine()}, jax {jax.__version__}. Each run of "
+      "a shoot-out config (seed 0), alone, at its config's batch size and "
+      "optimizer: the median over rounds of the time per step of a compiled "
+      "scan of steps (forward, backward, update), variants interleaved. "
+      "\"vs dense\" is against the same net with its dense layer (our "
+      "Flax `nnx.Conv`/`nnx.Linear`), measured in the same run.", ""]
+  for path, rows in results.items():
+    layer, steps = NETS[path]
+    lines += [f"## `{path}` ({layer}; batch size {rows[0]['batch_size']}, "
+              f"{steps} steps per call)", "",
+              "| family | budget | model params | step (us) | IQR (us) "
+              "| vs dense |", "|---|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['family']} | {r['budget']} | {r['params']:,} | "
+              f"{r['median_step_us']:.1f} | {r['iqr_step_us']:.1f} | "
+              f"{r['vs_dense']:.2f}x |" for r in rows]
+    lines.append("")
+  (out / "shootout_steps.md").write_text("\n".join(lines))
+  print("\n".join(lines))
+
+
+if __name__ == "__main__":
+  app.run(main)
