@@ -14,11 +14,11 @@ train_seconds (compilation included) relative to the dense net's in the
 same sweep where every run trained alone (where the runs trained together,
 whose train_seconds are shared, the step time relative to the dense net's
 that scripts/bench_shootout.py measured, from
-experiments/benchmarks/shootout_steps.json, or "-" without it); the best family of each budget by mean accuracy, and its lead over
-each other family (the runner-up first) with the seed-paired interval of
-the lead. Written into the folder's README.md between
-`<!-- shootout:begin -->` and `<!-- shootout:end -->`,
-as accuracy_vs_weights.png beside it, and printed.
+experiments/benchmarks/shootout_steps.json, or "-" without it); the best
+family of each budget by mean accuracy, and its lead over each other family
+(the runner-up first) with the seed-paired interval of the lead. Written
+into the folder's README.md between `<!-- shootout:begin -->` and
+`<!-- shootout:end -->`, as accuracy_vs_weights.png beside it, and printed.
 """
 
 import csv
