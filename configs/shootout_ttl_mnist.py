@@ -15,26 +15,19 @@ experiments/ttl_mnist/README.md says).
       --workdir=experiments/shootout_ttl_mnist
 """
 
-import importlib.util
 import math
-from pathlib import Path
+import pathlib
+import runpy
 
+_TTL = runpy.run_path(str(pathlib.Path(__file__).with_name("ttl_mnist.py")))
 FRACTIONS = [0.5, 0.1, 0.03, 0.01]
 TT_SHAPES = {"in_shape": (4, 7, 4, 7), "hidden_shape": (3, 4, 5, 5)}
 DENSE_WEIGHTS = 784 * 300
 
 
-def _ttl_mnist():
-  path = Path(__file__).with_name("ttl_mnist.py")
-  spec = importlib.util.spec_from_file_location("ttl_mnist", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def get_config(preset: str = ""):
   """`preset` "quick": the 0.1 budget and dense, 1 seed, 2 epochs."""
-  config = _ttl_mnist().get_config()
+  config = _TTL["get_config"]()
   config.name = "shootout_ttl_mnist"
   seeds, fractions = [0, 1, 2], FRACTIONS
   if preset == "quick":
