@@ -1,20 +1,20 @@
 """The decomposition shoot-out tables and plots, from a shoot-out folder's
 results.csv: the TTL MLP's hidden layer as a Tucker tensor, a TT-matrix and
-a low-rank dense product (experiments/shootout_ttl_mnist), or the CPAC-CNN's
-second conv as a CP, Tucker and TT kernel (experiments/shootout_cpac_mnist),
-at matched budgets.
+a low-rank dense product (experiments/shootout_ttl_mnist), the CPAC-CNN's
+second conv (experiments/shootout_cpac_mnist) or the compression CNN's four
+convs after the first (experiments/shootout_cnn_fashion_mnist) as CP,
+Tucker and TT kernels, at matched budgets.
 
   python scripts/shootout_table.py [experiments/shootout_ttl_mnist]
 
 For each budget (the fraction of the held layer's weights) and family: the
 layer's weights, test accuracy over seeds (mean, sample std, n, the 95%
 Student-t interval of the mean) and the gap in points to the dense net
-paired by seed, with its 95% interval, and the mean of the runs'
-train_seconds (compilation included) relative to the dense net's in the
-same sweep where every run trained alone (where the runs trained together,
-whose train_seconds are shared, the step time relative to the dense net's
-that scripts/bench_shootout.py measured, from
-experiments/benchmarks/shootout_steps.json, or "-" without it); the best
+paired by seed, with its 95% interval, and the time against the dense net:
+the training step's, timed alone by scripts/bench_shootout.py
+(experiments/benchmarks/shootout_steps.json), where it measured the net;
+else the mean of the runs' train_seconds (compilation included) relative
+to the dense net's, where every run trained alone; else "-"; the best
 family of each budget by mean accuracy, and its lead over each other family
 (the runner-up first) with the seed-paired interval of the lead. Written
 into the folder's README.md between `<!-- shootout:begin -->` and
@@ -62,6 +62,12 @@ NETS = {
         {"cp": "CP (CPConv)", "tucker": "Tucker-2 (TuckerConv)",
          "tt": "TT (TTConv)"},
         "CPAC-CNN on MNIST, second conv 8 -> 8 3x3 (dots: seeds)"),
+    "shootout_cnn_fashion_mnist": Net(
+        "conv", "dense (nnx.Conv, the four 3x3 convs after the first)",
+        9 * (32 * 32 + 32 * 64 + 64 * 64 + 64 * 128),
+        {"cp": "CP (CPConv)", "tucker": "Tucker-2 (TuckerConv)",
+         "tt": "TT (TTConv)"},
+        "CNN on Fashion-MNIST, four 3x3 convs from scratch (dots: seeds)"),
 }
 LOW_RANK_FRACTIONS = (0.5, 0.1, 0.03, 0.01)  # configs/shootout_ttl_mnist.py
 
@@ -75,11 +81,15 @@ def _family_budget(row: dict, net: Net):
   match = re.search(r"bottleneck=(\d+)", row["run"])
   if not match:
     return "dense", None, net.dense_weights
-  # The low-rank product 784 -> b -> 300 holds 1,084 b weights.
   b = int(match.group(1))
-  budget = next(f for f in LOW_RANK_FRACTIONS
-                if math.floor(f * net.dense_weights / 1084) == b)
-  return "low-rank dense", budget, 1084 * b
+  return "low-rank dense", _low_rank_budget(b, net), 1084 * b
+
+
+def _low_rank_budget(bottleneck: int, net: Net) -> float:
+  """The budget whose low-rank product 784 -> b -> 300 (1,084 b weights)
+  has this bottleneck."""
+  return next(f for f in LOW_RANK_FRACTIONS
+              if math.floor(f * net.dense_weights / 1084) == bottleneck)
 
 
 def collect(rows: list[dict], net: Net):
@@ -116,36 +126,44 @@ def _gaps(ours: dict, theirs: dict) -> list[float]:
   return [100 * (ours[s] - theirs[s]) for s in sorted(set(ours) & set(theirs))]
 
 
-def step_ratios(config: str) -> dict:
+def step_ratios(config: str, net: Net) -> dict:
   """{(family, budget): step time / the dense net's} of `config`'s runs in
   scripts/bench_shootout.py's report ({} where it has none)."""
   if not STEPS.exists():
     return {}
-  rows = json.loads(STEPS.read_text())["nets"].get(config, [])
-  return {(r["family"], float(r["budget"])): r["vs_dense"] for r in rows
-          if r["family"] in ("cp", "tucker", "tt")}
+  ratios = {}
+  for r in json.loads(STEPS.read_text())["nets"].get(config, []):
+    if r["family"] == "low-rank dense":
+      budget = _low_rank_budget(int(r["budget"].split()[-1]), net)
+    elif r["family"] != "dense":
+      budget = float(r["budget"])
+    else:
+      continue
+    ratios[(r["family"], budget)] = r["vs_dense"]
+  return ratios
 
 
 def table(rows: list[dict], net: Net, steps: dict | None = None) -> str:
-  """The README block; `steps` ({(family, budget): ratio}) fills the time
-  column where the runs trained together."""
+  """The README block; `steps` ({(family, budget): ratio}, if any) fills
+  the time column."""
   dense, groups = collect(rows, net)
   values = list(dense.values())
   dense_seconds = statistics.fmean(groups.pop((None, "dense"))["seconds"])
   alone = all(row.get("trained", "alone") == "alone" for row in rows)
 
   def time_cell(seconds: list[float], key=None) -> str:
+    if steps:
+      return f"{steps[key]:.2f}x" if key in steps else "1.00x" if (
+          key is None) else "-"
     if alone:
       return f"{statistics.fmean(seconds) / dense_seconds:.2f}x"
-    if key is None and steps:
-      return "1.00x"
-    return f"{steps[key]:.2f}x" if key in (steps or {}) else "-"
+    return "-"
 
   lines = [
       f"| budget | family | {net.layer} weights | compression | test "
       "accuracy, mean ± std (n) | 95% interval | vs dense, points [95%] | "
-      + ("training time vs dense |" if alone or not steps else
-         "step time vs dense (bench_shootout) |"),
+      + ("step time vs dense (bench_shootout) |" if steps else
+         "training time vs dense |"),
       "|---|---|---:|---:|---|---|---|---:|",
       f"| 1 | {net.dense} | {net.dense_weights:,} | 1.0x | "
       f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f} "
@@ -219,7 +237,7 @@ def main(folder: Path) -> None:
   net = NETS[folder.name]
   with open(folder / "results.csv", newline="") as f:
     rows = list(csv.DictReader(f))
-  text = table(rows, net, step_ratios(f"configs/{folder.name}.py"))
+  text = table(rows, net, step_ratios(f"configs/{folder.name}.py", net))
   plot(rows, net, folder / "accuracy_vs_weights.png")
   readme = folder / "README.md"
   old = readme.read_text()
