@@ -7,9 +7,10 @@ For every net of `NETS` (a shoot-out config), the seed-0 run of each family
 and budget is built as its config builds it and timed at its own batch
 size with its own optimizer: `steps` train steps (cpac_jax.train.make_step:
 forward, backward, update) as one compiled `lax.scan`, as the trainer runs
-them, on generated batches of the dataset's shape (the step costs the same
-whatever the pixels are). Each net's variants are interleaved round by
-round, so machine noise hits all alike; the median of `repeats` rounds.
+them (unrolled where the config unrolls), on generated batches of the
+dataset's shape (the step costs the same whatever the pixels are). Each
+net's variants are interleaved round by round, so machine noise hits all
+alike; the median of `repeats` rounds.
 
 Writes experiments/benchmarks/shootout_steps.{md,json}: microseconds per
 step and the ratio to the net's dense variant measured in the same run.
@@ -40,6 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NETS = {
     "configs/shootout_cpac_mnist.py": ("second conv, 8 -> 8 3x3", 500),
     "configs/shootout_ttl_mnist.py": ("hidden layer, 784 -> 300", 50),
+    "configs/shootout_cnn_fashion_mnist.py": (
+        "the four convs after the first, 138,240 weights", 12),
 }
 
 
@@ -74,7 +77,8 @@ def _timer(run, steps: int):
   def chunk(params, rest, opt_state, x, y):
     def body(carry, batch):
       return step(*carry, *batch)[:3], None
-    return jax.lax.scan(body, (params, rest, opt_state), (x, y))[0]
+    return jax.lax.scan(body, (params, rest, opt_state), (x, y),
+                        unroll=bool(run.get("unroll")))[0]
 
   shape = (steps, run.batch_size, *info.image_shape)
   x = jax.random.normal(jax.random.key(1), shape)

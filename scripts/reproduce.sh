@@ -9,7 +9,7 @@ bash scripts/fetch_data.sh mnist fashion_mnist magnetic_tile
 [ $# -gt 0 ] || set -- cpac_mnist cpac_mnist_1layer cpac_magnetic_tile \
   cpac_magnetic_tile_1layer ttl_mnist ttl_fashion_mnist ttl_gap_mnist \
   ttl_gap_fashion_mnist shootout_ttl_mnist shootout_cpac_mnist \
-  compress_fashion_mnist
+  shootout_cnn_fashion_mnist compress_fashion_mnist
 for name in "$@"; do
   case "$name" in
     cpac_*) bash scripts/cpac_seeds.sh "$name" ;;  # --vectorize, a seed at a time

@@ -261,6 +261,29 @@ def test_cpac_shootout_holds_matched_budgets_of_the_second_conv():
         budget, counts)
 
 
+def test_cnn_shootout_holds_matched_budgets_of_the_four_convs():
+  from flax import nnx
+
+  from cpac_jax.config import expand
+
+  weights = {}
+  for _, run in expand(load_config("shootout_cnn_fashion_mnist")):
+    if run.seed:
+      continue
+    net = nnx.eval_shape(lambda run=run: models.build(
+        run.model, (28, 28, 1), 10, nnx.Rngs(0)))
+    assert isinstance(net.convs[0], nnx.Conv)  # the first conv stays dense
+    ours, dense = models.count_factorized(net)
+    if run.model.factorization != "dense":
+      assert dense == 138_240
+      weights.setdefault(run.model.rank, []).append(ours)
+  assert sorted(weights) == [0.01, 0.1, 0.5]
+  for budget, counts in weights.items():  # CP, Tucker, TT: each within the
+    assert len(counts) == 3               # budget, none below 70% of it
+    assert all(0.7 * budget * 138_240 <= c <= budget * 138_240
+               for c in counts), (budget, counts)
+
+
 def test_train_step_updates_batch_norm_statistics():
   import jax.numpy as jnp
   import numpy as np
