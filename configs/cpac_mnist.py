@@ -59,7 +59,9 @@ def build(preset: str, num_layers: int, dataset: str = "mnist"):
   `preset` "quick": ranks 1, 2, 4 and the largest, and dense, 1 seed, 2
   epochs at batch size 32 and learning rate 1e-3: the whole pipeline in a
   few minutes. "one_seed": the full sweep, seed 0 only (the same runs, by
-  run key, as the full sweep's seed-0 runs).
+  run key, as the full sweep's seed-0 runs). "default_init": the runs with
+  cpac_jax's own initialisation only (ranks and dense, 3 seeds);
+  "default_seed0" those of seed 0 (what scripts/bench_sweep.py times).
   """
   config = base_config()
   config.name = f"cpac_{dataset}" + ("" if num_layers == 2 else "_1layer")
@@ -97,9 +99,14 @@ def build(preset: str, num_layers: int, dataset: str = "mnist"):
     seeds, ranks = {"default": [0]}, [1, 2, 4, ranks[-1]]
   elif preset == "one_seed":
     seeds = {"official": [0], "default": [0]}
+  elif preset == "default_init" and "default" in seeds:
+    seeds = {"default": seeds["default"]}
+  elif preset == "default_seed0" and "default" in seeds:
+    seeds = {"default": [0]}
   elif preset:
-    raise ValueError(
-        f"unknown preset {preset!r}; choose 'quick' or 'one_seed'")
+    presets = ["quick", "one_seed"] + (
+        ["default_init", "default_seed0"] if "default" in seeds else [])
+    raise ValueError(f"unknown preset {preset!r}; choose one of {presets}")
   sweep = []
   for init, init_seeds in seeds.items():
     # "default" is left unset, so those runs keep their keys from before
