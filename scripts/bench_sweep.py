@@ -23,6 +23,7 @@ reference table's row of the same run key (where it has one). Needs the
 data (scripts/fetch_data.sh).
 """
 
+import importlib.util
 import json
 import os
 import platform
@@ -110,6 +111,11 @@ def main(argv):
   if _REFERENCE.value:
     reference = {row["key"]: row for row in rundir.read_results(
         Path(_REFERENCE.value).parent) if row["status"] == "ok"}
+  missing = [m for m in ("torch", "tltorch")
+             if importlib.util.find_spec(m) is None]
+  if "official" in _MODES.value and missing:  # before any sweep runs
+    raise app.UsageError(f"--modes=official needs {missing} (the bench "
+                         'extra): pip install -e ".[bench]"')
   trained = [m for m in _MODES.value if m != "official"]
   if not trained:
     raise app.UsageError("--modes: give a sweep mode to time beside "
