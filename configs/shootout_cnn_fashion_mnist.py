@@ -3,7 +3,7 @@
 (32->32, 32->64, 64->64, 64->128: 138,240 weights) as CP kernels (CPConv),
 Tucker-2 kernels (TuckerConv) and tensor trains (TTConv), each trained from
 scratch at matched budgets of those weights (rank fractions 0.5, 0.1, 0.01:
-2x to about 100x), against the dense net; 3 seeds each. The first conv
+2x, 10x and 110x-134x), against the dense net; 3 seeds each. The first conv
 (1 -> 32, 288 weights) and the classifier stay dense.
 
 Every net trains as the compression experiment's

@@ -14,13 +14,14 @@ alike; the median of `repeats` rounds.
 
 Writes experiments/benchmarks/shootout_steps.{md,json}: microseconds per
 step and the ratio to the net's dense variant measured in the same run.
-The shoot-out sweeps train their runs side by side (`--vectorize`), so
-their train_seconds are not one model's; this is.
+A sweep's train_seconds are not one model's step alone where its runs
+train side by side (`--vectorize`) or share the CPU; this is, and
+scripts/shootout_table.py takes its time column from here.
 """
 
-import importlib.util
 import json
 import platform
+import runpy
 import statistics
 import time
 from pathlib import Path
@@ -47,10 +48,7 @@ NETS = {
 
 
 def _config(path: str):
-  spec = importlib.util.spec_from_file_location("shootout", ROOT / path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return runpy.run_path(str(ROOT / path))["get_config"]()
 
 
 def _family_budget(run) -> tuple[str, str]:

@@ -135,10 +135,10 @@ def step_ratios(config: str, net: Net) -> dict:
   for r in json.loads(STEPS.read_text())["nets"].get(config, []):
     if r["family"] == "low-rank dense":
       budget = _low_rank_budget(int(r["budget"].split()[-1]), net)
-    elif r["family"] != "dense":
-      budget = float(r["budget"])
+    elif r["family"] == "dense":
+      budget = None                       # as collect() keys the dense net
     else:
-      continue
+      budget = float(r["budget"])
     ratios[(r["family"], budget)] = r["vs_dense"]
   return ratios
 
@@ -151,10 +151,9 @@ def table(rows: list[dict], net: Net, steps: dict | None = None) -> str:
   dense_seconds = statistics.fmean(groups.pop((None, "dense"))["seconds"])
   alone = all(row.get("trained", "alone") == "alone" for row in rows)
 
-  def time_cell(seconds: list[float], key=None) -> str:
+  def time_cell(seconds: list[float], key) -> str:
     if steps:
-      return f"{steps[key]:.2f}x" if key in steps else "1.00x" if (
-          key is None) else "-"
+      return f"{steps[key]:.2f}x" if key in steps else "-"
     if alone:
       return f"{statistics.fmean(seconds) / dense_seconds:.2f}x"
     return "-"
@@ -168,7 +167,7 @@ def table(rows: list[dict], net: Net, steps: dict | None = None) -> str:
       f"| 1 | {net.dense} | {net.dense_weights:,} | 1.0x | "
       f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f} "
       f"(n={len(values)}) | {_interval(values)} | | "
-      f"{time_cell([dense_seconds])} |"]
+      f"{time_cell([dense_seconds], ('dense', None))} |"]
   winners = []
   for budget in sorted({b for b, _ in groups}, reverse=True):
     present = [f for f in net.labels if (budget, f) in groups]
