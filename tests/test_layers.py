@@ -9,6 +9,7 @@ from flax import nnx
 import cpac_jax as cj
 from cpac_jax import tensor
 from cpac_jax.functional import choose
+from cpac_jax.functional.conv import PATCHES_BELOW_CHANNELS, conv_lowering
 from cpac_jax.layers import CPConv, TTConv, TTDense, TuckerConv, TuckerDense
 
 CONV_CASES = [  # kernel_size, strides, padding, dilation, spatial input
@@ -86,6 +87,29 @@ def test_patches_conv_rejects_what_it_cannot_compute():
   with pytest.raises(ValueError, match="feature_group_count 2"):
     cj.layers.patches_conv(x, jnp.ones((3, 3, 1, 4)), (1, 1), "SAME",
                            feature_group_count=2)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU rule")
+def test_convs_below_eight_input_channels_run_as_patches_on_the_cpu():
+  assert conv_lowering(PATCHES_BELOW_CHANNELS - 1) is cj.layers.patches_conv
+  assert conv_lowering(PATCHES_BELOW_CHANNELS) is jax.lax.conv_general_dilated
+  # The core conv of a rank-(4, 4) Tucker-2 conv goes through patches_conv:
+  # its jaxpr holds the patches' slices and no convolution.
+  layer = TuckerConv(16, 16, (3, 3), rank=(4, 4), rngs=nnx.Rngs(0),
+                     implementation="factorized")
+  jaxpr = str(jax.make_jaxpr(layer)(jnp.ones((1, 6, 6, 16))))
+  assert "conv_general_dilated" not in jaxpr and "slice" in jaxpr
+  wide = TuckerConv(16, 16, (3, 3), rank=(8, 8), rngs=nnx.Rngs(0),
+                    implementation="factorized")
+  assert "conv_general_dilated" in str(
+      jax.make_jaxpr(wide)(jnp.ones((1, 6, 6, 16))))
+  # A trained nnx.Conv on XLA's default conv takes the per-conv rule along;
+  # one on an explicit lowering keeps it.
+  dense = nnx.Conv(16, 16, (3, 3), rngs=nnx.Rngs(0))
+  assert TuckerConv.from_conv(dense, (4, 4)).conv_general_dilated is None
+  dense.conv_general_dilated = cj.layers.patches_conv
+  assert (CPConv.from_conv(dense, 4).conv_general_dilated
+          is cj.layers.patches_conv)
 
 def test_ttl_paths_agree_with_dense_matmul():
   ttl = TuckerDense(in_shape=(4, 7), out_shape=(3, 5), rank=(2, 3, 2, 4),

@@ -11,11 +11,19 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["ConvGeometry", "channels_last", "conv", "dense_conv_flops",
-           "depthwise_along", "explicit_padding", "output_size",
-           "output_shape", "patches_conv", "pointwise"]
+__all__ = ["PATCHES_BELOW_CHANNELS", "ConvGeometry", "channels_last", "conv",
+           "conv_lowering", "dense_conv_flops", "depthwise_along",
+           "explicit_padding", "output_size", "output_shape", "patches_conv",
+           "pointwise"]
 
 Padding = str | Sequence[tuple[int, int]]
+
+# Below this many input channels XLA's CPU convolution, forward and
+# backward, is slower than `patches_conv`'s one matmul: for 3x3 convs
+# c -> c, batch 32, on 32x32 and 16x16 (2-core CPU), patches_conv took
+# 0.3x-0.7x XLA's time at 2-6 channels and 0.9x-1.3x at 8. The small core
+# convs of low-rank Tucker and TT layers sit there.
+PATCHES_BELOW_CHANNELS = 8
 
 
 class ConvGeometry(NamedTuple):
@@ -69,10 +77,12 @@ def channels_last(ndim: int) -> lax.ConvDimensionNumbers:
 
 def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
          padding: Sequence[tuple[int, int]], dilation: Sequence[int], *,
-         precision=None,
-         conv_general_dilated=lax.conv_general_dilated) -> jax.Array:
+         precision=None, conv_general_dilated=None) -> jax.Array:
   """Channels-last conv: x (N, *spatial, Cin), kernel (*k, Cin, Cout), by
-  `conv_general_dilated` (`lax.conv_general_dilated` or `patches_conv`)."""
+  `conv_general_dilated` (`lax.conv_general_dilated` or `patches_conv`;
+  None: `conv_lowering(Cin)`)."""
+  if conv_general_dilated is None:
+    conv_general_dilated = conv_lowering(kernel.shape[-2])
   return conv_general_dilated(
       x, kernel, tuple(strides), list(padding), rhs_dilation=tuple(dilation),
       dimension_numbers=channels_last(x.ndim), precision=precision)
@@ -130,6 +140,20 @@ def patches_conv(lhs: jax.Array, rhs: jax.Array,
   return pointwise(patches, kernel, precision=precision,
                    preferred_element_type=preferred_element_type,
                    out_sharding=out_sharding)
+
+
+def conv_lowering(in_channels: int):
+  """The convolution `conv` runs when given none: `patches_conv` on the CPU
+  for fewer than `PATCHES_BELOW_CHANNELS` input channels, else
+  `lax.conv_general_dilated`.
+
+  Example:
+    >>> conv_lowering(64) is lax.conv_general_dilated
+    True
+  """
+  if jax.default_backend() == "cpu" and in_channels < PATCHES_BELOW_CHANNELS:
+    return patches_conv
+  return lax.conv_general_dilated
 
 
 def pointwise(x: jax.Array, matrix: jax.Array, *, precision=None,

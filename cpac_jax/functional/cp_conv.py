@@ -5,7 +5,6 @@ import math
 from collections.abc import Sequence
 
 import jax
-from jax import lax
 
 from cpac_jax import tensor
 from cpac_jax.functional.conv import (
@@ -48,7 +47,7 @@ def cp_conv_flops(input_shape: Sequence[int], out_features: int, rank: int,
 def cp_conv(x: jax.Array, factors: Sequence[jax.Array],
             geometry: ConvGeometry, *, implementation: str = "auto",
             precision=None,
-            conv_general_dilated=lax.conv_general_dilated) -> jax.Array:
+            conv_general_dilated=None) -> jax.Array:
   """(N, *spatial, Cin) -> (N, *spatial', Cout), no bias, for the kernel
   sum_r s_0[:, r] o ... o a_in[:, r] o a_out[:, r] given as `factors`
   [*spatial (k_i, R), a_in (Cin, R), a_out (Cout, R)].
@@ -56,7 +55,8 @@ def cp_conv(x: jax.Array, factors: Sequence[jax.Array],
   "factorized": a 1x1 conv to R channels, a depthwise 1-D conv along each
   spatial axis, a 1x1 conv to Cout; no dense kernel is formed.
   "reconstructed": rebuild the kernel, one dense conv by
-  `conv_general_dilated`. "auto": the cheaper (`choose`).
+  `conv_general_dilated` (None: `conv.conv_lowering` of Cin). "auto": the
+  cheaper (`choose`).
 
   Example:
     >>> import jax.numpy as jnp

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from cpac_jax import tensor
 from cpac_jax.functional.conv import (
@@ -66,7 +65,7 @@ def tt_conv_flops(input_shape: Sequence[int], out_features: int,
 
 def tt_conv(x: jax.Array, cores: Sequence[jax.Array], geometry: ConvGeometry,
             *, implementation: str = "auto", precision=None,
-            conv_general_dilated=lax.conv_general_dilated) -> jax.Array:
+            conv_general_dilated=None) -> jax.Array:
   """(N, *spatial, Cin) -> (N, *spatial', Cout), no bias, for the kernel
   held as a tensor train with cores over (Cin, *kernel_size, Cout):
   G_in (1, Cin, r_1), G_i (r_i, k_i, r_{i+1}) per spatial axis, G_out (r_d,
@@ -75,7 +74,9 @@ def tt_conv(x: jax.Array, cores: Sequence[jax.Array], geometry: ConvGeometry,
   "factorized": a 1x1 conv to r_1 channels, a 1-D conv r_i -> r_{i+1} along
   each spatial axis (a dense conv whose kernel spans one axis), a 1x1 conv
   to Cout; no dense kernel is formed. "reconstructed": rebuild the kernel,
-  one dense conv by `conv_general_dilated`. "auto": the cheaper (`choose`).
+  one dense conv. "auto": the cheaper (`choose`). `conv_general_dilated`:
+  the dense convs' lowering (None: `conv.conv_lowering` of their input
+  channels).
 
   Example:
     >>> import jax.numpy as jnp

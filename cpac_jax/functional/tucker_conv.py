@@ -5,7 +5,6 @@ import math
 from collections.abc import Sequence
 
 import jax
-from jax import lax
 
 from cpac_jax import tensor
 from cpac_jax.functional.conv import (
@@ -55,7 +54,7 @@ def tucker_conv_flops(input_shape: Sequence[int], out_features: int,
 def tucker_conv(x: jax.Array, core: jax.Array, factors: Sequence[jax.Array],
                 geometry: ConvGeometry, *, implementation: str = "auto",
                 precision=None,
-                conv_general_dilated=lax.conv_general_dilated) -> jax.Array:
+                conv_general_dilated=None) -> jax.Array:
   """(N, *spatial, Cin) -> (N, *spatial', Cout), no bias, for the kernel
   core x_in U_in x_out U_out (Tucker-2: core (*k, r_in, r_out), `factors`
   [U_in (Cin, r_in), U_out (Cout, r_out)]) or, with one factor per spatial
@@ -64,7 +63,9 @@ def tucker_conv(x: jax.Array, core: jax.Array, factors: Sequence[jax.Array],
   "factorized": a 1x1 conv to r_in channels, a small dense conv r_in ->
   r_out (its kernel rebuilt from the core and spatial factors), a 1x1 conv
   to Cout. "reconstructed": rebuild the kernel, one dense conv. "auto": the
-  cheaper (`choose`).
+  cheaper (`choose`). `conv_general_dilated`: the dense conv's lowering
+  (None: `conv.conv_lowering` of its input channels, so the small core
+  conv of a low-rank kernel runs as `patches_conv` on the CPU).
   """
   num_spatial = len(geometry.kernel_size)
   modes = tucker_conv_modes(num_spatial, len(factors) > 2)

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from cpac_jax.functional import ConvGeometry
 
@@ -81,7 +82,8 @@ def geometry(layer) -> ConvGeometry:
 
 
 def from_conv_kwargs(conv, caller: str) -> dict:
-  """The constructor arguments that carry an `nnx.Conv`'s setup over."""
+  """The constructor arguments that carry an `nnx.Conv`'s setup over; its
+  default, XLA's conv, becomes ours, the per-conv choice (None)."""
   if conv.feature_group_count != 1 or conv.input_dilation not in (1, None):
     raise ValueError(
         f"{caller}: grouped or input-dilated convs are not supported, got "
@@ -92,7 +94,9 @@ def from_conv_kwargs(conv, caller: str) -> dict:
               padding=conv.padding, kernel_dilation=conv.kernel_dilation,
               use_bias=conv.bias is not None, dtype=conv.dtype,
               param_dtype=conv.param_dtype, precision=conv.precision,
-              conv_general_dilated=conv.conv_general_dilated)
+              conv_general_dilated=(
+                  None if conv.conv_general_dilated is lax.conv_general_dilated
+                  else conv.conv_general_dilated))
 
 
 def assign(layer, factors: Sequence[jax.Array], bias: jax.Array | None):

@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn import dtypes
-from jax import lax
 
 from cpac_jax import functional, tensor
 from cpac_jax.layers import _conv, _init
@@ -54,8 +53,9 @@ class CPConv(nnx.Module):
     param_dtype: dtype of the factors and bias.
     precision: passed to the convolution and the matmuls.
     conv_general_dilated: the convolution of the reconstructed path, as
-      `nnx.Conv` takes it: `lax.conv_general_dilated` (default) or
-      `cpac_jax.layers.patches_conv`.
+      `nnx.Conv` takes it: `lax.conv_general_dilated`,
+      `cpac_jax.layers.patches_conv`, or None (the default: picked per
+      conv, see `cpac_jax.functional.conv.conv_lowering`).
     rngs: random streams for initialisation.
 
   Example:
@@ -77,7 +77,7 @@ class CPConv(nnx.Module):
                use_bias: bool = True, rank: tensor.RankSpec,
                implementation: str = "auto", dtype=None,
                param_dtype=jnp.float32, precision=None,
-               conv_general_dilated=lax.conv_general_dilated,
+               conv_general_dilated=None,
                rngs: nnx.Rngs):
     name = f"CPConv({in_features}->{out_features})"
     _conv.configure(self, name, in_features, out_features, kernel_size,

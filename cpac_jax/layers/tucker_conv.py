@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn import dtypes
-from jax import lax
 
 from cpac_jax import functional, tensor
 from cpac_jax.layers import _conv, _init
@@ -38,7 +37,8 @@ class TuckerConv(nnx.Module):
     in_features, out_features, kernel_size, strides, padding,
     kernel_dilation, use_bias, dtype, param_dtype, precision,
       conv_general_dilated: as `nnx.Conv` (the last may be
-      `cpac_jax.layers.patches_conv`).
+      `cpac_jax.layers.patches_conv`; None, the default, picks per conv:
+      see `cpac_jax.functional.conv.conv_lowering`).
     rank: an int (every factorized mode), a tuple with one rank per factorized
       mode in kernel order ((r_in, r_out), or (*spatial ranks, r_in, r_out)
       with `factorize_spatial`), a float in (0, 1], or 'same'.
@@ -64,7 +64,7 @@ class TuckerConv(nnx.Module):
                use_bias: bool = True, rank: tensor.RankSpec,
                factorize_spatial: bool = False, implementation: str = "auto",
                dtype=None, param_dtype=jnp.float32, precision=None,
-               conv_general_dilated=lax.conv_general_dilated,
+               conv_general_dilated=None,
                rngs: nnx.Rngs):
     name = f"TuckerConv({in_features}->{out_features})"
     _conv.configure(self, name, in_features, out_features, kernel_size,
