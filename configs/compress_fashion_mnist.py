@@ -9,7 +9,7 @@ globally and uniformly (`cpac_jax.compress`), each fine-tuned 3 epochs;
 and the global allocation's architecture trained from scratch for the
 dense net's 4 epochs plus the fine-tuning's 3. Beside them, CP in place of
 Tucker-2: its global compression fine-tuned at both budgets, and its
-architecture from scratch at 0.1.
+architecture from scratch at 0.1, for 7 epochs and for the fine-tuning's 3.
 
   python -m cpac_jax.sweep --config=configs/compress_fashion_mnist.py:select \
       --workdir=experiments/compress_fashion_mnist/selection
@@ -19,7 +19,7 @@ architecture from scratch at 0.1.
 The fine-tuning's peak rate and distillation weight, and the scratch
 runs' peak rate, are those the "select" preset scored best on 6,000
 training images held out of training (seed 0; `FINE_TUNE`, `SCRATCH`,
-`CP_FINE_TUNE`),
+`CP_FINE_TUNE`, `CP_SHORT_SCRATCH`),
 never on the test set. Adam, cosine decay; the dense net at 1e-3, fixed.
 """
 
@@ -33,6 +33,8 @@ SCRATCH = {"optimizer.learning_rate": [3e-3]}
 # same "select" preset (distillation left off, as it did not help Tucker);
 # CP from scratch takes SCRATCH's rate, chosen for Tucker-2, unselected.
 CP_FINE_TUNE = {"optimizer.learning_rate": [3e-3], "distill_weight": [0.0]}
+# CP from scratch for the fine-tuning's epochs alone: chosen by "select".
+CP_SHORT_SCRATCH = {"optimizer.learning_rate": [3e-3]}
 
 
 def get_config(preset: str = ""):
@@ -59,6 +61,7 @@ def get_config(preset: str = ""):
   seeds, budgets = [0, 1, 2], [0.1, 0.05]
   dense_epochs, tune_epochs = DENSE_EPOCHS, TUNE_EPOCHS
   fine_tune, scratch, cp_tune = FINE_TUNE, SCRATCH, CP_FINE_TUNE
+  cp_short = CP_SHORT_SCRATCH
   allocations = ["global", "uniform"]
   if preset == "select":
     config.dataset.validation_examples = 6000
@@ -68,6 +71,7 @@ def get_config(preset: str = ""):
     scratch = {"optimizer.learning_rate": [1e-3, 3e-3]}
     cp_tune = {"optimizer.learning_rate": [1e-3, 3e-3],
                "distill_weight": [0.0]}
+    cp_short = {"optimizer.learning_rate": [1e-3, 3e-3]}
   elif preset == "quick":
     config.num_train_examples = 1024
     config.num_test_examples = 1000
@@ -99,5 +103,10 @@ def get_config(preset: str = ""):
            "compress.init": ["random"],
            "num_epochs": [dense_epochs + tune_epochs], **SCRATCH,
            "teacher": [teacher], "seed": [seed]})
+    # ... and for the fine-tuning's epochs alone, at 10x.
+    sweep.append(
+        {"compress.factorization": ["cp"], "compress.budget": budgets[:1],
+         "compress.init": ["random"], "num_epochs": [tune_epochs], **cp_short,
+         "teacher": [teacher], "seed": [seed]})
   config.sweep = tuple(sweep)
   return config

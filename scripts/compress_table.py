@@ -14,11 +14,12 @@ seed (a
 seed's runs share the dense teacher and the data order), with the 95%
 Student-t interval of the mean gap. Written into the folder's README.md
 between `<!-- compress:begin -->` and `<!-- compress:end -->`, as
-comparison.png beside it, and printed; with the run folders present, each
-compressed run's ranks into allocations.md.
+comparison.png beside it, and printed; each compressed run's ranks into
+allocations.md, from its run folder or, that gone, from the file before.
 """
 
 import json
+import runpy
 import statistics
 import sys
 from collections import defaultdict
@@ -30,19 +31,28 @@ from cpac_jax import report, rundir
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- compress:begin -->", "<!-- compress:end -->"
-# (factorization, init, allocation)
-TUCKER, UNIFORM, SCRATCH, CP, CP_SCRATCH = (
-    ("tucker", "compressed", "global"), ("tucker", "compressed", "uniform"),
-    ("tucker", "scratch", "global"), ("cp", "compressed", "global"),
-    ("cp", "scratch", "global"))
-CONDITIONS = (TUCKER, UNIFORM, SCRATCH, CP, CP_SCRATCH)
+_CONFIG = runpy.run_path(str(ROOT / "configs" / "compress_fashion_mnist.py"))
+TUNE, LONG = _CONFIG["TUNE_EPOCHS"], (_CONFIG["DENSE_EPOCHS"]
+                                      + _CONFIG["TUNE_EPOCHS"])
+# (factorization, init, allocation, epochs)
+TUCKER, UNIFORM, SCRATCH, CP, CP_SCRATCH, CP_SCRATCH_SHORT = (
+    ("tucker", "compressed", "global", TUNE),
+    ("tucker", "compressed", "uniform", TUNE),
+    ("tucker", "scratch", "global", LONG), ("cp", "compressed", "global", TUNE),
+    ("cp", "scratch", "global", LONG), ("cp", "scratch", "global", TUNE))
+CONDITIONS = (TUCKER, UNIFORM, SCRATCH, CP, CP_SCRATCH, CP_SCRATCH_SHORT)
 LABELS = {TUCKER: "Tucker-2 compress + fine-tune, global ranks",
           UNIFORM: "Tucker-2 compress + fine-tune, uniform ranks",
           SCRATCH: "Tucker-2 from scratch (global ranks' architecture)",
           CP: "CP compress + fine-tune, global ranks",
-          CP_SCRATCH: "CP from scratch (CP global ranks' architecture)"}
-# Each condition's from-scratch twin, and CP's Tucker-2 counterpart.
+          CP_SCRATCH: "CP from scratch (CP global ranks' architecture)",
+          CP_SCRATCH_SHORT: f"CP from scratch, {TUNE} epochs (the "
+                            "fine-tuning's)"}
+# Each condition's from-scratch twin (as many epochs as the dense net and
+# the fine-tuning together; and as many as the fine-tuning alone), and
+# CP's Tucker-2 counterpart.
 SCRATCH_OF = {TUCKER: SCRATCH, UNIFORM: SCRATCH, CP: CP_SCRATCH}
+SHORT_SCRATCH_OF = {CP: CP_SCRATCH_SHORT}
 TUCKER_OF = {CP: TUCKER, CP_SCRATCH: SCRATCH}
 
 
@@ -66,8 +76,8 @@ def _cell(by_seed: dict) -> str:
 
 
 def collect(rows: list[dict]) -> tuple[dict, dict]:
-  """(dense accuracy by seed, {(budget, factorization, init, allocation):
-  {"acc": by seed, "weights", "compression"}})."""
+  """(dense accuracy by seed, {(budget, factorization, init, allocation,
+  epochs): {"acc": by seed, "weights", "compression"}})."""
   dense, groups = {}, defaultdict(lambda: {"acc": {}})
   for row in rows:
     if row["status"] != "ok":
@@ -78,7 +88,7 @@ def collect(rows: list[dict]) -> tuple[dict, dict]:
       continue
     allocation, budget = json.loads(row["rank"]).split()
     group = groups[(float(budget), row["factorization"], row["init"],
-                    allocation)]
+                    allocation, int(row["epochs"]))]
     group["acc"][int(row["seed"])] = accuracy
     group.setdefault("weights", []).append(int(row["layer_params"]))
     group.setdefault("ratios", []).append(float(row["layer_compression"]))
@@ -98,10 +108,10 @@ def table(rows: list[dict]) -> str:
   lines = [
       "| budget | condition | compressed convs' weights | their compression "
       "| test accuracy, mean ± std (n) | vs dense, points [95%] | "
-      "vs scratch, points [95%] | vs uniform, points [95%] | "
-      "vs Tucker-2, points [95%] |",
-      "|---|---|---:|---:|---|---|---|---|---|",
-      f"| 1 | dense | 138,240 | 1.0x | {_cell(dense)} | | | | |"]
+      f"vs scratch, points [95%] | vs scratch, {TUNE} epochs, points [95%] "
+      "| vs uniform, points [95%] | vs Tucker-2, points [95%] |",
+      "|---|---|---:|---:|---|---|---|---|---|---|",
+      f"| 1 | dense | 138,240 | 1.0x | {_cell(dense)} | | | | | |"]
   for budget in sorted({b for b, *_ in groups}, reverse=True):
     acc = {c: groups.get((budget, *c), {"acc": {}})["acc"]
            for c in CONDITIONS}
@@ -111,6 +121,8 @@ def table(rows: list[dict]) -> str:
         continue
       scratch = (_gap(group["acc"], acc[SCRATCH_OF[condition]])
                  if condition in SCRATCH_OF else "")
+      short = (_gap(group["acc"], acc[SHORT_SCRATCH_OF[condition]])
+               if condition in SHORT_SCRATCH_OF else "")
       uniform = (_gap(group["acc"], acc[UNIFORM]) if condition in (TUCKER, CP)
                  else "")
       tucker = (_gap(group["acc"], acc[TUCKER_OF[condition]])
@@ -118,7 +130,8 @@ def table(rows: list[dict]) -> str:
       lines.append(
           f"| {budget} | {LABELS[condition]} | {_weights(group['weights'])} "
           f"| {group['compression']:.1f}x | {_cell(group['acc'])} | "
-          f"{_gap(group['acc'], dense)} | {scratch} | {uniform} | {tucker} |")
+          f"{_gap(group['acc'], dense)} | {scratch} | {short} | {uniform} | "
+          f"{tucker} |")
   return "\n".join(lines)
 
 
@@ -128,7 +141,8 @@ def plot(rows: list[dict], path: Path) -> None:
   ax = fig.subplots()
   ax.axhline(100 * statistics.fmean(dense.values()), color="black", lw=1,
              ls="--", label=f"dense (mean of {len(dense)})")
-  for offset, condition in zip((-0.06, -0.03, 0.0, 0.03, 0.06), CONDITIONS):
+  for offset, condition in zip((-0.06, -0.03, 0.0, 0.03, 0.06, 0.09),
+                               CONDITIONS):
     points = sorted((g["compression"], g["acc"]) for (b, *c), g
                     in groups.items() if tuple(c) == condition)
     if not points:
@@ -148,27 +162,45 @@ def plot(rows: list[dict], path: Path) -> None:
   fig.savefig(path, dpi=120)
 
 
-def allocations(folder: Path, rows: list[dict]) -> str:
+ALLOCATION_HEADER = (
+    "| seed | factorization | budget | allocation | init | epochs | "
+    + " | ".join(f"{p} rank (error)" for p in (
+        "convs/1", "convs/2", "convs/3", "convs/4")) + " |\n"
+    "|---|---|---|---|---|---|---|---|---|---|")
+
+
+def _allocation_key(cells) -> tuple:
+  """(seed, factorization, budget, allocation, init, epochs) of a line."""
+  return tuple(str(c).strip() for c in cells[:6])
+
+
+def allocations(folder: Path, rows: list[dict], kept: str = "") -> str:
   """Each compressed run's per-layer ranks, from its run folder's
-  compression.json, as one table."""
-  lines = ["| seed | factorization | budget | allocation | init | "
-           + " | ".join(f"{p} rank (error)" for p in (
-               "convs/1", "convs/2", "convs/3", "convs/4")) + " |",
-           "|---|---|---|---|---|---|---|---|---|"]
+  compression.json, as one table; a run whose folder is gone (they are
+  not committed) keeps its line from `kept`, the table written before."""
+  old = {}
+  for line in kept.splitlines()[2:]:
+    cells = line.strip().strip("|").split("|")
+    old[_allocation_key(cells)] = line
+  lines = [ALLOCATION_HEADER]
   for row in rows:
-    path = folder / "runs" / f"{row['run']}-{row['key']}" / "compression.json"
-    if row["factorization"] == "dense" or not path.exists():
+    if row["factorization"] == "dense":
       continue
-    report_ = json.loads(path.read_text())
+    allocation, budget = json.loads(row["rank"]).split()
+    key = _allocation_key([row["seed"], row["factorization"], budget,
+                           allocation, row["init"], row["epochs"]])
+    path = folder / "runs" / f"{row['run']}-{row['key']}" / "compression.json"
+    if not path.exists():
+      if key in old:
+        lines.append(old[key])
+      continue
+    layers = json.loads(path.read_text())["layers"]
     cells = [
         ("x".join(map(str, layer["rank"])) if isinstance(layer["rank"], list)
          else str(layer["rank"])) + (
             f" ({layer['error']:.2f})" if layer["error"] is not None else "")
-        for layer in report_["layers"]]
-    lines.append(f"| {row['seed']} | {row['factorization']} | "
-                 f"{report_['budget']} | "
-                 f"{report_['allocation']} | {row['init']} | "
-                 + " | ".join(cells) + " |")
+        for layer in layers]
+    lines.append("| " + " | ".join(key + tuple(cells)) + " |")
   return "\n".join(lines)
 
 
@@ -177,11 +209,12 @@ def main(folder: str = "experiments/compress_fashion_mnist") -> None:
   rows = rundir.read_results(folder)
   text = table(rows)
   plot(rows, folder / "comparison.png")
-  if (folder / "runs").is_dir():  # run folders are not committed
-    (folder / "allocations.md").write_text(
-        "# Ranks per layer of every compressed run (relative reconstruction "
-        "error of the decomposition before fine-tuning)\n\n"
-        f"{allocations(folder, rows)}\n")
+  path = folder / "allocations.md"
+  kept = path.read_text().split("\n\n", 1)[1] if path.exists() else ""
+  path.write_text(
+      "# Ranks per layer of every compressed run (relative reconstruction "
+      "error of the decomposition before fine-tuning)\n\n"
+      f"{allocations(folder, rows, kept)}\n")
   readme = folder / "README.md"
   if readme.exists() and BEGIN in readme.read_text():
     head, rest = readme.read_text().split(BEGIN, 1)
