@@ -11,6 +11,7 @@ README's table is always the one the code produced.
 
 import json
 import math
+import platform
 import re
 import statistics
 import sys
@@ -26,10 +27,23 @@ from scipy import stats
 from cpac_jax import cli, rundir
 from cpac_jax.config import expand, run_key
 
-__all__ = ["interval95", "mixed_training_note", "percentile", "summarize",
-           "write_report"]
+__all__ = ["cpu_name", "interval95", "mixed_training_note", "percentile",
+           "summarize", "write_report"]
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def cpu_name() -> str:
+  """The processor's model name ("AMD EPYC", say) from /proc/cpuinfo, or
+  the architecture where that is not to be had: benchmark ratios between
+  libraries differ by processor, so every benchmark file names it."""
+  try:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
 
 
 def _rank_label(row: dict) -> str:

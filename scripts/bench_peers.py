@@ -22,10 +22,12 @@ Sections:
 
 PyTorch runs channels-first (its default layout), JAX channels-last (ours).
 Each figure is the median of `repeats` timed calls after two warm-up calls,
-all the variants of one shape interleaved call by call so that machine
-noise hits them alike. A peer path that raises is reported with its error;
-one whose first call takes over --slow_s seconds is reported with that time
-and not timed further. Writes experiments/benchmarks/peers.{md,json}.
+all the variants of one shape interleaved so that machine noise hits them
+alike, each timed call right after an untimed one of the same variant (a
+call that follows another variant's runs cold). A peer path that raises is
+reported with its error; one whose first call takes over --slow_s seconds
+is reported with that time and not timed further. Writes
+experiments/benchmarks/peers.{md,json}.
 """
 
 import json
@@ -45,7 +47,7 @@ from absl import app, flags
 from flax import nnx
 
 import cpac_jax as cj
-from cpac_jax import models, train
+from cpac_jax import models, report, train
 from cpac_jax.layers import patches_conv
 
 try:
@@ -138,10 +140,15 @@ def _warm(fn):
 
 
 def _medians(calls: dict) -> dict:
-  """{key: median seconds} over --repeats interleaved rounds."""
+  """{key: median seconds} over --repeats interleaved rounds. Each timed
+  call follows an untimed call of the same variant: the first call after
+  another variant's (another library's above all) pays for the caches and
+  thread pools that one left, 2.5-4.5 ms on a 9 ms JAX conv right after a
+  PyTorch one here, which would charge whichever variant comes first."""
   samples = {key: [] for key in calls}
   for _ in range(_REPEATS.value):
     for key, fn in calls.items():
+      fn()
       start = time.perf_counter()
       fn()
       samples[key].append(time.perf_counter() - start)
@@ -574,7 +581,8 @@ def main(argv):
       "jax", "flax", "torch", "tensorly", "tensorly-torch")}
   meta = {"device": f"{jax.devices()[0].device_kind} "
                     f"({jax.default_backend()})",
-          "machine": platform.machine(), "cpu_count": os.cpu_count(),
+          "machine": platform.machine(), "cpu": report.cpu_name(),
+          "cpu_count": os.cpu_count(),
           "torch_threads": torch.get_num_threads(),
           "repeats": _REPEATS.value, "versions": versions}
   out = Path(_OUT.value)
@@ -585,12 +593,13 @@ def main(argv):
                       f"--repeats={_REPEATS.value}",
                       f"--sections={','.join(_SECTIONS.value)}"])
   lines = ["# cpac_jax against PyTorch and TensorLy-Torch", "",
-           f"`{command}` on {meta['device']}, {meta['machine']}, "
-           f"{meta['cpu_count']} CPUs; PyTorch on {meta['torch_threads']} "
-           "threads, XLA on all; "
+           f"`{command}` on {meta['device']}, {meta['cpu']} "
+           f"({meta['machine']}), {meta['cpu_count']} CPUs; PyTorch on "
+           f"{meta['torch_threads']} threads, XLA on all; "
            + ", ".join(f"{k} {v}" for k, v in versions.items())
            + f". Median of {_REPEATS.value} calls after warm-up, the "
-           "variants of one shape interleaved. Every ratio names its dense "
+           "variants of one shape interleaved, each timed call after an "
+           "untimed one of the same variant. Every ratio names its dense "
            "baseline, measured in this run.", ""]
   layer_rows = [r for r in rows if r["section"] == "layers"]
   if layer_rows:
