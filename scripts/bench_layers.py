@@ -12,12 +12,14 @@ convs, and TTDense (784 as (4, 7, 4, 7) -> 300 as (3, 4, 5, 5)) beside
 TuckerDense. Then shapes the fit never saw, to
 check `auto` on them: a 3x3 conv 32->128 on 28x28 (batch 16), a 5x5 conv
 96->96 on 12x12 (batch 32), and 1024->512 as (32, 32)->(16, 32) (batch
-64; TTDense (4, 8, 4, 8) -> (4, 4, 4, 8)). Every layer runs each implementation (auto, factorized,
-reconstructed). Each figure is the median of `repeats` timed
-calls after compilation, the variants of one shape interleaved call by call
-so machine noise hits all alike; times are reported relative to the dense
-layer, with the multiply-adds each path needs, so time and FLOPs can be set
-side by side. Writes experiments/benchmarks/layers.{md,json}.
+64; TTDense (4, 8, 4, 8) -> (4, 4, 4, 8)). Every layer runs each
+implementation (auto, factorized, reconstructed). Each figure is the median
+of `repeats` timed calls after compilation, the variants of one shape
+interleaved so machine noise hits all alike, each timed call right after
+an untimed one of the same variant; times are
+reported relative to the dense layer, with the multiply-adds each path
+needs, so time and FLOPs can be set side by side. Writes
+experiments/benchmarks/layers.{md,json}.
 """
 
 import json
@@ -33,6 +35,7 @@ from absl import app, flags
 from flax import nnx
 
 import cpac_jax as cj
+from cpac_jax import report
 from cpac_jax.functional import INTERMEDIATE_COST, choose
 
 _REPEATS = flags.DEFINE_integer("repeats", 30, "timed calls per variant")
@@ -102,6 +105,9 @@ def _timers(layer, x):
     jax.block_until_ready(fn(params, x))  # compile
 
     def timed(fn=fn):
+      # After an untimed call of its own: a call that follows another
+      # variant's runs cold, which would charge the variant order.
+      jax.block_until_ready(fn(params, x))
       start = time.perf_counter()
       jax.block_until_ready(fn(params, x))
       return time.perf_counter() - start
@@ -200,15 +206,18 @@ def main(argv):
       })
   device = f"{jax.devices()[0].device_kind} ({jax.default_backend()})"
   meta = {"device": device, "machine": platform.machine(),
-          "repeats": _REPEATS.value, "jax": jax.__version__}
+          "cpu": report.cpu_name(), "repeats": _REPEATS.value,
+          "jax": jax.__version__}
   out = Path(_OUT.value)
   out.mkdir(parents=True, exist_ok=True)
   (out / "layers.json").write_text(json.dumps({"meta": meta, "rows": rows},
                                               indent=1, default=str))
   lines = ["# Factorized layers against dense: time and multiply-adds", "",
            f"`python scripts/bench_layers.py --repeats={_REPEATS.value}` on "
-           f"{device}, {platform.machine()}, jax {jax.__version__}. Medians of "
-           f"{_REPEATS.value} interleaved calls after compilation; times and "
+           f"{device}, {meta['cpu']} ({platform.machine()}), jax "
+           f"{jax.__version__}. Medians of "
+           f"{_REPEATS.value} interleaved calls after compilation, each "
+           "after an untimed one of the same variant; times and "
            "multiply-adds relative to the dense layer of the same shape in "
            "the same run.", ""]
   for shape in dict.fromkeys(r["shape"] for r in rows):
