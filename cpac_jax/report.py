@@ -36,7 +36,7 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 def cpu_name() -> str:
   """The processor's model name ("AMD EPYC", say) from /proc/cpuinfo, or
   the architecture where that is not to be had: benchmark ratios between
-  libraries differ by processor, so every benchmark file names it."""
+  libraries differ by processor, so the benchmark files name it."""
   try:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
       if line.startswith("model name"):
