@@ -143,8 +143,9 @@ def _medians(calls: dict) -> dict:
   """{key: median seconds} over --repeats interleaved rounds. Each timed
   call follows an untimed call of the same variant: the first call after
   another variant's (another library's above all) pays for the caches and
-  thread pools that one left, 2.5-4.5 ms on a 9 ms JAX conv right after a
-  PyTorch one here, which would charge whichever variant comes first."""
+  thread pools that one left, which would charge whichever variant comes
+  first (before this, `auto` took 1.3x the time of the very path it runs
+  at 66x, first of ours after tltorch's)."""
   samples = {key: [] for key in calls}
   for _ in range(_REPEATS.value):
     for key, fn in calls.items():

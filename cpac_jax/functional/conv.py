@@ -21,8 +21,9 @@ Padding = str | Sequence[tuple[int, int]]
 # Below this many input channels XLA's CPU convolution, forward and
 # backward, is slower than `patches_conv`'s one matmul: for 3x3 convs
 # c -> c, batch 32, on 32x32 and 16x16 (2-core CPU), patches_conv took
-# 0.3x-0.7x XLA's time at 2-6 channels and 0.9x-1.3x at 8. The small core
-# convs of low-rank Tucker and TT layers sit there.
+# 0.45x-0.96x XLA's time at 2-6 channels and 1.20x-1.57x at 8
+# (experiments/benchmarks/lowering.md, scripts/bench_lowering.py). The
+# small core convs of low-rank Tucker and TT layers sit there.
 PATCHES_BELOW_CHANNELS = 8
 
 

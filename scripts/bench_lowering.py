@@ -1,0 +1,95 @@
+"""Where `patches_conv` beats XLA's conv: the measurement behind
+`cpac_jax.functional.conv.PATCHES_BELOW_CHANNELS`.
+
+  python scripts/bench_lowering.py [--repeats=15]
+
+A dense 3x3 conv c -> c, batch 32, on 32x32 and on 16x16, for c from 2 to
+32: forward+backward (the gradient of sum(y^2) with respect to the input
+and the kernel, as inside a factorized layer, whose core conv's input
+depends on the parameters) through `lax.conv_general_dilated` and through
+`patches_conv`. The median of `repeats` timed calls, the two lowerings
+interleaved, each timed call right after an untimed one of the same
+variant. Writes experiments/benchmarks/lowering.{md,json}.
+"""
+
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+from jax import lax
+
+from cpac_jax import report
+from cpac_jax.functional.conv import PATCHES_BELOW_CHANNELS, conv, patches_conv
+
+_REPEATS = flags.DEFINE_integer("repeats", 15, "timed calls per variant")
+_OUT = flags.DEFINE_string("out", "experiments/benchmarks",
+                           "folder for lowering.{md,json}")
+CHANNELS = (2, 4, 6, 8, 12, 16, 24, 32)
+SIZES = (32, 16)
+LOWERINGS = {"XLA conv": lax.conv_general_dilated,
+             "patches_conv": patches_conv}
+
+
+def _call(lowering, channels, size):
+  x = jax.random.normal(jax.random.key(0), (32, size, size, channels))
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, channels, channels))
+  grad = jax.jit(jax.grad(lambda k, x: jnp.sum(conv(
+      x, k, (1, 1), [(1, 1), (1, 1)], (1, 1),
+      conv_general_dilated=lowering) ** 2), argnums=(0, 1)))
+  jax.block_until_ready(grad(kernel, x))  # compile
+  return lambda: jax.block_until_ready(grad(kernel, x))
+
+
+def _median_ms(calls: dict) -> dict:
+  samples = {name: [] for name in calls}
+  for _ in range(_REPEATS.value):
+    for name, fn in calls.items():
+      fn()  # untimed: a call after another variant's runs cold
+      start = time.perf_counter()
+      fn()
+      samples[name].append(time.perf_counter() - start)
+  return {name: 1e3 * statistics.median(v) for name, v in samples.items()}
+
+
+def main(argv):
+  del argv
+  rows = []
+  for size in SIZES:
+    for channels in CHANNELS:
+      ms = _median_ms({name: _call(lowering, channels, size)
+                       for name, lowering in LOWERINGS.items()})
+      rows.append({"size": size, "channels": channels, **ms})
+  device = f"{jax.devices()[0].device_kind} ({jax.default_backend()})"
+  meta = {"device": device, "cpu": report.cpu_name(),
+          "machine": platform.machine(), "repeats": _REPEATS.value,
+          "jax": jax.__version__}
+  out = Path(_OUT.value)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "lowering.json").write_text(json.dumps({"meta": meta, "rows": rows},
+                                                indent=1))
+  lines = ["# patches_conv against XLA's conv, by input channels", "",
+           f"`python scripts/bench_lowering.py --repeats={_REPEATS.value}` "
+           f"on {device}, {meta['cpu']} ({meta['machine']}), jax "
+           f"{jax.__version__}. A 3x3 conv c -> c, batch 32, forward+"
+           "backward (gradients for input and kernel); medians of "
+           f"{_REPEATS.value} interleaved calls, each after an untimed one "
+           "of the same variant. `conv_lowering` takes patches_conv on the "
+           f"CPU below {PATCHES_BELOW_CHANNELS} input channels.", "",
+           "| spatial | channels | XLA conv ms | patches_conv ms | "
+           "patches / XLA |", "|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(
+        f"| {r['size']}x{r['size']} | {r['channels']} | {r['XLA conv']:.2f} "
+        f"| {r['patches_conv']:.2f} | "
+        f"{r['patches_conv'] / r['XLA conv']:.2f}x |")
+  (out / "lowering.md").write_text("\n".join(lines) + "\n")
+  print("\n".join(lines))
+
+
+if __name__ == "__main__":
+  app.run(main)
