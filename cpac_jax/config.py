@@ -41,7 +41,8 @@ OPTIONAL_FIELDS = {"optimizer.schedule": "constant", "model.kwargs": {},
                    "distill_temperature": 4.0}
 # Fields that don't change what a run computes.
 _NOT_IN_KEY = ("sweep", "paper", "paper_loss", "dataset.data_dir",
-               "steps_per_call", "unroll", "eval_batch_size", "distributed")
+               "steps_per_call", "unroll", "xla_cpu_ynn_fusions",
+               "eval_batch_size", "distributed")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -84,6 +85,12 @@ def base_config() -> ml_collections.ConfigDict:
   # (a 5-conv CNN's step: 1.8 s looped, 0.12 s unrolled). For conv nets on
   # a CPU, with a small steps_per_call; compiles grow with it.
   config.unroll = False
+  # XLA's YNNPACK fusions in the compiled train and eval steps on the CPU
+  # (this jaxlib makes them by default). Off, each of its fused ops runs as
+  # XLA's own loop instead, which on 2 CPU cores trained the CPAC nets
+  # faster at every batch size tried (scripts/bench_sweep.py's sharded
+  # modes give the sweep's wall time with and without them).
+  config.xla_cpu_ynn_fusions = False
   config.seed = 0                       # seeds init and data order
   # Several hosts: with initialize, jax.distributed.initialize() joins them
   # before any computation; the fields left unset it detects itself on

@@ -11,6 +11,7 @@ logs and writes each run's workdir (`cpac_jax.rundir`).
 """
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -37,9 +38,10 @@ from cpac_jax.config import (OPTIONAL_FIELDS, build_model, compressing,
 from cpac_jax.vectorized import (Group, check_together, make_groups,
                                  split_modes)
 
-__all__ = ["Diverged", "Outcome", "Preempted", "distillation_loss",
-           "epoch_metrics", "epoch_order", "eval_batches", "make_evaluation",
-           "make_step", "restore", "train_and_evaluate", "train_runs"]
+__all__ = ["Diverged", "Outcome", "Preempted", "compiler_options",
+           "distillation_loss", "epoch_metrics", "epoch_order",
+           "eval_batches", "make_evaluation", "make_step", "restore",
+           "train_and_evaluate", "train_runs"]
 
 
 class Diverged(FloatingPointError):
@@ -184,6 +186,15 @@ def _sigterm_requests_stop():
     signal.signal(signal.SIGTERM, previous)
 
 
+def compiler_options(ynn_fusions: bool = False) -> dict | None:
+  """The XLA options (`jax.jit`'s compiler_options) of cpac_jax's compiled
+  train and eval steps: on the CPU, YNNPACK's fusions off unless
+  `ynn_fusions` (a run's `config.xla_cpu_ynn_fusions`)."""
+  if jax.default_backend() != "cpu" or ynn_fusions:
+    return None
+  return {"xla_cpu_experimental_ynn_fusion_type": ""}  # "": no fusion types
+
+
 def _make_programs(config, groups, tx, images, labels, batch_sharding,
                    seed_of, tap, unroll, teacher_logits=None):
   """The compiled train chunk and eval pass of `groups`, closed over the
@@ -208,7 +219,10 @@ def _make_programs(config, groups, tx, images, labels, batch_sharding,
     steps.append(step)
     evaluations.append(evaluation)
 
-  @jax.jit
+  jit = functools.partial(jax.jit, compiler_options=compiler_options(
+      bool(config.get("xla_cpu_ynn_fusions"))))
+
+  @jit
   def train_chunk(states, taps, orders, chunk):
 
     def train_step(carry, step):
@@ -240,7 +254,7 @@ def _make_programs(config, groups, tx, images, labels, batch_sharding,
                     chunk[jnp.argmin(finite, axis=0)])
     return states, taps, losses.sum(0), correct.sum(0), bad
 
-  @jax.jit
+  @jit
   def evaluate(states, x_all, y_all, mask):
     losses, correct = zip(*(
         evaluation(state["params"], state["rest"], x_all, y_all, mask)

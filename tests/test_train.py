@@ -313,6 +313,33 @@ def test_train_step_updates_batch_norm_statistics():
                          params["linear"]["kernel"][...])
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU option")
+def test_training_compiles_without_ynnpack_fusions_unless_asked():
+  import jax.numpy as jnp
+  import optax
+  from flax import nnx
+
+  from cpac_jax.models.cpac_cnn import CPACNet
+
+  net = CPACNet(rank=3, rngs=nnx.Rngs(0))
+  net.train()
+  graphdef, params, rest = nnx.split(net, nnx.Param, ...)
+  tx = optax.adam(1e-3)
+  args = (params, rest, tx.init(params), jnp.zeros((1, 28, 28, 1)),
+          jnp.zeros((1,), jnp.int32))
+  hlo = {ynn: jax.jit(train.make_step(graphdef, tx),
+                      compiler_options=train.compiler_options(ynn))
+         .lower(*args).compile().as_text() for ynn in (False, True)}
+  # jaxlib makes YNNPACK fusions of this step by default; if a jaxlib stops
+  # making them, config.xla_cpu_ynn_fusions has no purpose left.
+  assert "__ynn_fusion" in hlo[True]
+  assert "__ynn_fusion" not in hlo[False]
+  config = load_config("cpac_mnist")
+  keyed = config.copy_and_resolve_references()
+  keyed.xla_cpu_ynn_fusions = True
+  assert run_key(keyed) == run_key(config)  # how it compiles, not what
+
+
 def test_three_shards_merge_into_one_table_with_every_run_once(
     mnist_dir, tmp_path):
   config = tiny(load_config("cpac_mnist", "quick"), mnist_dir, num_epochs=1)
