@@ -3,9 +3,12 @@ seed's runs trained together (`--vectorize`), or as shards side by side
 (`--vectorize --shard=i/n` in n processes at once, one per core), and how
 far their accuracies differ from each other and from a committed table;
 beside them, the official code's batch-1 PyTorch loop on the same machine.
+Mode `sharded_ynn` is `sharded` with XLA's YNNPACK fusions on, as jaxlib
+compiles by default (`config.xla_cpu_ynn_fusions`; cpac_jax turns them off).
 
   python scripts/bench_sweep.py [--config=configs/cpac_mnist.py:default_seed0]
-      [--modes=vectorized,sharded,separate,official] [--processes=2]
+      [--modes=vectorized,sharded,sharded_ynn,separate,official]
+      [--processes=2]
       [--reference=experiments/cpac_mnist/results.csv] [--name=sweep]
 
 The "official" mode (needs the bench extra) times, in this run, one
@@ -36,12 +39,15 @@ from pathlib import Path
 import jax
 from absl import app, flags
 
-from cpac_jax import rundir
+from cpac_jax import report, rundir
 
 MODES = {"separate": "one model at a time",
          "vectorized": "`--vectorize`: a seed's runs as one compiled program",
          "sharded": "`--vectorize`, {n} shards side by side (`--shard=i/{n}`"
                     ", one process each)",
+         "sharded_ynn": "the same, XLA's YNNPACK fusions on "
+                        "(`--config.xla_cpu_ynn_fusions=True`, jaxlib's own "
+                        "default; off is cpac_jax's)",
          "official": "the official batch-1 PyTorch loop, its CP conv (rank 5)"
                      " and dense: steps only, {steps:,} of them at the step "
                      "times measured in this run"}
@@ -64,7 +70,9 @@ def _sweep(mode: str, workdir: Path) -> tuple[float, dict]:
   """(wall seconds, {run key: row}) of the sweep command in `mode`."""
   command = [sys.executable, "-m", "cpac_jax.sweep",
              f"--config={_CONFIG.value}", f"--workdir={workdir}"]
-  shards = _PROCESSES.value if mode == "sharded" else 1
+  shards = _PROCESSES.value if mode.startswith("sharded") else 1
+  if mode == "sharded_ynn":
+    command.append("--config.xla_cpu_ynn_fusions=True")
   cores = sorted(os.sched_getaffinity(0))
 
   def pin(i):  # shard i to core i (mod the cores): one process per core
@@ -144,7 +152,8 @@ def main(argv):
   device = jax.devices()[0]
   result = {"config": _CONFIG.value, "runs": len(rows),
             "device": f"{device.platform} ({device.device_kind})",
-            "machine": platform.machine(), "cpus": os.cpu_count(),
+            "machine": platform.machine(), "cpu": report.cpu_name(),
+            "cpus": os.cpu_count(),
             "jax": jax.__version__, "processes": _PROCESSES.value,
             "reference": _REFERENCE.value, "seconds": seconds,
             "official_steps": official_steps,
@@ -158,7 +167,7 @@ def main(argv):
   lines = [
       "# A whole sweep: one model at a time, vectorized, sharded", "",
       f"`python scripts/bench_sweep.py {flags_text}` on {result['device']}, "
-      f"{result['machine']}, {result['cpus']} CPUs, jax {jax.__version__}. "
+      f"{result['cpu']}, {result['cpus']} CPUs, jax {jax.__version__}. "
       "Wall time of the sweep command, start-up, compilation and report "
       "included, each mode in a fresh workdir, one mode at a time; "
       "\"relative\" is against the first row.", "",
