@@ -79,6 +79,40 @@ def test_patches_conv_computes_what_the_xla_conv_does(case):
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("axis,stride,dilation,pad", [
+    (1, 1, 1, (1, 1)), (2, 2, 1, (0, 1)), (1, 3, 2, (2, 0))])
+def test_depthwise_gradients_are_those_of_a_grouped_conv(
+    axis, stride, dilation, pad):
+  # depthwise_along's kernel gradient is a custom VJP; XLA's grouped conv,
+  # differentiated by JAX, is the reference.
+  from jax import lax
+
+  from cpac_jax.functional.conv import depthwise_along
+  x = jax.random.normal(jax.random.key(0), (2, 9, 8, 5))
+  kernel = jax.random.normal(jax.random.key(1), (3, 5))
+
+  def grouped(x, kernel):
+    shape = [1, 1, 1, 5]
+    shape[axis - 1] = 3
+    strides, dilations, pads = [1, 1], [1, 1], [(0, 0), (0, 0)]
+    strides[axis - 1], dilations[axis - 1], pads[axis - 1] = (
+        stride, dilation, pad)
+    return lax.conv_general_dilated(
+        x, jnp.reshape(kernel, shape), strides, pads,
+        rhs_dilation=dilations, feature_group_count=5,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  def loss(f):
+    return lambda x, kernel: jnp.sum(jnp.sin(f(x, kernel)))
+  ours = lambda x, kernel: depthwise_along(x, kernel, axis, stride, dilation,
+                                           pad)
+  np.testing.assert_allclose(ours(x, kernel), grouped(x, kernel), rtol=1e-5,
+                             atol=1e-5)
+  for got, want in zip(jax.grad(loss(ours), (0, 1))(x, kernel),
+                       jax.grad(loss(grouped), (0, 1))(x, kernel)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_patches_conv_rejects_what_it_cannot_compute():
   x, kernel = jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 4))
   with pytest.raises(ValueError, match="not channels-last"):

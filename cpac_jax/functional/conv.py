@@ -2,6 +2,7 @@
 output sizes, the dense conv, `patches_conv`, a depthwise 1-D conv, and
 multiply-add counts."""
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -177,20 +178,56 @@ def depthwise_along(x: jax.Array, kernel: jax.Array, axis: int, stride: int,
 
   Written as k strided slices, scaled and summed, which XLA fuses into one
   pass over x: on the CPU, lax.conv with feature_group_count=C runs this
-  orders of magnitude slower per multiply-add than a dense conv.
+  orders of magnitude slower per multiply-add than a dense conv. Its
+  kernel gradient is a custom VJP (`_depthwise_kernel_grad`).
   """
+  return _depthwise(x, kernel, axis, stride, dilation, tuple(pad))
+
+
+def _taps(x, taps, axis, stride, dilation, pad):
+  """The k strided slices of x, padded along `axis`, that tap t scales."""
   widths = [(0, 0)] * x.ndim
   widths[axis] = pad
   x = jnp.pad(x, widths)
-  taps, size = kernel.shape[0], x.shape[axis]
-  out = (size - (taps - 1) * dilation - 1) // stride + 1
-  total = None
-  for t in range(taps):
-    start = t * dilation
-    part = lax.slice_in_dim(x, start, start + (out - 1) * stride + 1, stride,
-                            axis) * kernel[t]
-    total = part if total is None else total + part
-  return total
+  out = (x.shape[axis] - (taps - 1) * dilation - 1) // stride + 1
+  return [lax.slice_in_dim(x, t * dilation, t * dilation
+                           + (out - 1) * stride + 1, stride, axis)
+          for t in range(taps)]
+
+
+def _depthwise_forward(x, kernel, axis, stride, dilation, pad):
+  parts = _taps(x, kernel.shape[0], axis, stride, dilation, pad)
+  return sum(part * kernel[t] for t, part in enumerate(parts))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _depthwise(x, kernel, axis, stride, dilation, pad):
+  return _depthwise_forward(x, kernel, axis, stride, dilation, pad)
+
+
+def _depthwise_fwd(x, kernel, axis, stride, dilation, pad):
+  return _depthwise(x, kernel, axis, stride, dilation, pad), (x, kernel)
+
+
+def _depthwise_kernel_grad(axis, stride, dilation, pad, residuals, g):
+  """x's gradient as JAX derives it; the kernel's, sum over every axis but
+  C of tap t's slice times g, as k matmuls of a row of ones by the
+  (positions, C) products: with XLA's CPU reduction over the leading axes
+  a 64-channel CP conv's forward+backward took about 1.8x the time (a
+  probe on 2 cores, not committed; with the YNNPACK fusions off too, the
+  10x CP convs of experiments/benchmarks/peers.md went from 1.32x-1.37x
+  tltorch's time to 0.86x-0.87x)."""
+  x, kernel = residuals
+  _, x_vjp = jax.vjp(lambda x: _depthwise_forward(
+      x, kernel, axis, stride, dilation, pad), x)
+  ones = jnp.ones((1, g.size // g.shape[-1]), g.dtype)
+  kernel_grad = jnp.stack([
+      jnp.matmul(ones, jnp.reshape(part * g, (-1, g.shape[-1])))[0]
+      for part in _taps(x, kernel.shape[0], axis, stride, dilation, pad)])
+  return x_vjp(g)[0], kernel_grad.astype(kernel.dtype)
+
+
+_depthwise.defvjp(_depthwise_fwd, _depthwise_kernel_grad)
 
 
 def dense_conv_flops(batch: int, out_spatial: Sequence[int],
