@@ -21,19 +21,25 @@ Sections:
     dense and with CP convs (rank fraction 0.1).
 
 PyTorch runs channels-first (its default layout), JAX channels-last (ours).
+Our layers and steps compile as cpac_jax's training compiles its steps
+(`train.compiler_options`: on the CPU without XLA's YNNPACK fusions, with
+which XLA's conv backward ran about 10x slower on an AVX2-only CPU).
 Each figure is the median of `repeats` timed calls after two warm-up calls,
-all the variants of one shape interleaved so that machine noise hits them
-alike, each timed call right after an untimed one of the same variant (a
-call that follows another variant's runs cold). A peer path that raises is
+all the variants of one shape interleaved, in a new (seeded) order each
+round, so that machine noise hits them alike, each timed call right after
+an untimed one of the same variant (a call that follows another variant's
+runs cold). A peer path that raises is
 reported with its error; one whose first call takes over --slow_s seconds
 is reported with that time and not timed further. Writes
 experiments/benchmarks/peers.{md,json}.
 """
 
+import functools
 import json
 import math
 import os
 import platform
+import random
 import statistics
 import time
 from importlib import metadata
@@ -81,10 +87,13 @@ class Slow(Exception):
 # -- timing ------------------------------------------------------------------
 
 def _jax_layer(layer, x):
-  """(forward, forward+backward) zero-argument calls of an nnx layer."""
+  """(forward, forward+backward) zero-argument calls of an nnx layer,
+  compiled as cpac_jax's training compiles its steps
+  (`train.compiler_options`)."""
   graphdef, params = nnx.split(layer)
-  forward = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x))
-  backward = jax.jit(jax.grad(
+  jit = functools.partial(jax.jit, compiler_options=train.compiler_options())
+  forward = jit(lambda p, x: nnx.merge(graphdef, p)(x))
+  backward = jit(jax.grad(
       lambda p, x: jnp.sum(nnx.merge(graphdef, p)(x) ** 2)))
   return (lambda: jax.block_until_ready(forward(params, x)),
           lambda: jax.block_until_ready(backward(params, x)))
@@ -103,11 +112,13 @@ def _torch_layer(module, x):
 
 
 def _jax_step(model, x, y, learning_rate=1e-4):
-  """One jit-compiled Adam step of `model` (cpac_jax.train.make_step)."""
+  """One jit-compiled Adam step of `model` (cpac_jax.train.make_step),
+  compiled as cpac_jax's training compiles it (`train.compiler_options`)."""
   model.train()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = optax.adam(learning_rate)
-  step = jax.jit(lambda *args: train.make_step(graphdef, tx)(*args)[:3])
+  step = jax.jit(lambda *args: train.make_step(graphdef, tx)(*args)[:3],
+                 compiler_options=train.compiler_options())
   state = [params, rest, tx.init(params)]
 
   def run():
@@ -145,13 +156,17 @@ def _medians(calls: dict) -> dict:
   another variant's (another library's above all) pays for the caches and
   thread pools that one left, which would charge whichever variant comes
   first (before this, `auto` took 1.3x the time of the very path it runs
-  at 66x, first of ours after tltorch's)."""
+  at 66x, first of ours after tltorch's). What is left of that effect
+  falls on every variant alike: each round runs them in a new order
+  (seeded, so a rerun runs the same orders)."""
   samples = {key: [] for key in calls}
+  order, rng = list(calls), random.Random(0)
   for _ in range(_REPEATS.value):
-    for key, fn in calls.items():
-      fn()
+    rng.shuffle(order)
+    for key in order:
+      calls[key]()
       start = time.perf_counter()
-      fn()
+      calls[key]()
       samples[key].append(time.perf_counter() - start)
   return {key: statistics.median(v) for key, v in samples.items()}
 
@@ -599,8 +614,11 @@ def main(argv):
            f"{meta['torch_threads']} threads, XLA on all; "
            + ", ".join(f"{k} {v}" for k, v in versions.items())
            + f". Median of {_REPEATS.value} calls after warm-up, the "
-           "variants of one shape interleaved, each timed call after an "
-           "untimed one of the same variant. Every ratio names its dense "
+           "variants of one shape interleaved in a new order each round, "
+           "each timed call after an untimed one of the same variant; our "
+           "layers and steps compiled as cpac_jax's training compiles its "
+           "steps (YNNPACK fusions off on the CPU). Every ratio names its "
+           "dense "
            "baseline, measured in this run.", ""]
   layer_rows = [r for r in rows if r["section"] == "layers"]
   if layer_rows:

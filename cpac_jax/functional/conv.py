@@ -21,10 +21,13 @@ Padding = str | Sequence[tuple[int, int]]
 
 # Below this many input channels XLA's CPU convolution, forward and
 # backward, is slower than `patches_conv`'s one matmul: for 3x3 convs
-# c -> c, batch 32, on 32x32 and 16x16 (2-core CPU), patches_conv took
-# 0.45x-0.96x XLA's time at 2-6 channels and 1.20x-1.57x at 8
-# (experiments/benchmarks/lowering.md, scripts/bench_lowering.py). The
-# small core convs of low-rank Tucker and TT layers sit there.
+# c -> c, batch 32, on 32x32 and 16x16 (2-core CPU, compiled without the
+# YNNPACK fusions as cpac_jax's training compiles), patches_conv took
+# 0.53x-0.84x XLA's time at 2-4 channels, 0.96x-1.21x at 6 and
+# 0.81x-2.09x at 8, slower above but for 12 on 16x16 (1.08x)
+# (experiments/benchmarks/lowering.md, scripts/bench_lowering.py): 6-8 is
+# a tie band. The small core convs of low-rank Tucker and TT layers sit
+# there.
 PATCHES_BELOW_CHANNELS = 8
 
 
