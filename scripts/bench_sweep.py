@@ -137,9 +137,14 @@ def main(argv):
           list(tables[trained[0]].values()), Path(scratch))
   first = trained[0]
   columns = [*trained] + (["reference"] if reference else [])
+  # In sweep order: a one-process mode's (shards list theirs one shard
+  # after another), else the reference table's.
+  one_process = [m for m in trained if not m.startswith("sharded")]
+  order = list(tables[one_process[0]] if one_process else reference)
   rows = []
-  for key, row in tables[first].items():  # in sweep order
-    entry = {"run": row["run"], "key": key}
+  for key in sorted(tables[first], key=lambda k: (
+      order.index(k) if k in order else len(order))):
+    entry = {"run": tables[first][key]["run"], "key": key}
     for mode in columns:
       table = tables.get(mode, reference)
       if key in table:
