@@ -87,9 +87,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.unroll = False
   # XLA's YNNPACK fusions in the compiled train and eval steps on the CPU
   # (this jaxlib makes them by default). Off, each of its fused ops runs as
-  # XLA's own loop instead, which on 2 CPU cores trained the CPAC nets
-  # faster at every batch size tried (scripts/bench_sweep.py's sharded
-  # modes give the sweep's wall time with and without them).
+  # XLA's own code instead: on 2 CPU cores the seed-0 CPAC sweep took 519 s
+  # against 580 s with them (experiments/benchmarks/sweep.md, the sharded
+  # modes of scripts/bench_sweep.py), and XLA's conv forward+backward up
+  # to 11.6x less time (experiments/benchmarks/lowering.md).
   config.xla_cpu_ynn_fusions = False
   config.seed = 0                       # seeds init and data order
   # Several hosts: with initialize, jax.distributed.initialize() joins them

@@ -23,7 +23,8 @@ Sections:
 PyTorch runs channels-first (its default layout), JAX channels-last (ours).
 Our layers and steps compile as cpac_jax's training compiles its steps
 (`train.compiler_options`: on the CPU without XLA's YNNPACK fusions, with
-which XLA's conv backward ran about 10x slower on an AVX2-only CPU).
+which XLA's conv forward+backward ran up to 11.6x slower on an AVX2-only
+CPU, experiments/benchmarks/lowering.md).
 Each figure is the median of `repeats` timed calls after two warm-up calls,
 all the variants of one shape interleaved, in a new (seeded) order each
 round, so that machine noise hits them alike, each timed call right after
@@ -618,8 +619,7 @@ def main(argv):
            "each timed call after an untimed one of the same variant; our "
            "layers and steps compiled as cpac_jax's training compiles its "
            "steps (YNNPACK fusions off on the CPU). Every ratio names its "
-           "dense "
-           "baseline, measured in this run.", ""]
+           "dense baseline, measured in this run.", ""]
   layer_rows = [r for r in rows if r["section"] == "layers"]
   if layer_rows:
     lines += _targets(layer_rows)
