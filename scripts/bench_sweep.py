@@ -140,10 +140,10 @@ def main(argv):
   # In sweep order: a one-process mode's (shards list theirs one shard
   # after another), else the reference table's.
   one_process = [m for m in trained if not m.startswith("sharded")]
-  order = list(tables[one_process[0]] if one_process else reference)
+  order = {key: i for i, key in enumerate(
+      tables[one_process[0]] if one_process else reference)}
   rows = []
-  for key in sorted(tables[first], key=lambda k: (
-      order.index(k) if k in order else len(order))):
+  for key in sorted(tables[first], key=lambda k: order.get(k, len(order))):
     entry = {"run": tables[first][key]["run"], "key": key}
     for mode in columns:
       table = tables.get(mode, reference)
