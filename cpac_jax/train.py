@@ -15,6 +15,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -188,11 +189,27 @@ def _sigterm_requests_stop():
 
 def compiler_options(ynn_fusions: bool = False) -> dict | None:
   """The XLA options (`jax.jit`'s compiler_options) of cpac_jax's compiled
-  train and eval steps: on the CPU, YNNPACK's fusions off unless
-  `ynn_fusions` (a run's `config.xla_cpu_ynn_fusions`)."""
-  if jax.default_backend() != "cpu" or ynn_fusions:
+  train and eval steps, on the CPU: YNNPACK's fusions off unless
+  `ynn_fusions` (a run's `config.xla_cpu_ynn_fusions`), and, in a process
+  that may run on one core only (as each shard of scripts/bench_sweep.py's
+  sharded mode is pinned), Eigen's matmuls on the calling thread instead of
+  handed to a thread pool with no other core to run on."""
+  if jax.default_backend() != "cpu":
     return None
-  return {"xla_cpu_experimental_ynn_fusion_type": ""}  # "": no fusion types
+  options = {}
+  if not ynn_fusions:
+    options["xla_cpu_experimental_ynn_fusion_type"] = ""  # no fusion types
+  if _usable_cores() == 1:
+    options["xla_cpu_multi_thread_eigen"] = False
+  return options or None
+
+
+def _usable_cores() -> int:
+  """The cores this process may run on (its affinity, where the system
+  has one)."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
 
 
 def _make_programs(config, groups, tx, images, labels, batch_sharding,

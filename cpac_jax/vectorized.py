@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from cpac_jax import data, models
@@ -123,12 +124,14 @@ class Group:
     return group
 
   def unpadded(self, member: int, params, rest):
-    """Member `member`'s (params, rest), cut back to its own shapes."""
+    """Member `member`'s (params, rest), cut back to its own shapes (cut on
+    the host: as jax ops, each member's shapes would compile a program of
+    their own)."""
     if not self.stacked:
       return params, rest
     leaves, treedef = jax.tree.flatten((params, rest))
     return treedef.unflatten([
-        a[member][tuple(slice(0, n) for n in shape)]
+        jnp.asarray(np.asarray(a)[member][tuple(slice(0, n) for n in shape)])
         for a, shape in zip(leaves, self.shapes[member], strict=True)])
 
 

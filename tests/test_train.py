@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -338,6 +339,24 @@ def test_training_compiles_without_ynnpack_fusions_unless_asked():
   keyed = config.copy_and_resolve_references()
   keyed.xla_cpu_ynn_fusions = True
   assert run_key(keyed) == run_key(config)  # how it compiles, not what
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU option")
+def test_a_process_on_one_core_runs_eigen_on_the_calling_thread(monkeypatch):
+  import jax.numpy as jnp
+
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1},
+                      raising=False)
+  assert "xla_cpu_multi_thread_eigen" not in train.compiler_options()
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+  options = train.compiler_options()
+  assert options["xla_cpu_multi_thread_eigen"] is False
+  assert options["xla_cpu_experimental_ynn_fusion_type"] == ""
+  # This jaxlib takes the option, and the matmul still computes the same.
+  a = jnp.arange(12.0).reshape(3, 4)
+  b = jnp.arange(8.0).reshape(4, 2)
+  out = jax.jit(jnp.matmul, compiler_options=options)(a, b)
+  np.testing.assert_allclose(out, np.asarray(a) @ np.asarray(b))
 
 
 def test_three_shards_merge_into_one_table_with_every_run_once(
