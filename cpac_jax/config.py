@@ -87,8 +87,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.unroll = False
   # XLA's YNNPACK fusions in the compiled train and eval steps on the CPU
   # (this jaxlib makes them by default). Off, each of its fused ops runs as
-  # XLA's own code instead: on 2 CPU cores the seed-0 CPAC sweep took 519 s
-  # against 580 s with them (experiments/benchmarks/sweep.md, the sharded
+  # XLA's own code instead: on 2 CPU cores the seed-0 CPAC sweep took 232 s
+  # against 292 s with them (experiments/benchmarks/sweep.md, the sharded
   # modes of scripts/bench_sweep.py), and XLA's conv forward+backward up
   # to 11.6x less time (experiments/benchmarks/lowering.md).
   config.xla_cpu_ynn_fusions = False
