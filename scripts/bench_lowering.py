@@ -1,10 +1,12 @@
 """Where `patches_conv` beats XLA's conv: the measurement behind
-`cpac_jax.functional.conv.PATCHES_BELOW_CHANNELS`.
+`cpac_jax.functional.conv.conv_lowering` (`PATCHES_BELOW_CHANNELS`, and
+inputs smaller than the kernel).
 
   python scripts/bench_lowering.py [--repeats=15]
 
-A dense 3x3 conv c -> c, batch 32, on 32x32 and on 16x16, for c from 2 to
-32: forward+backward (the gradient of sum(y^2) with respect to the input
+A dense 3x3 conv c -> c (SAME padding), batch 32, on 32x32 and on 16x16
+for c from 2 to 64, and on maps smaller than the kernel or just above it
+(4x4, 3x3, 2x2, 1x1) for c from 16 to 512: forward+backward (the gradient of sum(y^2) with respect to the input
 and the kernel, as inside a factorized layer, whose core conv's input
 depends on the parameters) through `lax.conv_general_dilated` and through
 `patches_conv`, compiled as cpac_jax's training compiles its steps
@@ -32,8 +34,10 @@ from cpac_jax.functional.conv import PATCHES_BELOW_CHANNELS, conv, patches_conv
 _REPEATS = flags.DEFINE_integer("repeats", 15, "timed calls per variant")
 _OUT = flags.DEFINE_string("out", "experiments/benchmarks",
                            "folder for lowering.{md,json}")
-CHANNELS = (2, 4, 6, 8, 12, 16, 24, 32, 64)
-SIZES = (32, 16)
+# (spatial size, input channels): the channel sweep, then small maps.
+SHAPES = ([(size, c) for size in (32, 16)
+           for c in (2, 4, 6, 8, 12, 16, 24, 32, 64)]
+          + [(size, c) for size in (4, 3, 2, 1) for c in (16, 64, 256, 512)])
 YNN = "XLA conv, YNNPACK fusions"
 LOWERINGS = {"XLA conv": (lax.conv_general_dilated, False),
              "patches_conv": (patches_conv, False),
@@ -65,11 +69,10 @@ def _median_ms(calls: dict) -> dict:
 def main(argv):
   del argv
   rows = []
-  for size in SIZES:
-    for channels in CHANNELS:
-      ms = _median_ms({name: _call(*variant, channels, size)
-                       for name, variant in LOWERINGS.items()})
-      rows.append({"size": size, "channels": channels, **ms})
+  for size, channels in SHAPES:
+    ms = _median_ms({name: _call(*variant, channels, size)
+                     for name, variant in LOWERINGS.items()})
+    rows.append({"size": size, "channels": channels, **ms})
   device = f"{jax.devices()[0].device_kind} ({jax.default_backend()})"
   meta = {"device": device, "cpu": report.cpu_name(),
           "machine": platform.machine(), "repeats": _REPEATS.value,
@@ -87,7 +90,8 @@ def main(argv):
            "of the same variant; compiled without XLA's YNNPACK fusions "
            "(`train.compiler_options`), the last two columns with them (a "
            "plain `jax.jit`). `conv_lowering` takes patches_conv on the "
-           f"CPU below {PATCHES_BELOW_CHANNELS} input channels.", "",
+           f"CPU below {PATCHES_BELOW_CHANNELS} input channels and for an "
+           "input smaller than the kernel (the 2x2 and 1x1 rows).", "",
            "| spatial | channels | XLA conv ms | patches_conv ms | "
            "patches / XLA | XLA conv with YNNPACK fusions ms | with / "
            "without |", "|---|---|---|---|---|---|---|"]

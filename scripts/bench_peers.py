@@ -23,8 +23,9 @@ Sections:
 PyTorch runs channels-first (its default layout), JAX channels-last (ours).
 Our layers and steps compile as cpac_jax's training compiles its steps
 (`train.compiler_options`: on the CPU without XLA's YNNPACK fusions, with
-which XLA's conv forward+backward ran up to 11.6x slower on an AVX2-only
-CPU, experiments/benchmarks/lowering.md).
+which XLA's conv forward+backward ran up to 1.76x slower on an AVX-512
+CPU and 11.6x on an AVX2-only one, experiments/benchmarks/lowering.md and
+its git history).
 Each figure is the median of `repeats` timed calls after two warm-up calls,
 all the variants of one shape interleaved, in a new (seeded) order each
 round, so that machine noise hits them alike, each timed call right after

@@ -8,9 +8,15 @@ generated 32x32x3 batches; the step costs the same whatever the pixels are.
 
   python scripts/bench_vgg16.py [--batch_size=32] [--repeats=20]
 
+Steps compile as cpac_jax's training compiles them (`train.compiler_options`:
+on the CPU without XLA's YNNPACK fusions). Beside the three nets, the dense
+net with every conv through XLA's conv ("dense, XLA convs"), as it ran
+before its convs took the per-conv lowering (`auto_conv_general_dilated`).
 Writes experiments/benchmarks/vgg16_train_step.{md,json}: the median of
 `repeats` timed steps per variant after compilation, variants interleaved
-round by round so machine noise hits all alike, and ratios against dense.
+round by round so machine noise hits all alike, each timed step right after
+an untimed one of the same variant (a step after another variant's runs
+cold), and ratios against dense.
 """
 
 import json
@@ -26,25 +32,31 @@ import optax
 from absl import app, flags
 from flax import nnx
 
-from cpac_jax import layers, models, train
+from cpac_jax import layers, models, report, train
 
 _BATCH = flags.DEFINE_integer("batch_size", 32, "examples per step")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "timed steps per variant")
 _OUT = flags.DEFINE_string("out", "experiments/benchmarks",
                            "folder for vgg16_train_step.{md,json}")
-VARIANTS = {"dense": 4, "tucker": 4, "cp": 0.1}  # factorization -> rank
+XLA_CONVS = "dense, XLA convs"
+VARIANTS = {"dense": 4, XLA_CONVS: 4, "tucker": 4, "cp": 0.1}  # -> rank
 
 
-def _variant(factorization, rank, batch_size):
+def _variant(name, rank, batch_size):
+  factorization = "dense" if name == XLA_CONVS else name
   config = ml_collections.ConfigDict({
       "name": "vgg16", "factorization": factorization, "rank": rank,
       "implementation": "auto"})
   model = models.build(config, (32, 32, 3), 10, nnx.Rngs(0))
+  if name == XLA_CONVS:
+    for conv in model.convs:
+      conv.conv_general_dilated = jax.lax.conv_general_dilated
   model.train()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = optax.sgd(0.01, 0.9)
   step_fn = train.make_step(graphdef, tx)
-  step = jax.jit(lambda *args: step_fn(*args)[:5])  # the gradients unread
+  step = jax.jit(lambda *args: step_fn(*args)[:5],  # the gradients unread
+                 compiler_options=train.compiler_options())
   x = jax.random.normal(jax.random.key(1), (batch_size, 32, 32, 3))
   y = jax.random.randint(jax.random.key(2), (batch_size,), 0, 10)
   state = [params, rest, tx.init(params)]
@@ -67,6 +79,7 @@ def main(argv):
   times = {name: [] for name in variants}
   for _ in range(_REPEATS.value):
     for name, (run, *_) in variants.items():
+      run()  # untimed
       start = time.perf_counter()
       run()
       times[name].append(time.perf_counter() - start)
@@ -75,7 +88,8 @@ def main(argv):
   for name, (_, params, ours, dense) in variants.items():
     median = statistics.median(times[name])
     rows.append({
-        "variant": name, "rank": VARIANTS[name] if name != "dense" else None,
+        "variant": name,
+        "rank": None if name in ("dense", XLA_CONVS) else VARIANTS[name],
         "params": params, "factorized_layer_params": ours,
         "dense_layer_params": dense, "median_step_seconds": median,
         "iqr_step_seconds": float(np.subtract(*np.percentile(
@@ -83,7 +97,8 @@ def main(argv):
         "time_vs_dense": median / dense_time,
     })
   device = f"{jax.devices()[0].device_kind} ({jax.default_backend()})"
-  meta = {"device": device, "cpu_count": jax.local_device_count(),
+  meta = {"device": device, "cpu": report.cpu_name(),
+          "cpu_count": jax.local_device_count(),
           "machine": platform.machine(), "batch_size": _BATCH.value,
           "repeats": _REPEATS.value, "jax": jax.__version__}
   out = Path(_OUT.value)
@@ -94,16 +109,20 @@ def main(argv):
       "# VGG-16 training step: dense vs TTL vs CP",
       "",
       f"`python scripts/bench_vgg16.py --batch_size={_BATCH.value} "
-      f"--repeats={_REPEATS.value}` on {device}, {platform.machine()}, "
-      f"jax {jax.__version__}. Median of {_REPEATS.value} steps after "
-      "compilation (forward, backward, SGD-momentum update), variants "
-      "interleaved; time relative to the dense net measured in the same run.",
+      f"--repeats={_REPEATS.value}` on {device}, {meta['cpu']} "
+      f"({platform.machine()}), jax {jax.__version__}. Median of "
+      f"{_REPEATS.value} steps after compilation (forward, backward, "
+      "SGD-momentum update), compiled as cpac_jax's training compiles "
+      "(`train.compiler_options`), variants interleaved, each timed step "
+      "after an untimed one of the same variant; time relative to the "
+      "dense net (its convs lowered per conv) measured in the same run. "
+      f"\"{XLA_CONVS}\": the dense net with every conv through XLA's conv.",
       "",
       "| variant | rank | params | factorized layers (ours / dense) "
       "| step time vs dense | median step (ms) | IQR (ms) |",
       "|---|---|---|---|---|---|---|"]
   for r in rows:
-    layers_cell = ("-" if r["variant"] == "dense" else
+    layers_cell = ("-" if r["variant"] in ("dense", XLA_CONVS) else
                    f"{r['factorized_layer_params']:,} / "
                    f"{r['dense_layer_params']:,}")
     lines.append(

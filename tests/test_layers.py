@@ -145,6 +145,30 @@ def test_convs_below_eight_input_channels_run_as_patches_on_the_cpu():
   assert (CPConv.from_conv(dense, 4).conv_general_dilated
           is cj.layers.patches_conv)
 
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU rule")
+def test_convs_of_maps_smaller_than_their_kernel_run_as_patches_on_the_cpu():
+  assert conv_lowering(512, (2, 2), (3, 3)) is cj.layers.patches_conv
+  assert conv_lowering(512, (3, 3), (3, 3)) is jax.lax.conv_general_dilated
+  # A dense nnx.Conv through auto_conv_general_dilated: XLA's values, by
+  # patches_conv on a 2x2 map and by XLA's conv on a 4x4 one.
+  auto = nnx.Conv(16, 16, (3, 3), rngs=nnx.Rngs(0),
+                  conv_general_dilated=cj.layers.auto_conv_general_dilated)
+  xla = nnx.Conv(16, 16, (3, 3), rngs=nnx.Rngs(0))
+  for size, by_xla in ((2, False), (4, True)):
+    x = jax.random.normal(jax.random.key(size), (2, size, size, 16))
+    np.testing.assert_allclose(auto(x), xla(x), rtol=1e-5, atol=1e-5)
+    jaxpr = str(jax.make_jaxpr(auto)(x))
+    assert ("conv_general_dilated" in jaxpr) == by_xla, size
+  # What patches_conv can't compute stays XLA's: a grouped conv.
+  grouped = nnx.Conv(16, 16, (3, 3), feature_group_count=4,
+                     rngs=nnx.Rngs(0),
+                     conv_general_dilated=cj.layers.auto_conv_general_dilated)
+  assert "conv_general_dilated" in str(
+      jax.make_jaxpr(grouped)(jnp.ones((1, 2, 2, 16))))
+  # Compressing such a conv takes the per-conv rule along.
+  assert CPConv.from_conv(auto, 4).conv_general_dilated is None
+
 def test_ttl_paths_agree_with_dense_matmul():
   ttl = TuckerDense(in_shape=(4, 7), out_shape=(3, 5), rank=(2, 3, 2, 4),
                     rngs=nnx.Rngs(0))

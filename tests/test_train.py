@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -164,6 +165,26 @@ def test_report_puts_paper_numbers_beside_ours(tmp_path):
   readme = (tmp_path / "README.md").read_text()
   assert "old table" not in readme and "0.9100 ± 0.0141" in readme
   assert readme.startswith("intro\n") and readme.endswith("outro\n")
+
+
+def test_max_pool_2x2_is_nnx_max_pool_without_a_scatter():
+  from cpac_jax.models.cnn import max_pool_2x2
+  from cpac_jax.models.vgg import VGG16
+
+  x = jax.random.normal(jax.random.key(0), (2, 7, 6, 3))  # odd: cropped
+  pool = lambda x: nnx.max_pool(x, (2, 2), strides=(2, 2))
+  np.testing.assert_array_equal(max_pool_2x2(x), pool(x))
+  loss = lambda f: lambda x: jnp.sum(jnp.sin(f(x)))
+  np.testing.assert_allclose(jax.grad(loss(max_pool_2x2))(x),
+                             jax.grad(loss(pool))(x), rtol=1e-6)
+  # VGG-16's step pools without XLA's select-and-scatter.
+  net = VGG16(rngs=nnx.Rngs(0))
+  net.eval()  # batch statistics read, not updated
+  jaxpr = jax.make_jaxpr(jax.grad(lambda x: jnp.sum(net(x))))(
+      jnp.ones((1, 32, 32, 3)))
+  assert "select_and_scatter" not in str(jaxpr)
+  assert "reduce_window" not in str(jaxpr)
+
 
 
 @pytest.mark.parametrize("factorization", ["dense", "tucker", "cp"])

@@ -2,7 +2,11 @@
 y, and their multiply-add counts: what the layers in `cpac_jax.layers` call.
 No Flax, no state."""
 
-from cpac_jax.functional.conv import ConvGeometry, patches_conv
+from cpac_jax.functional.conv import (
+    ConvGeometry,
+    auto_conv_general_dilated,
+    patches_conv,
+)
 from cpac_jax.functional.cp_conv import cp_conv, cp_conv_flops
 from cpac_jax.functional.implementation import (
     IMPLEMENTATIONS,
@@ -32,6 +36,7 @@ __all__ = [
     "IMPLEMENTATIONS",
     "INTERMEDIATE_COST",
     "ConvGeometry",
+    "auto_conv_general_dilated",
     "batch_shape",
     "check_implementation",
     "choose",

@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["PATCHES_BELOW_CHANNELS", "ConvGeometry", "channels_last", "conv",
+__all__ = ["PATCHES_BELOW_CHANNELS", "ConvGeometry",
+           "auto_conv_general_dilated", "channels_last", "conv",
            "conv_lowering", "dense_conv_flops", "depthwise_along",
            "explicit_padding", "output_size", "output_shape", "patches_conv",
            "pointwise"]
@@ -21,13 +22,14 @@ Padding = str | Sequence[tuple[int, int]]
 
 # Below this many input channels XLA's CPU convolution, forward and
 # backward, is slower than `patches_conv`'s one matmul: for 3x3 convs
-# c -> c, batch 32, on 32x32 and 16x16 (2-core CPU, compiled without the
-# YNNPACK fusions as cpac_jax's training compiles), patches_conv took
-# 0.53x-0.84x XLA's time at 2-4 channels, 0.96x-1.21x at 6 and
-# 0.81x-2.09x at 8, slower above but for 12 on 16x16 (1.08x)
-# (experiments/benchmarks/lowering.md, scripts/bench_lowering.py): 6-8 is
-# a tie band. The small core convs of low-rank Tucker and TT layers sit
-# there.
+# c -> c, batch 32, on 32x32 and 16x16 (2-core AVX-512 CPU, compiled
+# without the YNNPACK fusions as cpac_jax's training compiles),
+# patches_conv took 0.44x-0.58x XLA's time at 2-6 channels and 0.69x-0.83x
+# at 8; at 12, 0.80x on 16x16 but 1.40x on 32x32; slower above
+# (experiments/benchmarks/lowering.md, scripts/bench_lowering.py). On the
+# AVX2-only CPU of that file's previous run (its git history) 8 was a tie
+# (0.81x-2.09x), hence 8. The small core convs of low-rank Tucker and TT
+# layers sit here.
 PATCHES_BELOW_CHANNELS = 8
 
 
@@ -85,9 +87,10 @@ def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
          precision=None, conv_general_dilated=None) -> jax.Array:
   """Channels-last conv: x (N, *spatial, Cin), kernel (*k, Cin, Cout), by
   `conv_general_dilated` (`lax.conv_general_dilated` or `patches_conv`;
-  None: `conv_lowering(Cin)`)."""
+  None: `conv_lowering` of its input channels and sizes)."""
   if conv_general_dilated is None:
-    conv_general_dilated = conv_lowering(kernel.shape[-2])
+    conv_general_dilated = conv_lowering(kernel.shape[-2], x.shape[1:-1],
+                                         kernel.shape[:-2])
   return conv_general_dilated(
       x, kernel, tuple(strides), list(padding), rhs_dilation=tuple(dilation),
       dimension_numbers=channels_last(x.ndim), precision=precision)
@@ -147,18 +150,66 @@ def patches_conv(lhs: jax.Array, rhs: jax.Array,
                    out_sharding=out_sharding)
 
 
-def conv_lowering(in_channels: int):
-  """The convolution `conv` runs when given none: `patches_conv` on the CPU
-  for fewer than `PATCHES_BELOW_CHANNELS` input channels, else
-  `lax.conv_general_dilated`.
+def conv_lowering(in_channels: int, spatial: Sequence[int] = (),
+                  kernel_size: Sequence[int] = ()):
+  """The convolution `conv` runs when given none: on the CPU, `patches_conv`
+  for fewer than `PATCHES_BELOW_CHANNELS` input channels, or for an input
+  smaller than the kernel along some axis (`spatial`, its sizes, against
+  `kernel_size`), else `lax.conv_general_dilated`.
+
+  An input smaller than its kernel is a padded conv of a 2x2 or 1x1 map,
+  such as VGG-16's last stage on 32x32 images, where XLA's CPU conv is
+  pathologically slow: forward+backward, 3x3, batch 32, it took 4.7x-30x
+  `patches_conv`'s time at 64-512 channels on 2x2 and 1.9x-4.2x at 256-512
+  on 1x1; on 3x3 and 4x4 maps, from 64 channels up, the two are within 1.21x
+  (experiments/benchmarks/lowering.md).
 
   Example:
-    >>> conv_lowering(64) is lax.conv_general_dilated
+    >>> conv_lowering(64, (16, 16), (3, 3)) is lax.conv_general_dilated
     True
   """
-  if jax.default_backend() == "cpu" and in_channels < PATCHES_BELOW_CHANNELS:
+  small = any(n < k for n, k in zip(spatial, kernel_size))
+  if jax.default_backend() == "cpu" and (
+      in_channels < PATCHES_BELOW_CHANNELS or small):
     return patches_conv
   return lax.conv_general_dilated
+
+
+def auto_conv_general_dilated(lhs: jax.Array, rhs: jax.Array,
+                              window_strides: Sequence[int], padding,
+                              lhs_dilation: Sequence[int] | None = None,
+                              rhs_dilation: Sequence[int] | None = None,
+                              dimension_numbers=None,
+                              feature_group_count: int = 1, precision=None,
+                              preferred_element_type=None,
+                              out_sharding=None) -> jax.Array:
+  """`lax.conv_general_dilated` through the lowering `conv_lowering` picks
+  for these shapes: a drop-in `conv_general_dilated` for `nnx.Conv` (the
+  VGG-16 nets' dense convs use it). A conv `patches_conv` doesn't compute
+  (not channels-last, input dilation, groups) stays XLA's.
+
+  Example:
+    >>> from flax import nnx
+    >>> layer = nnx.Conv(512, 512, (3, 3), rngs=nnx.Rngs(0),
+    ...                  conv_general_dilated=auto_conv_general_dilated)
+    >>> layer(jnp.ones((1, 2, 2, 512))).shape
+    (1, 2, 2, 512)
+  """
+  lowering = lax.conv_general_dilated
+  if (dimension_numbers is not None
+      and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+      == channels_last(lhs.ndim)
+      and all(d == 1 for d in lhs_dilation or ())
+      and feature_group_count == 1):
+    lowering = conv_lowering(lhs.shape[-1], lhs.shape[1:-1],
+                             rhs.shape[:-2])
+  return lowering(lhs, rhs, window_strides, padding,
+                  lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                  dimension_numbers=dimension_numbers,
+                  feature_group_count=feature_group_count,
+                  precision=precision,
+                  preferred_element_type=preferred_element_type,
+                  out_sharding=out_sharding)
 
 
 def pointwise(x: jax.Array, matrix: jax.Array, *, precision=None,

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cpac_jax.functional import ConvGeometry
+from cpac_jax.functional import ConvGeometry, auto_conv_general_dilated
 
 Padding = str | int | Sequence[int] | Sequence[tuple[int, int]]
 
@@ -83,7 +83,8 @@ def geometry(layer) -> ConvGeometry:
 
 def from_conv_kwargs(conv, caller: str) -> dict:
   """The constructor arguments that carry an `nnx.Conv`'s setup over; its
-  default, XLA's conv, becomes ours, the per-conv choice (None)."""
+  default, XLA's conv, and `auto_conv_general_dilated` become ours, the
+  per-conv choice (None)."""
   if conv.feature_group_count != 1 or conv.input_dilation not in (1, None):
     raise ValueError(
         f"{caller}: grouped or input-dilated convs are not supported, got "
@@ -95,7 +96,8 @@ def from_conv_kwargs(conv, caller: str) -> dict:
               use_bias=conv.bias is not None, dtype=conv.dtype,
               param_dtype=conv.param_dtype, precision=conv.precision,
               conv_general_dilated=(
-                  None if conv.conv_general_dilated is lax.conv_general_dilated
+                  None if conv.conv_general_dilated in (
+                      lax.conv_general_dilated, auto_conv_general_dilated)
                   else conv.conv_general_dilated))
 
 

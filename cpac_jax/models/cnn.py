@@ -8,7 +8,7 @@ from flax import nnx
 from cpac_jax.layers import CPConv, TTConv, TuckerConv
 from cpac_jax.tensor import RankSpec
 
-__all__ = ["CNN", "apply_stages", "conv_stages"]
+__all__ = ["CNN", "apply_stages", "conv_stages", "max_pool_2x2"]
 
 # Conv widths; "M" is a 2x2 max-pool.
 STAGES = (32, "M", 32, 64, "M", 64, 128)
@@ -28,12 +28,25 @@ def conv_stages(widths, channels: int, make_conv, rngs: nnx.Rngs
   return nnx.List(convs), nnx.List(norms)
 
 
-def apply_stages(widths, convs, norms, x: jax.Array) -> jax.Array:
-  """`x` through `conv_stages`' layers: conv, batch norm, ReLU; pools."""
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """`nnx.max_pool(x, (2, 2), strides=(2, 2))` (VALID) of x (N, H, W, C), as
+  a max over a reshape: its gradient is an elementwise select, not XLA's
+  select-and-scatter, slow on the CPU. The gradient differs from
+  nnx.max_pool's only at tied maxima (shared among them, not given to
+  one)."""
+  n, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2]
+  return jnp.max(jnp.reshape(x, (n, h // 2, 2, w // 2, 2, c)), axis=(2, 4))
+
+
+def apply_stages(widths, convs, norms, x: jax.Array,
+                 pool=lambda x: nnx.max_pool(x, (2, 2), strides=(2, 2))
+                 ) -> jax.Array:
+  """`x` through `conv_stages`' layers: conv, batch norm, ReLU; `pool`s."""
   layers = iter(zip(convs, norms))
   for width in widths:
     if width == "M":
-      x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+      x = pool(x)
     else:
       conv, norm = next(layers)
       x = nnx.relu(norm(conv(x)))

@@ -6,6 +6,7 @@ from flax import nnx
 
 from cpac_jax.layers import CPConv, TTConv, TuckerConv, patches_conv
 from cpac_jax.models import official_init
+from cpac_jax.models.cnn import max_pool_2x2
 from cpac_jax.tensor import RankSpec
 
 __all__ = ["CPACNet", "INITS"]
@@ -128,15 +129,8 @@ class CPACNet(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, H, W, C) -> logits (N, classes)."""
     for conv in self.convs:
-      x = nnx.relu(_max_pool_2x2(conv(x)))
+      x = nnx.relu(max_pool_2x2(conv(x)))
     x = jnp.reshape(x, (x.shape[0], -1))
     for fc in self.fcs:
       x = fc(x)
     return x
-
-
-def _max_pool_2x2(x: jax.Array) -> jax.Array:
-  """`nnx.max_pool(x, (2, 2), strides=(2, 2))` (VALID) of x (N, H, W, C)."""
-  n, h, w, c = x.shape
-  x = x[:, :h // 2 * 2, :w // 2 * 2]
-  return jnp.max(jnp.reshape(x, (n, h // 2, 2, w // 2, 2, c)), axis=(2, 4))

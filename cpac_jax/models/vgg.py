@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cpac_jax.layers import CPConv, TuckerDense
-from cpac_jax.models.cnn import apply_stages, conv_stages
+from cpac_jax.layers import CPConv, TuckerDense, auto_conv_general_dilated
+from cpac_jax.models.cnn import apply_stages, conv_stages, max_pool_2x2
 from cpac_jax.tensor import RankSpec
 
 __all__ = ["VGG16"]
@@ -23,6 +23,11 @@ class VGG16(nnx.Module):
     "tucker": the TTL simplification: the two hidden classifier layers are
       TuckerDense on (8, 8, 8) -> (8, 8, 8) at `rank`;
     "cp": every conv but the first (3 input channels) is a CPConv at `rank`.
+
+  The dense convs run as each conv's shapes call for on the CPU
+  (`auto_conv_general_dilated`): the last stage's 512 channels on 2x2
+  through `patches_conv`, where XLA's conv is pathologically slow. The
+  pooling is `max_pool_2x2`, whose gradient is no scatter.
 
   Example:
     >>> from flax import nnx
@@ -44,7 +49,8 @@ class VGG16(nnx.Module):
       if factorization == "cp" and index:
         return CPConv(channels, out, (3, 3), rank=rank,
                       implementation=implementation, rngs=rngs)
-      return nnx.Conv(channels, out, (3, 3), rngs=rngs)
+      return nnx.Conv(channels, out, (3, 3), rngs=rngs,
+                      conv_general_dilated=auto_conv_general_dilated)
 
     self.convs, self.norms = conv_stages(_STAGES, input_shape[-1], make_conv,
                                          rngs)
@@ -66,7 +72,7 @@ class VGG16(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, 32, 32, 3) -> logits (N, classes)."""
-    x = apply_stages(_STAGES, self.convs, self.norms, x)
+    x = apply_stages(_STAGES, self.convs, self.norms, x, max_pool_2x2)
     x = jnp.reshape(x, (x.shape[0], -1))
     for layer in self.hidden:
       x = nnx.relu(layer(x))
