@@ -169,6 +169,7 @@ def test_convs_of_maps_smaller_than_their_kernel_run_as_patches_on_the_cpu():
   # Compressing such a conv takes the per-conv rule along.
   assert CPConv.from_conv(auto, 4).conv_general_dilated is None
 
+
 def test_ttl_paths_agree_with_dense_matmul():
   ttl = TuckerDense(in_shape=(4, 7), out_shape=(3, 5), rank=(2, 3, 2, 4),
                     rngs=nnx.Rngs(0))
