@@ -8,9 +8,10 @@ A dense 3x3 conv c -> c (SAME padding), batch 32, on 32x32 and on 16x16
 for c from 2 to 64, and on maps smaller than the kernel or just above it
 (4x4, 3x3, 2x2, 1x1) for c from 16 to 512: forward+backward (the gradient
 of sum(y^2) with respect to the input and the kernel, as inside a
-factorized layer, whose core conv's input depends on the parameters) through `lax.conv_general_dilated` and through
-`patches_conv`, compiled as cpac_jax's training compiles its steps
-(`train.compiler_options`: without XLA's YNNPACK fusions on the CPU); and,
+factorized layer, whose core conv's input depends on the parameters)
+through `lax.conv_general_dilated` and through `patches_conv`, compiled
+as cpac_jax's training compiles its steps (`train.compiler_options`:
+without XLA's YNNPACK fusions on the CPU); and,
 beside them, XLA's conv compiled with those fusions, as a plain `jax.jit`
 compiles it. The median of `repeats` timed calls, the variants
 interleaved, each timed call right after an untimed one of the same
