@@ -115,13 +115,12 @@ def patches_conv(lhs: jax.Array, rhs: jax.Array,
   `nnx.Conv`, `CPConv` and `TuckerConv`; no input dilation or groups.
   """
   num_spatial = lhs.ndim - 2
-  expected = channels_last(lhs.ndim)
-  if dimension_numbers is not None and lax.conv_dimension_numbers(
-      lhs.shape, rhs.shape, dimension_numbers) != expected:
+  if dimension_numbers is not None and not _is_channels_last(
+      lhs, rhs, dimension_numbers):
     raise ValueError(
         f"patches_conv: dimension_numbers {dimension_numbers} are not "
         "channels-last; give input (N, *spatial, C) and kernel (*k, Cin, Cout)")
-  if any(d != 1 for d in lhs_dilation or ()) or feature_group_count != 1:
+  if not _undilated_ungrouped(lhs_dilation, feature_group_count):
     raise ValueError(
         f"patches_conv: lhs_dilation {lhs_dilation} and feature_group_count "
         f"{feature_group_count} are not supported; use "
@@ -148,6 +147,18 @@ def patches_conv(lhs: jax.Array, rhs: jax.Array,
   return pointwise(patches, kernel, precision=precision,
                    preferred_element_type=preferred_element_type,
                    out_sharding=out_sharding)
+
+
+def _is_channels_last(lhs: jax.Array, rhs: jax.Array,
+                      dimension_numbers) -> bool:
+  """Whether `dimension_numbers` lay out lhs and rhs as `channels_last`."""
+  return lax.conv_dimension_numbers(
+      lhs.shape, rhs.shape, dimension_numbers) == channels_last(lhs.ndim)
+
+
+def _undilated_ungrouped(lhs_dilation, feature_group_count: int) -> bool:
+  """No input dilation and no groups, as `patches_conv` needs."""
+  return all(d == 1 for d in lhs_dilation or ()) and feature_group_count == 1
 
 
 def conv_lowering(in_channels: int, spatial: Sequence[int] = (),
@@ -197,10 +208,8 @@ def auto_conv_general_dilated(lhs: jax.Array, rhs: jax.Array,
   """
   lowering = lax.conv_general_dilated
   if (dimension_numbers is not None
-      and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-      == channels_last(lhs.ndim)
-      and all(d == 1 for d in lhs_dilation or ())
-      and feature_group_count == 1):
+      and _is_channels_last(lhs, rhs, dimension_numbers)
+      and _undilated_ungrouped(lhs_dilation, feature_group_count)):
     lowering = conv_lowering(lhs.shape[-1], lhs.shape[1:-1],
                              rhs.shape[:-2])
   return lowering(lhs, rhs, window_strides, padding,
