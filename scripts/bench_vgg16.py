@@ -10,8 +10,9 @@ generated 32x32x3 batches; the step costs the same whatever the pixels are.
 
 Steps compile as cpac_jax's training compiles them (`train.compiler_options`:
 on the CPU without XLA's YNNPACK fusions). Beside the three nets, the dense
-net with every conv through XLA's conv ("dense, XLA convs"), as it ran
-before its convs took the per-conv lowering (`auto_conv_general_dilated`).
+net with every conv through XLA's conv ("dense, XLA convs"), as its convs
+ran before they took the per-conv lowering (`auto_conv_general_dilated`;
+its pooling is the dense net's).
 Writes experiments/benchmarks/vgg16_train_step.{md,json}: the median of
 `repeats` timed steps per variant after compilation, variants interleaved
 round by round so machine noise hits all alike, each timed step right after
