@@ -9,7 +9,12 @@ from flax import nnx
 import cpac_jax as cj
 from cpac_jax import tensor
 from cpac_jax.functional import choose
-from cpac_jax.functional.conv import PATCHES_BELOW_CHANNELS, conv_lowering
+from cpac_jax.functional.conv import (
+  PATCHES_BELOW_CHANNELS,
+  WINOGRAD_FROM_CHANNELS,
+  WINOGRAD_FROM_TILES,
+  conv_lowering,
+)
 from cpac_jax.layers import CPConv, TTConv, TTDense, TuckerConv, TuckerDense
 
 CONV_CASES = [  # kernel_size, strides, padding, dilation, spatial input
@@ -121,6 +126,81 @@ def test_patches_conv_rejects_what_it_cannot_compute():
   with pytest.raises(ValueError, match="feature_group_count 2"):
     cj.layers.patches_conv(x, jnp.ones((3, 3, 1, 4)), (1, 1), "SAME",
                            feature_group_count=2)
+
+
+@pytest.mark.parametrize("spatial,padding", [
+    ((8, 8), "SAME"), ((7, 10), "SAME"), ((9, 6), "VALID"),
+    ((5, 13), ((0, 2), (3, 1))), ((2, 3), "SAME")])
+def test_winograd_conv_computes_what_the_xla_conv_does(spatial, padding):
+  # Tiles that overhang the output (7, 10, 13 are no multiples of 4), a map
+  # smaller than a tile, asymmetric and VALID padding; the gradients are
+  # winograd_conv's custom VJP.
+  k1, k2 = jax.random.split(jax.random.key(0))
+  x = jax.random.normal(k1, (2,) + spatial + (5,))
+  kernel = jax.random.normal(k2, (3, 3, 5, 6))
+
+  def loss(lowering, precision=None):
+    return lambda x, kernel: jnp.sum(lowering(
+        x, kernel, (1, 1), padding, precision=precision,
+        dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2)
+
+  want = jax.value_and_grad(loss(jax.lax.conv_general_dilated, "highest"),
+                            argnums=(0, 1))(x, kernel)
+  got = jax.jit(jax.value_and_grad(loss(cj.layers.winograd_conv),
+                                   argnums=(0, 1)))(x, kernel)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-4)
+  for g, w in zip(got[1], want[1]):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * np.abs(w).max())
+  # As nnx.Conv and a reconstructed CPConv take it.
+  layer = make_conv("cp", 5, 6, (3, 3), 1, padding, 1,
+                    implementation="reconstructed",
+                    conv_general_dilated=cj.layers.winograd_conv)
+  dense = dense_twin(layer, layer.kernel_tensor())
+  expected = dense(x)
+  dense.conv_general_dilated = cj.layers.winograd_conv
+  for conv in (dense, layer):
+    np.testing.assert_allclose(conv(x), expected, rtol=1e-4,
+                               atol=1e-4 * np.abs(expected).max())
+
+
+def test_winograd_conv_rejects_what_it_cannot_compute():
+  x, kernel = jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 2, 4))
+  channels_last = ("NHWC", "HWIO", "NHWC")
+  with pytest.raises(ValueError, match="not channels-last"):
+    cj.layers.winograd_conv(x, kernel, (1, 1), "SAME",
+                            dimension_numbers=("NCHW", "OIHW", "NCHW"))
+  with pytest.raises(ValueError, match=r"strides \(2, 2\)"):
+    cj.layers.winograd_conv(x, kernel, (2, 2), "SAME",
+                            dimension_numbers=channels_last)
+  with pytest.raises(ValueError, match=r"kernel size \(5, 5\)"):
+    cj.layers.winograd_conv(x, jnp.ones((5, 5, 2, 4)), (1, 1), "SAME",
+                            dimension_numbers=channels_last)
+  with pytest.raises(ValueError, match=r"rhs_dilation \(2, 2\)"):
+    cj.layers.winograd_conv(x, kernel, (1, 1), "SAME", rhs_dilation=(2, 2),
+                            dimension_numbers=channels_last)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU rule")
+def test_wide_3x3_convs_over_many_tiles_run_as_winograd_on_the_cpu():
+  wide, size = WINOGRAD_FROM_CHANNELS, (16, 16)  # 16 tiles an image
+  batch = WINOGRAD_FROM_TILES // 16
+  assert conv_lowering(wide, size, (3, 3), batch=batch) is (
+      cj.layers.winograd_conv)
+  xla = jax.lax.conv_general_dilated
+  assert conv_lowering(wide - 1, size, (3, 3), batch=batch) is xla
+  assert conv_lowering(wide, size, (3, 3), batch=batch - 1) is xla
+  assert conv_lowering(wide, size, (3, 3)) is xla  # batch unknown
+  assert conv_lowering(wide, size, (3, 3), strides=(2, 2), batch=batch) is xla
+  assert conv_lowering(wide, size, (5, 5), batch=batch) is xla
+  # nnx.Conv through auto_conv_general_dilated, and a reconstructed CP
+  # conv: no XLA convolution left in either's jaxpr at such a shape.
+  x = jnp.ones((batch,) + size + (wide,))
+  auto = nnx.Conv(wide, 8, (3, 3), rngs=nnx.Rngs(0),
+                  conv_general_dilated=cj.layers.auto_conv_general_dilated)
+  cp = CPConv(wide, 8, (3, 3), rank=4, implementation="reconstructed",
+              rngs=nnx.Rngs(0))
+  for conv in (auto, cp):
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(conv)(x))
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU rule")

@@ -6,6 +6,7 @@ from cpac_jax.functional.conv import (
     ConvGeometry,
     auto_conv_general_dilated,
     patches_conv,
+    winograd_conv,
 )
 from cpac_jax.functional.cp_conv import cp_conv, cp_conv_flops
 from cpac_jax.functional.implementation import (
@@ -53,4 +54,5 @@ __all__ = [
     "tucker_conv_modes",
     "tucker_dense",
     "tucker_dense_flops",
+    "winograd_conv",
 ]

@@ -2,7 +2,11 @@
 decompositions: thin shells that own the parameters and call
 `cpac_jax.functional`."""
 
-from cpac_jax.functional import auto_conv_general_dilated, patches_conv
+from cpac_jax.functional import (
+  auto_conv_general_dilated,
+  patches_conv,
+  winograd_conv,
+)
 from cpac_jax.layers._conv import from_conv_kwargs
 from cpac_jax.layers.cp_conv import CPConv
 from cpac_jax.layers.params import count_params
@@ -13,4 +17,4 @@ from cpac_jax.layers.tucker_dense import TuckerDense
 
 __all__ = ["CPConv", "TTConv", "TTDense", "TuckerConv", "TuckerDense",
            "auto_conv_general_dilated", "count_params", "from_conv_kwargs",
-           "patches_conv"]
+           "patches_conv", "winograd_conv"]
