@@ -35,13 +35,16 @@ Padding = str | Sequence[tuple[int, int]]
 PATCHES_BELOW_CHANNELS = 8
 
 # `winograd_conv` against XLA's conv on the CPU, forward and backward, 3x3
-# c -> c, batch 32 (2-core AVX-512 CPU; experiments/benchmarks/lowering.md):
-# 0.45x-0.95x XLA's time from 24 to 512 channels on maps of 8x8 to 32x32
-# (0.99x at 64 channels on 32x32); 1.10x-2.32x on 4x4 maps, one tile an
-# image, 32 tiles in all, where each of its 36 matmuls multiplies so few
-# rows that reading the transformed kernel bounds it. Hence from 24 input
-# channels and 128 output tiles (over the batch) up, 3x3, unit strides.
-WINOGRAD_FROM_CHANNELS = 24
+# c -> c, batch 32 (2-core AVX-512 CPU, experiments/benchmarks/lowering.md):
+# from 32 to 512 channels on maps of 8x8 to 32x32, 0.46x-0.91x XLA's time
+# in 8 rows of 11, 1.00x in one (64 channels, 32x32) and 1.20x-1.26x in
+# two (32 channels on 32x32, 64 on 8x8; 0.57x and 0.77x-0.81x in two
+# earlier runs the same day, not committed); at 24 channels 0.97x-1.34x;
+# on 4x4 maps, one tile an image, 32 tiles in all, 1.11x-2.22x from 64
+# channels, each of its 36 matmuls having so few rows that reading the
+# transformed kernel bounds it. Hence from 32 input channels and 128
+# output tiles up.
+WINOGRAD_FROM_CHANNELS = 32
 WINOGRAD_FROM_TILES = 128
 
 
