@@ -26,10 +26,10 @@ Padding = str | Sequence[tuple[int, int]]
 # backward, is slower than `patches_conv`'s one matmul: for 3x3 convs
 # c -> c, batch 32, on 32x32 and 16x16 (2-core AVX-512 CPU, compiled
 # without the YNNPACK fusions as cpac_jax's training compiles),
-# patches_conv took 0.44x-0.58x XLA's time at 2-6 channels and 0.69x-0.83x
-# at 8; at 12, 0.80x on 16x16 but 1.40x on 32x32; slower above
+# patches_conv took 0.42x-0.73x XLA's time at 2-6 channels and 0.78x-0.97x
+# at 8; at 12, 0.82x on 16x16 but 1.34x on 32x32; slower above
 # (experiments/benchmarks/lowering.md, scripts/bench_lowering.py). On the
-# AVX2-only CPU of that file's previous run (its git history) 8 was a tie
+# AVX2-only CPU of an earlier run of that file (its git history) 8 was a tie
 # (0.81x-2.09x), hence 8. The small core convs of low-rank Tucker and TT
 # layers sit here.
 PATCHES_BELOW_CHANNELS = 8
@@ -38,8 +38,7 @@ PATCHES_BELOW_CHANNELS = 8
 # c -> c, batch 32 (2-core AVX-512 CPU, experiments/benchmarks/lowering.md):
 # from 32 to 512 channels on maps of 8x8 to 32x32, 0.46x-0.91x XLA's time
 # in 8 rows of 11, 1.00x in one (64 channels, 32x32) and 1.20x-1.26x in
-# two (32 channels on 32x32, 64 on 8x8; 0.57x and 0.77x-0.81x in two
-# earlier runs the same day, not committed); at 24 channels 0.97x-1.34x;
+# two (32 channels on 32x32, 64 on 8x8); at 24 channels 0.97x-1.34x;
 # on 4x4 maps, one tile an image, 32 tiles in all, 1.11x-2.22x from 64
 # channels, each of its 36 matmuls having so few rows that reading the
 # transformed kernel bounds it. Hence from 32 input channels and 128
@@ -396,9 +395,9 @@ def conv_lowering(in_channels: int, spatial: Sequence[int] = (),
 
   An input smaller than its kernel is a padded conv of a 2x2 or 1x1 map,
   such as VGG-16's last stage on 32x32 images, where XLA's CPU conv is
-  pathologically slow: forward+backward, 3x3, batch 32, it took 4.7x-30x
-  `patches_conv`'s time at 64-512 channels on 2x2 and 1.9x-4.2x at 256-512
-  on 1x1; on 3x3 and 4x4 maps, from 64 channels up, the two are within 1.21x
+  pathologically slow: forward+backward, 3x3, batch 32, it took 3.4x-29x
+  `patches_conv`'s time at 64-512 channels on 2x2 and 2.4x-4.4x at 256-512
+  on 1x1; on 3x3 and 4x4 maps, from 64 channels up, the two are within 1.16x
   (experiments/benchmarks/lowering.md).
 
   Example:
