@@ -36,14 +36,13 @@ PATCHES_BELOW_CHANNELS = 8
 
 # `winograd_conv` against XLA's conv on the CPU, forward and backward, 3x3
 # c -> c, batch 32 (2-core AVX-512 CPU, experiments/benchmarks/lowering.md):
-# from 32 to 512 channels on maps of 8x8 to 32x32, 0.46x-0.91x XLA's time
-# in 8 rows of 11, 1.00x in one (64 channels, 32x32) and 1.20x-1.26x in
-# two (32 channels on 32x32, 64 on 8x8); at 24 channels 0.97x-1.34x;
-# on 4x4 maps, one tile an image, 32 tiles in all, 1.11x-2.22x from 64
-# channels, each of its 36 matmuls having so few rows that reading the
-# transformed kernel bounds it. Hence from 32 input channels and 128
-# output tiles up.
-WINOGRAD_FROM_CHANNELS = 32
+# from 128 channels on maps of 8x8 to 32x32 it is the faster; from 32 to 64
+# channels it varies with the map and from run to run, and in a layer
+# benchmark (peers.md) XLA's conv was the faster at 64 channels on 32x32;
+# on 4x4 maps, one tile an image, 32 tiles in all, it is slower: each of
+# its 36 matmuls has so few rows that reading the transformed kernel
+# bounds it. Hence from 128 input channels and 128 output tiles up.
+WINOGRAD_FROM_CHANNELS = 128
 WINOGRAD_FROM_TILES = 128
 
 
