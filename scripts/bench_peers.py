@@ -1,8 +1,9 @@
 """cpac_jax against its peers, measured in one run on one machine: PyTorch's
 dense layers, TensorLy-Torch's factorized layers (both of their paths), our
 layers (`auto`, factorized, reconstructed; the reconstructed and Tucker/TT
-factorized paths also through `patches_conv`), and JAX's dense layer
-(XLA's conv and `patches_conv`).
+factorized paths also through `patches_conv`; the reconstructed path runs
+`winograd_conv` at these conv shapes by default), and JAX's dense layer
+(XLA's conv, `patches_conv` and `winograd_conv`).
 
   pip install -e ".[bench]"
   python scripts/bench_peers.py [--repeats=10] [--sections=layers,cpac,vgg16]
@@ -23,7 +24,7 @@ Sections:
 PyTorch runs channels-first (its default layout), JAX channels-last (ours).
 Our layers and steps compile as cpac_jax's training compiles its steps
 (`train.compiler_options`: on the CPU without XLA's YNNPACK fusions, with
-which XLA's conv forward+backward ran up to 1.75x slower on an AVX-512
+which XLA's conv forward+backward ran up to 1.79x slower on an AVX-512
 CPU and 11.6x on an AVX2-only one, experiments/benchmarks/lowering.md and
 its git history).
 Each figure is the median of `repeats` timed calls after two warm-up calls,
@@ -56,7 +57,7 @@ from flax import nnx
 
 import cpac_jax as cj
 from cpac_jax import models, report, train
-from cpac_jax.layers import patches_conv
+from cpac_jax.layers import patches_conv, winograd_conv
 
 try:
   import tltorch
@@ -236,6 +237,8 @@ def _conv_variants(cin, cout, size, batch):
                                                   rngs=rngs))
   add("JAX", "dense (patches_conv)", lambda: nnx.Conv(
       cin, cout, (3, 3), conv_general_dilated=patches_conv, rngs=rngs))
+  add("JAX", "dense (winograd_conv)", lambda: nnx.Conv(
+      cin, cout, (3, 3), conv_general_dilated=winograd_conv, rngs=rngs))
   for budget, fraction in FRACTIONS.items():
     for factorization, layer in OURS.items():
       paths = [("auto", {}), ("factorized", {}), ("reconstructed", {}),
