@@ -26,9 +26,11 @@ Padding = str | Sequence[tuple[int, int]]
 # backward, is slower than `patches_conv`'s one matmul: for 3x3 convs
 # c -> c, batch 32, on 32x32 and 16x16 (2-core AVX-512 CPU, compiled
 # without the YNNPACK fusions as cpac_jax's training compiles),
-# patches_conv took 0.42x-0.73x XLA's time at 2-6 channels and 0.78x-0.97x
-# at 8; at 12, 0.82x on 16x16 but 1.34x on 32x32; slower above
-# (experiments/benchmarks/lowering.md, scripts/bench_lowering.py). On the
+# patches_conv took 0.48x-0.89x XLA's time at 2-6 channels but 1.08x and
+# 1.52x at 4 and 6 on 32x32 (0.48x and 0.73x in the file's previous
+# commit), 0.83x-1.00x at 8; at 12, 0.81x on 16x16 but 1.34x on 32x32;
+# slower above (experiments/benchmarks/lowering.md,
+# scripts/bench_lowering.py). On the
 # AVX2-only CPU of an earlier run of that file (its git history) 8 was a tie
 # (0.81x-2.09x), hence 8. The small core convs of low-rank Tucker and TT
 # layers sit here.
@@ -394,9 +396,9 @@ def conv_lowering(in_channels: int, spatial: Sequence[int] = (),
 
   An input smaller than its kernel is a padded conv of a 2x2 or 1x1 map,
   such as VGG-16's last stage on 32x32 images, where XLA's CPU conv is
-  pathologically slow: forward+backward, 3x3, batch 32, it took 3.4x-29x
-  `patches_conv`'s time at 64-512 channels on 2x2 and 2.4x-4.4x at 256-512
-  on 1x1; on 3x3 and 4x4 maps, from 64 channels up, the two are within 1.16x
+  pathologically slow: forward+backward, 3x3, batch 32, it took 3.8x-28x
+  `patches_conv`'s time at 64-512 channels on 2x2 and 2.2x-3.2x at 256-512
+  on 1x1; on 3x3 and 4x4 maps, from 64 channels up, the two are within 1.14x
   (experiments/benchmarks/lowering.md).
 
   Example:
