@@ -12,7 +12,9 @@ Steps compile as cpac_jax's training compiles them (`train.compiler_options`:
 on the CPU without XLA's YNNPACK fusions). Beside the three nets, the dense
 net with every conv through XLA's conv ("dense, XLA convs"), as its convs
 ran before they took the per-conv lowering (`auto_conv_general_dilated`;
-its pooling is the dense net's).
+its pooling is the dense net's), and the dense net with the per-conv
+lowering but XLA's conv where it picks `winograd_conv` ("dense, no
+winograd_conv").
 Writes experiments/benchmarks/vgg16_train_step.{md,json}: the median of
 `repeats` timed steps per variant after compilation, variants interleaved
 round by round so machine noise hits all alike, each timed step right after
@@ -34,24 +36,36 @@ from absl import app, flags
 from flax import nnx
 
 from cpac_jax import layers, models, report, train
+from cpac_jax.functional.conv import conv_lowering
 
 _BATCH = flags.DEFINE_integer("batch_size", 32, "examples per step")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "timed steps per variant")
 _OUT = flags.DEFINE_string("out", "experiments/benchmarks",
                            "folder for vgg16_train_step.{md,json}")
 XLA_CONVS = "dense, XLA convs"
-VARIANTS = {"dense": 4, XLA_CONVS: 4, "tucker": 4, "cp": 0.1}  # -> rank
+NO_WINOGRAD = "dense, no winograd_conv"
+DENSE = ("dense", XLA_CONVS, NO_WINOGRAD)
+VARIANTS = {"dense": 4, XLA_CONVS: 4, NO_WINOGRAD: 4, "tucker": 4,
+            "cp": 0.1}  # -> rank
+
+
+def _no_winograd(lhs, rhs, window_strides, padding, **kwargs):
+  """The per-conv lowering without `winograd_conv`: `conv_lowering` given
+  no batch size never picks it."""
+  lowering = conv_lowering(lhs.shape[-1], lhs.shape[1:-1], rhs.shape[:-2])
+  return lowering(lhs, rhs, window_strides, padding, **kwargs)
 
 
 def _variant(name, rank, batch_size):
-  factorization = "dense" if name == XLA_CONVS else name
+  factorization = "dense" if name in DENSE else name
   config = ml_collections.ConfigDict({
       "name": "vgg16", "factorization": factorization, "rank": rank,
       "implementation": "auto"})
   model = models.build(config, (32, 32, 3), 10, nnx.Rngs(0))
-  if name == XLA_CONVS:
+  if name in (XLA_CONVS, NO_WINOGRAD):
     for conv in model.convs:
-      conv.conv_general_dilated = jax.lax.conv_general_dilated
+      conv.conv_general_dilated = (jax.lax.conv_general_dilated
+                                   if name == XLA_CONVS else _no_winograd)
   model.train()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = optax.sgd(0.01, 0.9)
@@ -90,7 +104,7 @@ def main(argv):
     median = statistics.median(times[name])
     rows.append({
         "variant": name,
-        "rank": None if name in ("dense", XLA_CONVS) else VARIANTS[name],
+        "rank": None if name in DENSE else VARIANTS[name],
         "params": params, "factorized_layer_params": ours,
         "dense_layer_params": dense, "median_step_seconds": median,
         "iqr_step_seconds": float(np.subtract(*np.percentile(
@@ -117,13 +131,15 @@ def main(argv):
       "(`train.compiler_options`), variants interleaved, each timed step "
       "after an untimed one of the same variant; time relative to the "
       "dense net (its convs lowered per conv) measured in the same run. "
-      f"\"{XLA_CONVS}\": the dense net with every conv through XLA's conv.",
+      f"\"{XLA_CONVS}\": the dense net with every conv through XLA's conv; "
+      f"\"{NO_WINOGRAD}\": with XLA's conv where the per-conv lowering "
+      "picks winograd_conv.",
       "",
       "| variant | rank | params | factorized layers (ours / dense) "
       "| step time vs dense | median step (ms) | IQR (ms) |",
       "|---|---|---|---|---|---|---|"]
   for r in rows:
-    layers_cell = ("-" if r["variant"] in ("dense", XLA_CONVS) else
+    layers_cell = ("-" if r["variant"] in DENSE else
                    f"{r['factorized_layer_params']:,} / "
                    f"{r['dense_layer_params']:,}")
     lines.append(
