@@ -174,12 +174,18 @@ def test_winograd_conv_rounds_within_5e_5_of_the_largest_output():
   exact = sum(padded[:, i:i + 8, j:j + 8] @ kernel[i, j].astype(np.float64)
               for i in range(3) for j in range(3))
   errors = {}
-  for lowering in (jax.lax.conv_general_dilated, cj.layers.winograd_conv):
-    y = lowering(x, kernel, (1, 1), "SAME",
-                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    errors[lowering] = np.abs(y - exact).max() / np.abs(exact).max()
-  assert errors[cj.layers.winograd_conv] < 5e-5
-  assert errors[jax.lax.conv_general_dilated] < 5e-6
+  for dtype in (jnp.float32, jnp.bfloat16):
+    for lowering in (jax.lax.conv_general_dilated, cj.layers.winograd_conv):
+      y = lowering(x.astype(dtype), kernel.astype(dtype), (1, 1), "SAME",
+                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      assert y.dtype == dtype
+      error = np.abs(np.asarray(y, np.float64) - exact).max()
+      errors[dtype, lowering] = error / np.abs(exact).max()
+  assert errors[jnp.float32, cj.layers.winograd_conv] < 5e-5
+  assert errors[jnp.float32, jax.lax.conv_general_dilated] < 5e-6
+  # In bfloat16 the transforms run in float32: no worse than XLA's conv.
+  assert (errors[jnp.bfloat16, cj.layers.winograd_conv]
+          <= 1.1 * errors[jnp.bfloat16, jax.lax.conv_general_dilated])
 
 
 def test_winograd_conv_rejects_what_it_cannot_compute():

@@ -217,7 +217,8 @@ def winograd_conv(lhs: jax.Array, rhs: jax.Array,
   to 8 and 1/24, so its largest float32 error is about 20x a direct
   conv's: at 128 channels on random inputs, 1e-5 of the largest output
   against 6e-7 for XLA's conv, measured against a float64 conv
-  (tests/test_layers.py bounds the two by 5e-5 and 5e-6). A drop-in
+  (tests/test_layers.py bounds the two by 5e-5 and 5e-6). Inputs below
+  float32 are transformed and multiplied in float32. A drop-in
   `conv_general_dilated` for `nnx.Conv`; anything else raises ValueError.
 
   Example:
@@ -251,7 +252,13 @@ def winograd_conv(lhs: jax.Array, rhs: jax.Array,
     padding = explicit_padding(padding, lhs.shape[1:-1], (3, 3), (1, 1),
                                (1, 1))
   padding = tuple(tuple(int(p) for p in pair) for pair in padding)
-  return _winograd(lhs, rhs, padding, precision, preferred_element_type)
+  # Below float32 (bfloat16, float16) the transforms' coefficients would
+  # cost too much precision: computed in float32, returned in the input's
+  # dtype (or preferred_element_type).
+  out_dtype = preferred_element_type or jnp.result_type(lhs, rhs)
+  compute = jnp.promote_types(out_dtype, jnp.float32)
+  y = _winograd(lhs.astype(compute), rhs.astype(compute), padding, precision)
+  return y.astype(out_dtype)
 
 
 def _combine(matrix: np.ndarray, parts: Sequence[jax.Array]
@@ -343,27 +350,23 @@ def _winograd_kernel(kernel):
   return jnp.reshape(u, (_SPAN * _SPAN,) + kernel.shape[2:])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _winograd(x, kernel, padding, precision, preferred_element_type):
-  return _winograd_forward(x, kernel, padding, precision,
-                           preferred_element_type)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _winograd(x, kernel, padding, precision):
+  return _winograd_forward(x, kernel, padding, precision)[0]
 
 
-def _winograd_forward(x, kernel, padding, precision, preferred_element_type):
+def _winograd_forward(x, kernel, padding, precision):
   batch, height, width, _ = x.shape
   (out_h, th, pad_h), (out_w, tw, pad_w) = (
       _tiling(height, padding[0]), _tiling(width, padding[1]))
   v = _winograd_input(x, (th, tw), (pad_h, pad_w))
   u = _winograd_kernel(kernel)
-  m = jnp.matmul(v, u, precision=precision,
-                 preferred_element_type=preferred_element_type)
+  m = jnp.matmul(v, u, precision=precision)
   y = _winograd_output(m, batch, (th, tw))[:, :out_h, :out_w]
   return y, (v, u, x.shape)
 
 
-def _winograd_backward(padding, precision, preferred_element_type,
-                       residuals, g):
-  del preferred_element_type  # the gradients take the cotangent's dtype
+def _winograd_backward(padding, precision, residuals, g):
   v, u, (batch, height, width, channels) = residuals
   (out_h, th, pad_h), (out_w, tw, pad_w) = (
       _tiling(height, padding[0]), _tiling(width, padding[1]))
