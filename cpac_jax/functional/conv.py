@@ -173,7 +173,8 @@ def _is_channels_last(lhs: jax.Array, rhs: jax.Array,
 
 
 def _undilated_ungrouped(lhs_dilation, feature_group_count: int) -> bool:
-  """No input dilation and no groups, as `patches_conv` needs."""
+  """No input dilation and no groups, as `patches_conv` and
+  `winograd_conv` need."""
   return all(d == 1 for d in lhs_dilation or ()) and feature_group_count == 1
 
 
@@ -350,6 +351,14 @@ def _winograd_kernel(kernel):
   return jnp.reshape(u, (_SPAN * _SPAN,) + kernel.shape[2:])
 
 
+def _winograd_kernel_transpose(du):
+  """The transpose of `_winograd_kernel`: (36, Cin, Cout) -> (3, 3, Cin,
+  Cout)."""
+  g = _WINOGRAD_G.astype(du.dtype)
+  du = jnp.reshape(du, (_SPAN, _SPAN) + du.shape[1:])
+  return jnp.einsum("ai,abco,bj->ijco", g, du, g)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _winograd(x, kernel, padding, precision):
   return _winograd_forward(x, kernel, padding, precision)[0]
@@ -377,9 +386,7 @@ def _winograd_backward(padding, precision, residuals, g):
   dv = jnp.matmul(dm, jnp.swapaxes(u, 1, 2), precision=precision)
   dx = _winograd_input_transpose(dv, batch, (th, tw), channels)
   dx = dx[:, pad_h[0]:pad_h[0] + height, pad_w[0]:pad_w[0] + width]
-  dk = jnp.einsum("ai,abco,bj->ijco", _WINOGRAD_G.astype(du.dtype),
-                  jnp.reshape(du, (_SPAN, _SPAN) + du.shape[1:]),
-                  _WINOGRAD_G.astype(du.dtype))
+  dk = _winograd_kernel_transpose(du)
   return dx.astype(v.dtype), dk.astype(u.dtype)
 
 
@@ -435,7 +442,8 @@ def auto_conv_general_dilated(lhs: jax.Array, rhs: jax.Array,
   """`lax.conv_general_dilated` through the lowering `conv_lowering` picks
   for these shapes: a drop-in `conv_general_dilated` for `nnx.Conv` (the
   VGG-16 nets' dense convs use it). A conv `patches_conv` doesn't compute
-  (not channels-last, input dilation, groups) stays XLA's.
+  (not channels-last, input dilation, groups) stays XLA's, and so does one
+  with an `out_sharding` where the rule picks `winograd_conv`.
 
   Example:
     >>> from flax import nnx

@@ -26,7 +26,9 @@ class VGG16(nnx.Module):
 
   The dense convs run as each conv's shapes call for on the CPU
   (`auto_conv_general_dilated`): the last stage's 512 channels on 2x2
-  through `patches_conv`, where XLA's conv is pathologically slow. The
+  through `patches_conv`, where XLA's conv is pathologically slow, those
+  with 128 or 256 input channels on 16x16 and 8x8 maps through
+  `winograd_conv` (from batch 8 on 16x16, 32 on 8x8). The
   pooling is `max_pool_2x2`, whose gradient is no scatter.
 
   Example:
