@@ -118,6 +118,49 @@ def test_depthwise_gradients_are_those_of_a_grouped_conv(
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("columns,transposed", [(3, True), (3, False),
+                                                 (20, False), (20, True)])
+def test_pointwise_gradients_are_those_of_einsum(columns, transposed):
+  # pointwise's VJP is written by hand (few columns, transposed factors);
+  # JAX's derivative of einsum is the reference, also under vmap.
+  from cpac_jax.functional.conv import pointwise
+  x = jax.random.normal(jax.random.key(0), (3, 4, 5, 8))
+  matrix = jax.random.normal(jax.random.key(1), (columns, 8) if transposed
+                             else (8, columns))
+
+  def loss(f):
+    return lambda x, m: jnp.sum(jnp.sin(f(x, m.T if transposed else m)))
+  ours = lambda x, m: pointwise(x, m, precision="highest")
+  einsum = lambda x, m: jnp.einsum("...c,cr->...r", x, m,
+                                   precision="highest")
+  np.testing.assert_allclose(ours(x, matrix.T if transposed else matrix),
+                             einsum(x, matrix.T if transposed else matrix),
+                             rtol=1e-6, atol=1e-5)
+  for batched in (False, True):
+    grad = lambda f: jax.grad(loss(f), (0, 1))
+    if batched:
+      grad = lambda f, grad=grad: jax.vmap(grad(f))
+    args = (x, matrix) if not batched else (x, jnp.stack([matrix] * 3))
+    for got, want in zip(grad(ours)(*args), grad(einsum)(*args)):
+      assert got.shape == want.shape
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_pointwise_keeps_dtypes_through_its_gradients():
+  from cpac_jax.functional.conv import pointwise
+  x = jnp.ones((4, 8), jnp.bfloat16)
+  matrix = jnp.ones((8, 3), jnp.float32)
+  out = pointwise(x, matrix.astype(jnp.bfloat16),
+                  preferred_element_type=jnp.float32)
+  assert out.dtype == jnp.float32
+  x_grad, matrix_grad = jax.grad(lambda x, m: jnp.sum(pointwise(
+      x, m.astype(jnp.bfloat16), preferred_element_type=jnp.float32)),
+      (0, 1))(x, matrix)
+  assert (x_grad.dtype, matrix_grad.dtype) == (jnp.bfloat16, jnp.float32)
+  np.testing.assert_allclose(x_grad.astype(jnp.float32), 3.0)
+  np.testing.assert_allclose(matrix_grad, 4.0)
+
+
 def test_patches_conv_rejects_what_it_cannot_compute():
   x, kernel = jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 4))
   with pytest.raises(ValueError, match="not channels-last"):

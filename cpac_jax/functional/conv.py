@@ -476,12 +476,55 @@ def pointwise(x: jax.Array, matrix: jax.Array, *, precision=None,
   """x (..., C) times matrix (C, R): a 1x1 conv, as one 2-D matmul over
   the flattened leading axes. The same product as
   `jnp.einsum("...c,cr->...r")`, whose gradients XLA's CPU backend runs
-  1.2x-1.6x slower (it contracts over the several leading axes)."""
-  out = jnp.matmul(jnp.reshape(x, (-1, x.shape[-1])), matrix,
-                   precision=precision,
-                   preferred_element_type=preferred_element_type,
-                   out_sharding=out_sharding)
+  1.2x-1.6x slower (it contracts over the several leading axes).
+
+  Its VJP (`_matmul_backward`) keeps XLA's CPU dots off the layouts they
+  run slowest: a product whose right operand is a transpose (`matrix` given
+  as `factor.T`, and x's gradient, g times matrix transposed) is folded
+  into one dot that reads that operand column by column, and a weight
+  gradient x^T g with few columns R is written R wide. With three-column
+  factors (Tucker's core at 66x) the folded dot took 10x the time of the
+  same dot on a row-major operand and the weight gradient 7.6x the time of
+  (g^T x)^T (a probe on 2 cores, not committed; the layer figures are in
+  experiments/benchmarks/peers.md). With `out_sharding`, JAX's own VJP.
+  """
+  x2d = jnp.reshape(x, (-1, x.shape[-1]))
+  if out_sharding is not None:
+    out = jnp.matmul(x2d, matrix, precision=precision,
+                     preferred_element_type=preferred_element_type,
+                     out_sharding=out_sharding)
+  else:
+    out = _matmul(x2d, matrix, precision, preferred_element_type)
   return jnp.reshape(out, x.shape[:-1] + (matrix.shape[-1],))
+
+
+def _row_major(a: jax.Array) -> jax.Array:
+  """a, materialized: XLA may not fold a transpose through the barrier
+  into the dot that reads it."""
+  return lax.optimization_barrier(a)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _matmul(x, matrix, precision, preferred_element_type):
+  return jnp.matmul(x, _row_major(matrix), precision=precision,
+                    preferred_element_type=preferred_element_type)
+
+
+def _matmul_forward(x, matrix, precision, preferred_element_type):
+  return _matmul(x, matrix, precision, preferred_element_type), (x, matrix)
+
+
+def _matmul_backward(precision, preferred_element_type, residuals, g):
+  x, matrix = residuals
+  x_grad = jnp.matmul(g, _row_major(matrix.T), precision=precision)
+  if matrix.shape[1] < matrix.shape[0]:
+    matrix_grad = _row_major(jnp.matmul(g.T, x, precision=precision)).T
+  else:
+    matrix_grad = jnp.matmul(x.T, g, precision=precision)
+  return x_grad.astype(x.dtype), matrix_grad.astype(matrix.dtype)
+
+
+_matmul.defvjp(_matmul_forward, _matmul_backward)
 
 
 def depthwise_along(x: jax.Array, kernel: jax.Array, axis: int, stride: int,
