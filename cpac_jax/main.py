@@ -17,6 +17,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "where the run writes")
 
 def main(argv):
   del argv
+  train.reuse_host_memory()
   try:
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ValueError, OSError, data.DataNotFoundError, train.Diverged,

@@ -145,6 +145,7 @@ def _main():
 
   def main(argv):
     del argv
+    train.reuse_host_memory()
     try:
       index, _, count = shard.value.partition("/")
       if not (index.isdigit() and count.isdigit()):

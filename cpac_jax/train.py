@@ -11,6 +11,7 @@ logs and writes each run's workdir (`cpac_jax.rundir`).
 """
 
 import contextlib
+import ctypes
 import functools
 import hashlib
 import json
@@ -42,7 +43,7 @@ from cpac_jax.vectorized import (Group, check_together, make_groups,
 __all__ = ["Diverged", "Outcome", "Preempted", "compiler_options",
            "distillation_loss", "epoch_metrics", "epoch_order",
            "eval_batches", "make_evaluation", "make_step", "restore",
-           "train_and_evaluate", "train_runs"]
+           "reuse_host_memory", "train_and_evaluate", "train_runs"]
 
 
 class Diverged(FloatingPointError):
@@ -202,6 +203,36 @@ def compiler_options(ynn_fusions: bool = False) -> dict | None:
   if _usable_cores() == 1:
     options["xla_cpu_multi_thread_eigen"] = False
   return options or None
+
+
+def reuse_host_memory() -> bool:
+  """Has glibc's malloc, process-wide, serve blocks from its heaps and keep
+  what is freed there (`mallopt`: no mmap, 1 GiB trim threshold), so each
+  call of a compiled step reuses the pages of the call before.
+
+  By default glibc maps each block over its mmap threshold (raised as
+  blocks are freed, to 32 MiB at most) with mmap and unmaps it on free; a
+  step whose temporaries need more, as XLA's CPU runtime allocates them in
+  one block a call, then faults every page of them in on every call. See
+  experiments/benchmarks/host_memory.md for what it costs and what it
+  leaves: blocks that XLA's worker threads allocate from their own arenas
+  (at most 64 MiB each, deleted when emptied) still fault; one arena for
+  all threads (M_ARENA_MAX=1) stopped those too but slowed small steps by
+  5-25% (a probe, not committed). Returns whether it applied: False where
+  the C library is not glibc. cpac_jax's training command lines
+  (`cpac_jax.main`, `cpac_jax.sweep`) and scripts/bench_peers.py call it
+  first; the process then keeps what it frees for reuse (up to 1 GiB above
+  the heap's top) instead of returning it to the system.
+  """
+  try:
+    libc = ctypes.CDLL("libc.so.6")
+    return (libc.mallopt(_M_MMAP_MAX, 0) == 1
+            and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1)
+  except (OSError, AttributeError):  # not glibc
+    return False
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's malloc.h
 
 
 def _usable_cores() -> int:

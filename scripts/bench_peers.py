@@ -7,6 +7,7 @@ factorized paths also through `patches_conv`; the reconstructed path runs
 
   pip install -e ".[bench]"
   python scripts/bench_peers.py [--repeats=10] [--sections=layers,cpac,vgg16]
+      [--host_memory=reuse|default]
 
 Sections:
   layers: forward and forward+backward (the gradient of sum(y^2) with
@@ -27,6 +28,12 @@ Our layers and steps compile as cpac_jax's training compiles its steps
 which XLA's conv forward+backward ran up to 1.79x slower on an AVX-512
 CPU and 11.6x on an AVX2-only one, experiments/benchmarks/lowering.md and
 its git history).
+The process keeps the blocks it frees for the next call
+(`train.reuse_host_memory`, as cpac_jax's command lines run; PyTorch's
+rows share it), unless --host_memory=default: with glibc's defaults a call
+whose temporaries need over 32 MiB maps and faults them in afresh, which
+scripts/bench_host_memory.py measures. Each figure also records the page
+faults a timed call took.
 Each figure is the median of `repeats` timed calls after two warm-up calls,
 all the variants of one shape interleaved, in a new (seeded) order each
 round, so that machine noise hits them alike, each timed call right after
@@ -43,6 +50,7 @@ import math
 import os
 import platform
 import random
+import resource
 import statistics
 import time
 from importlib import metadata
@@ -75,6 +83,11 @@ _THREADS = flags.DEFINE_integer("threads", os.cpu_count(),
                                 "PyTorch's intra-op threads")
 _SLOW = flags.DEFINE_float("slow_s", 5.0, "a first call slower than this is "
                            "reported, not timed")
+_HOST_MEMORY = flags.DEFINE_enum(
+    "host_memory", "reuse", ["reuse", "default"],
+    "reuse: glibc's malloc keeps freed blocks for the next call "
+    "(`train.reuse_host_memory`, as cpac_jax's command lines run); "
+    "default: glibc's defaults")
 _OUT = flags.DEFINE_string("out", "experiments/benchmarks",
                            "folder for peers.{md,json}")
 FRACTIONS = {"2x": 0.5, "10x": 0.1, "66x": 0.015}
@@ -153,25 +166,31 @@ def _warm(fn):
     raise Slow(f"{seconds:.1f} s a call")
 
 
-def _medians(calls: dict) -> dict:
-  """{key: median seconds} over --repeats interleaved rounds. Each timed
+def _medians(calls: dict) -> tuple[dict, dict]:
+  """({key: median seconds}, {key: page faults a call}) over --repeats
+  interleaved rounds. Each timed
   call follows an untimed call of the same variant: the first call after
   another variant's (another library's above all) pays for the caches and
   thread pools that one left, which would charge whichever variant comes
   first (before this, `auto` took 1.3x the time of the very path it runs
   at 66x, first of ours after tltorch's). What is left of that effect
   falls on every variant alike: each round runs them in a new order
-  (seeded, so a rerun runs the same orders)."""
+  (seeded, so a rerun runs the same orders). The page faults are the
+  process's minor faults during the timed calls (memory mapped afresh)."""
   samples = {key: [] for key in calls}
+  faults = dict.fromkeys(calls, 0)
   order, rng = list(calls), random.Random(0)
   for _ in range(_REPEATS.value):
     rng.shuffle(order)
     for key in order:
       calls[key]()
+      before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       start = time.perf_counter()
       calls[key]()
       samples[key].append(time.perf_counter() - start)
-  return {key: statistics.median(v) for key, v in samples.items()}
+      faults[key] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+  return ({key: statistics.median(v) for key, v in samples.items()},
+          {key: n / _REPEATS.value for key, n in faults.items()})
 
 
 def _measure(variants, kinds):
@@ -189,11 +208,12 @@ def _measure(variants, kinds):
       row["error"] = f"{type(error).__name__}: {str(error)[:160]}"
     else:
       calls.update({(id(row), kind): fn for kind, fn in zip(kinds, fns)})
-  medians = _medians(calls)
+  medians, faults = _medians(calls)
   for row, _ in variants:
     for kind in kinds:
       if (id(row), kind) in medians:
         row[f"{kind}_ms"] = 1e3 * medians[(id(row), kind)]
+        row[f"{kind}_faults"] = faults[(id(row), kind)]
   return [row for row, _ in variants]
 
 
@@ -586,6 +606,9 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"--sections: unknown {sorted(unknown)}; valid: "
                          f"{', '.join(SECTIONS)}")
+  if _HOST_MEMORY.value == "reuse" and not train.reuse_host_memory():
+    raise SystemExit("--host_memory=reuse needs glibc's malloc; rerun with "
+                     "--host_memory=default")
   torch.set_num_threads(_THREADS.value)
   torch.manual_seed(0)
   rows = []
@@ -605,14 +628,17 @@ def main(argv):
           "machine": platform.machine(), "cpu": report.cpu_name(),
           "cpu_count": os.cpu_count(),
           "torch_threads": torch.get_num_threads(),
-          "repeats": _REPEATS.value, "versions": versions}
+          "repeats": _REPEATS.value, "host_memory": _HOST_MEMORY.value,
+          "versions": versions}
   out = Path(_OUT.value)
   out.mkdir(parents=True, exist_ok=True)
   (out / "peers.json").write_text(json.dumps({"meta": meta, "rows": rows},
                                              indent=2))
   command = " ".join(["python scripts/bench_peers.py",
                       f"--repeats={_REPEATS.value}",
-                      f"--sections={','.join(_SECTIONS.value)}"])
+                      f"--sections={','.join(_SECTIONS.value)}"]
+                     + ([f"--host_memory={_HOST_MEMORY.value}"]
+                        if _HOST_MEMORY.value != "reuse" else []))
   lines = ["# cpac_jax against PyTorch and TensorLy-Torch", "",
            f"`{command}` on {meta['device']}, {meta['cpu']} "
            f"({meta['machine']}), {meta['cpu_count']} CPUs; PyTorch on "
@@ -622,8 +648,14 @@ def main(argv):
            "variants of one shape interleaved in a new order each round, "
            "each timed call after an untimed one of the same variant; our "
            "layers and steps compiled as cpac_jax's training compiles its "
-           "steps (YNNPACK fusions off on the CPU). Every ratio names its "
-           "dense baseline, measured in this run.", ""]
+           "steps (YNNPACK fusions off on the CPU). "
+           + ("glibc's malloc keeps freed blocks for the next call "
+              "(`train.reuse_host_memory`, as cpac_jax's command lines run; "
+              "for PyTorch too, the same process). "
+              if _HOST_MEMORY.value == "reuse" else
+              "glibc's malloc at its defaults. ")
+           + "Every ratio names its dense baseline, measured in this run.",
+           ""]
   layer_rows = [r for r in rows if r["section"] == "layers"]
   if layer_rows:
     lines += _targets(layer_rows)

@@ -380,6 +380,38 @@ def test_a_process_on_one_core_runs_eigen_on_the_calling_thread(monkeypatch):
   np.testing.assert_allclose(out, np.asarray(a) @ np.asarray(b))
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt")
+def test_reuse_host_memory_stops_big_blocks_being_mapped_afresh_each_call():
+  # A 64 MiB block, allocated and freed five times: with glibc's defaults
+  # each one is mapped and its pages faulted in again; after
+  # reuse_host_memory, only the first. In a fresh process: mallopt cannot
+  # be taken back.
+  script = """
+import ctypes, resource, sys
+from cpac_jax import train
+if sys.argv[1] == "reuse":
+  assert train.reuse_host_memory()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def block():  # as XLA's runtime allocates a call's temporaries
+  pointer = libc.malloc(1 << 26)
+  ctypes.memset(pointer, 1, 1 << 26)
+  libc.free(pointer)
+block()  # the first block, either way
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+  block()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+  faults = {mode: int(subprocess.run(
+      [sys.executable, "-c", script, mode], capture_output=True, text=True,
+      check=True).stdout) for mode in ("default", "reuse")}
+  pages = 5 * (1 << 26) // os.sysconf("SC_PAGE_SIZE")
+  assert faults["default"] > pages // 2, faults
+  assert faults["reuse"] < pages // 20, faults
+
+
 def test_three_shards_merge_into_one_table_with_every_run_once(
     mnist_dir, tmp_path):
   config = tiny(load_config("cpac_mnist", "quick"), mnist_dir, num_epochs=1)
