@@ -87,10 +87,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.unroll = False
   # XLA's YNNPACK fusions in the compiled train and eval steps on the CPU
   # (this jaxlib makes them by default). Off, each of its fused ops runs as
-  # XLA's own code instead: on 2 CPU cores the seed-0 CPAC sweep took 232 s
-  # against 292 s with them (experiments/benchmarks/sweep.md, the sharded
+  # XLA's own code instead: on 2 CPU cores the seed-0 CPAC sweep took 211 s
+  # against 265 s with them (experiments/benchmarks/sweep.md, the sharded
   # modes of scripts/bench_sweep.py), and XLA's conv forward+backward up
-  # to 1.79x less time (experiments/benchmarks/lowering.md; 11.6x on the
+  # to 1.76x less time (experiments/benchmarks/lowering.md; 11.6x on the
   # AVX2-only CPU of an earlier run, in its git history).
   config.xla_cpu_ynn_fusions = False
   config.seed = 0                       # seeds init and data order

@@ -17,7 +17,9 @@ without XLA's YNNPACK fusions on the CPU); and,
 beside them, XLA's conv compiled with those fusions, as a plain `jax.jit`
 compiles it. The median of `repeats` timed calls, the variants
 interleaved, each timed call right after an untimed one of the same
-variant. Writes experiments/benchmarks/lowering.{md,json}.
+variant, in a process whose malloc keeps freed blocks for the next call
+(`train.reuse_host_memory`, as cpac_jax's command lines run). Writes
+experiments/benchmarks/lowering.{md,json}.
 """
 
 import json
@@ -84,6 +86,7 @@ def _median_ms(calls: dict) -> dict:
 
 def main(argv):
   del argv
+  train.reuse_host_memory()
   rows = []
   for size, channels in SHAPES:
     ms = _median_ms({name: _call(*variant, channels, size)
@@ -105,7 +108,9 @@ def main(argv):
            f"{jax.__version__}. A 3x3 conv c -> c, batch {BATCH}, forward+"
            "backward (gradients for input and kernel); medians of "
            f"{_REPEATS.value} interleaved calls, each after an untimed one "
-           "of the same variant; compiled without XLA's YNNPACK fusions "
+           "of the same variant, freed blocks kept for the next call "
+           "(`train.reuse_host_memory`); compiled without XLA's YNNPACK "
+           "fusions "
            "(`train.compiler_options`), the last two columns with them (a "
            "plain `jax.jit`). On the CPU `conv_lowering` takes patches_conv "
            f"below {PATCHES_BELOW_CHANNELS} input channels and for an input "

@@ -38,12 +38,13 @@ PATCHES_BELOW_CHANNELS = 8
 
 # `winograd_conv` against XLA's conv on the CPU, forward and backward, 3x3
 # c -> c, batch 32 (2-core AVX-512 CPU, experiments/benchmarks/lowering.md):
-# from 128 channels on maps of 8x8 to 32x32 it is the faster; from 32 to 64
-# channels it varies with the map and from run to run, and in a layer
-# benchmark (peers.md) XLA's conv was the faster at 64 channels on 32x32;
-# on 4x4 maps, one tile an image, 32 tiles in all, it is slower: each of
-# its 36 matmuls has so few rows that reading the transformed kernel
-# bounds it. Hence from 128 input channels and 128 output tiles up.
+# from 128 channels on maps of 8x8 to 32x32 it is the faster; on 4x4 maps,
+# one tile an image, 32 tiles in all, it is slower: each of its 36 matmuls
+# has so few rows that reading the transformed kernel bounds it. Hence from
+# 128 input channels and 128 output tiles up. From 24 to 64 channels it
+# varied from run to run while its temporaries were faulted in afresh each
+# call; with train.reuse_host_memory it took 0.54x-0.98x XLA's time there
+# too (lowering.md), which this bound does not use yet.
 WINOGRAD_FROM_CHANNELS = 128
 WINOGRAD_FROM_TILES = 128
 
@@ -408,9 +409,9 @@ def conv_lowering(in_channels: int, spatial: Sequence[int] = (),
 
   An input smaller than its kernel is a padded conv of a 2x2 or 1x1 map,
   such as VGG-16's last stage on 32x32 images, where XLA's CPU conv is
-  pathologically slow: forward+backward, 3x3, batch 32, it took 3.8x-28x
-  `patches_conv`'s time at 64-512 channels on 2x2 and 2.2x-3.2x at 256-512
-  on 1x1; on 3x3 and 4x4 maps, from 64 channels up, the two are within 1.14x
+  pathologically slow: forward+backward, 3x3, batch 32, it took 6.3x-39x
+  `patches_conv`'s time at 64-512 channels on 2x2 and 2.4x-4.1x at 256-512
+  on 1x1; on 3x3 and 4x4 maps, from 64 channels up, the two are within 1.19x
   (experiments/benchmarks/lowering.md).
 
   Example:
