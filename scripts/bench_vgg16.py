@@ -9,7 +9,9 @@ generated 32x32x3 batches; the step costs the same whatever the pixels are.
   python scripts/bench_vgg16.py [--batch_size=32] [--repeats=20]
 
 Steps compile as cpac_jax's training compiles them (`train.compiler_options`:
-on the CPU without XLA's YNNPACK fusions). Beside the three nets, the dense
+on the CPU without XLA's YNNPACK fusions), in a process whose malloc keeps
+freed blocks for the next step (`train.reuse_host_memory`, as cpac_jax's
+command lines run). Beside the three nets, the dense
 net with every conv through XLA's conv ("dense, XLA convs"), as its convs
 ran before they took the per-conv lowering (`auto_conv_general_dilated`;
 its pooling is the dense net's), and the dense net with the per-conv
@@ -89,6 +91,7 @@ def _variant(name, rank, batch_size):
 
 def main(argv):
   del argv
+  train.reuse_host_memory()
   variants = {name: _variant(name, rank, _BATCH.value)
               for name, rank in VARIANTS.items()}
   times = {name: [] for name in variants}
@@ -128,7 +131,8 @@ def main(argv):
       f"({platform.machine()}), jax {jax.__version__}. Median of "
       f"{_REPEATS.value} steps after compilation (forward, backward, "
       "SGD-momentum update), compiled as cpac_jax's training compiles "
-      "(`train.compiler_options`), variants interleaved, each timed step "
+      "(`train.compiler_options`), freed blocks kept for the next step "
+      "(`train.reuse_host_memory`), variants interleaved, each timed step "
       "after an untimed one of the same variant; time relative to the "
       "dense net (its convs lowered per conv) measured in the same run. "
       f"\"{XLA_CONVS}\": the dense net with every conv through XLA's conv; "
