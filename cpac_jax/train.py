@@ -220,9 +220,10 @@ def reuse_host_memory() -> bool:
   all threads (M_ARENA_MAX=1) stopped those too but slowed small steps by
   5-25% (a probe, not committed). Returns whether it applied: False where
   the C library is not glibc. cpac_jax's training command lines
-  (`cpac_jax.main`, `cpac_jax.sweep`) and scripts/bench_peers.py call it
-  first; the process then keeps what it frees for reuse (up to 1 GiB above
-  the heap's top) instead of returning it to the system.
+  (`cpac_jax.main`, `cpac_jax.sweep`) and the benchmark scripts that time
+  steps (scripts/bench_peers.py, bench_lowering.py, bench_vgg16.py) call
+  it first; the process then keeps what it frees for reuse (up to 1 GiB
+  above the heap's top) instead of returning it to the system.
   """
   try:
     libc = ctypes.CDLL("libc.so.6")

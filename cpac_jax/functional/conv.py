@@ -483,7 +483,8 @@ def pointwise(x: jax.Array, matrix: jax.Array, *, precision=None,
   run slowest: a product whose right operand is a transpose (`matrix` given
   as `factor.T`, and x's gradient, g times matrix transposed) is folded
   into one dot that reads that operand column by column, and a weight
-  gradient x^T g with few columns R is written R wide. With three-column
+  gradient x^T g (C, R) with fewer columns than rows is computed as
+  (g^T x)^T, R by C, then transposed. With three-column
   factors (Tucker's core at 66x) the folded dot took 10x the time of the
   same dot on a row-major operand and the weight gradient 7.6x the time of
   (g^T x)^T (a probe on 2 cores, not committed; the layer figures are in
