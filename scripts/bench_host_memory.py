@@ -18,6 +18,7 @@ experiments/benchmarks/host_memory.{md,json}.
 """
 
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -70,7 +71,7 @@ def _spread(rows) -> str:
   ratios = sorted(r["reuse_ms"] / r["default_ms"] for r in rows)
   if not ratios:
     return "none"
-  return (f"{len(ratios)} rows, median {ratios[len(ratios) // 2]:.2f}x, "
+  return (f"{len(ratios)} rows, median {statistics.median(ratios):.2f}x, "
           f"{ratios[0]:.2f}x to {ratios[-1]:.2f}x")
 
 
