@@ -26,14 +26,14 @@ Padding = str | Sequence[tuple[int, int]]
 # backward, is slower than `patches_conv`'s one matmul: for 3x3 convs
 # c -> c, batch 32, on 32x32 and 16x16 (2-core AVX-512 CPU, compiled
 # without the YNNPACK fusions as cpac_jax's training compiles),
-# patches_conv took 0.48x-0.89x XLA's time at 2-6 channels but 1.08x and
-# 1.52x at 4 and 6 on 32x32 (0.48x and 0.73x in the file's previous
-# commit), 0.83x-1.00x at 8; at 12, 0.81x on 16x16 but 1.34x on 32x32;
-# slower above (experiments/benchmarks/lowering.md,
-# scripts/bench_lowering.py). On the
-# AVX2-only CPU of an earlier run of that file (its git history) 8 was a tie
-# (0.81x-2.09x), hence 8. The small core convs of low-rank Tucker and TT
-# layers sit here.
+# patches_conv took 0.29x-0.45x XLA's time at 2 and 4 channels but
+# 1.24x-1.31x at 6 and 1.39x-1.47x at 8; slower above
+# (experiments/benchmarks/lowering.md, scripts/bench_lowering.py). These
+# small rows vary between runs on this machine: at 6 channels 0.78x-1.52x
+# and at 8 0.83x-1.00x in the file's previous commit, and on the AVX2-only
+# CPU of an earlier run (its git history) 8 was a tie (0.81x-2.09x);
+# hence 8, kept. The small core convs of low-rank Tucker and TT layers sit
+# here.
 PATCHES_BELOW_CHANNELS = 8
 
 # `winograd_conv` against XLA's conv on the CPU, forward and backward, 3x3
