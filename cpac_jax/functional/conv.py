@@ -37,15 +37,17 @@ Padding = str | Sequence[tuple[int, int]]
 PATCHES_BELOW_CHANNELS = 8
 
 # `winograd_conv` against XLA's conv on the CPU, forward and backward, 3x3
-# c -> c, batch 32 (2-core AVX-512 CPU, experiments/benchmarks/lowering.md):
-# from 128 channels on maps of 8x8 to 32x32 it is the faster; on 4x4 maps,
-# one tile an image, 32 tiles in all, it is slower: each of its 36 matmuls
-# has so few rows that reading the transformed kernel bounds it. Hence from
-# 128 input channels and 128 output tiles up. From 24 to 64 channels it
-# varied from run to run while its temporaries were faulted in afresh each
-# call; with train.reuse_host_memory it took 0.54x-0.98x XLA's time there
-# too (lowering.md), which this bound does not use yet.
-WINOGRAD_FROM_CHANNELS = 128
+# c -> c, batch 32 (2-core AVX-512 CPU, freed blocks kept,
+# experiments/benchmarks/lowering.md): from 64 channels on maps of 8x8 to
+# 32x32 it took 0.40x-0.88x XLA's time in all 9 rows (64 channels:
+# 0.54x-0.81x); on 4x4 maps, one tile an image, 32 tiles in all, it is
+# slower: each of its 36 matmuls has so few rows that reading the
+# transformed kernel bounds it. Hence from 64 input channels and 128
+# output tiles up. At 24 and 32 channels it won too on 16x16 and 32x32
+# (0.66x-0.98x) but was not measured on 8x8; a bound there would also
+# change what the compression experiment's committed CP runs compute
+# (their reconstructed 32-channel convs on 14x14).
+WINOGRAD_FROM_CHANNELS = 64
 WINOGRAD_FROM_TILES = 128
 
 
