@@ -221,7 +221,8 @@ def reuse_host_memory() -> bool:
   5-25% (a probe, not committed). Returns whether it applied: False where
   the C library is not glibc. cpac_jax's training command lines
   (`cpac_jax.main`, `cpac_jax.sweep`) and the benchmark scripts that time
-  steps (scripts/bench_peers.py, bench_lowering.py, bench_vgg16.py) call
+  steps (scripts/bench_peers.py, bench_lowering.py, bench_vgg16.py,
+  bench_shootout.py) call
   it first; the process then keeps what it frees for reuse (up to 1 GiB
   above the heap's top) instead of returning it to the system.
   """

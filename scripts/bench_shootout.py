@@ -112,6 +112,7 @@ def _net(path: str, steps: int) -> list[dict]:
 
 def main(argv):
   del argv
+  train.reuse_host_memory()  # as the sweeps that train these nets run
   results = {path: _net(path, steps) for path, (_, steps) in NETS.items()}
   device = f"{jax.devices()[0].device_kind} ({jax.default_backend()})"
   meta = {"device": device, "machine": platform.machine(),
@@ -128,7 +129,9 @@ def main(argv):
       f"{device}, {platform.machine()}, jax {jax.__version__}. Each run of "
       "a shoot-out config (seed 0), alone, at its config's batch size and "
       "optimizer: the median over rounds of the time per step of a compiled "
-      "scan of steps (forward, backward, update), variants interleaved. "
+      "scan of steps (forward, backward, update), variants interleaved, "
+      "freed blocks kept for the next call (`train.reuse_host_memory`, as "
+      "the sweeps run). "
       "\"vs dense\" is against the same net with its dense layer (our "
       "Flax `nnx.Conv`/`nnx.Linear`), measured in the same run.", ""]
   for path, rows in results.items():
