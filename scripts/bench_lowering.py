@@ -50,7 +50,7 @@ _OUT = flags.DEFINE_string("out", "experiments/benchmarks",
 # (spatial size, input channels): the channel sweep, then small maps.
 SHAPES = ([(size, c) for size in (32, 16)
            for c in (2, 4, 6, 8, 12, 16, 24, 32, 64, 128)]
-          + [(16, 256)] + [(8, c) for c in (64, 128, 256, 512)]
+          + [(16, 256)] + [(8, c) for c in (24, 32, 64, 128, 256, 512)]
           + [(size, c) for size in (4, 3, 2, 1) for c in (16, 64, 256, 512)])
 BATCH = 32
 YNN = "XLA conv, YNNPACK fusions"

@@ -25,7 +25,7 @@ Sections:
 PyTorch runs channels-first (its default layout), JAX channels-last (ours).
 Our layers and steps compile as cpac_jax's training compiles its steps
 (`train.compiler_options`: on the CPU without XLA's YNNPACK fusions, with
-which XLA's conv forward+backward ran up to 1.76x slower on an AVX-512
+which XLA's conv forward+backward ran up to 1.78x slower on an AVX-512
 CPU and 11.6x on an AVX2-only one, experiments/benchmarks/lowering.md and
 its git history).
 The process keeps the blocks it frees for the next call

@@ -26,27 +26,27 @@ Padding = str | Sequence[tuple[int, int]]
 # backward, is slower than `patches_conv`'s one matmul: for 3x3 convs
 # c -> c, batch 32, on 32x32 and 16x16 (2-core AVX-512 CPU, compiled
 # without the YNNPACK fusions as cpac_jax's training compiles),
-# patches_conv took 0.29x-0.45x XLA's time at 2 and 4 channels but
-# 1.24x-1.31x at 6 and 1.39x-1.47x at 8; slower above
+# patches_conv took 0.30x-0.82x XLA's time at 2-6 channels, 0.59x-0.98x
+# at 8, 0.75x-1.35x at 12 and slower above
 # (experiments/benchmarks/lowering.md, scripts/bench_lowering.py). These
-# small rows vary between runs on this machine: at 6 channels 0.78x-1.52x
-# and at 8 0.83x-1.00x in the file's previous commit, and on the AVX2-only
-# CPU of an earlier run (its git history) 8 was a tie (0.81x-2.09x);
-# hence 8, kept. The small core convs of low-rank Tucker and TT layers sit
-# here.
+# small rows vary between runs on this machine: in the file's previous
+# commit 6 channels took 1.24x-1.31x and 8 1.39x-1.47x, and on the
+# AVX2-only CPU of an earlier run (its git history) 8 was a tie
+# (0.81x-2.09x); hence 8, kept. The small core convs of low-rank Tucker
+# and TT layers sit here.
 PATCHES_BELOW_CHANNELS = 8
 
 # `winograd_conv` against XLA's conv on the CPU, forward and backward, 3x3
 # c -> c, batch 32 (2-core AVX-512 CPU, freed blocks kept,
 # experiments/benchmarks/lowering.md): from 64 channels on maps of 8x8 to
-# 32x32 it took 0.40x-0.88x XLA's time in all 9 rows (64 channels:
-# 0.54x-0.81x); on 4x4 maps, one tile an image, 32 tiles in all, it is
+# 32x32 it took 0.44x-0.93x XLA's time in all 9 rows (64 channels:
+# 0.53x-0.80x); on 4x4 maps, one tile an image, 32 tiles in all, it is
 # slower: each of its 36 matmuls has so few rows that reading the
 # transformed kernel bounds it. Hence from 64 input channels and 128
-# output tiles up. At 24 and 32 channels it won too on 16x16 and 32x32
-# (0.66x-0.98x) but was not measured on 8x8; a bound there would also
-# change what the compression experiment's committed CP runs compute
-# (their reconstructed 32-channel convs on 14x14).
+# output tiles up. At 24 and 32 channels it took 0.58x-1.09x (24 on 32x32
+# the slower; 0.66x-0.98x in the file's previous commit); a bound there
+# would also change what the compression experiment's committed CP runs
+# compute (their reconstructed 32-channel convs on 14x14).
 WINOGRAD_FROM_CHANNELS = 64
 WINOGRAD_FROM_TILES = 128
 
@@ -411,9 +411,9 @@ def conv_lowering(in_channels: int, spatial: Sequence[int] = (),
 
   An input smaller than its kernel is a padded conv of a 2x2 or 1x1 map,
   such as VGG-16's last stage on 32x32 images, where XLA's CPU conv is
-  pathologically slow: forward+backward, 3x3, batch 32, it took 6.3x-39x
-  `patches_conv`'s time at 64-512 channels on 2x2 and 2.4x-4.1x at 256-512
-  on 1x1; on 3x3 and 4x4 maps, from 64 channels up, the two are within 1.19x
+  pathologically slow: forward+backward, 3x3, batch 32, it took 4.3x-37x
+  `patches_conv`'s time at 64-512 channels on 2x2 and 1.4x-3.8x at 256-512
+  on 1x1; on 3x3 and 4x4 maps, from 64 channels up, the two are within 1.13x
   (experiments/benchmarks/lowering.md).
 
   Example:
