@@ -61,11 +61,23 @@ def _family_budget(run) -> tuple[str, str]:
   return "low-rank dense", f"bottleneck {bottleneck}"
 
 
-def _timer(run, steps: int):
+def _xla_convs(model) -> list[nnx.Conv]:
+  """The model's `nnx.Conv`s on XLA's conv, `nnx.Conv`'s default."""
+  return [node for _, node in nnx.iter_graph(model)
+          if isinstance(node, nnx.Conv)
+          and node.conv_general_dilated is jax.lax.conv_general_dilated]
+
+
+def _timer(run, steps: int, lowered: bool = False):
   """A call that runs `steps` train steps of `run`'s model (returning the
-  seconds per step), and the model's parameter count."""
+  seconds per step), and the model's parameter count. `lowered`: its
+  `nnx.Conv`s on XLA's conv through `layers.auto_conv_general_dilated`
+  instead, the per-conv lowering cpac_jax's own convs take."""
   info = data.INFO[run.dataset.name]
   model = config_lib.build_model(run, info, jax.random.key(0))
+  if lowered:
+    for conv in _xla_convs(model):
+      conv.conv_general_dilated = layers.auto_conv_general_dilated
   model.train()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = optimizers.make_optimizer(run.optimizer, 10 * steps)
@@ -93,21 +105,32 @@ def _timer(run, steps: int):
 
 
 def _net(path: str, steps: int) -> list[dict]:
+  """One row per seed-0 run of the config at `path`, and, where its dense
+  net runs XLA's conv, one for that net through the per-conv lowering
+  ("dense, per-conv lowering", not a run of the config: a baseline)."""
   runs = [run for _, run in config_lib.expand(_config(path)) if run.seed == 0]
-  timers = [_timer(run, steps) for run in runs]
-  samples = [[] for _ in runs]
+  names = [_family_budget(run) for run in runs]
+  variants = [(run, name, False) for run, name in zip(runs, names)]
+  dense = next(run for run, name in zip(runs, names) if name[0] == "dense")
+  if _xla_convs(config_lib.build_model(dense)):
+    variants.append((dense, ("dense", "dense, per-conv lowering"), True))
+  timers = [_timer(run, steps, lowered) for run, _, lowered in variants]
+  samples = [[] for _ in variants]
   for _ in range(_REPEATS.value):
     for sample, (call, _) in zip(samples, timers):
       sample.append(call())
   medians = [statistics.median(s) for s in samples]
-  names = [_family_budget(run) for run in runs]
-  dense = next(m for name, m in zip(names, medians) if name[0] == "dense")
+  fastest = min(m for (_, name, _), m in zip(variants, medians)
+                if name[0] == "dense")
+  as_trained = medians[[name for _, name, _ in variants].index(
+      ("dense", "dense"))]
   return [{"family": family, "budget": budget, "params": params,
            "batch_size": run.batch_size, "median_step_us": 1e6 * median,
            "iqr_step_us": 1e6 * float(np.subtract(*np.percentile(s, [75, 25]))),
-           "vs_dense": median / dense}
-          for run, (family, budget), (_, params), median, s in zip(
-              runs, names, timers, medians, samples)]
+           "vs_dense": median / as_trained,
+           "vs_fastest_dense": median / fastest}
+          for (run, (family, budget), _), (_, params), median, s in zip(
+              variants, timers, medians, samples)]
 
 
 def main(argv):
@@ -133,16 +156,23 @@ def main(argv):
       "freed blocks kept for the next call (`train.reuse_host_memory`, as "
       "the sweeps run). "
       "\"vs dense\" is against the same net with its dense layer (our "
-      "Flax `nnx.Conv`/`nnx.Linear`), measured in the same run.", ""]
+      "Flax `nnx.Conv`/`nnx.Linear`) as the config trains it, \"vs fastest "
+      "dense\" against the faster of that and, where its convs run XLA's "
+      "conv, the same net with them through the per-conv lowering "
+      "(`layers.auto_conv_general_dilated`: winograd_conv or patches_conv "
+      "where `conv_lowering` picks them, as cpac_jax's factorized convs "
+      "do), all measured in the same run.", ""]
   for path, rows in results.items():
     layer, steps = NETS[path]
     lines += [f"## `{path}` ({layer}; batch size {rows[0]['batch_size']}, "
               f"{steps} steps per call)", "",
               "| family | budget | model params | step (us) | IQR (us) "
-              "| vs dense |", "|---|---|---:|---:|---:|---:|"]
+              "| vs dense | vs fastest dense |",
+              "|---|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['family']} | {r['budget']} | {r['params']:,} | "
               f"{r['median_step_us']:.1f} | {r['iqr_step_us']:.1f} | "
-              f"{r['vs_dense']:.2f}x |" for r in rows]
+              f"{r['vs_dense']:.2f}x | {r['vs_fastest_dense']:.2f}x |"
+              for r in rows]
     lines.append("")
   (out / "shootout_steps.md").write_text("\n".join(lines))
   print("\n".join(lines))
