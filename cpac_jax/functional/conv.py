@@ -411,8 +411,8 @@ def conv_lowering(in_channels: int, spatial: Sequence[int] = (),
 
   An input smaller than its kernel is a padded conv of a 2x2 or 1x1 map,
   such as VGG-16's last stage on 32x32 images, where XLA's CPU conv is
-  pathologically slow: forward+backward, 3x3, batch 32, it took 4.3x-37x
-  `patches_conv`'s time at 64-512 channels on 2x2 and 1.4x-3.8x at 256-512
+  pathologically slow: forward+backward, 3x3, batch 32, it took 4.4x-37x
+  `patches_conv`'s time at 64-512 channels on 2x2 and 1.5x-3.8x at 256-512
   on 1x1; on 3x3 and 4x4 maps, from 64 channels up, the two are within 1.13x
   (experiments/benchmarks/lowering.md).
 
