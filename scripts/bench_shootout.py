@@ -111,9 +111,10 @@ def _net(path: str, steps: int) -> list[dict]:
   runs = [run for _, run in config_lib.expand(_config(path)) if run.seed == 0]
   names = [_family_budget(run) for run in runs]
   variants = [(run, name, False) for run, name in zip(runs, names)]
-  dense = next(run for run, name in zip(runs, names) if name[0] == "dense")
-  if _xla_convs(config_lib.build_model(dense)):
-    variants.append((dense, ("dense", "dense, per-conv lowering"), True))
+  dense = names.index(("dense", "dense"))  # the dense net as trained
+  if _xla_convs(config_lib.build_model(runs[dense])):
+    variants.append((runs[dense], ("dense", "dense, per-conv lowering"),
+                     True))
   timers = [_timer(run, steps, lowered) for run, _, lowered in variants]
   samples = [[] for _ in variants]
   for _ in range(_REPEATS.value):
@@ -122,12 +123,10 @@ def _net(path: str, steps: int) -> list[dict]:
   medians = [statistics.median(s) for s in samples]
   fastest = min(m for (_, name, _), m in zip(variants, medians)
                 if name[0] == "dense")
-  as_trained = medians[[name for _, name, _ in variants].index(
-      ("dense", "dense"))]
   return [{"family": family, "budget": budget, "params": params,
            "batch_size": run.batch_size, "median_step_us": 1e6 * median,
            "iqr_step_us": 1e6 * float(np.subtract(*np.percentile(s, [75, 25]))),
-           "vs_dense": median / as_trained,
+           "vs_dense": median / medians[dense],
            "vs_fastest_dense": median / fastest}
           for (run, (family, budget), _), (_, params), median, s in zip(
               variants, timers, medians, samples)]
