@@ -1,5 +1,5 @@
 """Forward and forward+backward time of the factorized layers against the
-dense Flax layer of the same shape, measured in one run.
+fastest dense Flax layer of the same shape, measured in one run.
 
   python scripts/bench_layers.py [--repeats=30]
 
@@ -17,11 +17,14 @@ implementation (auto, factorized, reconstructed). Each figure is the median
 of `repeats` timed calls after compilation, the variants of one shape
 interleaved so machine noise hits all alike, each timed call right after
 an untimed one of the same variant; times are
-reported relative to the dense layer, with the multiply-adds each path
-needs, so time and FLOPs can be set side by side. Writes
+reported relative to the fastest dense layer of the shape (a conv's dense
+layer runs on XLA's conv and, where `conv_lowering` picks another lowering
+for the shape, through that too), with the multiply-adds each path needs,
+so time and FLOPs can be set side by side. Writes
 experiments/benchmarks/layers.{md,json}.
 """
 
+import functools
 import json
 import math
 import platform
@@ -33,10 +36,12 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 from flax import nnx
+from jax import lax
 
 import cpac_jax as cj
-from cpac_jax import report
+from cpac_jax import report, train
 from cpac_jax.functional import INTERMEDIATE_COST, choose
+from cpac_jax.functional.conv import auto_conv_general_dilated, conv_lowering
 
 _REPEATS = flags.DEFINE_integer("repeats", 30, "timed calls per variant")
 _OUT = flags.DEFINE_string("out", "experiments/benchmarks",
@@ -47,8 +52,16 @@ IMPLEMENTATIONS = ("auto", "factorized", "reconstructed")
 
 
 def _conv_case(cin, cout, kernel, size, batch, rngs):
+  """The dense conv on XLA's conv (`nnx.Conv` as it comes) and, where
+  `conv_lowering` picks another for this shape, through it too; CPConv,
+  TuckerConv and TTConv at the rank fractions."""
   x = jax.random.normal(jax.random.key(0), (batch, size, size, cin))
-  dense = nnx.Conv(cin, cout, (kernel, kernel), rngs=rngs)
+  denses = [("dense", nnx.Conv(cin, cout, (kernel, kernel), rngs=rngs))]
+  lowering = conv_lowering(cin, (size, size), (kernel, kernel), batch=batch)
+  if lowering is not lax.conv_general_dilated:
+    denses.append((f"dense ({lowering.__name__})", nnx.Conv(
+        cin, cout, (kernel, kernel), rngs=rngs,
+        conv_general_dilated=auto_conv_general_dilated)))
   variants = []
   for label, fraction in FRACTIONS.items():
     for implementation in IMPLEMENTATIONS:
@@ -59,7 +72,7 @@ def _conv_case(cin, cout, kernel, size, batch, rngs):
             implementation=implementation, rngs=rngs)))
   name = (f"conv {kernel}x{kernel} {cin}->{cout} on {size}x{size}, batch "
           f"{batch}")
-  return name, dense, x, variants
+  return name, denses, x, variants
 
 
 def _dense_case(in_shape, out_shape, batch, ranks, tt_shapes, rngs):
@@ -67,7 +80,7 @@ def _dense_case(in_shape, out_shape, batch, ranks, tt_shapes, rngs):
   on `tt_shapes` (in, out: as many modes each) at the rank fractions."""
   n_in, n_out = math.prod(in_shape), math.prod(out_shape)
   x = jax.random.normal(jax.random.key(0), (batch, n_in))
-  dense = nnx.Linear(n_in, n_out, rngs=rngs)
+  denses = [("dense", nnx.Linear(n_in, n_out, rngs=rngs))]
   specs = [*FRACTIONS.items(),
            *((f"{'x'.join(map(str, r))} (paper)", r) for r in ranks)]
   variants = [(f"TuckerDense {label} {implementation}", cj.layers.TuckerDense(
@@ -78,12 +91,12 @@ def _dense_case(in_shape, out_shape, batch, ranks, tt_shapes, rngs):
       *tt_shapes, rank=rank, implementation=implementation, rngs=rngs))
       for label, rank in FRACTIONS.items() for implementation in
       IMPLEMENTATIONS]
-  return f"dense {n_in}->{n_out}, batch {batch}", dense, x, variants
+  return f"dense {n_in}->{n_out}, batch {batch}", denses, x, variants
 
 
 def _cases():
-  """(shape name, dense layer, input, [(variant, layer), ...], whether
-  INTERMEDIATE_COST was fitted on this shape)."""
+  """(shape name, [(dense variant, layer), ...], input, [(variant,
+  layer), ...], whether INTERMEDIATE_COST was fitted on this shape)."""
   rngs = nnx.Rngs(0)
   yield *_conv_case(64, 64, 3, 32, 32, rngs), True
   yield *_conv_case(256, 256, 3, 16, 32, rngs), True
@@ -97,8 +110,9 @@ def _cases():
 
 def _timers(layer, x):
   graphdef, params = nnx.split(layer)
-  forward = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x))
-  backward = jax.jit(jax.grad(
+  jit = functools.partial(jax.jit, compiler_options=train.compiler_options())
+  forward = jit(lambda p, x: nnx.merge(graphdef, p)(x))
+  backward = jit(jax.grad(
       lambda p, x: jnp.sum(nnx.merge(graphdef, p)(x) ** 2)))
   timers = {}
   for name, fn in (("forward", forward), ("forward+backward", backward)):
@@ -124,11 +138,12 @@ def _auto_summary(rows, fitted: bool) -> list[str]:
   rows = [r for r in rows if r["fitted"] == fitted]
   title = ("on the shapes its cost was fitted to" if fitted else
            "on shapes its cost was not fitted to")
-  lines = [f"## `auto` against the dense layer, {title}", "",
+  lines = [f"## `auto` against the fastest dense layer, {title}", "",
            "`auto` picks by `cpac_jax.functional.choose`: "
            "multiply-adds, plus `INTERMEDIATE_COST` = "
            f"{INTERMEDIATE_COST} per entry of the factorized path's "
-           "intermediates. The target: never above 1.1x the dense time.", "",
+           "intermediates. The target: never above 1.1x the fastest dense "
+           "layer's time.", "",
            "| shape | layer | auto's path | faster path (fwd+bwd) | auto "
            "forward | auto fwd+bwd | best path fwd+bwd |",
            "|---|---|---|---|---|---|---|"]
@@ -151,7 +166,8 @@ def _auto_summary(rows, fitted: bool) -> list[str]:
           + (f"the {within[0]} path was within 1.1x. " if within else
              "neither path is within 1.1x. ") + "Factorized "
           f"{twins['factorized']['forward_vs_dense']:.2f}x / "
-          f"{twins['factorized']['backward_vs_dense']:.2f}x the dense time "
+          f"{twins['factorized']['backward_vs_dense']:.2f}x the fastest "
+          "dense's time "
           "(forward / fwd+bwd) for "
           f"{r['flops_vs_dense']['factorized']:.2f}x its multiply-adds; "
           f"reconstructed {twins['reconstructed']['forward_vs_dense']:.2f}x "
@@ -162,7 +178,8 @@ def _auto_summary(rows, fitted: bool) -> list[str]:
         f"| {r['forward_vs_dense']:.2f}x | {r['backward_vs_dense']:.2f}x "
         f"| {twins[faster]['backward_vs_dense']:.2f}x |")
   lines += ["", f"`auto` took the faster path in {picked} of {total} layers "
-            f"and stayed within 1.1x of dense (forward and fwd+bwd) in "
+            f"and stayed within 1.1x of the fastest dense (forward and "
+            f"fwd+bwd) in "
             f"{total - len(misses)} of {total}.", ""]
   if misses:
     lines += ["Where it didn't, time and multiply-adds part ways:", "",
@@ -172,11 +189,10 @@ def _auto_summary(rows, fitted: bool) -> list[str]:
 
 def main(argv):
   del argv
-  rows = []
-  for shape, dense, x, variants, fitted in _cases():
-    timers = {"dense": _timers(dense, x)}
-    for name, layer in variants:
-      timers[name] = _timers(layer, x)
+  train.reuse_host_memory()  # as cpac_jax's command lines run
+  rows, references = [], {}
+  for shape, denses, x, variants, fitted in _cases():
+    timers = {name: _timers(layer, x) for name, layer in denses + variants}
     samples = {name: {k: [] for k in t} for name, t in timers.items()}
     for _ in range(_REPEATS.value):
       for name, t in timers.items():
@@ -184,18 +200,22 @@ def main(argv):
           samples[name][kind].append(timed())
     medians = {name: {k: statistics.median(v) for k, v in kinds.items()}
                for name, kinds in samples.items()}
-    dense_params = cj.count_params(dense)
-    for name, layer in [("dense", dense)] + variants:
-      flops = layer.flops(x.shape) if name != "dense" else {}
+    # Every ratio is against the fastest dense of the shape (fwd+bwd).
+    reference = min((name for name, _ in denses),
+                    key=lambda name: medians[name]["forward+backward"])
+    references[shape] = reference
+    dense_params = cj.count_params(denses[0][1])
+    for name, layer in denses + variants:
+      flops = layer.flops(x.shape) if hasattr(layer, "flops") else {}
       rows.append({
           "shape": shape, "variant": name, "fitted": fitted,
           "params": cj.count_params(layer),
           "compression": dense_params / cj.count_params(layer),
           "rank": getattr(layer, "rank", None),
           "forward_vs_dense": medians[name]["forward"]
-                              / medians["dense"]["forward"],
+                              / medians[reference]["forward"],
           "backward_vs_dense": medians[name]["forward+backward"]
-                               / medians["dense"]["forward+backward"],
+                               / medians[reference]["forward+backward"],
           "forward_ms": 1e3 * medians[name]["forward"],
           "backward_ms": 1e3 * medians[name]["forward+backward"],
           "flops_vs_dense": {k: flops[k] / flops["dense"]
@@ -207,21 +227,33 @@ def main(argv):
   device = f"{jax.devices()[0].device_kind} ({jax.default_backend()})"
   meta = {"device": device, "machine": platform.machine(),
           "cpu": report.cpu_name(), "repeats": _REPEATS.value,
-          "jax": jax.__version__}
+          "jax": jax.__version__, "dense_references": references}
   out = Path(_OUT.value)
   out.mkdir(parents=True, exist_ok=True)
   (out / "layers.json").write_text(json.dumps({"meta": meta, "rows": rows},
                                               indent=1, default=str))
+  _write_table(meta, rows, out)
+
+
+def _write_table(meta, rows, out: Path):
+  """layers.md from a run's meta and rows (as layers.json holds them)."""
+  device, references = meta["device"], meta["dense_references"]
   lines = ["# Factorized layers against dense: time and multiply-adds", "",
-           f"`python scripts/bench_layers.py --repeats={_REPEATS.value}` on "
-           f"{device}, {meta['cpu']} ({platform.machine()}), jax "
-           f"{jax.__version__}. Medians of "
-           f"{_REPEATS.value} interleaved calls after compilation, each "
-           "after an untimed one of the same variant; times and "
-           "multiply-adds relative to the dense layer of the same shape in "
-           "the same run.", ""]
+           f"`python scripts/bench_layers.py --repeats={meta['repeats']}` "
+           f"on {device}, {meta['cpu']} ({meta['machine']}), jax "
+           f"{meta['jax']}. Medians of "
+           f"{meta['repeats']} interleaved calls after compilation, each "
+           "after an untimed one of the same variant; every layer compiled "
+           "as cpac_jax's training compiles its steps "
+           "(`train.compiler_options`), freed blocks kept for the next call "
+           "(`train.reuse_host_memory`). Times are relative to the fastest "
+           "dense layer of the same shape in the same run (forward+backward; "
+           "named under each shape's heading: the dense conv on XLA's conv, "
+           "or the same conv through the lowering `conv_lowering` picks), "
+           "multiply-adds to the dense op's direct count.", ""]
   for shape in dict.fromkeys(r["shape"] for r in rows):
     lines += [f"## {shape}", "",
+              f"Dense reference: `{references[shape]}`.", "",
               "| variant | rank | params | compression | forward time "
               "| fwd+bwd time | multiply-adds (factorized / reconstructed) |",
               "|---|---|---|---|---|---|---|"]
@@ -229,15 +261,16 @@ def main(argv):
       flops = r["flops_vs_dense"]
       flops_cell = (f"{flops['factorized']:.3f} / {flops['reconstructed']:.3f}"
                     if flops else "1")
+      rank = r["rank"]  # a tuple of ranks comes back from JSON as a list
+      rank = tuple(rank) if isinstance(rank, list) else rank or "-"
       lines.append(
-          f"| {r['variant']} | {r['rank'] or '-'} | {r['params']:,} "
+          f"| {r['variant']} | {rank} | {r['params']:,} "
           f"| {r['compression']:.1f}x | {r['forward_vs_dense']:.2f}x "
           f"| {r['backward_vs_dense']:.2f}x | {flops_cell} |")
     lines.append("")
   lines += _auto_summary(rows, fitted=True) + _auto_summary(rows,
                                                             fitted=False)
   (out / "layers.md").write_text("\n".join(lines))
-  print("\n".join(lines))
 
 
 if __name__ == "__main__":
