@@ -1,7 +1,7 @@
 """Forward and forward+backward time of the factorized layers against the
 fastest dense Flax layer of the same shape, measured in one run.
 
-  python scripts/bench_layers.py [--repeats=30]
+  python scripts/bench_layers.py [--repeats=30] [--render_only]
 
 Shapes: 3x3 convs 64->64 on 32x32 and 256->256 on 16x16 (batch 32), and
 784->300 (batch 128), the shapes `auto`'s INTERMEDIATE_COST was fitted to;
@@ -20,7 +20,9 @@ an untimed one of the same variant; times are
 reported relative to the fastest dense layer of the shape (a conv's dense
 layer runs on XLA's conv and, where `conv_lowering` picks another lowering
 for the shape, through that too), with the multiply-adds each path needs,
-so time and FLOPs can be set side by side. Writes
+so time and FLOPs can be set side by side. Every layer is compiled as
+cpac_jax's training compiles its steps (`train.compiler_options`), freed
+blocks kept for the next call (`train.reuse_host_memory`). Writes
 experiments/benchmarks/layers.{md,json}.
 """
 
@@ -41,11 +43,14 @@ from jax import lax
 import cpac_jax as cj
 from cpac_jax import report, train
 from cpac_jax.functional import INTERMEDIATE_COST, choose
-from cpac_jax.functional.conv import auto_conv_general_dilated, conv_lowering
+from cpac_jax.functional.conv import conv_lowering
 
 _REPEATS = flags.DEFINE_integer("repeats", 30, "timed calls per variant")
 _OUT = flags.DEFINE_string("out", "experiments/benchmarks",
                            "folder for layers.{md,json}")
+_RENDER_ONLY = flags.DEFINE_bool(
+    "render_only", False, "rewrite layers.md from the layers.json in --out "
+    "(its prose, after a change to this script), timing nothing")
 # Rank fractions (their labels); the compression each gives is in the table.
 FRACTIONS = {"f=0.5": 0.5, "f=0.1": 0.1, "f=0.015": 0.015}
 IMPLEMENTATIONS = ("auto", "factorized", "reconstructed")
@@ -60,8 +65,8 @@ def _conv_case(cin, cout, kernel, size, batch, rngs):
   lowering = conv_lowering(cin, (size, size), (kernel, kernel), batch=batch)
   if lowering is not lax.conv_general_dilated:
     denses.append((f"dense ({lowering.__name__})", nnx.Conv(
-        cin, cout, (kernel, kernel), rngs=rngs,
-        conv_general_dilated=auto_conv_general_dilated)))
+        cin, cout, (kernel, kernel), conv_general_dilated=lowering,
+        rngs=rngs)))
   variants = []
   for label, fraction in FRACTIONS.items():
     for implementation in IMPLEMENTATIONS:
@@ -133,7 +138,8 @@ def _timers(layer, x):
 def _auto_summary(rows, fitted: bool) -> list[str]:
   """For each auto row of the shapes INTERMEDIATE_COST was (or, with not
   `fitted`, wasn't) fitted to: the path it took, the faster of the two by
-  forward+backward time, and its time against the 1.1x-dense target."""
+  forward+backward time, and its time against the target (1.1x the
+  fastest dense)."""
   by_name = {(r["shape"], r["variant"]): r for r in rows}
   rows = [r for r in rows if r["fitted"] == fitted]
   title = ("on the shapes its cost was fitted to" if fitted else
@@ -189,6 +195,11 @@ def _auto_summary(rows, fitted: bool) -> list[str]:
 
 def main(argv):
   del argv
+  out = Path(_OUT.value)
+  if _RENDER_ONLY.value:
+    run = json.loads((out / "layers.json").read_text())
+    _write_table(run["meta"], run["rows"], out)
+    return
   train.reuse_host_memory()  # as cpac_jax's command lines run
   rows, references = [], {}
   for shape, denses, x, variants, fitted in _cases():
@@ -228,7 +239,6 @@ def main(argv):
   meta = {"device": device, "machine": platform.machine(),
           "cpu": report.cpu_name(), "repeats": _REPEATS.value,
           "jax": jax.__version__, "dense_references": references}
-  out = Path(_OUT.value)
   out.mkdir(parents=True, exist_ok=True)
   (out / "layers.json").write_text(json.dumps({"meta": meta, "rows": rows},
                                               indent=1, default=str))
@@ -271,6 +281,7 @@ def _write_table(meta, rows, out: Path):
   lines += _auto_summary(rows, fitted=True) + _auto_summary(rows,
                                                             fitted=False)
   (out / "layers.md").write_text("\n".join(lines))
+  print(f"wrote {out / 'layers.md'}")
 
 
 if __name__ == "__main__":

@@ -8,13 +8,13 @@ IMPLEMENTATIONS = ("auto", "factorized", "reconstructed")
 
 # What writing (and later reading back) one element of an intermediate
 # activation of the factorized path costs, in multiply-adds: a chain of thin
-# products moves more memory per multiply-add than one dense op. Fit on a
-# 2-core CPU to an earlier run of experiments/benchmarks/layers.md
-# (scripts/bench_layers.py; in the file's git history), whose
-# last two tables check it: it picks the faster path (forward+backward) for
-# 24 of the 25 layers it was fitted to and 22 of the 24 others, there and
-# in the rerun on the AVX-512 CPU with winograd_conv (the misses at rank
-# fraction 0.5).
+# products moves more memory per multiply-add than one dense op. Fit on the
+# 2-core CPU to the layers of three shapes; experiments/benchmarks/layers.md
+# (scripts/bench_layers.py) checks it in its last two tables: it picks the
+# faster path (forward+backward) for 24 of the 25 layers of those shapes
+# and 22 of the 24 of three others, both on an AVX2 CPU against XLA's dense
+# (the file's git history) and on the AVX-512 CPU against the fastest dense
+# (the misses at rank fraction 0.5).
 INTERMEDIATE_COST = 275
 
 
