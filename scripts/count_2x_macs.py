@@ -22,7 +22,11 @@ from absl import app
 from flax import nnx
 
 from cpac_jax import layers
-from cpac_jax.functional.conv import conv_lowering, winograd_conv
+from cpac_jax.functional.conv import (
+  conv_lowering,
+  dense_conv_flops,
+  winograd_conv,
+)
 
 OUT = Path(__file__).resolve().parents[1] / "experiments/benchmarks"
 FRACTION = 0.5
@@ -36,7 +40,8 @@ def _conv_dense(channels: int, size: int) -> tuple[str, int]:
       winograd_conv):
     tiles = BATCH * math.ceil(size / TILE) ** 2
     return "winograd_conv", tiles * 36 * channels * channels
-  return "direct conv", BATCH * size * size * 9 * channels * channels
+  return "direct conv", dense_conv_flops(BATCH, (size, size), (3, 3),
+                                         channels, channels)
 
 
 def _rows():

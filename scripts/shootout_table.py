@@ -142,8 +142,7 @@ def step_ratios(config: str, net: Net) -> dict:
       budget = None                       # as collect() keys the dense net
     else:
       budget = float(r["budget"])
-    ratios[(r["family"], budget)] = (
-        r["vs_dense"], r.get("vs_fastest_dense", r["vs_dense"]))
+    ratios[(r["family"], budget)] = (r["vs_dense"], r["vs_fastest_dense"])
   return ratios
 
 
