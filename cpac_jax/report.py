@@ -27,10 +27,11 @@ from scipy import stats
 from cpac_jax import cli, rundir
 from cpac_jax.config import expand, run_key
 
-__all__ = ["cpu_name", "interval95", "mixed_training_note", "percentile",
-           "summarize", "write_report"]
+__all__ = ["block", "cpu_name", "expected_best_of", "interval95",
+           "joint_predictive", "mixed_training_note", "percentile",
+           "predictive_t", "splice", "summarize", "write_report"]
 
-BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+BEGIN = "<!-- results:begin -->"
 
 
 def cpu_name() -> str:
@@ -44,6 +45,32 @@ def cpu_name() -> str:
   except OSError:
     pass
   return platform.processor() or platform.machine()
+
+
+def _markers(name: str) -> tuple[str, str]:
+  return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def block(path: str | Path, name: str) -> str:
+  """The text of `path` between `<!-- NAME:begin -->` and
+  `<!-- NAME:end -->`, without the newlines next to the markers; a
+  ValueError naming the file and the markers when they are not there."""
+  begin, end = _markers(name)
+  body = Path(path).read_text()
+  if body.count(begin) != 1 or body.count(end) != 1:
+    raise ValueError(f"{path} has no single {begin} ... {end} block")
+  return body.split(begin, 1)[1].split(end, 1)[0].strip("\n")
+
+
+def splice(path: str | Path, name: str, text: str) -> None:
+  """Write `text` into `path` between `<!-- NAME:begin -->` and
+  `<!-- NAME:end -->` (each on a line of its own); a ValueError, with the
+  file left as it was, when the markers are not there once each."""
+  block(path, name)
+  begin, end = _markers(name)
+  body = Path(path).read_text()
+  head, rest = body.split(begin, 1)
+  Path(path).write_text(f"{head}{begin}\n{text}\n{end}{rest.split(end, 1)[1]}")
 
 
 def _rank_label(row: dict) -> str:
@@ -88,6 +115,64 @@ def percentile(values: list[float], value: float) -> float:
   below = sum(v < value for v in values) + 0.5 * sum(v == value
                                                      for v in values)
   return 100 * below / len(values)
+
+
+def predictive_t(values: list[float], value: float
+                 ) -> tuple[float, float] | None:
+  """How `value` sits as one more draw from the normal population that
+  `values` came from: the predictive t, (value - mean) / (std * sqrt(1 +
+  1/n)), on n - 1 degrees of freedom, and its two-sided p. None for fewer
+  than two values or no spread.
+
+  Example:
+    >>> t, p = predictive_t([0.97, 0.98, 0.99], 0.98)
+    >>> round(t, 6), round(p, 6)
+    (0.0, 1.0)
+  """
+  if len(values) < 2:
+    return None
+  mean, std = _mean_std(values)
+  if std == 0:
+    return None
+  t = (value - mean) / (std * math.sqrt(1 + 1 / len(values)))
+  return t, float(2 * stats.t.sf(abs(t), len(values) - 1))
+
+
+def joint_predictive(pairs: list[tuple[list[float], float]]
+                     ) -> tuple[float, float, int] | None:
+  """Stouffer's combination of `predictive_t` over settings: each
+  setting's t turned into the normal z of the same one-sided tail, summed
+  over the k settings and divided by sqrt(k); returns (z, two-sided p, k).
+  A large z says the single values sit above their populations in the same
+  direction across settings. It treats the settings as independent, which
+  runs that share seeds (a seed draws the same data order at every rank)
+  are only roughly. None when no setting has a predictive t."""
+  zs = []
+  for values, value in pairs:
+    found = predictive_t(values, value)
+    if found is not None:
+      zs.append(stats.norm.ppf(stats.t.cdf(found[0], len(values) - 1)))
+  if not zs:
+    return None
+  z = float(sum(zs) / math.sqrt(len(zs)))
+  return z, float(2 * stats.norm.sf(abs(z))), len(zs)
+
+
+def expected_best_of(values: list[float], k: int) -> float:
+  """The mean of the best of `k` runs drawn without replacement from
+  `values`: what reporting the best of k runs gives on average.
+
+  Example:
+    >>> [expected_best_of([1.0, 2.0, 3.0], k) for k in (1, 2, 3)]
+    [2.0, 2.6666666666666665, 3.0]
+  """
+  n = len(values)
+  if not 1 <= k <= n:
+    raise ValueError(f"k={k}: choose 1 <= k <= {n}, the number of values")
+  # The i-th smallest (i from 1) is the best of k with probability
+  # C(i-1, k-1) / C(n, k).
+  return sum(v * math.comb(i, k - 1) for i, v in enumerate(sorted(values))
+             ) / math.comb(n, k)
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -144,6 +229,7 @@ def _table(summary: list[dict], paper: dict, paper_loss: dict,
       f"{split} loss, final epoch (mean)"]
   if paper:
     head += ["paper acc", "paper loss",
+             "paper vs our final epochs: predictive t (two-sided p)",
              "paper's percentile among our seeds (final / best epoch)"]
   head.append("train s / run")
   lines = ["| " + " | ".join(head) + " |",
@@ -163,15 +249,50 @@ def _table(summary: list[dict], paper: dict, paper_loss: dict,
         "-" if s["test_loss"] is None else f"{s['test_loss']:.4f}"]
     if paper:
       value, loss = paper.get(s["rank"]), paper_loss.get(s["rank"])
+      found = None if value is None else predictive_t(s["finals"], value)
       cells += [
           "-" if value is None else f"{value:.4f}",
           "-" if loss is None else f"{loss:.4f}",
+          "-" if found is None else "{:+.2f} ({:.2g})".format(*found),
           "-" if value is None else
           f"{percentile(s['finals'], value):.0f} / "
           f"{percentile(s['bests'], value):.0f}"]
     cells.append(f"{s['train_seconds']:.0f}")
     lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+  return "\n".join(lines) + _joint_note(summary, paper)
+
+
+def _joint_note(summary: list[dict], paper: dict) -> str:
+  """What the per-setting predictive tests say together, per init."""
+  notes = []
+  for init in dict.fromkeys(s["init"] for s in summary):
+    entries = [s for s in summary if s["init"] == init
+               and paper.get(s["rank"]) is not None and len(s["finals"]) > 1]
+    if len(entries) < 2:
+      continue
+    joint = {epoch: joint_predictive([(s[key], paper[s["rank"]])
+                                      for s in entries])
+             for epoch, key in (("final", "finals"), ("best", "bests"))}
+    if joint["final"] is None:
+      continue
+    seeds = sorted({s["seeds"] for s in entries})
+    low = 100 * (min(seeds) - 1) / (min(seeds) + 1)
+    above = sum(paper[s["rank"]] > s["accuracy"][0] for s in entries)
+    notes.append(
+        f"{init} init: the paper's single run against our seeds, setting by "
+        "setting, with the predictive t (the paper's run taken as one more "
+        f"draw from the population of our runs); {len(entries)} tests, so "
+        f"a p under {0.05 / len(entries):.2g} is what a Bonferroni "
+        f"correction keeps at 5%. Together (Stouffer, settings taken as "
+        f"independent): z = {joint['final'][0]:.2f}, p = "
+        f"{joint['final'][1]:.2g} on the final epoch"
+        + (f"; z = {joint['best'][0]:.2f}, p = {joint['best'][1]:.2g} on "
+           "the best epoch" if joint["best"] else "")
+        + f". The paper lies above our final-epoch mean at {above} of "
+        f"{len(entries)} settings. The range of n seeds holds one more "
+        f"draw with probability (n-1)/(n+1): {low:.0f}% at n = "
+        f"{min(seeds)}.")
+  return "".join(f"\n\n{n}" for n in notes)
 
 
 def _plots(summary: list[dict], paper: dict, out: Path, title: str,
@@ -295,12 +416,8 @@ def write_report(workdir: str | Path, config: ml_collections.ConfigDict
   path = out / "results.md"
   path.write_text(text)
   readme = out / "README.md"
-  if readme.exists():
-    body = readme.read_text()
-    if BEGIN in body and END in body:
-      head, rest = body.split(BEGIN, 1)
-      _, tail = rest.split(END, 1)
-      readme.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
+  if readme.exists() and BEGIN in readme.read_text():
+    splice(readme, "results", table)
   return path
 
 
