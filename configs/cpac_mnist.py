@@ -47,6 +47,8 @@ PAPER_LOSS = {
         "1": 0.3945, "2": 0.3446, "3": 0.2963, "4": 0.3697, "5": 0.2852,
         "dense": 0.3410},
 }
+# The presets of the two-layer gap study's cpac_jax arms (`build`).
+ARMS = ("float64", "epochs20")
 RANKS = {("mnist", 2): list(range(1, 13)), ("mnist", 1): list(range(1, 7)),
          ("magnetic_tile", 2): list(range(1, 6)),
          ("magnetic_tile", 1): list(range(1, 6))}
@@ -62,6 +64,12 @@ def build(preset: str, num_layers: int, dataset: str = "mnist"):
   run key, as the full sweep's seed-0 runs). "default_init": the runs with
   cpac_jax's own initialisation only (ranks and dense, 3 seeds);
   "default_seed0" those of seed 0 (what scripts/bench_sweep.py times).
+
+  The arms of the two-layer gap study (experiments/cpac_mnist/README.md),
+  official init, seeds 0-9, each in its own workdir: "float64", ranks 9-12
+  with the CP factors and their Adam state in float64 as the official code
+  holds them (run with JAX_ENABLE_X64=1); "epochs20", every setting trained
+  20 epochs instead of 10.
   """
   config = base_config()
   config.name = f"cpac_{dataset}" + ("" if num_layers == 2 else "_1layer")
@@ -105,13 +113,21 @@ def build(preset: str, num_layers: int, dataset: str = "mnist"):
     seeds, ranks = {"default": [0]}, [1, 2, 4, ranks[-1]]
   elif preset == "one_seed":
     seeds = {"official": [0], "default": [0]}
+  elif preset in ARMS and dataset == "mnist" and num_layers == 2:
+    seeds = {"official": list(range(10))}
+    if preset == "float64":
+      config.model.kwargs = {"factor_dtype": "float64"}
+      ranks = [9, 10, 11, 12]
+    else:
+      config.num_epochs = 20
   elif preset == "default_init" and "default" in seeds:
     seeds = {"default": seeds["default"]}
   elif preset == "default_seed0" and "default" in seeds:
     seeds = {"default": [0]}
   elif preset:
     presets = ["quick", "one_seed"] + (
-        ["default_init", "default_seed0"] if "default" in seeds else [])
+        ["default_init", "default_seed0"] if "default" in seeds else []) + (
+        list(ARMS) if (dataset, num_layers) == ("mnist", 2) else [])
     raise ValueError(f"unknown preset {preset!r}; choose one of {presets}")
   sweep = []
   for init, init_seeds in seeds.items():
@@ -122,6 +138,8 @@ def build(preset: str, num_layers: int, dataset: str = "mnist"):
                "seed": init_seeds, **init_field},
               {"model.factorization": ["dense"], "seed": init_seeds,
                **init_field}]
+  if preset == "float64":  # no dense run: its convs have no factors
+    sweep = sweep[:1]
   config.sweep = tuple(sweep)
   return config
 

@@ -50,6 +50,11 @@ class CPACNet(nnx.Module):
       defaults elsewhere; `cpac_jax.models.official_init`).
     init_seed: with init "official", seed s draws the kernels from numpy's
       RandomState(48 + s); 0 draws the official code's.
+    factor_dtype: dtype of the CP factors and so of their optimizer state
+      ("float32", or "float64" as the official code holds them, which needs
+      JAX's 64-bit mode: JAX_ENABLE_X64=1); the convs compute in float32
+      either way, as the official code's forward casts its factors. Other
+      layers (dense convs, FC) hold float32 whatever it says.
     rngs: random streams.
 
   Example:
@@ -66,7 +71,8 @@ class CPACNet(nnx.Module):
                num_classes: int = 10, num_filters: int = 8,
                kernel_size: int = 3, implementation: str = "auto",
                factorize_first: bool = True, init: str = "default",
-               init_seed: int = 0, rngs: nnx.Rngs):
+               init_seed: int = 0, factor_dtype: str = "float32",
+               rngs: nnx.Rngs):
     if num_layers not in (1, 2):
       raise ValueError(f"CPACNet: num_layers must be 1 or 2, got {num_layers}")
     if factorization not in _LAYERS:
@@ -80,12 +86,20 @@ class CPACNet(nnx.Module):
           "CPACNet: init 'official' is the official code's, which has CP "
           f"and dense convs only; factorization {factorization!r} takes "
           "init 'default'")
+    if factor_dtype not in ("float32", "float64"):
+      raise ValueError("CPACNet: factor_dtype must be 'float32' or 'float64', "
+                       f"got {factor_dtype!r}")
+    if factor_dtype == "float64" and not jax.config.read("jax_enable_x64"):
+      raise ValueError("CPACNet: factor_dtype 'float64' needs JAX's 64-bit "
+                       "mode; run with JAX_ENABLE_X64=1 in the environment")
     height, width, channels = input_shape
     convs = []
     for index in range(num_layers):
       kwargs = dict(padding="VALID", use_bias=False,
                     conv_general_dilated=patches_conv, rngs=rngs)
       layer = _LAYERS[factorization] if index or factorize_first else None
+      if layer is CPConv and factor_dtype != "float32":
+        kwargs.update(param_dtype=jnp.dtype(factor_dtype), dtype=jnp.float32)
       if layer:
         conv = layer(channels, num_filters, (kernel_size, kernel_size),
                      rank=rank, implementation=implementation, **kwargs)

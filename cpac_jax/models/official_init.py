@@ -12,7 +12,9 @@ What the official code (wyn430/CPAC-CNN, `CPAC-CNN-GPU/conv_decomp_torch.py`,
 - Dense convs, and every FC layer with its bias, take PyTorch's defaults:
   uniform in +-1/sqrt(fan_in).
 
-Where we differ, and why:
+Where we differ, and why (the differences found so far, in the
+initialisation and in the training around it; not a proof that there are
+no others):
 
 - Run `seed` draws the kernels from `RandomState(48 + seed)`: seed 0 draws
   exactly the official kernels, other seeds other kernels.
@@ -30,9 +32,37 @@ Where we differ, and why:
   `solve` raises in numpy; we then take the minimum-norm least-squares
   solution (`np.linalg.lstsq`). Where they are merely ill-conditioned,
   `solve` returns large, degenerate factors, as the official init did.
-- Factors and their optimizer state are float32 here, float64 there.
+  At ranks 10-12 our factors are not TensorLy 0.4.0's for the same kernel
+  and fill (both rebuild the kernel, but rounding differences in the SVD
+  start are amplified by the singular system) and TensorLy's are the more
+  degenerate; at ranks 1-9 they are the same to 4e-9
+  (experiments/cpac_mnist/official_parafac.json,
+  scripts/check_official_parafac.py).
+- Factors and their optimizer state are float32 here by default, float64
+  there; `CPACNet(factor_dtype="float64")` (under JAX_ENABLE_X64=1) holds
+  them as the official code does, the convs computing in float32 as its
+  forward does.
 - The FC and dense-conv draws come from the run's JAX key, not torch's
   generator (the same distribution).
+- The flatten before the first FC layer: the official nets flatten each
+  image's (C, H, W) activations (`x.view(-1, flatten_shape)` on torch's
+  channels-first tensors), ours (H, W, C) (`CPACNet.__call__` reshapes
+  NHWC). The two differ by a fixed permutation of FC1's inputs. Its
+  weights are drawn i.i.d., so the permuted draw has the same
+  distribution, and Adam works elementwise, so training carries the
+  permutation along: in distribution the same run. It matters only to
+  load the official saved weights, whose FC1 columns would need permuting.
+- The data order: the official train loader (`DataLoader(shuffle=True)`)
+  draws each epoch's order from torch's global generator (seeded to 48);
+  ours is `jax.random.permutation` of the run's data key folded with the
+  epoch (`cpac_jax.train.epoch_order`). Same kind of order, other draws.
+- The Magnetic-Tile split: the official code's `random_split` (torch's
+  `randperm` under seed 48, 563/100), one split; ours the same sizes from a
+  `numpy.random.RandomState(seed)` permutation (`cpac_jax.data`), a split
+  per seed.
+- The number of epochs: the official repository does not record it (a
+  command-line argument of the train scripts; its README's example runs 10);
+  ours is the config's `num_epochs` (10 on MNIST, 30 on Magnetic-Tile).
 """
 
 import string
