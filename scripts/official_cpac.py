@@ -75,9 +75,9 @@ def parse_run(text: str) -> tuple[str, int, int]:
   """'rank10:48:20' -> ('rank10', 48, 20); 'dense:1:10' likewise."""
   parts = text.split(":")
   setting = parts[0]
+  rank = setting[4:] if setting.startswith("rank") else ""
   ok = len(parts) == 3 and all(p.isdigit() for p in parts[1:]) and (
-      setting == "dense" or (setting.startswith("rank")
-                             and setting[4:].isdigit() and int(setting[4:]) > 0))
+      setting == "dense" or (rank.isdigit() and int(rank) > 0))
   if not ok or int(parts[2]) < 1:
     raise SystemExit(f"bad run {text!r}: want SETTING:SEED:EPOCHS, SETTING "
                      "'dense' or 'rankR' (R >= 1), e.g. rank10:48:20")
@@ -129,7 +129,8 @@ def test_lines(workdir: pathlib.Path) -> tuple[pathlib.Path | None, list[str]]:
   logs = sorted(workdir.glob("result/*/*.txt"))
   if not logs:
     return None, []
-  lines = [l for l in logs[0].read_text().splitlines() if TEST_LINE in l]
+  lines = [line for line in logs[0].read_text().splitlines()
+           if TEST_LINE in line]
   return logs[0], lines
 
 
@@ -171,7 +172,7 @@ def run(setting: str, seed: int, epochs: int, official_dir: pathlib.Path,
     import torch  # pylint: disable=g-import-not-at-top
     done = torch.load(checkpoint, weights_only=False)["epoch"]
   if log is not None:
-    log.write_text("".join(f"{l}\n\n" for l in lines[:done]))
+    log.write_text("".join(f"{line}\n\n" for line in lines[:done]))
   record = {
       "official_code": f"wyn430/CPAC-CNN {COMMIT}",
       "patch": PATCH.name,
@@ -188,7 +189,7 @@ def run(setting: str, seed: int, epochs: int, official_dir: pathlib.Path,
 
   def mirror(lines: list[str]) -> None:
     record_path.write_text(json.dumps(record, indent=1) + "\n")
-    (OUT / f"{name}.log").write_text("".join(f"{l}\n" for l in lines))
+    (OUT / f"{name}.log").write_text("".join(f"{line}\n" for line in lines))
     shutil.copy(record_path, OUT / f"{name}.json")
 
   if done:
@@ -217,12 +218,60 @@ def run(setting: str, seed: int, epochs: int, official_dir: pathlib.Path,
                      f"{workdir / 'stderr.txt'}")
 
 
+_SMALL_MNIST = """\
+import torchvision
+_init = torchvision.datasets.MNIST.__init__
+def _small(self, *args, **kwargs):
+  _init(self, *args, **kwargs)
+  self.data, self.targets = self.data[:300], self.targets[:300]
+torchvision.datasets.MNIST.__init__ = _small
+"""
+
+
+def check_resume(official_dir: pathlib.Path, data_dir: pathlib.Path,
+                 runs_dir: pathlib.Path) -> None:
+  """The patched script on 300 training and 300 test images (a
+  sitecustomize cuts torchvision's MNIST), rank 1 (no unseeded fill),
+  seed 5, 3 epochs: once straight through, once stopped after epoch 1 and
+  resumed; writes both runs' test lines to OUT/resume_check.json and
+  fails unless they are the same."""
+  lines = {}
+  for name, legs in (("straight", ["3"]), ("resumed", ["1", "3"])):
+    workdir = runs_dir / f"resume_check_{name}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    prepare(workdir, official_dir, data_dir)
+    (workdir / "site").mkdir()
+    (workdir / "site" / "sitecustomize.py").write_text(_SMALL_MNIST)
+    env = dict(os.environ, OMP_NUM_THREADS="1", CPAC_SEED="5",
+               PYTHONPATH=str(workdir / "site"),
+               CPAC_CHECKPOINT=str(workdir / "checkpoint.pt"))
+    for epochs in legs:
+      subprocess.run([sys.executable, "train_mnist.py", "8", "3", "1", epochs,
+                      "cpu"], cwd=workdir, env=env, check=True,
+                     stdout=subprocess.DEVNULL)
+    # The resumed leg logs beside the first, under its own epoch count.
+    logs = sorted(workdir.glob("result/*/*.txt"))
+    lines[name] = [line.strip() for log in logs
+                   for line in log.read_text().splitlines()
+                   if TEST_LINE in line]
+  same = lines["straight"] == lines["resumed"] and len(lines["straight"]) == 3
+  (OUT / "resume_check.json").write_text(json.dumps(
+      {"what": check_resume.__doc__.split(";")[0].replace("\n  ", " "),
+       "same": same, **lines, "versions": versions()}, indent=1) + "\n")
+  if not same:
+    raise SystemExit(f"resuming changed the run: {lines}")
+  print(f"resume check: the same {len(lines['straight'])} test lines")
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--official_dir", required=True, type=pathlib.Path,
                       help="a checkout of wyn430/CPAC-CNN at e609011")
-  parser.add_argument("--runs", required=True,
+  parser.add_argument("--runs",
                       help="comma-separated SETTING:SEED:EPOCHS, run in order")
+  parser.add_argument("--check_resume", action="store_true",
+                      help="check, on 300 images, that a stopped and resumed "
+                      "run prints what one run through does (a minute)")
   parser.add_argument("--data_dir", type=pathlib.Path,
                       default=pathlib.Path(os.environ.get(
                           "CPAC_DATA_DIR", "data")) / "mnist",
@@ -233,6 +282,12 @@ def main() -> None:
                       "outside the checkout if it is laid anew between "
                       "sessions")
   args = parser.parse_args()
+  if args.check_resume:
+    check_resume(args.official_dir.resolve(), args.data_dir.resolve(),
+                 args.runs_dir.resolve())
+    return
+  if not args.runs:
+    parser.error("give --runs (or --check_resume)")
   queue = [parse_run(r) for r in args.runs.split(",")]
   for setting, seed, epochs in queue:
     run(setting, seed, epochs, args.official_dir.resolve(),
