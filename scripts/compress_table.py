@@ -9,9 +9,11 @@ experiments/compress_fashion_mnist/results.csv, and its plot.
 For each budget and condition: the compressed convs' weights and their
 compression, test accuracy over seeds (mean, sample std, n), and the gap in
 points to the dense net, to the same factorization trained from scratch,
-to uniform ranks and (for CP) to Tucker-2 in the same condition, paired by
-seed (a
-seed's runs share the dense teacher and the data order), with the 95%
+to Tucker-2 with uniform ranks at the same budget (for a global-ranks row:
+for Tucker-2 the rank rule alone, for CP the rank rule and the
+factorization together) and (for CP) to Tucker-2 in the same condition,
+paired by seed (a seed's runs share the dense teacher and the data
+order), with the 95%
 Student-t interval of the mean gap. Written into the folder's README.md
 between `<!-- compress:begin -->` and `<!-- compress:end -->`, as
 comparison.png beside it, and printed; each compressed run's ranks into
@@ -109,7 +111,8 @@ def table(rows: list[dict]) -> str:
       "| budget | condition | compressed convs' weights | their compression "
       "| test accuracy, mean ± std (n) | vs dense, points [95%] | "
       f"vs scratch, points [95%] | vs scratch, {TUNE} epochs, points [95%] "
-      "| vs uniform, points [95%] | vs Tucker-2, points [95%] |",
+      "| vs Tucker-2 uniform ranks, points [95%] | vs Tucker-2, points "
+      "[95%] |",
       "|---|---|---:|---:|---|---|---|---|---|---|",
       f"| 1 | dense | 138,240 | 1.0x | {_cell(dense)} | | | | | |"]
   for budget in sorted({b for b, *_ in groups}, reverse=True):
@@ -123,6 +126,8 @@ def table(rows: list[dict]) -> str:
                  if condition in SCRATCH_OF else "")
       short = (_gap(group["acc"], acc[SHORT_SCRATCH_OF[condition]])
                if condition in SHORT_SCRATCH_OF else "")
+      # Against Tucker-2 with uniform ranks, for Tucker-2's and CP's
+      # global-ranks rows alike (the column's header says so).
       uniform = (_gap(group["acc"], acc[UNIFORM]) if condition in (TUCKER, CP)
                  else "")
       tucker = (_gap(group["acc"], acc[TUCKER_OF[condition]])

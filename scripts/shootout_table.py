@@ -208,7 +208,7 @@ def table(rows: list[dict], net: Net, steps: dict | None = None) -> str:
           + f"{net.labels[other].split(' (')[0]} by "
           f"{statistics.fmean(lead):+.2f} points, seed-paired 95% interval "
           f"{_interval(lead, True)}" + ("" if clear else
-                                  " (the interval includes 0: a tie)"))
+                                  " (the interval includes 0: not resolved)"))
   return "\n".join(lines + ["", "Best family per budget:", "", *winners])
 
 
