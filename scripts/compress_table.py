@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 from cpac_jax import report, rundir
 
 ROOT = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- compress:begin -->", "<!-- compress:end -->"
+FOLDER = ROOT / "experiments" / "compress_fashion_mnist"
 _CONFIG = runpy.run_path(str(ROOT / "configs" / "compress_fashion_mnist.py"))
 TUNE, LONG = _CONFIG["TUNE_EPOCHS"], (_CONFIG["DENSE_EPOCHS"]
                                       + _CONFIG["TUNE_EPOCHS"])
@@ -209,7 +209,13 @@ def allocations(folder: Path, rows: list[dict], kept: str = "") -> str:
   return "\n".join(lines)
 
 
-def main(folder: str = "experiments/compress_fashion_mnist") -> None:
+def blocks() -> dict[tuple[Path, str], str]:
+  """The README block this script writes: (README, block name) -> text."""
+  return {(FOLDER / "README.md", "compress"): table(
+      rundir.read_results(FOLDER))}
+
+
+def main(folder: str = str(FOLDER)) -> None:
   folder = ROOT / folder if not Path(folder).is_absolute() else Path(folder)
   rows = rundir.read_results(folder)
   text = table(rows)
@@ -220,11 +226,8 @@ def main(folder: str = "experiments/compress_fashion_mnist") -> None:
       "# Ranks per layer of every compressed run (relative reconstruction "
       "error of the decomposition before fine-tuning)\n\n"
       f"{allocations(folder, rows, kept)}\n")
-  readme = folder / "README.md"
-  if readme.exists() and BEGIN in readme.read_text():
-    head, rest = readme.read_text().split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+  if (folder / "README.md").exists():
+    report.splice(folder / "README.md", "compress", text)
   print(text)
 
 

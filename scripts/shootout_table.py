@@ -36,7 +36,6 @@ from matplotlib.figure import Figure
 from cpac_jax import report
 
 ROOT = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- shootout:begin -->", "<!-- shootout:end -->"
 STEPS = ROOT / "experiments/benchmarks/shootout_steps.json"
 
 
@@ -239,22 +238,28 @@ def plot(rows: list[dict], net: Net, path: Path) -> None:
   fig.savefig(path, dpi=120)
 
 
-def main(folder: Path) -> None:
+def _table_of(folder: Path) -> tuple[list[dict], str]:
+  """A shoot-out folder's rows and its table."""
   if folder.name not in NETS:
     raise ValueError(f"{folder} is not a shoot-out folder; its name must be "
                      f"one of {tuple(NETS)}")
   net = NETS[folder.name]
   with open(folder / "results.csv", newline="") as f:
     rows = list(csv.DictReader(f))
-  text = table(rows, net, step_ratios(f"configs/{folder.name}.py", net))
-  plot(rows, net, folder / "accuracy_vs_weights.png")
-  readme = folder / "README.md"
-  old = readme.read_text()
-  if BEGIN not in old or END not in old:
-    raise ValueError(f"{readme} has no {BEGIN} ... {END} block to fill")
-  head, rest = old.split(BEGIN, 1)
-  _, tail = rest.split(END, 1)
-  readme.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+  return rows, table(rows, net, step_ratios(f"configs/{folder.name}.py", net))
+
+
+def blocks() -> dict[tuple[Path, str], str]:
+  """The README blocks this script writes: (README, block name) -> text."""
+  folders = [ROOT / "experiments" / name for name in NETS]
+  return {(folder / "README.md", "shootout"): _table_of(folder)[1]
+          for folder in folders}
+
+
+def main(folder: Path) -> None:
+  rows, text = _table_of(folder)
+  plot(rows, NETS[folder.name], folder / "accuracy_vs_weights.png")
+  report.splice(folder / "README.md", "shootout", text)
   print(text)
 
 

@@ -22,7 +22,7 @@ from cpac_jax import report, rundir
 from cpac_jax.config import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- gap:begin -->", "<!-- gap:end -->"
+DATASETS = ("mnist", "fashion_mnist")
 
 
 def _layer_weights(run) -> int:
@@ -94,16 +94,20 @@ def table(dataset: str) -> str:
   return "\n".join(lines)
 
 
+def _readme(dataset: str) -> Path:
+  return ROOT / "experiments" / f"ttl_gap_{dataset}" / "README.md"
+
+
+def blocks() -> dict[tuple[Path, str], str]:
+  """The README blocks this script writes: (README, block name) -> text."""
+  return {(_readme(dataset), "gap"): table(dataset) for dataset in DATASETS}
+
+
 def main(datasets: list[str]) -> None:
-  for dataset in datasets or ["mnist", "fashion_mnist"]:
+  for dataset in datasets or DATASETS:
     text = table(dataset)
     print(f"# {dataset}\n{text}\n")
-    readme = ROOT / "experiments" / f"ttl_gap_{dataset}" / "README.md"
-    if readme.exists():
-      body = readme.read_text()
-      if BEGIN in body and END in body:
-        head, rest = body.split(BEGIN, 1)
-        readme.write_text(f"{head}{BEGIN}\n{text}\n{END}{rest.split(END, 1)[1]}")
+    report.splice(_readme(dataset), "gap", text)
 
 
 if __name__ == "__main__":
