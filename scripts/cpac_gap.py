@@ -86,9 +86,13 @@ def _ours(column: str = "test_accuracy", workdir: Path = EXPERIMENT
           for setting, runs in _rows(workdir).items()}
 
 
+def _setting_key(setting: str) -> tuple[bool, int]:
+  """Ranks in order, dense last."""
+  return setting == "dense", 0 if setting == "dense" else int(setting[4:])
+
+
 def _order(settings) -> list[str]:
-  return sorted(settings, key=lambda s: (s == "dense", int(s[4:] or 0)
-                                         if s != "dense" else 0))
+  return sorted(settings, key=_setting_key)
 
 
 def _names(settings: list[str]) -> str:
@@ -300,9 +304,7 @@ def selection_table() -> str:
         f"{epoch} epoch: smallest k reaching the paper"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   finals, bests = _ours(), _ours("best_test_accuracy")
-  order = sorted(finals, key=lambda s: (s == "dense", int(s[4:] or 0)
-                                        if s != "dense" else 0))
-  for setting in order:
+  for setting in _order(finals):
     cells = [setting, f"{paper[setting]:.4f}", str(len(finals[setting]))]
     for values in (finals[setting], bests[setting]):
       cells += [f"{report.expected_best_of(values, k):.4f}" for k in ks
@@ -312,6 +314,76 @@ def selection_table() -> str:
       cells.append(str(reach[0]) if reach else "none")
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+EPOCH_COLUMNS = ("setting", "seed", "epoch", "test_accuracy", "test_loss")
+
+
+def collect_epochs(workdir: Path) -> Path:
+  """`workdir`/epochs.csv: every finished run's test accuracy and loss
+  after each epoch, from its run folder's metrics.jsonl (run folders are
+  not committed; this file is). Rows already there for runs whose folder
+  is gone are kept."""
+  path = workdir / "epochs.csv"
+  kept = {(r["setting"], r["seed"]): [] for r in rundir.read_csv(path)}
+  for r in rundir.read_csv(path):
+    kept[r["setting"], r["seed"]].append(r)
+  for setting, runs in _rows(workdir).items():
+    for seed, row in runs.items():
+      metrics = (workdir / "runs" / f"{row['run']}-{row['key']}"
+                 / "metrics.jsonl")
+      if not metrics.exists():
+        continue
+      lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+      if len(lines) != int(row["epochs"]):
+        raise ValueError(f"{metrics}: {len(lines)} epochs, its row says "
+                         f"{row['epochs']}")
+      kept[setting, str(seed)] = [
+          {"setting": setting, "seed": seed, "epoch": m["epoch"],
+           "test_accuracy": m["test_accuracy"], "test_loss": m["test_loss"]}
+          for m in lines]
+  order = sorted(kept, key=lambda k: (_setting_key(k[0]), int(k[1])))
+  rows = [r for key in order for r in kept[key]]
+  rundir.write_rows(path, rows, EPOCH_COLUMNS)
+  return path
+
+
+def epochs20_block() -> str:
+  """20 epochs against 10, paired by seed, and against the paper."""
+  workdir = EXPERIMENT / "epochs20"
+  if not (workdir / "results.csv").exists():
+    return "Not run yet."
+  paper, _ = _paper()
+  long, short = _rows(workdir), _rows()
+  history = {}
+  for r in rundir.read_csv(workdir / "epochs.csv"):
+    history.setdefault((r["setting"], int(r["seed"])), {})[int(r["epoch"])] = (
+        float(r["test_accuracy"]))
+  lines = ["| setting | seeds | paper acc | epoch 10 (these runs) | epoch 20 | "
+           "epoch 20 - epoch 10, paired | best of 20 epochs | paper vs "
+           "epoch 20: predictive t (p) | paper vs best of 20 |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  same = []
+  for setting in _order(long):
+    seeds = sorted(long[setting])
+    at10 = [history[setting, s][10] for s in seeds]
+    at20 = [float(long[setting][s]["test_accuracy"]) for s in seeds]
+    best = [float(long[setting][s]["best_test_accuracy"]) for s in seeds]
+    same += [abs(history[setting, s][10]
+                 - float(short[setting][s]["test_accuracy"]))
+             for s in seeds if s in short.get(setting, {})]
+    t20, tbest = (report.predictive_t(v, paper[setting]) for v in (at20, best))
+    lines.append(
+        f"| {setting} | {len(seeds)} | {paper[setting]:.4f} | {_stat(at10)} | "
+        f"{_stat(at20)} | "
+        + (_paired([100 * (b - a) for a, b in zip(at10, at20)])
+           if len(seeds) > 1 else "-")
+        + f" | {_stat(best)} | "
+        + " | ".join("-" if t is None else "{:+.2f} ({:.2g})".format(*t)
+                     for t in (t20, tbest)) + " |")
+  return ("\n".join(lines) + "\n\nEpoch 10 of these runs against the "
+          "committed 10-epoch runs of the same seed: largest difference "
+          f"{max(same):.4f} ({len(same)} runs)." if same else "")
 
 
 def summary() -> str:
@@ -352,10 +424,14 @@ def blocks() -> dict[tuple[Path, str], str]:
           (readme, "selection"): selection_table(),
           (readme, "init"): init_block(),
           (readme, "float64"): float64_block(),
+          (readme, "epochs20"): epochs20_block(),
           (readme, "official"): official_table(official_runs())}
 
 
 def main(argv: list[str]) -> int:
+  for arm in ("float64", "epochs20"):
+    if (EXPERIMENT / arm / "runs").exists():
+      print(f"wrote {collect_epochs(EXPERIMENT / arm).relative_to(ROOT)}")
   stale = []
   for (path, name), text in blocks().items():
     if "--check" in argv:
