@@ -12,7 +12,8 @@ from cpac_jax import report, rundir
 
 ROOT = Path(__file__).resolve().parents[1]
 # Scripts with a `blocks()` returning {(README path, block name): text}.
-GENERATORS = ("scripts/cpac_gap.py", "scripts/compress_table.py",
+GENERATORS = ("scripts/cpac_gap.py", "scripts/headline.py",
+              "scripts/compress_table.py",
               "scripts/shootout_table.py", "scripts/ttl_gap_table.py")
 
 
