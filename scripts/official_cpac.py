@@ -11,18 +11,18 @@ imports and nothing of cpac_jax:
   venv_official/bin/pip install torch==2.14.1 torchvision==0.29.1 \
       tensorly==0.4.0 scipy scikit-learn
 
-(TensorLy 0.4.0 is the release the official README names; 0.4.3's
-partial_svd fails at ranks 10-12.) The only change made to the code is
-`official.patch` beside the logs (`experiments/cpac_mnist/official_runs/`),
-which adds two things, both inert when their environment variables are
-unset:
+(TensorLy 0.4.0 is the release the official README names.) The only
+change made to the code is `official.patch` beside the logs
+(`experiments/cpac_mnist/official_runs/`), which adds two things, both
+inert when their environment variables are unset:
 
 - `CPAC_SEED`: reseeds numpy and torch after the imports that seed them with
   48 (the seed-48 runs leave it unset, so they are the published code);
 - `CPAC_CHECKPOINT`: saves the net, the optimizer, torch's RNG state and the
   log's folder after each epoch and resumes from them, so a run killed
-  between epochs goes on where it stopped (an MNIST epoch takes 7-10 minutes
-  on one core, and the code keeps no checkpoint of its own).
+  between epochs goes on where it stopped (the code keeps no checkpoint of
+  its own, and an MNIST epoch takes minutes: the records give each one's
+  seconds).
 
 Not covered by any seed: TensorLy 0.4.0's parafac fills the columns of a
 factor whose mode is smaller than the rank from an OS-seeded RandomState,
@@ -43,6 +43,7 @@ Usage (two queues at a time, one thread each):
 """
 
 import argparse
+import fcntl
 import gzip
 import hashlib
 import json
@@ -125,13 +126,24 @@ def prepare(workdir: pathlib.Path, official_dir: pathlib.Path,
 
 
 def test_lines(workdir: pathlib.Path) -> tuple[pathlib.Path | None, list[str]]:
-  """The run's log file and its per-epoch test lines, in order."""
+  """The run's log file and its per-epoch test lines, in order. A run keeps
+  one log (a resumed launch writes to the folder its checkpoint names)."""
   logs = sorted(workdir.glob("result/*/*.txt"))
+  if len(logs) > 1:
+    raise SystemExit(f"{workdir} holds {len(logs)} logs, want one: "
+                     f"{[str(p) for p in logs]}")
   if not logs:
     return None, []
-  lines = [line for line in logs[0].read_text().splitlines()
+  lines = [line.strip() for line in logs[0].read_text().splitlines()
            if TEST_LINE in line]
   return logs[0], lines
+
+
+def _write_json(path: pathlib.Path, data: dict) -> None:
+  """Whole or not at all: a kill never leaves half a record."""
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(data, indent=1) + "\n")
+  os.replace(tmp, path)
 
 
 def versions() -> dict[str, str]:
@@ -149,11 +161,18 @@ def run(setting: str, seed: int, epochs: int, official_dir: pathlib.Path,
     print(f"{name}: done, skipped", flush=True)
     return
   workdir = runs_dir / name
-  # The record lives beside the checkpoint (a new checkout keeps neither the
-  # uncommitted mirror nor its epoch times) and is mirrored to OUT.
-  record_path = workdir / "record.json"
-  record = json.loads(record_path.read_text()) if record_path.exists() else {}
   prepare(workdir, official_dir, data_dir)
+  with open(workdir / ".lock", "w") as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise SystemExit(f"{name}: another runner is on it ({workdir})") from None
+    _run(name, setting, seed, epochs, workdir)
+
+
+def _run(name: str, setting: str, seed: int, epochs: int,
+         workdir: pathlib.Path) -> None:
+  """`run`, holding the run's lock."""
   script = "train_mnist_cnn.py" if setting == "dense" else "train_mnist.py"
   rank = "1" if setting == "dense" else setting[4:]  # dense: rank unused
   command = [script, "8", "3", rank, str(epochs), "cpu"]
@@ -163,19 +182,28 @@ def run(setting: str, seed: int, epochs: int, official_dir: pathlib.Path,
   env.pop("CPAC_SEED", None)
   if seed != OFFICIAL_SEED:
     env["CPAC_SEED"] = str(seed)
-  # A run killed after its test line but before its checkpoint repeats that
-  # epoch: keep only the lines the checkpoint covers.
+  # The checkpoint says how far the run got. A run killed after its test
+  # line but before its checkpoint repeats that epoch: keep only the lines
+  # the checkpoint covers; one killed in its first epoch starts afresh.
   done = 0
-  log, lines = test_lines(workdir)
   checkpoint = workdir / "checkpoint.pt"
   if checkpoint.exists():
     import torch  # pylint: disable=g-import-not-at-top
     done = torch.load(checkpoint, weights_only=False)["epoch"]
+  else:
+    shutil.rmtree(workdir / "result", ignore_errors=True)
+    (workdir / "result").mkdir()
+  log, lines = test_lines(workdir)
+  lines = lines[:done]
   if log is not None:
-    log.write_text("".join(f"{line}\n\n" for line in lines[:done]))
+    log.write_text("".join(f"\n{line}\n\n" for line in lines))
+  record_path = workdir / "record.json"  # kept beside the checkpoint
+  seconds = (json.loads(record_path.read_text()).get("epoch_seconds", [])
+             if record_path.exists() else [])
   record = {
       "official_code": f"wyn430/CPAC-CNN {COMMIT}",
       "patch": PATCH.name,
+      "patch_sha256": hashlib.sha256(PATCH.read_bytes()).hexdigest(),
       "command": " ".join(["python"] + command),
       "seed": seed,
       "seed_source": ("as published (the scripts seed numpy and torch "
@@ -183,35 +211,45 @@ def run(setting: str, seed: int, epochs: int, official_dir: pathlib.Path,
       "threads": 1,
       "epochs": epochs,
       "epochs_done": done,
-      "epoch_seconds": record.get("epoch_seconds", [])[:done],
+      # Seconds of each epoch, None where a stop lost the time.
+      "epoch_seconds": (seconds + [None] * done)[:done],
+      "test_lines": lines,
       "versions": versions(),
   }
 
-  def mirror(lines: list[str]) -> None:
-    record_path.write_text(json.dumps(record, indent=1) + "\n")
-    (OUT / f"{name}.log").write_text("".join(f"{line}\n" for line in lines))
-    shutil.copy(record_path, OUT / f"{name}.json")
+  def mirror() -> None:
+    """The record, then its human-readable log, to OUT."""
+    _write_json(record_path, record)
+    _write_json(OUT / f"{name}.json", record)
+    (OUT / f"{name}.log").write_text(
+        "".join(f"{line}\n" for line in record["test_lines"]))
 
-  if done:
-    mirror(lines[:done])
+  mirror()
   print(f"{name}: from epoch {done + 1}", flush=True)
-  process = subprocess.Popen([sys.executable] + command, cwd=workdir, env=env,
-                             stdout=open(workdir / "stdout.txt", "a"),
-                             stderr=open(workdir / "stderr.txt", "a"))
-  started = time.monotonic()
-  while True:
-    finished = process.poll() is not None
-    log, lines = test_lines(workdir)
-    if len(lines) > record["epochs_done"]:
-      now = time.monotonic()
-      record["epoch_seconds"].append(round(now - started, 1))
-      started = now
-      record["epochs_done"] = len(lines)
-      mirror(lines)
-      print(f"{name}: {lines[-1].strip()}", flush=True)
-    if finished:
-      break
-    time.sleep(20)
+  with open(workdir / "stdout.txt", "a") as stdout, \
+       open(workdir / "stderr.txt", "a") as stderr:
+    process = subprocess.Popen([sys.executable] + command, cwd=workdir,
+                               env=env, stdout=stdout, stderr=stderr)
+    try:
+      started = time.monotonic()
+      while True:
+        finished = process.poll() is not None
+        _, lines = test_lines(workdir)
+        if len(lines) > record["epochs_done"]:
+          now = time.monotonic()
+          record["epoch_seconds"] += [None] * (len(lines) - 1 - len(
+              record["epoch_seconds"])) + [round(now - started, 1)]
+          started = now
+          record["epochs_done"], record["test_lines"] = len(lines), lines
+          mirror()
+          print(f"{name}: {lines[-1]}", flush=True)
+        if finished:
+          break
+        time.sleep(20)
+    finally:  # the runner stopped: its child stops with it
+      if process.poll() is None:
+        process.terminate()
+        process.wait()
   if process.returncode != 0 or record["epochs_done"] != epochs:
     raise SystemExit(f"{name}: exited with {process.returncode} after "
                      f"{record['epochs_done']} of {epochs} epochs; see "
@@ -223,18 +261,49 @@ import torchvision
 _init = torchvision.datasets.MNIST.__init__
 def _small(self, *args, **kwargs):
   _init(self, *args, **kwargs)
-  self.data, self.targets = self.data[:300], self.targets[:300]
+  self.data, self.targets = self.data[:1000], self.targets[:1000]
 torchvision.datasets.MNIST.__init__ = _small
 """
 
 
+def _same_state(a: pathlib.Path, b: pathlib.Path) -> bool:
+  """Whether two checkpoints hold the same net, optimizer and RNG state,
+  exactly, up to the signs of CP factor columns: ARPACK's random start in
+  TensorLy's SVD init leaves each column's sign free from launch to launch
+  (flipping a pair of a component's columns leaves its kernel, and so the
+  run, unchanged), so a factor is compared by the kernel it rebuilds and
+  Adam's first moment by its magnitude; float64 tensors to 1e-12, the
+  rest bit for bit."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  def canonical(path: pathlib.Path) -> dict:
+    state = torch.load(path, weights_only=False)
+    net = dict(state["net"])
+    for conv in sorted({k.split(".")[0] for k in net if ".factor" in k}):
+      factors = [net.pop(f"{conv}.factor{i}") for i in range(4)]
+      net[f"{conv}.kernel"] = torch.einsum("ar,br,cr,dr->abcd", *factors)
+    moments = {f"{i}.{name}": value.abs() if name == "exp_avg" else value
+               for i, slot in state["optimizer"]["state"].items()
+               for name, value in slot.items()}
+    return {**net, **moments, "rng": state["rng"]}
+
+  left, right = canonical(a), canonical(b)
+  # The factors' float64 kernels and moments agree to rounding (their
+  # products' order of signs differs), everything else bit for bit.
+  return left.keys() == right.keys() and all(
+      torch.allclose(v, right[k], rtol=0, atol=1e-12)
+      if v.dtype == torch.float64 else torch.equal(v, right[k])
+      for k, v in left.items())
+
+
 def check_resume(official_dir: pathlib.Path, data_dir: pathlib.Path,
                  runs_dir: pathlib.Path) -> None:
-  """The patched script on 300 training and 300 test images (a
+  """The patched script on the first 1,000 training and test images (a
   sitecustomize cuts torchvision's MNIST), rank 1 (no unseeded fill),
   seed 5, 3 epochs: once straight through, once stopped after epoch 1 and
-  resumed; writes both runs' test lines to OUT/resume_check.json and
-  fails unless they are the same."""
+  resumed; writes both runs' test lines, and whether their final nets,
+  optimizer states and RNG states are equal (`_same_state`), to
+  OUT/resume_check.json, and fails unless they are."""
   lines = {}
   for name, legs in (("straight", ["3"]), ("resumed", ["1", "3"])):
     workdir = runs_dir / f"resume_check_{name}"
@@ -254,13 +323,19 @@ def check_resume(official_dir: pathlib.Path, data_dir: pathlib.Path,
     lines[name] = [line.strip() for log in logs
                    for line in log.read_text().splitlines()
                    if TEST_LINE in line]
-  same = lines["straight"] == lines["resumed"] and len(lines["straight"]) == 3
-  (OUT / "resume_check.json").write_text(json.dumps(
-      {"what": check_resume.__doc__.split(";")[0].replace("\n  ", " "),
-       "same": same, **lines, "versions": versions()}, indent=1) + "\n")
+  same_state = _same_state(*(runs_dir / f"resume_check_{name}" /
+                             "checkpoint.pt" for name in lines))
+  same = (lines["straight"] == lines["resumed"]
+          and len(lines["straight"]) == 3 and same_state)
+  _write_json(OUT / "resume_check.json", {
+      "what": check_resume.__doc__.split("; writes")[0].replace("\n  ", " "),
+      "same_test_lines": lines["straight"] == lines["resumed"],
+      "same_final_state": same_state, **lines, "versions": versions()})
   if not same:
-    raise SystemExit(f"resuming changed the run: {lines}")
-  print(f"resume check: the same {len(lines['straight'])} test lines")
+    raise SystemExit(f"resuming changed the run: {lines}, same state: "
+                     f"{same_state}")
+  print(f"resume check: the same {len(lines['straight'])} test lines and "
+        "the same final state")
 
 
 def main() -> None:
@@ -270,8 +345,8 @@ def main() -> None:
   parser.add_argument("--runs",
                       help="comma-separated SETTING:SEED:EPOCHS, run in order")
   parser.add_argument("--check_resume", action="store_true",
-                      help="check, on 300 images, that a stopped and resumed "
-                      "run prints what one run through does (a minute)")
+                      help="check, on 1,000 images, that a stopped and "
+                      "resumed run ends where one run through does")
   parser.add_argument("--data_dir", type=pathlib.Path,
                       default=pathlib.Path(os.environ.get(
                           "CPAC_DATA_DIR", "data")) / "mnist",
