@@ -138,8 +138,9 @@ def build(preset: str, num_layers: int, dataset: str = "mnist"):
                "seed": init_seeds, **init_field},
               {"model.factorization": ["dense"], "seed": init_seeds,
                **init_field}]
-  if preset == "float64":  # no dense run: its convs have no factors
-    sweep = sweep[:1]
+  if preset == "float64":  # CP runs only: a dense net has no factors
+    sweep = [{"model.factorization": ["cp"], "model.rank": ranks,
+              "seed": seeds["official"], "model.init": ["official"]}]
   config.sweep = tuple(sweep)
   return config
 

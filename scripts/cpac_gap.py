@@ -23,7 +23,9 @@ of it from what is committed:
   it has got to, and the block says how far each run is.
 """
 
+import functools
 import json
+import math
 import re
 import runpy
 import statistics
@@ -31,12 +33,13 @@ import sys
 from pathlib import Path
 
 from cpac_jax import report, rundir
+from cpac_jax.config import expand
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = ROOT / "experiments" / "cpac_mnist"
 RUNS = EXPERIMENT / "official_runs"
 SETTINGS = ("rank3", "rank10", "rank12", "dense")  # run with the official code
-GAP_RANKS = ("rank3", "rank9", "rank10", "rank11", "rank12")
+ARMS = runpy.run_path(str(ROOT / "configs" / "cpac_mnist.py"))["ARMS"]
 _LINE = re.compile(r"Avg\. loss: ([\d.]+), Accuracy: (\d+)/(\d+)")
 
 
@@ -46,18 +49,16 @@ def official_runs() -> list[dict]:
   runs = []
   for record_path in sorted(RUNS.glob("*_seed*_epochs*.json")):
     record = json.loads(record_path.read_text())
-    log = record_path.with_suffix(".log")
-    lines = log.read_text().splitlines() if log.exists() else []
     epochs = []
-    for line in lines:
+    for line in record["test_lines"]:
       match = _LINE.search(line)
       if match is None:
-        raise ValueError(f"{log}: unreadable test line {line!r}")
+        raise ValueError(f"{record_path}: unreadable test line {line!r}")
       loss, correct, total = match.groups()
       epochs.append((int(correct) / int(total), float(loss)))
     if len(epochs) != record["epochs_done"]:
-      raise ValueError(f"{log} has {len(epochs)} test lines, its record "
-                       f"{record['epochs_done']}")
+      raise ValueError(f"{record_path} has {len(epochs)} test lines for "
+                       f"{record['epochs_done']} epochs")
     runs.append({"setting": record_path.stem.split("_seed")[0],
                  "seed": record["seed"], "epochs": record["epochs"],
                  "history": epochs, "epoch_seconds": record["epoch_seconds"],
@@ -114,6 +115,14 @@ def _paired(diffs: list[float]) -> str:
           f"n = {len(diffs)}")
 
 
+def above_all(column: str = "test_accuracy") -> list[str]:
+  """The settings where the paper's single run lies above every one of
+  our official-init runs in `column`."""
+  paper, _ = _paper()
+  ours = _ours(column)
+  return [s for s in _order(ours) if paper[s] > max(ours[s])]
+
+
 def gap_facts() -> str:
   """Where the paper's single runs fall among our official-init runs."""
   paper, paper_loss = _paper()
@@ -125,17 +134,16 @@ def gap_facts() -> str:
     by_init[row.get("init") or "default"] = by_init.get(
         row.get("init") or "default", 0) + 1
   order = _order(finals)
-  above = {name: [s for s in order if paper[s] > max(v[s])]
-           for name, v in (("final", finals), ("best", bests))}
   below = {name: [s for s in order if paper[s] < min(v[s])]
            for name, v in (("final", finals), ("best", bests))}
   fitted = [s for s in order if paper_loss[s] < min(losses[s])]
   n = min(len(v) for v in finals.values())
   default, official = _rows(init=""), _rows()
   high = [f"rank{r}" for r in range(9, 13)]
-  paired = {column: [100 * (float(default[s][seed][column])
-                            - float(official[s][seed][column]))
-                     for s in high for seed in sorted(default[s])]
+  seeds = sorted(set.intersection(*(set(default[s]) for s in high)))
+  paired = {column: [100 * statistics.fmean(
+      float(default[s][seed][column]) - float(official[s][seed][column])
+      for s in high) for seed in seeds]
             for column in ("test_accuracy", "best_test_accuracy")}
   return (
       f"`results.csv` holds {len(rows)} runs: "
@@ -143,61 +151,95 @@ def gap_facts() -> str:
                   for init, count in sorted(by_init.items()))
       + f". With the official init ({n} seeds a setting), the paper's "
       f"single run lies above all {n} of our final-epoch accuracies at "
-      f"{_names(above['final'])}, and above all {n} best-epoch ones at "
-      f"{_names(above['best'])}; below all of them at "
+      f"{_names(above_all())}, and above all {n} best-epoch ones at "
+      f"{_names(above_all('best_test_accuracy'))}; below all of them at "
       f"{_names(below['final'])} (final) and {_names(below['best'])} "
-      "(best epoch). Its test loss is below all of ours (final epoch) at "
-      f"{_names(fitted)}: where the gap is, the official nets are better "
-      "fitted, not luckier on accuracy alone. The default init against "
-      f"the official one at ranks 9-12, paired by seed ({len(default[high[0]])}"
-      " seeds a rank; the pairs of one seed share its data order): "
+      f"(best epoch). Its test loss is below all {n} of ours (final epoch) "
+      f"at {_names(fitted)}. At ranks 9-12 (ranks picked because the gap is "
+      "there) the default init does better than the official one: averaged "
+      f"over the four ranks and paired by seed ({len(seeds)} seeds), "
       f"{_paired(paired['test_accuracy'])} on the final epoch, "
       f"{_paired(paired['best_test_accuracy'])} on the best.")
 
 
 def init_block() -> str:
-  """Our copy of the official CP init against TensorLy 0.4.0."""
+  """Our copy of the official CP init against TensorLy 0.4.0 (and which
+  ranks other releases decompose)."""
   found = json.loads((EXPERIMENT / "official_parafac.json").read_text())
   by_rank = found["by_rank"]
-  exact = [e for e in by_rank if e["factor_gap"] < 1e-6]
-  apart = [e for e in by_rank if e["factor_gap"] >= 1e-6]
   seeds = len(found["seeds"])
   lines = [
-      "| rank | largest kernel difference | largest factor difference "
-      "(columns matched up to sign) | seeds where TensorLy raises | start "
-      "degeneracy, ours: min-max | TensorLy's (the seeds it decomposes) | "
-      "Spearman (degeneracy, "
-      "final acc) over seeds: rho (p) |", "|---|---|---|---|---|---|---|"]
+      "| rank | largest kernel difference, conv1 / conv2 | largest factor "
+      "difference (columns matched up to sign), conv1 / conv2 | seeds "
+      "TensorLy can't decompose, conv1 / conv2 | start degeneracy, ours: "
+      "min-max | seeds where TensorLy's start is the more degenerate | "
+      "Spearman (degeneracy, final acc) over seeds: rho (p) |",
+      "|---|---|---|---|---|---|---|"]
+  more = {}
   for e in by_rank:
+    pairs = [(a, b) for a, b in zip(e["degeneracy"], e["tensorly_degeneracy"])
+             if b is not None]
+    more[e["rank"]] = (sum(b > a * (1 + 1e-6) for a, b in pairs), len(pairs))
     rho = e.get("spearman_degeneracy_accuracy")
     lines.append(
-        f"| {e['rank']} | {e['kernel_gap']:.1e} | {e['factor_gap']:.1e} | "
-        f"{e['tensorly_errors']} of {seeds} | "
-        f"{min(e['degeneracy']):.1f}-{max(e['degeneracy']):.1f} | "
-        f"{min(e['tensorly_degeneracy']):.1f}-"
-        f"{max(e['tensorly_degeneracy']):.1f} | "
+        f"| {e['rank']} | {e['kernel_gap'][0]:.0e} / {e['kernel_gap'][1]:.0e}"
+        f" | {e['factor_gap'][0]:.0e} / {e['factor_gap'][1]:.0e} | "
+        + " / ".join(", ".join(map(str, r)) or "none"
+                     for r in e["tensorly_raised"])
+        + f" | {min(e['degeneracy']):.1f}-{max(e['degeneracy']):.1f} | "
+        f"{more[e['rank']][0]} of {more[e['rank']][1]} | "
         + ("-" if rho is None else f"{rho[0]:+.2f} ({rho[1]:.2g})") + " |")
+  same = [e for e in by_rank if max(e["factor_gap"]) < 1e-6]
+  apart = [e for e in by_rank if max(e["factor_gap"]) >= 1e-6]
   ps = [e["spearman_degeneracy_accuracy"][1] for e in by_rank
         if "spearman_degeneracy_accuracy" in e]
-  return (
+  text = (
       "\n".join(lines) + "\n\n"
-      f"Seeds 0-{seeds - 1}, both convs, TensorLy {found['tensorly']} "
-      f"given the same fill draws as ours. At ranks {exact[0]['rank']}-"
-      f"{exact[-1]['rank']} the two give the same factors to "
-      f"{max(e['factor_gap'] for e in exact):.0e}. At ranks "
-      f"{apart[0]['rank']}-{apart[-1]['rank']} conv1 (8 x 3 x 3 x 1, at "
-      "most 9 columns of data) makes ALS's normal equations singular: "
-      "both rebuild the same kernel (to "
-      f"{max(e['kernel_gap'] for e in apart):.0e}), but their factors part "
-      f"(by up to {max(e['factor_gap'] for e in apart):.0f}), and "
-      "TensorLy's starts are the more degenerate (component norms summed "
-      "over the kernel's norm: up to "
-      f"{max(max(e['tensorly_degeneracy']) for e in apart):.0f} against "
-      f"our {max(max(e['degeneracy']) for e in apart):.0f}). No rank's "
-      "correlation between a start's degeneracy and its run's accuracy "
-      f"has p under {0.05 / len(ps):.4f}, the Bonferroni threshold for "
-      f"these {len(ps)} tests (smallest p {min(ps):.2g}): that degenerate "
-      "starts train worse is not resolved.")
+      f"Seeds 0-{seeds - 1}, TensorLy {found['tensorly']} given the same "
+      f"fill draws as ours. At ranks {same[0]['rank']}-{same[-1]['rank']} "
+      "the two give the same factors to "
+      f"{max(max(e['factor_gap']) for e in same):.0e}. ")
+  if apart:
+    conv2 = max(e["factor_gap"][1] for e in apart)
+    text += (
+        f"At ranks {apart[0]['rank']}-{apart[-1]['rank']} they rebuild the "
+        "same kernels (to "
+        f"{max(max(e['kernel_gap']) for e in apart):.0e}) but part on "
+        "conv1's factors (8 x 3 x 3 x 1, at most 9 columns of data, so "
+        "ALS's normal equations are singular there), by up to "
+        f"{max(e['factor_gap'][0] for e in apart):.0f}, while conv2's agree "
+        f"to {conv2:.0e}; why they part is not tested here. TensorLy's "
+        "start is the more degenerate in "
+        f"{sum(more[e['rank']][0] for e in apart)} of "
+        f"{sum(more[e['rank']][1] for e in apart)} seeds there. ")
+  text += (
+      "No rank's correlation between a start's degeneracy and its run's "
+      f"accuracy has p under {0.05 / len(ps):.4f}, the Bonferroni "
+      f"threshold for these {len(ps)} tests (smallest p {min(ps):.2g}): "
+      "that degenerate starts train worse is not resolved.")
+  for other in found.get("other_releases", []):
+    failing = [int(r) for r, out in other["by_rank"].items()
+               if any(o != "ok" for o in out)]
+    errors = sorted({o for out in other["by_rank"].values() for o in out
+                     if o != "ok"})
+    text += (f" TensorLy {other['version']}'s parafac, on the seed-48 "
+             "kernels, raises at " + (_names([f"rank{r}" for r in failing])
+                                      if failing else "no rank")
+             + (f" ({'; '.join(errors)})" if errors else "") + ".")
+  return text
+
+
+def _seed_gaps(workdir: Path, column: str) -> list[float]:
+  """Per seed, the mean over settings of `workdir`'s runs minus the
+  committed runs of the same setting and seed, in points."""
+  arm, base = _rows(workdir), _rows()
+  by_seed = {}
+  for setting, runs in arm.items():
+    for seed, row in runs.items():
+      if seed in base.get(setting, {}):
+        by_seed.setdefault(seed, []).append(
+            100 * (float(row[column]) - float(base[setting][seed][column])))
+  return [statistics.fmean(gaps) for _, gaps in sorted(by_seed.items())]
 
 
 def float64_block() -> str:
@@ -209,27 +251,26 @@ def float64_block() -> str:
   lines = ["| rank | seeds | float64: final acc mean ± std | float32 (the "
            "table above) | float64 - float32, paired by seed | best epoch, "
            "paired |", "|---|---|---|---|---|---|"]
-  pooled = {"test_accuracy": [], "best_test_accuracy": []}
+  columns = ("test_accuracy", "best_test_accuracy")
   for setting in _order(wide):
     seeds = sorted(set(wide[setting]) & set(narrow[setting]))
-    diffs = {}
-    for column in pooled:
-      diffs[column] = [100 * (float(wide[setting][s][column])
-                              - float(narrow[setting][s][column]))
-                       for s in seeds]
-      pooled[column] += diffs[column]
+    diffs = {column: [100 * (float(wide[setting][s][column])
+                             - float(narrow[setting][s][column]))
+                      for s in seeds] for column in columns}
     values = [float(wide[setting][s]["test_accuracy"]) for s in seeds]
     base = [float(narrow[setting][s]["test_accuracy"]) for s in seeds]
     lines.append(
         f"| {setting[4:]} | {len(seeds)} | {_stat(values)} | {_stat(base)} | "
         + (" | ".join(_paired(diffs[c]) if len(seeds) > 1 else "-"
-                      for c in pooled)) + " |")
-  return ("\n".join(lines) + "\n\nPooled over the ranks: "
-          f"{_paired(pooled['test_accuracy'])} (final epoch), "
-          f"{_paired(pooled['best_test_accuracy'])} (best epoch); the pairs "
-          "of one seed share its kernels' draw and data order.")
+                      for c in columns)) + " |")
+  mean = {column: _seed_gaps(workdir, column) for column in columns}
+  return ("\n".join(lines) + "\n\nAveraged over the ranks, a seed's "
+          "runs sharing its kernels' draw and data order: "
+          f"{_paired(mean['test_accuracy'])} (final epoch), "
+          f"{_paired(mean['best_test_accuracy'])} (best epoch).")
 
 
+@functools.cache
 def _paper() -> tuple[dict, dict]:
   config = runpy.run_path(str(ROOT / "configs" / "cpac_mnist.py"))
   key = ("mnist", 2)
@@ -293,29 +334,44 @@ def official_table(runs: list[dict]) -> str:
   return text
 
 
+SELECTION_KS = (1, 5, 10, 20)
+
+
 def selection_table() -> str:
-  """The expected best of k of our runs against the paper, on the final
-  epoch and on the best epoch."""
+  """What keeping the best of k runs would give, from our runs: the chance
+  that the best of k runs like ours reaches the paper's number, final and
+  best epoch (`report.chance_best_of`)."""
   paper, _ = _paper()
-  ks = (1, 2, 3, 5, 10)
-  head = ["setting", "paper acc", "n"]
-  for epoch in ("final", "best"):
-    head += [f"{epoch} epoch, best of {k}" for k in ks] + [
-        f"{epoch} epoch: smallest k reaching the paper"]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   finals, bests = _ours(), _ours("best_test_accuracy")
+  ks = " / ".join(map(str, SELECTION_KS))
+  lines = ["| setting | paper acc | n | our final epochs: mean, max | chance "
+           f"the best of k reaches the paper, k = {ks}: final epoch | the "
+           "same, best epoch |", "|---|---|---|---|---|---|"]
   for setting in _order(finals):
-    cells = [setting, f"{paper[setting]:.4f}", str(len(finals[setting]))]
+    cells = [setting, f"{paper[setting]:.4f}", str(len(finals[setting])),
+             f"{statistics.fmean(finals[setting]):.4f}, "
+             f"{max(finals[setting]):.4f}"]
     for values in (finals[setting], bests[setting]):
-      cells += [f"{report.expected_best_of(values, k):.4f}" for k in ks
-                if k <= len(values)]
-      reach = [k for k in range(1, len(values) + 1)
-               if report.expected_best_of(values, k) >= paper[setting]]
-      cells.append(str(reach[0]) if reach else "none")
+      chances = [report.chance_best_of(values, paper[setting], k)
+                 for k in SELECTION_KS]
+      cells.append(" / ".join("-" if c is None else f"{c:.2f}"
+                              for c in chances))
     lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+  above = above_all()
+  together = {k: math.prod(report.chance_best_of(finals[s], paper[s], k)
+                           for s in above) for k in SELECTION_KS[-2:]}
+  return "\n".join(lines) + (
+      f"\n\nThat the best of k reaches the paper at all of {_names(above)} "
+      "at once, the settings taken as independent (a seed shared across "
+      "settings would raise it): "
+      + ", ".join(f"{c:.1e} at k = {k}" for k, c in together.items())
+      + " (final epoch).")
 
 
+# Epoch 10 of a 20-epoch run and the 10-epoch run of its seed compute the
+# same steps; float sums in another order (another vectorized group) may
+# move the 4th decimal, no more.
+SAME_RUN = 0.002
 EPOCH_COLUMNS = ("setting", "seed", "epoch", "test_accuracy", "test_loss")
 
 
@@ -381,40 +437,72 @@ def epochs20_block() -> str:
         + f" | {_stat(best)} | "
         + " | ".join("-" if t is None else "{:+.2f} ({:.2g})".format(*t)
                      for t in (t20, tbest)) + " |")
-  return ("\n".join(lines) + "\n\nEpoch 10 of these runs against the "
-          "committed 10-epoch runs of the same seed: largest difference "
-          f"{max(same):.4f} ({len(same)} runs)." if same else "")
+  if same and max(same) > SAME_RUN:
+    raise ValueError(
+        f"epoch 10 of the 20-epoch runs differs from the 10-epoch run of the "
+        f"same seed by up to {max(same):.4f}, more than {SAME_RUN}: they are "
+        "not the same computation")
+  return "\n".join(lines) + (
+      f"\n\nEpoch 10 of these runs against the committed 10-epoch runs of "
+      f"the same seed: largest difference {max(same):.4f} ({len(same)} runs; "
+      f"this script refuses more than {SAME_RUN})." if same else "")
+
+
+def _arm_rows(arm: str) -> int:
+  """How many of the arm's runs have finished, and how many it has."""
+  config = runpy.run_path(str(ROOT / "configs" / "cpac_mnist.py"))["build"](
+      arm, 2)
+  done = rundir.read_results(EXPERIMENT / arm)
+  return sum(r["status"] == "ok" for r in done), len(expand(config))
 
 
 def summary() -> str:
-  """The top README's bullet for this experiment."""
-  finals = _ours()
-  above = [s for s in _order(finals) if _paper()[0][s] > max(finals[s])]
-  default = _rows(init="")
+  """The top README's paragraph on this experiment."""
+  paper, _ = _paper()
+  finals, default = _ours(), _rows(init="")
+  above = above_all()
+  official = _rows()
+  rho = report.seed_correlation([{seed: float(r["test_accuracy"])
+                                  for seed, r in official[s].items()}
+                                 for s in _order(official)])
+  joint = report.joint_predictive(
+      [(finals[s], paper[s]) for s in _order(finals)], max(rho or 0.0, 0.0))
+  chances = [report.chance_best_of(finals[s], paper[s], 10) for s in above]
   exact = [e["rank"] for e in json.loads(
       (EXPERIMENT / "official_parafac.json").read_text())["by_rank"]
-           if e["factor_gap"] < 1e-6]
-  runs = official_runs()
-  done = sum(len(r["history"]) >= 10 for r in runs)
-  k = min(map(len, finals.values()))
-  short = [s for s in above
-           if report.expected_best_of(finals[s], k) < _paper()[0][s]]
+           if max(e["factor_gap"]) < 1e-6]
+  past10 = sum(len(r["history"]) >= 10 for r in official_runs())
+  arms, results = [], []
+  for arm, what in (("float64", "float64 factors"),
+                    ("epochs20", "20 epochs")):
+    done, total = _arm_rows(arm)
+    if done < total:
+      arms.append(f"{what} ({done} of {total} runs done)")
+    elif arm == "float64":
+      gaps = _seed_gaps(EXPERIMENT / arm, "test_accuracy")
+      results.append(
+          "holding the CP factors and their Adam state in float64, as the "
+          "official code does, moves the final epoch at ranks 9-12 by "
+          f"{_paired(gaps)} (paired by seed)")
   return (
       "**The headline table**, the CPAC-Conv paper's two-layer net on MNIST "
       "([experiments/cpac_mnist](experiments/cpac_mnist/README.md)): CP "
       "ranks 1..12 and dense, batch size 1 as the paper, with the official "
-      "code's initialisation "
-      f"({min(map(len, finals.values()))} seeds) and ours "
-      f"({min(map(len, default.values()))} seeds). At {_names(above)} the "
-      "paper's single runs lie above every one of our seeds (final epoch), "
-      "a pattern chance does not explain (the joint test under its table). "
-      "Its cause is not known yet. Tested so far: keeping the best of "
-      f"{k} of our runs still falls short at {_names(short)}; our copy of "
-      "the official initialisation gives TensorLy 0.4.0's factors at ranks "
-      f"{exact[0]}-{exact[-1]} (not at the others, where its starts are "
-      "the more degenerate). Under way: the official code itself run here "
-      f"({done} of its runs past epoch 10 so far), float64 factors and "
-      "20 epochs (its README, \"The gap at ranks 3 and 9-12\").")
+      f"code's initialisation ({min(map(len, finals.values()))} seeds) and "
+      f"ours ({min(map(len, default.values()))} seeds). At {_names(above)} "
+      "the paper's single runs lie above every one of our seeds (final "
+      "epoch); over all 13 settings, allowing for the correlation one seed "
+      f"brings, that is unlikely by chance (z = {joint[0]:.2f}, p = "
+      f"{joint[1]:.2g}), though no single setting passes a Bonferroni "
+      "correction. Its cause is not known yet. Keeping the best of 10 runs "
+      f"like ours would reach the paper's number with a chance of "
+      f"{min(chances):.2f}-{max(chances):.2f} at each of those ranks; our "
+      "copy of the official initialisation gives TensorLy 0.4.0's factors "
+      f"at ranks {exact[0]}-{exact[-1]}"
+      + "".join(f"; {r}" for r in results)
+      + f". Under way: the official code run here ({past10} of its runs "
+      "past epoch 10)" + "".join(f", {a}" for a in arms)
+      + " (its README, \"The gap to the paper\").")
 
 
 def blocks() -> dict[tuple[Path, str], str]:
@@ -430,21 +518,11 @@ def blocks() -> dict[tuple[Path, str], str]:
 
 
 def main(argv: list[str]) -> int:
-  for arm in ("float64", "epochs20"):
-    if "--check" not in argv and (EXPERIMENT / arm / "runs").exists():
-      print(f"wrote {collect_epochs(EXPERIMENT / arm).relative_to(ROOT)}")
-  stale = []
-  for (path, name), text in blocks().items():
-    if "--check" in argv:
-      if report.block(path, name) != text:
-        stale.append(f"{path.relative_to(ROOT)}: block {name!r}")
-    else:
-      report.splice(path, name, text)
-      print(f"wrote {path.relative_to(ROOT)}: {name}")
-  if stale:
-    print("stale, rerun python scripts/cpac_gap.py:\n  "
-          + "\n  ".join(stale))
-  return 1 if stale else 0
+  if "--check" not in argv:
+    for arm in ARMS:
+      if (EXPERIMENT / arm / "runs").exists():
+        print(f"wrote {collect_epochs(EXPERIMENT / arm).relative_to(ROOT)}")
+  return report.write_blocks(blocks(), argv, "python scripts/cpac_gap.py")
 
 
 if __name__ == "__main__":

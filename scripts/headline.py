@@ -32,14 +32,17 @@ def _script(name: str):
   return module
 
 
-def _row_cells(table: str, first: str) -> list[str]:
-  """The cells of the markdown row of `table` whose first cell is
-  `first`."""
-  for line in table.splitlines():
-    cells = [c.strip() for c in line.strip().strip("|").split("|")]
-    if cells[0] == first:
-      return cells
-  raise ValueError(f"no row {first!r} in the table")
+def _row(table: str, **match: str) -> dict[str, str]:
+  """The row of markdown `table` whose cells under the given headers are
+  the given values, as {header: cell}; a ValueError unless exactly one."""
+  lines = [[c.strip() for c in line.strip().strip("|").split("|")]
+           for line in table.splitlines() if line.startswith("|")]
+  head, rows = lines[0], [dict(zip(lines[0], cells)) for cells in lines[2:]]
+  found = [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+  if len(found) != 1:
+    raise ValueError(f"{len(found)} rows match {match} in the table with "
+                     f"headers {head}")
+  return found[0]
 
 
 def _link(folder: str) -> str:
@@ -72,12 +75,16 @@ def _cpac(folder: str, key: tuple[str, int]) -> tuple[str, str]:
 
 
 def _ttl(dataset: str, gap_table) -> tuple[str, str]:
-  cells = _row_cells(gap_table.table(dataset), "tucker (5, 5, 10)")
-  n = cells[6].rsplit("(", 1)[1].rstrip(")")
+  table = gap_table.table(dataset)
+  row = _row(table, option="tucker (5, 5, 10)")
+  head = next(h for h in row if h.startswith("gap to the dense twin"))
+  accuracy = next(h for h in row if h.startswith("test acc"))
+  n = row[accuracy].rsplit("(", 1)[1].rstrip(")")
   return ("Tucker layer (5, 5, 10), 66.63x fewer weights than the 784 -> "
           "300 dense layer, accuracy comparable to dense",
-          f"{cells[3]} fewer weights; {cells[7]} points against the dense "
-          f"twin (n = {n} seeds, paired; rates chosen on held-out data)")
+          f"{row['compression of that layer']} fewer weights; {row[head]} "
+          f"points against the dense twin (n = {n} seeds, paired; rates "
+          "chosen on held-out data)")
 
 
 def _vgg() -> str:
@@ -135,13 +142,13 @@ def _significance() -> str:
 
 def _compress(compress_table) -> str:
   table = compress_table.table(rundir.read_results(compress_table.FOLDER))
-  cells = _row_cells(table, "0.1")  # the first 10x row is Tucker-2's
-  for line in table.splitlines():
-    if line.startswith("| 0.1 | CP compress + fine-tune"):
-      cells = [c.strip() for c in line.strip().strip("|").split("|")]
-  n = cells[4].rsplit("n=", 1)[1].rstrip(")")
-  return (f"CP at {cells[3]} fewer conv weights: {cells[5]} points against "
-          f"the dense net (n = {n} seeds, paired)")
+  row = _row(table, budget="0.1", condition="CP compress + fine-tune, "
+             "global ranks")
+  accuracy = next(h for h in row if h.startswith("test accuracy"))
+  n = row[accuracy].rsplit("n=", 1)[1].rstrip(")")
+  return (f"CP at {row['their compression']} fewer conv weights: "
+          f"{row['vs dense, points [95%]']} points against the dense net "
+          f"(n = {n} seeds, paired)")
 
 
 def table() -> str:
@@ -177,16 +184,7 @@ def blocks() -> dict[tuple[Path, str], str]:
 
 
 def main(argv: list[str]) -> int:
-  for (path, name), text in blocks().items():
-    if "--check" in argv:
-      if report.block(path, name) != text:
-        print(f"{path.name}: block {name!r} is stale; rerun "
-              "python scripts/headline.py")
-        return 1
-    else:
-      report.splice(path, name, text)
-      print(text)
-  return 0
+  return report.write_blocks(blocks(), argv, "python scripts/headline.py")
 
 
 if __name__ == "__main__":

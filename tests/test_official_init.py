@@ -101,3 +101,31 @@ def test_official_init_refuses_tucker_and_tt_convs():
                        "takes init 'default'"):
       CPACNet(num_layers=2, factorization=factorization, rank=0.5,
               init="official", rngs=nnx.Rngs(0))
+
+
+def test_float64_factors_train_in_float64_and_compute_in_float32():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="JAX_ENABLE_X64=1"):
+    CPACNet(rank=3, factor_dtype="float64", rngs=nnx.Rngs(0))
+  jax.config.update("jax_enable_x64", True)
+  try:
+    with pytest.raises(ValueError, match="'tucker' takes 'float32'"):
+      CPACNet(rank=3, factorization="tucker", factor_dtype="float64",
+              rngs=nnx.Rngs(0))
+    net = CPACNet(rank=3, init="official", factor_dtype="float64",
+                  rngs=nnx.Rngs(0))
+    params = nnx.state(net, nnx.Param)
+    dtypes = {path[-2] if path[-1] in (0, 1) else path[-1]: leaf.dtype
+              for path, leaf in nnx.to_flat_state(params)}
+    assert dtypes["in_factor"] == dtypes["out_factor"] == jnp.float64
+    assert dtypes["spatial_factors"] == jnp.float64
+    assert dtypes["kernel"] == dtypes["bias"] == jnp.float32
+    x = jnp.ones((2, 28, 28, 1), jnp.float32)
+    assert net(x).dtype == jnp.float32
+    # The same start in float32 computes the same outputs (the float64
+    # factors are cast for the convs).
+    narrow = CPACNet(rank=3, init="official", rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(net(x), narrow(x), rtol=1e-5, atol=1e-6)
+  finally:
+    jax.config.update("jax_enable_x64", False)

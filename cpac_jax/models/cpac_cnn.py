@@ -54,7 +54,8 @@ class CPACNet(nnx.Module):
       ("float32", or "float64" as the official code holds them, which needs
       JAX's 64-bit mode: JAX_ENABLE_X64=1); the convs compute in float32
       either way, as the official code's forward casts its factors. Other
-      layers (dense convs, FC) hold float32 whatever it says.
+      layers (dense convs, FC) hold float32 whatever it says; Tucker and TT
+      factors take "float32" only.
     rngs: random streams.
 
   Example:
@@ -89,6 +90,10 @@ class CPACNet(nnx.Module):
     if factor_dtype not in ("float32", "float64"):
       raise ValueError("CPACNet: factor_dtype must be 'float32' or 'float64', "
                        f"got {factor_dtype!r}")
+    if factor_dtype == "float64" and factorization in ("tucker", "tt"):
+      raise ValueError(
+          "CPACNet: factor_dtype 'float64' holds CP factors (as the official "
+          f"code does); factorization {factorization!r} takes 'float32'")
     if factor_dtype == "float64" and not jax.config.read("jax_enable_x64"):
       raise ValueError("CPACNet: factor_dtype 'float64' needs JAX's 64-bit "
                        "mode; run with JAX_ENABLE_X64=1 in the environment")

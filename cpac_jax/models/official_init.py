@@ -32,12 +32,10 @@ no others):
   `solve` raises in numpy; we then take the minimum-norm least-squares
   solution (`np.linalg.lstsq`). Where they are merely ill-conditioned,
   `solve` returns large, degenerate factors, as the official init did.
-  At ranks 10-12 our factors are not TensorLy 0.4.0's for the same kernel
-  and fill (both rebuild the kernel, but rounding differences in the SVD
-  start are amplified by the singular system) and TensorLy's are the more
-  degenerate; at ranks 1-9 they are the same to 4e-9
-  (experiments/cpac_mnist/official_parafac.json,
-  scripts/check_official_parafac.py).
+  At ranks 1-9 our factors are TensorLy 0.4.0's for the same kernels and
+  fill draws; at ranks 10-12 conv1's are not, though both rebuild the same
+  kernel (experiments/cpac_mnist/official_parafac.json, written by
+  scripts/check_official_parafac.py; why they part is not known).
 - Factors and their optimizer state are float32 here by default, float64
   there; `CPACNet(factor_dtype="float64")` (under JAX_ENABLE_X64=1) holds
   them as the official code does, the convs computing in float32 as its

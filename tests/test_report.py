@@ -1,0 +1,69 @@
+"""The statistics the tables read the paper's single runs with."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from cpac_jax import report
+
+
+def test_predictive_t_is_the_t_of_one_more_draw():
+  values = [0.970, 0.972, 0.975, 0.971, 0.973]
+  t, p = report.predictive_t(values, 0.980)
+  mean, std = np.mean(values), np.std(values, ddof=1)
+  assert t == pytest.approx((0.980 - mean) / (std * math.sqrt(1 + 1 / 5)))
+  assert p == pytest.approx(2 * stats.t.sf(t, 4))
+  assert report.predictive_t([0.97], 0.98) is None
+  assert report.predictive_t([0.97, 0.97], 0.98) is None
+
+
+def test_joint_predictive_shrinks_as_the_settings_correlate():
+  pairs = [([0.0, 1.0, 2.0, 1.5, 0.5], 3.0)] * 4
+  alone, _, k = report.joint_predictive(pairs)
+  assert k == 4
+  one, _, _ = report.joint_predictive(pairs[:1])
+  assert alone == pytest.approx(2 * one)  # 4 equal z's over sqrt(4)
+  # Fully correlated settings carry one setting's evidence.
+  assert report.joint_predictive(pairs, rho=1.0)[0] == pytest.approx(one)
+
+
+@pytest.mark.parametrize("shift,expected", [(1.0, 1.0), (-1.0, -1.0)])
+def test_seed_correlation_of_settings_moving_together(shift, expected):
+  seeds = {0: 0.1, 1: 0.5, 2: 0.2, 3: 0.9}
+  moved = {s: shift * v for s, v in seeds.items()}
+  assert report.seed_correlation([seeds, moved]) == pytest.approx(expected)
+  assert report.seed_correlation([seeds]) is None
+
+
+def test_best_of_k_is_the_mean_maximum_and_its_chance_rises_with_k():
+  values = [0.1, 0.4, 0.2, 0.3]
+  assert report.expected_best_of(values, 4) == 0.4
+  assert report.expected_best_of(values, 1) == pytest.approx(0.25)
+  # Without replacement, the mean maximum of 2 is the pairs' mean maximum.
+  pairs = [max(a, b) for i, a in enumerate(values) for b in values[i + 1:]]
+  assert report.expected_best_of(values, 2) == pytest.approx(np.mean(pairs))
+  chances = [report.chance_best_of(values, 0.45, k) for k in (1, 5, 10)]
+  assert 0 < chances[0] < chances[1] < chances[2] < 1
+  with pytest.raises(ValueError, match="k=5"):
+    report.expected_best_of(values, 5)
+
+
+def test_block_refuses_markers_out_of_order(tmp_path):
+  readme = tmp_path / "README.md"
+  readme.write_text("<!-- a:end -->\nx\n<!-- a:begin -->\n")
+  with pytest.raises(ValueError, match="no single"):
+    report.block(readme, "a")
+
+
+def test_write_blocks_checks_without_writing(tmp_path, capsys):
+  readme = tmp_path / "README.md"
+  readme.write_text("<!-- a:begin -->\nold\n<!-- a:end -->\n")
+  blocks = {(readme, "a"): "new"}
+  assert report.write_blocks(blocks, ["--check"], "python gen.py") == 1
+  assert "rerun python gen.py" in capsys.readouterr().out
+  assert report.block(readme, "a") == "old"
+  assert report.write_blocks(blocks, [], "python gen.py") == 0
+  assert report.write_blocks(blocks, ["--check"], "python gen.py") == 0
+  assert report.block(readme, "a") == "new"
