@@ -83,7 +83,7 @@ class CompressionReport:
 
   factorization: str
   allocation: str
-  budget: float | int
+  budget: float | int | None  # None: the ranks were given, no budget
   layers: tuple[LayerReport, ...]
 
   @property
@@ -125,8 +125,10 @@ class CompressionReport:
           f"| {layer.path} | {layer.layer} | {layer.factorization} | {rank} "
           f"| {layer.params_before} | {layer.params_after} | "
           f"{layer.params_before / layer.params_after:.1f}x | {error} |")
-    lines.append(f"| total | | {self.factorization} | {self.allocation} "
-                 f"{self.budget} | {self.params_before} | "
+    rule = ("ranks given" if self.budget is None
+            else f"{self.allocation} {self.budget}")
+    lines.append(f"| total | | {self.factorization} | {rule} | "
+                 f"{self.params_before} | "
                  f"{self.params_after} | {self.compression:.1f}x | |")
     return "\n".join(lines)
 
@@ -188,7 +190,7 @@ def compressible(model: nnx.Module, factorization: str = "tucker", *,
   return chosen
 
 
-def compress(model: nnx.Module, budget: float | int = 0.1,
+def compress(model: nnx.Module, budget: float | int | None = None,
              factorization: str = "tucker", *,
              include: Sequence[Filter] | None = None,
              exclude: Sequence[Filter] = (), allocation: str = "global",
@@ -204,7 +206,9 @@ def compress(model: nnx.Module, budget: float | int = 0.1,
     model: any Flax NNX model; the layers may sit anywhere in it
       (attributes, lists, nested modules).
     budget: the replaced layers' weights to keep: a float in (0, 1], the
-      fraction (0.1 ~ 10x fewer), or an int, their count.
+      fraction (0.1 ~ 10x fewer), or an int, their count; None: 0.1. With
+      `ranks`, None (the ranks decide) or a bound the ranks must keep
+      within: ranks that keep more are refused, naming both.
     factorization: "cp" or "tucker" (see the module docstring).
     include, exclude: filters choosing the layers (`compressible`).
     allocation: "global" or "uniform": how the budget is shared out (see
@@ -221,16 +225,17 @@ def compress(model: nnx.Module, budget: float | int = 0.1,
 
   Raises:
     ValueError: a bad budget, factorization, allocation, init, filter or
-      rank; a budget below what the smallest ranks need.
+      rank; a budget below what the smallest ranks need; given ranks that
+      keep more weights than a given budget.
   """
   _check_choice(init, INITS, "init")
   chosen = compressible(model, factorization, include=include,
                         exclude=exclude)
   paths = [path for path, _ in chosen]
   if ranks is None:
-    ranks = _allocate(chosen, budget, factorization, allocation)
+    ranks = _allocate(chosen, 0.1 if budget is None else budget,
+                      factorization, allocation)
   else:
-    _target(budget, sum(_dense_params(node) for _, node in chosen))
     _check_choice(allocation, ALLOCATIONS, "allocation")
     if sorted(ranks) != sorted(paths):
       raise ValueError(
@@ -238,6 +243,9 @@ def compress(model: nnx.Module, budget: float | int = 0.1,
           f"chosen are {paths}")
     ranks = {path: tuple(rank) if isinstance(rank, list) else rank
              for path, rank in ranks.items()}
+    if budget is not None:
+      _check_ranks_within(chosen, ranks, budget, factorization,
+                          implementation)
 
   new = nnx.clone(model)
   key = jax.random.key(0) if key is None else key
@@ -257,8 +265,9 @@ def compress(model: nnx.Module, budget: float | int = 0.1,
         rank=ranks[path], params_before=_dense_params(node),
         params_after=cj_layers.count_params(layer) - _bias_params(layer),
         error=error))
-  return new, CompressionReport(factorization, allocation, budget,
-                                tuple(reports))
+  return new, CompressionReport(
+      factorization, allocation,
+      0.1 if budget is None and ranks is None else budget, tuple(reports))
 
 
 # --- Choosing ranks ----------------------------------------------------------
@@ -391,6 +400,25 @@ def check_budget(budget) -> None:
     raise ValueError(f"compress: budget must be a float in (0, 1] (the "
                      f"fraction of weights kept) or an int count of weights "
                      f">= 1, got {budget!r}")
+
+
+def _check_ranks_within(chosen, ranks: dict, budget, factorization: str,
+                        implementation: str) -> None:
+  """Refuse `ranks` that keep more weights than `budget`, before any
+  decomposition (the layers' shapes alone, by `nnx.eval_shape`)."""
+  total = sum(_dense_params(node) for _, node in chosen)
+  target = _target(budget, total)
+  kept = 0
+  for path, node in chosen:
+    layer = nnx.eval_shape(lambda n=node, p=path: _replace(
+        n, factorization, ranks[p], "random", implementation, None,
+        nnx.Rngs(0), p))
+    kept += cj_layers.count_params(layer) - _bias_params(layer)
+  if kept > target:
+    raise ValueError(
+        f"compress: the ranks given keep {kept} of the {total} weights, "
+        f"more than budget {budget!r} allows ({target:.0f}); give budget="
+        "None to keep these ranks, or smaller ranks")
 
 
 def _target(budget, total: int) -> float:

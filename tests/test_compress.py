@@ -78,8 +78,21 @@ def test_compress_replaces_every_layer_and_leaves_the_input_alone():
   # At full ranks the compressed model computes the original.
   full = {"stem": (3, 8), "blocks/0/conv": (8, 12), "blocks/1": (12, 16),
           "head": (10, 10)}
-  exact, _ = cj.compress(net, 1.0, "tucker", ranks=full)
+  exact, exact_report = cj.compress(net, None, "tucker", ranks=full)
   np.testing.assert_allclose(exact(x), net(x), atol=1e-4)
+  assert "| tucker | ranks given |" in exact_report.table()
+
+
+def test_compress_refuses_ranks_over_a_given_budget():
+  net = Net(nnx.Rngs(0))
+  _, report = cj.compress(net, 0.3, "tucker")
+  assert report.params_after <= 0.3 * report.params_before
+  # The same ranks under the same budget are accepted, as they fit.
+  _, again = cj.compress(net, 0.3, "tucker", ranks=report.ranks())
+  assert again.ranks() == report.ranks()
+  with pytest.raises(ValueError, match=r"keep \d+ of the \d+ weights, more "
+                     r"than budget 0.1 allows"):
+    cj.compress(net, 0.1, "tucker", ranks=report.ranks())
 
 
 def test_cp_filters_and_random_init():
