@@ -50,6 +50,9 @@ INFO = {
 # Magnetic-Tile-Defect: its class folders, in label order (alphabetical, as
 # torchvision's ImageFolder numbers them in the official code), and the
 # share of images that train (the official code: int(0.85 * 663) = 563).
+# The extensions torchvision's ImageFolder reads, compared in lower case.
+IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif",
+                    ".tiff", ".webp")
 MAGNETIC_TILE_CLASSES = ("MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray",
                          "MT_Free", "MT_Uneven")
 MAGNETIC_TILE_TRAIN_FRACTION = 0.85
@@ -162,11 +165,29 @@ def _magnetic_tile_split(split: str, root: Path, seed: int) -> Split | None:
   from PIL import Image  # slow import: only when needed
 
   folder = root / "magnetic_tile"
-  if not all((folder / c).is_dir() for c in MAGNETIC_TILE_CLASSES):
+  present = [c for c in MAGNETIC_TILE_CLASSES if (folder / c).is_dir()]
+  if not present:
     return None
+  # The image files of each class, as torchvision's ImageFolder finds them
+  # (its extensions, in any case); anything else in a folder is not an
+  # image and is passed over, as ImageFolder does.
+  files = {c: sorted((p for p in (folder / c).iterdir()
+                      if p.suffix.lower() in IMAGE_EXTENSIONS),
+                     key=lambda p: p.name) for c in present}
+  counts = ", ".join(f"{c} {len(f)}" for c, f in files.items())
+  missing = [c for c in MAGNETIC_TILE_CLASSES if c not in files]
+  empty = [c for c, f in files.items() if not f]
+  if missing or empty:
+    raise ValueError(
+        f"{folder} must hold the 6 class folders "
+        f"{', '.join(MAGNETIC_TILE_CLASSES)}, each with images "
+        f"({', '.join(IMAGE_EXTENSIONS)}); "
+        + (f"missing: {', '.join(missing)}; " if missing else "")
+        + (f"empty: {', '.join(empty)}; " if empty else "")
+        + f"found: {counts}")
   images, labels = [], []
   for label, name in enumerate(MAGNETIC_TILE_CLASSES):
-    for path in sorted((folder / name).glob("*.png"), key=lambda p: p.name):
+    for path in files[name]:
       with Image.open(path) as image:
         if image.mode != "L" or image.size != (100, 100):
           raise ValueError(
@@ -174,8 +195,6 @@ def _magnetic_tile_split(split: str, root: Path, seed: int) -> Split | None:
               "image; Magnetic-Tile images are 100x100 grayscale ('L')")
         images.append(np.asarray(image, np.uint8)[..., None])
       labels.append(label)
-  if not images:
-    raise ValueError(f"{folder}'s class folders hold no .png images")
   order = np.random.RandomState(seed).permutation(len(images))
   cut = int(MAGNETIC_TILE_TRAIN_FRACTION * len(images))
   chosen = order[:cut] if split == "train" else order[cut:]

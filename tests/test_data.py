@@ -103,3 +103,35 @@ def test_missing_magnetic_tile_names_its_fetch_command(tmp_path):
   with pytest.raises(data.DataNotFoundError,
                      match="fetch_data.sh magnetic_tile"):
     data.load("magnetic_tile", "train", tmp_path)
+
+
+@pytest.mark.parametrize("suffix", [".PNG", ".jpeg", ".Jpg"])
+def test_magnetic_tile_reads_every_image_extension_imagefolder_reads(
+    magnetic_tile_dir, suffix):
+  from PIL import Image
+
+  base = data.load("magnetic_tile", "train", magnetic_tile_dir)
+  base_test = data.load("magnetic_tile", "test", magnetic_tile_dir)
+  Image.new("L", (100, 100)).save(
+      magnetic_tile_dir / "magnetic_tile" / "MT_Free" / f"extra{suffix}",
+      format="PNG" if suffix.lower() == ".png" else "JPEG")
+  (magnetic_tile_dir / "magnetic_tile" / "MT_Free" / "notes.txt").write_text(
+      "not an image")
+  train = data.load("magnetic_tile", "train", magnetic_tile_dir)
+  test = data.load("magnetic_tile", "test", magnetic_tile_dir)
+  assert len(train.labels) + len(test.labels) == (
+      len(base.labels) + len(base_test.labels) + 1)
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty"])
+def test_magnetic_tile_refuses_a_missing_or_empty_class(magnetic_tile_dir,
+                                                        damage):
+  import shutil
+
+  folder = magnetic_tile_dir / "magnetic_tile" / "MT_Crack"
+  shutil.rmtree(folder)
+  if damage == "empty":
+    folder.mkdir()
+  with pytest.raises(ValueError, match=rf"{damage}: MT_Crack; found: "
+                     r"MT_Blowhole 10, MT_Break 10, "):
+    data.load("magnetic_tile", "train", magnetic_tile_dir)
