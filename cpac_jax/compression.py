@@ -254,7 +254,10 @@ def compress(model: nnx.Module, budget: float | int | None = None,
   for i, (path, node) in enumerate(chosen):
     layer = _replace(node, factorization, ranks[path], init, implementation,
                      jax.random.fold_in(key, i), rngs, path)
-    set_at(new, path, layer)
+    if path:
+      set_at(new, path, layer)
+    else:  # the model is the one layer: its replacement is the new model
+      new = layer
     error = None
     if init == "decomposed":
       weight = np.asarray(_weight(node), np.float64)
@@ -462,7 +465,11 @@ def _replace(node, factorization, rank, init, implementation, key, rngs,
 
 def set_at(model: nnx.Module, path: str, layer) -> None:
   """Put `layer` at `path` ("blocks/0/conv": attributes and list indices,
-  as `compressible` names them) in `model`, in place."""
+  as `compressible` names them) in `model`, in place. The model itself
+  (path "") can't be replaced in place: `compress` returns its new layer."""
+  if not path:
+    raise ValueError("set_at: path '' is the model itself, which can't be "
+                     "replaced in place; use the new layer as the model")
   *parents, leaf = path.split("/")
   node = model
   for part in parents:
@@ -474,7 +481,9 @@ def set_at(model: nnx.Module, path: str, layer) -> None:
 
 
 def _weight(node) -> jax.Array:
-  return node.kernel[...]
+  """What the layer computes with (a masked conv's kernel times its mask)."""
+  return (cj_layers.effective_kernel(node) if isinstance(node, nnx.Conv)
+          else node.kernel[...])
 
 
 def _rebuilt(layer) -> jax.Array:

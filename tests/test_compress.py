@@ -268,3 +268,21 @@ def test_unrolled_steps_train_as_the_loop_does(mnist_dir, tmp_path):
   np.testing.assert_allclose(rows[0]["test_loss"], rows[1]["test_loss"],
                              rtol=1e-3)
   assert abs(rows[0]["test_accuracy"] - rows[1]["test_accuracy"]) <= 0.01
+
+
+@pytest.mark.parametrize("factorization", ["cp", "tucker"])
+def test_compress_decomposes_what_a_masked_conv_computes(factorization):
+  mask = jnp.zeros((3, 3, 4, 6)).at[1, :, :, :].set(1.0)  # middle row only
+  conv = nnx.Conv(4, 6, (3, 3), mask=mask, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 4))
+  ranks = {"": 18 if factorization == "cp" else (4, 6)}
+  small, report = cj.compress(conv, None, factorization, ranks=ranks)
+  masked = conv.kernel[...] * mask
+  rebuilt = small.kernel_tensor()
+  # The report's error is that of the kernel the conv computes with, and
+  # the new layer computes close to the masked conv.
+  np.testing.assert_allclose(
+      report.layers[0].error,
+      jnp.linalg.norm(rebuilt - masked) / jnp.linalg.norm(masked), rtol=1e-3)
+  assert report.layers[0].error < 0.05
+  np.testing.assert_allclose(small(x), conv(x), atol=0.05)

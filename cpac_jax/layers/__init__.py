@@ -7,7 +7,7 @@ from cpac_jax.functional import (
   patches_conv,
   winograd_conv,
 )
-from cpac_jax.layers._conv import from_conv_kwargs
+from cpac_jax.layers._conv import effective_kernel, from_conv_kwargs
 from cpac_jax.layers.cp_conv import CPConv
 from cpac_jax.layers.params import count_params
 from cpac_jax.layers.tt_conv import TTConv
@@ -16,5 +16,6 @@ from cpac_jax.layers.tucker_conv import TuckerConv
 from cpac_jax.layers.tucker_dense import TuckerDense
 
 __all__ = ["CPConv", "TTConv", "TTDense", "TuckerConv", "TuckerDense",
-           "auto_conv_general_dilated", "count_params", "from_conv_kwargs",
+           "auto_conv_general_dilated", "count_params", "effective_kernel",
+           "from_conv_kwargs",
            "patches_conv", "winograd_conv"]

@@ -101,6 +101,15 @@ def from_conv_kwargs(conv, caller: str) -> dict:
                   else conv.conv_general_dilated))
 
 
+def effective_kernel(conv) -> jax.Array:
+  """The kernel an `nnx.Conv` computes with: a masked conv's kernel times
+  its mask. A factorized layer built from it holds no mask: its factors
+  approximate this kernel, and so what the conv computed."""
+  kernel = conv.kernel[...]
+  mask = getattr(conv, "mask", None)
+  return kernel if mask is None else kernel * mask
+
+
 def assign(layer, factors: Sequence[jax.Array], bias: jax.Array | None):
   """Set a factorized conv's factors (kernel-mode order) and bias."""
   for param, factor in zip(layer.spatial_factors, factors[:-2], strict=True):

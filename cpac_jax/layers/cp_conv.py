@@ -145,7 +145,7 @@ class CPConv(nnx.Module):
     kwargs = _conv.from_conv_kwargs(conv, "CPConv.from_conv")
     layer = cls(**kwargs, rank=rank, implementation=implementation,
                 rngs=rngs or nnx.Rngs(0))
-    kernel = conv.kernel[...].astype(jnp.float32)
+    kernel = _conv.effective_kernel(conv).astype(jnp.float32)
     cp = tensor.cp_als(kernel, layer.rank, n_iter_max=n_iter_max, tol=tol,
                        key=key)
     scale = cp.weights ** (1 / kernel.ndim)

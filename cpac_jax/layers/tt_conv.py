@@ -123,7 +123,7 @@ class TTConv(nnx.Module):
     kwargs = _conv.from_conv_kwargs(conv, "TTConv.from_conv")
     layer = cls(**kwargs, rank=rank, implementation=implementation,
                 rngs=rngs or nnx.Rngs(0))
-    kernel = conv.kernel[...].astype(jnp.float32)
+    kernel = _conv.effective_kernel(conv).astype(jnp.float32)
     d = kernel.ndim
     ordered = jnp.transpose(kernel, (d - 2,) + tuple(range(d - 2)) + (d - 1,))
     for param, core in zip(layer.cores, tensor.tt_svd(ordered, layer.rank)):

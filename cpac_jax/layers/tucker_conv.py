@@ -132,7 +132,7 @@ class TuckerConv(nnx.Module):
     kwargs = _conv.from_conv_kwargs(conv, "TuckerConv.from_conv")
     layer = cls(**kwargs, rank=rank, factorize_spatial=factorize_spatial,
                 implementation=implementation, rngs=rngs or nnx.Rngs(0))
-    kernel = conv.kernel[...].astype(jnp.float32)
+    kernel = _conv.effective_kernel(conv).astype(jnp.float32)
     core, factors = tensor.tucker(kernel, layer.rank, layer.modes,
                                   method=method)
     layer.core[...] = core.astype(conv.param_dtype)
