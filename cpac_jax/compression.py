@@ -54,7 +54,7 @@ from cpac_jax import layers as cj_layers
 
 __all__ = ["ALLOCATIONS", "FACTORIZATIONS", "INITS", "CompressionReport",
            "LayerReport", "allocate", "check_budget", "compress",
-           "compressible", "set_at"]
+           "compressible", "references", "set_at"]
 
 FACTORIZATIONS = ("cp", "tucker")
 ALLOCATIONS = ("global", "uniform")
@@ -75,6 +75,7 @@ class LayerReport:
   params_before: int        # weights (bias excluded: it is kept as it was)
   params_after: int
   error: float | None       # ||W - W_hat|| / ||W||; None if not decomposed
+  shared_with: tuple[str, ...] = ()  # its other paths, if it is shared
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,8 +122,9 @@ class CompressionReport:
       rank = ("x".join(map(str, layer.rank)) if isinstance(layer.rank, tuple)
               else str(layer.rank))
       error = "" if layer.error is None else f"{layer.error:.3f}"
+      where = layer.path + "".join(f" (= {p})" for p in layer.shared_with)
       lines.append(
-          f"| {layer.path} | {layer.layer} | {layer.factorization} | {rank} "
+          f"| {where} | {layer.layer} | {layer.factorization} | {rank} "
           f"| {layer.params_before} | {layer.params_after} | "
           f"{layer.params_before / layer.params_after:.1f}x | {error} |")
     rule = ("ranks given" if self.budget is None
@@ -156,6 +158,11 @@ def compressible(model: nnx.Module, factorization: str = "tucker", *,
                 for path, node in nnx.iter_graph(model)
                 if isinstance(node, (nnx.Conv, nnx.Linear))]
   paths = [path for path, _ in candidates]
+  refs = references(model)
+
+  def _matches(f: Filter, path: str, node) -> bool:  # at any of its paths
+    return any(_match(f, p, node) for p in refs.get(id(node), [path]))
+
   for kind, filters in (("include", include or ()), ("exclude", exclude)):
     for f in filters:
       if not any(_matches(f, path, node) for path, node in candidates):
@@ -247,6 +254,7 @@ def compress(model: nnx.Module, budget: float | int | None = None,
       _check_ranks_within(chosen, ranks, budget, factorization,
                           implementation)
 
+  refs = references(model)
   new = nnx.clone(model)
   key = jax.random.key(0) if key is None else key
   rngs = rngs or nnx.Rngs(0)
@@ -255,7 +263,8 @@ def compress(model: nnx.Module, budget: float | int | None = None,
     layer = _replace(node, factorization, ranks[path], init, implementation,
                      jax.random.fold_in(key, i), rngs, path)
     if path:
-      set_at(new, path, layer)
+      for where in refs[id(node)]:  # a shared layer at each of its places
+        set_at(new, where, layer)
     else:  # the model is the one layer: its replacement is the new model
       new = layer
     error = None
@@ -267,7 +276,8 @@ def compress(model: nnx.Module, budget: float | int | None = None,
         path=path, layer=_describe(node), factorization=factorization,
         rank=ranks[path], params_before=_dense_params(node),
         params_after=cj_layers.count_params(layer) - _bias_params(layer),
-        error=error))
+        error=error,
+        shared_with=tuple(p for p in refs[id(node)] if p != path)))
   return new, CompressionReport(
       factorization, allocation,
       0.1 if budget is None and ranks is None else budget, tuple(reports))
@@ -518,7 +528,28 @@ def _describe(node) -> str:
   return f"Conv({node.in_features}->{node.out_features}, {size})"
 
 
-def _matches(f: Filter, path: str, node) -> bool:
+def references(model: nnx.Module) -> dict[int, list[str]]:
+  """{id(layer): its paths} for every `nnx.Conv` and `nnx.Linear` of
+  `model`, in graph order: a layer held in several places (tied, shared)
+  has several paths, and `compress` replaces it at all of them with one
+  new layer."""
+  if isinstance(model, (nnx.Conv, nnx.Linear)):
+    return {id(model): [""]}
+  found = {}
+
+  def walk(node, path: tuple, seen: frozenset) -> None:
+    for key, child in nnx.iter_children(node):
+      where = (*path, str(key))
+      if isinstance(child, (nnx.Conv, nnx.Linear)):
+        found.setdefault(id(child), []).append("/".join(where))
+      elif id(child) not in seen:
+        walk(child, where, seen | {id(child)})
+
+  walk(model, (), frozenset({id(model)}))
+  return found
+
+
+def _match(f: Filter, path: str, node) -> bool:
   if isinstance(f, type):
     return isinstance(node, f)
   return fnmatch.fnmatchcase(path, f)

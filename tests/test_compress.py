@@ -286,3 +286,34 @@ def test_compress_decomposes_what_a_masked_conv_computes(factorization):
       jnp.linalg.norm(rebuilt - masked) / jnp.linalg.norm(masked), rtol=1e-3)
   assert report.layers[0].error < 0.05
   np.testing.assert_allclose(small(x), conv(x), atol=0.05)
+
+
+class _Tied(nnx.Module):
+  """One Linear held under two attributes and in a list (tied weights)."""
+
+  def __init__(self, rngs):
+    self.first = nnx.Linear(32, 32, rngs=rngs)
+    self.again = self.first
+    self.layers = nnx.List([self.first, nnx.Linear(32, 8, rngs=rngs)])
+
+  def __call__(self, x):
+    return self.layers[1](self.again(self.first(x)))
+
+
+def test_compress_replaces_a_shared_layer_everywhere_it_is_held():
+  model = _Tied(nnx.Rngs(0))
+  assert sorted(map(sorted, compression.references(model).values())) == [
+      ["again", "first", "layers/0"], ["layers/1"]]
+  small, report = cj.compress(model, 0.3, "tucker")
+  assert small.first is small.again is small.layers[0]
+  assert isinstance(small.first, cj.layers.TuckerDense)
+  assert report.params_after < report.params_before
+  # The shared layer counts once, as the model holds it once.
+  assert cj.count_params(small) < cj.count_params(model)
+  shared = report.layers[0]
+  assert sorted((shared.path, *shared.shared_with)) == [
+      "again", "first", "layers/0"]
+  assert f"| {shared.path} (= " in report.table()
+  # A filter matches a shared layer at any of its paths.
+  _, only = cj.compress(model, 0.3, "tucker", exclude=("again",))
+  assert [layer.path for layer in only.layers] == ["layers/1"]
