@@ -7,6 +7,7 @@ the layers take.
 ml_collections would hold it to the type the config file gave the field.
 """
 
+import re
 import sys
 
 from absl import flags
@@ -30,9 +31,27 @@ def parse_flags(argv: list[str]) -> list[str]:
     _ = config.model  # a file that failed to load raises only when read
     for rank in ranks:
       override(config, "model.rank", parse_value(rank))
+  except AttributeError as error:  # ml_collections: a misspelt override
+    sys.exit(error_line(_unknown_field(error, rest)))
   except (flags.Error, KeyError, ValueError, TypeError, OSError) as error:
     sys.exit(error_line(error))
   return args
+
+
+def _unknown_field(error: AttributeError, argv: list[str]) -> ValueError:
+  """One line for an override naming no field: the flag as given and
+  ml_collections' nearest name."""
+  text = str(error).strip("'\"").replace("\\'", "'")
+  name = text.split("'")[1] if text.count("'") >= 2 else text.split()[0]
+  given = [arg.split("=", 1)[0] for arg in argv
+           if arg.startswith("--config.")
+           and name in arg.split("=", 1)[0][len("--config."):].split(".")]
+  hint = re.search(r'Did you mean "([^"]+)"', text)
+  return ValueError(
+      f"unknown config field {name!r}"
+      + (f" in {given[0]}" if given else "")
+      + (f"; did you mean {hint.group(1)!r}?" if hint else
+         "; see the config file for its fields"))
 
 
 def error_line(error: Exception) -> str:
@@ -46,7 +65,11 @@ def error_line(error: Exception) -> str:
 
 def _one_line(error: Exception) -> str:
   if isinstance(error, KeyError) and error.args:  # an unknown override
-    return "unknown config field " + " ".join(str(error.args[0]).split())
+    text = " ".join(str(error.args[0]).split())
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    name = text.split(" Did you mean")[0]
+    return (f"unknown config field {name}"
+            + (f"; did you mean {hint.group(1)!r}?" if hint else ""))
   text = str(error)
   if "Traceback (most recent call last)" in text:  # a config file raised
     cause = text.strip().splitlines()[-1]

@@ -254,7 +254,13 @@ COMMAND_LINE_ERRORS = [
     ("configs/nope.py", [], "No such file or directory: 'configs/nope.py'"),
     ("configs/cpac_mnist.py:nopreset", [], "unknown preset 'nopreset'"),
     ("configs/cpac_mnist.py", ["--config.modle.rank=3"],
-     "unknown config field 'modle' Did you mean \"model\""),
+     "unknown config field 'modle'; did you mean 'model'?"),
+    ("configs/cpac_mnist.py", ["--config.num_epoch=1"],
+     "unknown config field 'num_epoch' in --config.num_epoch; did you mean "
+     "'num_epochs'?"),
+    ("configs/ttl_mnist.py", ["--config.optimizer.learning_rat=0.1"],
+     "unknown config field 'learning_rat' in --config.optimizer."
+     "learning_rat; did you mean 'learning_rate'?"),
     # every rank spec reaches the layers (here num_epochs=0 stops the run)
     ("configs/cpac_mnist.py", ["--config.model.rank=0.5"], "num_epochs"),
     ("configs/ttl_mnist.py", ["--config.model.rank=0.1"], "num_epochs"),
