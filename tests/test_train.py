@@ -152,15 +152,18 @@ def test_report_puts_paper_numbers_beside_ours(tmp_path):
     writer.writeheader()
     writer.writerows(rows)
   (tmp_path / "README.md").write_text(
-      f"intro\n{report.BEGIN}\nold table\n{report.END}\noutro\n")
+      "intro\n<!-- results:begin -->\nold table\n<!-- results:end -->\n"
+      "outro\n")
   text = report.write_report(tmp_path, config).read_text()
   # two seeds: t(0.975, 1) = 12.706, so 0.91 ± 12.706 * 0.01; the paper's
   # 0.9278 lies above both final accuracies, between the best-epoch ones
+  # The predictive t: (0.9278 - 0.91) / (0.0141 * sqrt(1 + 1/2)) = +1.03,
+  # two-sided p on 1 degree of freedom 2 * (1/2 - atan(1.03) / pi) = 0.49.
   assert ("| cp | 1 | 100 | 2.00x | 10.00x | 2 | 0.9100 ± 0.0141 | "
           "0.7829-1.0371 | 0.9200 ± 0.0141 | 3.5 | 0.2500 | 0.9278 | 0.2436 "
-          "| 100 / 50 |") in text
+          "| +1.03 (0.49) | 100 / 50 |") in text
   assert ("| dense | dense | 200 | 1.00x | - | 1 | 0.9500 ± 0.0000 | - | "
-          "0.9500 ± 0.0000 | - | - | 0.9844 | 0.0484 | 100 / 100 |") in text
+          "0.9500 ± 0.0000 | - | - | 0.9844 | 0.0484 | - | 100 / 100 |") in text
   assert "factorization=cp-rank=12-seed=2: missing, not run yet" in text
   readme = (tmp_path / "README.md").read_text()
   assert "old table" not in readme and "0.9100 ± 0.0141" in readme
