@@ -611,3 +611,22 @@ def test_layers_reject_inputs_of_the_wrong_shape():
 def test_count_params_counts_trainable_entries():
   conv = nnx.Conv(3, 4, (3, 3), rngs=nnx.Rngs(0))
   assert cj.count_params(conv) == 3 * 3 * 3 * 4 + 4
+
+
+@pytest.mark.parametrize("build,given", [
+    (lambda x: cj.layers.CPConv.from_conv(x, 2), "Linear"),
+    (lambda x: cj.layers.TuckerConv.from_conv(x, (2, 2)), "ConvTranspose"),
+    (lambda x: cj.layers.TTConv.from_conv(x, 2), "Linear"),
+    (lambda x: cj.layers.TuckerDense.from_linear(
+        x, in_shape=(4,), out_shape=(4,), rank=(2, 2)), "Conv"),
+    (lambda x: cj.layers.TTDense.from_linear(
+        x, in_shape=(2, 2), out_shape=(2, 2), rank=2), "Conv"),
+])
+def test_from_conv_and_from_linear_name_what_they_take(build, given):
+  layers = {"Linear": nnx.Linear(4, 4, rngs=nnx.Rngs(0)),
+            "Conv": nnx.Conv(4, 4, (3, 3), rngs=nnx.Rngs(0)),
+            "ConvTranspose": nnx.ConvTranspose(4, 4, (3, 3),
+                                               rngs=nnx.Rngs(0))}
+  takes = "nnx.Linear" if given == "Conv" else "nnx.Conv"
+  with pytest.raises(TypeError, match=f"takes an {takes}, got {given}"):
+    build(layers[given])

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 from jax import lax
 
 from cpac_jax.functional import ConvGeometry, auto_conv_general_dilated
@@ -85,6 +86,11 @@ def from_conv_kwargs(conv, caller: str) -> dict:
   """The constructor arguments that carry an `nnx.Conv`'s setup over; its
   default, XLA's conv, and `auto_conv_general_dilated` become ours, the
   per-conv choice (None)."""
+  if not isinstance(conv, nnx.Conv):  # ConvTranspose, Linear: not convs
+    raise TypeError(f"{caller} takes an nnx.Conv, got {type(conv).__name__}"
+                    + ("; TTDense.from_linear and TuckerDense.from_linear "
+                       "take an nnx.Linear" if isinstance(conv, nnx.Linear)
+                       else ""))
   if conv.feature_group_count != 1 or conv.input_dilation not in (1, None):
     raise ValueError(
         f"{caller}: grouped or input-dilated convs are not supported, got "

@@ -1,6 +1,8 @@
 """Argument checks the factorized dense layers share. Private to
 `cpac_jax.layers`."""
 
+from flax import nnx
+
 from cpac_jax import functional
 
 
@@ -21,6 +23,15 @@ def batch_shape(layer, input_shape):
   except ValueError as error:
     raise ValueError(f"{type(layer).__name__}({layer.in_shape}->"
                      f"{layer.out_shape}): {error}") from None
+
+
+def require_linear(linear, caller: str) -> None:
+  """TypeError unless `linear` is an `nnx.Linear`."""
+  if not isinstance(linear, nnx.Linear):
+    raise TypeError(f"{caller} takes an nnx.Linear, got "
+                    f"{type(linear).__name__}"
+                    + ("; CPConv, TuckerConv and TTConv.from_conv take an "
+                       "nnx.Conv" if isinstance(linear, nnx.Conv) else ""))
 
 
 def check_linear(layer, linear, caller: str) -> None:

@@ -124,6 +124,7 @@ class TTDense(nnx.Module):
                   rngs: nnx.Rngs | None = None) -> "TTDense":
     """A TTDense initialised from a trained `nnx.Linear` by TT-SVD of its
     kernel (`cpac_jax.tensor.tt_matrix_svd`)."""
+    _dense.require_linear(linear, "TTDense.from_linear")
     layer = cls(in_shape, out_shape, rank=rank,
                 use_bias=linear.bias is not None,
                 implementation=implementation, dtype=linear.dtype,

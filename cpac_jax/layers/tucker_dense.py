@@ -125,6 +125,7 @@ class TuckerDense(nnx.Module):
                   rngs: nnx.Rngs | None = None) -> "TuckerDense":
     """A TuckerDense initialised from a trained `nnx.Linear` by a Tucker
     decomposition (HOOI by default) of its tensorized kernel."""
+    _dense.require_linear(linear, "TuckerDense.from_linear")
     layer = cls(in_shape, out_shape, rank=rank,
                 use_bias=linear.bias is not None,
                 implementation=implementation, dtype=linear.dtype,
