@@ -145,7 +145,8 @@ def compressible(model: nnx.Module, factorization: str = "tucker", *,
   """The (path, layer) pairs `compress` would replace, in graph order.
 
   A filter is a glob on the path ("convs/*", "out") or a layer type
-  (`nnx.Linear`). `include` None: every layer that can take the
+  (`nnx.Linear`); `include` and `exclude` take one filter or a sequence of
+  them. `include` None: every layer that can take the
   factorization (`nnx.Conv` for "cp", also `nnx.Linear` for "tucker").
 
   Raises:
@@ -154,6 +155,8 @@ def compressible(model: nnx.Module, factorization: str = "tucker", *,
       factorization, or nothing left to replace.
   """
   _check_choice(factorization, FACTORIZATIONS, "factorization")
+  include = None if include is None else _filters(include, "include")
+  exclude = _filters(exclude, "exclude")
   candidates = [("/".join(map(str, path)), node)
                 for path, node in nnx.iter_graph(model)
                 if isinstance(node, (nnx.Conv, nnx.Linear))]
@@ -236,6 +239,7 @@ def compress(model: nnx.Module, budget: float | int | None = None,
       keep more weights than a given budget.
   """
   _check_choice(init, INITS, "init")
+  budget = _plain(budget)
   chosen = compressible(model, factorization, include=include,
                         exclude=exclude)
   paths = [path for path, _ in chosen]
@@ -405,9 +409,28 @@ def _largest_within(options: list[_Option], limit: float) -> _Option:
   return fitting[-1] if fitting else options[0]
 
 
+def _plain(value):
+  """A NumPy scalar as the Python number it holds."""
+  return value.item() if isinstance(value, np.generic) else value
+
+
+def _filters(value, kind: str) -> tuple:
+  """`include`/`exclude` as a tuple: one filter (a glob or a layer type)
+  alone is taken as it is, not iterated character by character."""
+  if value is None or isinstance(value, (str, type)):
+    return () if value is None else (value,)
+  filters = tuple(value)
+  bad = [f for f in filters if not isinstance(f, (str, type))]
+  if bad:
+    raise ValueError(f"compress: {kind} takes globs on paths and layer "
+                     f"types, got {bad[0]!r}")
+  return filters
+
+
 def check_budget(budget) -> None:
   """Raise ValueError unless `budget` is a fraction in (0, 1] or a count
-  of weights >= 1."""
+  of weights >= 1 (NumPy scalars too)."""
+  budget = _plain(budget)
   if isinstance(budget, bool) or not isinstance(budget, (int, float)) or (
       isinstance(budget, float) and not 0 < budget <= 1) or budget <= 0:
     raise ValueError(f"compress: budget must be a float in (0, 1] (the "
@@ -436,6 +459,7 @@ def _check_ranks_within(chosen, ranks: dict, budget, factorization: str,
 
 def _target(budget, total: int) -> float:
   """The weights `budget` keeps of `total`."""
+  budget = _plain(budget)
   check_budget(budget)
   if isinstance(budget, float):
     return budget * total

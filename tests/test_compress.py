@@ -317,3 +317,18 @@ def test_compress_replaces_a_shared_layer_everywhere_it_is_held():
   # A filter matches a shared layer at any of its paths.
   _, only = cj.compress(model, 0.3, "tucker", exclude=("again",))
   assert [layer.path for layer in only.layers] == ["layers/1"]
+
+
+def test_compress_takes_numpy_numbers_and_a_single_filter():
+  net = Net(nnx.Rngs(0))
+  _, by_float = cj.compress(net, np.float32(0.3), "tucker", exclude="head")
+  _, plain = cj.compress(net, 0.3, "tucker", exclude=("head",))
+  assert by_float.ranks() == plain.ranks()
+  assert type(by_float.budget) is float
+  assert by_float.budget == pytest.approx(0.3)
+  assert "head" not in by_float.ranks()
+  _, by_int = cj.compress(net, np.int64(500), "tucker", include=nnx.Conv)
+  assert all(isinstance(n, str) for n in by_int.ranks())
+  with pytest.raises(ValueError, match="exclude takes globs on paths and "
+                     "layer types, got 3"):
+    cj.compress(net, 0.3, "tucker", exclude=[3])

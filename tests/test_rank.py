@@ -113,3 +113,14 @@ def test_tt_rank_rejects_bad_spec_naming_layer_and_range(rank, match):
   with pytest.raises(ValueError, match="conv2") as error:
     tensor.tt_rank((3, 3, 3, 64), rank, layer="conv2")
   assert error.match(match)
+
+
+def test_rank_specs_take_numpy_scalars():
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from cpac_jax import tensor  # pylint: disable=g-import-not-at-top
+  assert tensor.cp_rank((3, 3, 8, 16), np.int64(5)) == 5
+  assert tensor.cp_rank((3, 3, 8, 16), np.float32(0.5)) == tensor.cp_rank(
+      (3, 3, 8, 16), 0.5)
+  assert tensor.tucker_rank((28, 28, 300), (np.int64(5), 5, np.int32(10))
+                            ) == (5, 5, 10)

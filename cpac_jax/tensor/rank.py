@@ -14,6 +14,8 @@ and the valid range; nothing is clipped silently.
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 __all__ = [
     "RankSpec",
     "cp_num_params",
@@ -48,6 +50,16 @@ def tucker_num_params(shape: Sequence[int], ranks: Sequence[int],
   return math.prod(core) + factors
 
 
+def _plain(spec):
+  """A rank spec with NumPy scalars (`np.int64(5)`, `np.float32(0.5)`, in
+  a tuple too) made the Python numbers they hold."""
+  if isinstance(spec, np.generic):
+    return spec.item()
+  if isinstance(spec, (list, tuple)):
+    return type(spec)(_plain(s) for s in spec)
+  return spec
+
+
 def _is_int(value) -> bool:
   return isinstance(value, int) and not isinstance(value, bool)
 
@@ -72,6 +84,7 @@ def _fraction(spec, layer: str, kind: str) -> float | None:
 def cp_rank(shape: Sequence[int], rank: RankSpec, *,
             layer: str = "layer") -> int:
   """Resolve a CP rank spec for a tensor of `shape` to an int R >= 1."""
+  rank = _plain(rank)
   shape = tuple(shape)
   dense = math.prod(shape)
   fraction = _fraction(rank, layer, "CP")
@@ -99,6 +112,7 @@ def tucker_rank(shape: Sequence[int], rank: RankSpec,
   (at least 1), with the largest scale s whose parameter count fits the
   budget.
   """
+  rank = _plain(rank)
   shape = tuple(shape)
   modes = tuple(range(len(shape))) if modes is None else tuple(modes)
   sizes = [shape[m] for m in modes]
@@ -171,6 +185,7 @@ def tt_rank(shape: Sequence[int], rank: RankSpec, *,
   fraction (or "same") takes the largest such uniform r whose cores fit the
   budget.
   """
+  rank = _plain(rank)
   shape = tuple(shape)
   maxima = tt_max_ranks(shape)
   inner = maxima[1:-1]
