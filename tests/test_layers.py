@@ -630,3 +630,26 @@ def test_from_conv_and_from_linear_name_what_they_take(build, given):
   takes = "nnx.Linear" if given == "Conv" else "nnx.Conv"
   with pytest.raises(TypeError, match=f"takes an {takes}, got {given}"):
     build(layers[given])
+
+
+@pytest.mark.parametrize("name", ["cp", "tucker", "tt", "tucker_dense",
+                                  "tt_dense"])
+def test_an_empty_batch_gives_an_empty_batch(name):
+  rngs = nnx.Rngs(0)
+  layer, shape, dense = {
+      "cp": (cj.layers.CPConv(4, 8, (3, 3), rank=3, rngs=rngs),
+             (0, 8, 8, 4), nnx.Conv(4, 8, (3, 3), rngs=rngs)),
+      "tucker": (cj.layers.TuckerConv(4, 8, (3, 3), rank=(2, 2), rngs=rngs),
+                 (2, 0, 8, 8, 4), nnx.Conv(4, 8, (3, 3), rngs=rngs)),
+      "tt": (cj.layers.TTConv(4, 8, (3, 3), rank=2, rngs=rngs),
+             (0, 8, 8, 4), nnx.Conv(4, 8, (3, 3), rngs=rngs)),
+      "tucker_dense": (cj.layers.TuckerDense((4, 4), (6,), rank=(2, 2, 3),
+                                             rngs=rngs),
+                       (0, 16), nnx.Linear(16, 6, rngs=rngs)),
+      "tt_dense": (cj.layers.TTDense((2, 2), (2, 3), rank=2, rngs=rngs),
+                   (0, 4), nnx.Linear(4, 6, rngs=rngs)),
+  }[name]
+  x = jnp.zeros(shape)
+  out = layer(x)
+  assert out.shape == dense(x).shape and out.size == 0
+  assert jax.jit(layer.__call__)(x).shape == out.shape

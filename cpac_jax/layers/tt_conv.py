@@ -9,7 +9,7 @@ from flax import nnx
 from flax.nnx.nn import dtypes
 
 from cpac_jax import functional, tensor
-from cpac_jax.layers import _conv, _init
+from cpac_jax.layers import _conv, _empty, _init
 
 __all__ = ["TTConv"]
 
@@ -99,8 +99,11 @@ class TTConv(nnx.Module):
     """(N, *spatial, Cin) -> (N, *spatial', Cout); extra leading batch axes
     are kept."""
     name = f"TTConv({self.in_features}->{self.out_features})"
+    given = x
     x, batch_shape = _conv.flatten_batch(x, len(self.kernel_size),
                                          self.in_features, name)
+    if not math.prod(batch_shape):
+      return _empty.empty_batch(self, given, len(batch_shape))
     bias = self.bias[...] if self.bias is not None else None
     x, bias, *cores = dtypes.promote_dtype(
         (x, bias, *[core[...] for core in self.cores]), dtype=self.dtype)

@@ -9,7 +9,7 @@ from flax import nnx
 from flax.nnx.nn import dtypes
 
 from cpac_jax import functional, tensor
-from cpac_jax.layers import _conv, _init
+from cpac_jax.layers import _conv, _empty, _init
 
 __all__ = ["TuckerConv"]
 
@@ -109,8 +109,11 @@ class TuckerConv(nnx.Module):
     """(N, *spatial, Cin) -> (N, *spatial', Cout); extra leading batch axes
     are kept."""
     name = f"TuckerConv({self.in_features}->{self.out_features})"
+    given = x
     x, batch_shape = _conv.flatten_batch(x, len(self.kernel_size),
                                          self.in_features, name)
+    if not math.prod(batch_shape):
+      return _empty.empty_batch(self, given, len(batch_shape))
     bias = self.bias[...] if self.bias is not None else None
     x, bias, core, *factors = dtypes.promote_dtype(
         (x, bias, self.core[...], *self.factors()), dtype=self.dtype)

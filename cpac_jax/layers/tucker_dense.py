@@ -10,7 +10,7 @@ from flax import nnx
 from flax.nnx.nn import dtypes
 
 from cpac_jax import functional, tensor
-from cpac_jax.layers import _dense, _init
+from cpac_jax.layers import _dense, _empty, _init
 
 __all__ = ["TuckerDense"]
 
@@ -105,6 +105,8 @@ class TuckerDense(nnx.Module):
     """(N, prod(in_shape)) -> (N, prod(out_shape)), or (N, *in_shape) ->
     (N, *out_shape); extra leading batch axes are kept."""
     batch_shape, tensorized = _dense.batch_shape(self, x.shape)
+    if not math.prod(batch_shape):
+      return _empty.empty_batch(self, x, len(batch_shape))
     x = jnp.reshape(x, (math.prod(batch_shape), self.in_features))
     bias = self.bias[...] if self.bias is not None else None
     x, bias, core, *factors = dtypes.promote_dtype(
