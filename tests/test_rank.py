@@ -124,3 +124,12 @@ def test_rank_specs_take_numpy_scalars():
       (3, 3, 8, 16), 0.5)
   assert tensor.tucker_rank((28, 28, 300), (np.int64(5), 5, np.int32(10))
                             ) == (5, 5, 10)
+
+
+def test_cp_rank_is_bounded_by_the_entries_of_the_tensor():
+  from cpac_jax import tensor  # pylint: disable=g-import-not-at-top
+  assert tensor.cp_rank((3, 3, 1, 8), 12) == 12  # the paper's over-complete
+  assert tensor.cp_rank((3, 3, 1, 8), 72) == 72
+  with pytest.raises(ValueError, match=r"CP rank 73 exceeds the 72 entries "
+                     r"of a \(3, 3, 1, 8\) tensor; give at most 72"):
+    tensor.cp_rank((3, 3, 1, 8), 73)

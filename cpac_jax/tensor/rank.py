@@ -100,6 +100,14 @@ def cp_rank(shape: Sequence[int], rank: RankSpec, *,
     raise ValueError(
         f"{layer}: CP rank {rank!r} is invalid; give an int >= 1, a float in "
         "(0, 1] or 'same'")
+  if rank > dense:
+    # A tensor's CP rank never exceeds its number of entries: more rank-1
+    # terms than that can only repeat what fewer hold (over-complete ranks
+    # up to it stay allowed: the CPAC-Conv paper trains rank 12 on a
+    # 72-entry kernel).
+    raise ValueError(
+        f"{layer}: CP rank {rank} exceeds the {dense} entries of a {shape} "
+        f"tensor; give at most {dense}")
   return rank
 
 
