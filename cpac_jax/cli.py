@@ -23,6 +23,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing for `app.run(..., flags_parser=parse_flags)`: a bad
   flag, config file, preset or override exits with status 1 and one line,
   "error: ...", at once."""
+  argv = _joined(argv)
   ranks = [arg[len(_RANK):] for arg in argv if arg.startswith(_RANK)]
   rest = [arg for arg in argv if not arg.startswith(_RANK)]
   try:
@@ -52,6 +53,20 @@ def _unknown_field(error: AttributeError, argv: list[str]) -> ValueError:
       + (f" in {given[0]}" if given else "")
       + (f"; did you mean {hint.group(1)!r}?" if hint else
          "; see the config file for its fields"))
+
+
+def _joined(argv: list[str]) -> list[str]:
+  """`--config.model.rank VALUE` (a space, as absl allows for any flag) as
+  `--config.model.rank=VALUE`, so the rank takes every spec either way."""
+  out, i = [], 0
+  while i < len(argv):
+    if argv[i] == _RANK[:-1] and i + 1 < len(argv):
+      out.append(_RANK + argv[i + 1])
+      i += 2
+    else:
+      out.append(argv[i])
+      i += 1
+  return out
 
 
 def error_line(error: Exception) -> str:

@@ -266,6 +266,7 @@ COMMAND_LINE_ERRORS = [
     ("configs/ttl_mnist.py", ["--config.model.rank=0.1"], "num_epochs"),
     ("configs/ttl_mnist.py", ["--config.model.rank=same"], "num_epochs"),
     ("configs/ttl_mnist.py", ["--config.model.rank=(3, 3, 4)"], "num_epochs"),
+    ("configs/cpac_mnist.py", ["--config.model.rank", "0.5"], "num_epochs"),
     ("configs/cpac_mnist.py", ["--config.model.rank=zero"],
      "CP rank 'zero' is not a valid spec"),
 ]
