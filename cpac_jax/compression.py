@@ -561,12 +561,21 @@ def references(model: nnx.Module) -> dict[int, list[str]]:
     return {id(model): [""]}
   found = {}
 
+  def children(node):
+    if isinstance(node, (list, tuple)):
+      return enumerate(node)
+    if isinstance(node, dict):
+      return node.items()
+    return nnx.iter_children(node)
+
   def walk(node, path: tuple, seen: frozenset) -> None:
-    for key, child in nnx.iter_children(node):
+    for key, child in children(node):
       where = (*path, str(key))
       if isinstance(child, (nnx.Conv, nnx.Linear)):
         found.setdefault(id(child), []).append("/".join(where))
-      elif id(child) not in seen:
+      elif id(child) not in seen and not isinstance(child, nnx.Variable) and (
+          isinstance(child, (list, tuple, dict))
+          or nnx.graph.is_graph_node(child)):
         walk(child, where, seen | {id(child)})
 
   walk(model, (), frozenset({id(model)}))
