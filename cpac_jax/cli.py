@@ -10,6 +10,7 @@ ml_collections would hold it to the type the config file gave the field.
 import re
 import sys
 
+import ml_collections
 from absl import flags
 
 from cpac_jax.config import override, parse_value
@@ -32,22 +33,59 @@ def parse_flags(argv: list[str]) -> list[str]:
     _ = config.model  # a file that failed to load raises only when read
     for rank in ranks:
       override(config, "model.rank", parse_value(rank))
-  except AttributeError as error:  # ml_collections: a misspelt override
-    sys.exit(error_line(_unknown_field(error, rest)))
+  except AttributeError as error:  # a misspelt override, or a file's fault
+    sys.exit(error_line(_unknown_field(error, rest) or _file_error(
+        rest, _not_a_config() or _described(error))))
   except (flags.Error, KeyError, ValueError, TypeError, OSError) as error:
     sys.exit(error_line(error))
+  except Exception as error:  # pylint: disable=broad-except
+    # The config file failed as it was imported or its get_config ran (a
+    # syntax error, an exception of its own): one line naming it.
+    sys.exit(error_line(_file_error(rest, _described(error))))
   return args
 
 
-def _unknown_field(error: AttributeError, argv: list[str]) -> ValueError:
+def _not_a_config() -> str | None:
+  """What is wrong with what get_config() returned, if it ran and returned
+  something other than a ConfigDict."""
+  try:
+    config = flags.FLAGS["config"].value
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if config is None or isinstance(config, ml_collections.ConfigDict) or (
+      hasattr(config, "__getattr__")):  # ml_collections' stub of a failure
+    return None
+  return (f"get_config() returned an object of type {type(config).__name__},"
+          " not an ml_collections.ConfigDict")
+
+
+def _described(error: Exception) -> str:
+  if isinstance(error, SyntaxError):
+    return f"SyntaxError at line {error.lineno}: {error.msg}"
+  if "has no attribute 'get_config'" in str(error):
+    return "it defines no get_config()"
+  return f"{type(error).__name__}: {error}"
+
+
+def _file_error(argv: list[str], what: str) -> ValueError:
+  files = [arg.split("=", 1)[1] for arg in argv
+           if arg.startswith("--config=")]
+  return ValueError(f"config file {files[0] if files else '?'}: {what}")
+
+
+def _unknown_field(error: AttributeError, argv: list[str]
+                   ) -> ValueError | None:
   """One line for an override naming no field: the flag as given and
-  ml_collections' nearest name."""
+  ml_collections' nearest name; None when no override names it (the
+  error is the config file's)."""
   text = str(error).strip("'\"").replace("\\'", "'")
   name = text.split("'")[1] if text.count("'") >= 2 else text.split()[0]
   given = [arg.split("=", 1)[0] for arg in argv
            if arg.startswith("--config.")
            and name in arg.split("=", 1)[0][len("--config."):].split(".")]
   hint = re.search(r'Did you mean "([^"]+)"', text)
+  if not given and not hint:
+    return None
   return ValueError(
       f"unknown config field {name!r}"
       + (f" in {given[0]}" if given else "")

@@ -285,6 +285,33 @@ def test_command_line_errors_are_one_line(config, flags, message, tmp_path):
   assert last.startswith("error: ") and message in last, last
 
 
+BAD_CONFIG_FILES = [
+    ("def get_config(:\n  pass\n", "SyntaxError at line 1"),
+    ("x = 1\n", "it defines no get_config()"),
+    ("def get_config():\n  raise RuntimeError('boom')\n",
+     "RuntimeError: boom"),
+    ("def get_config():\n  return 5\n",
+     "get_config() returned an object of type int, not an "
+     "ml_collections.ConfigDict"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD_CONFIG_FILES)
+def test_a_config_file_that_fails_is_one_line_naming_it(text, message,
+                                                        tmp_path):
+  config = tmp_path / "bad.py"
+  config.write_text(text)
+  result = subprocess.run(
+      [sys.executable, "-m", "cpac_jax.main", f"--config={config}",
+       f"--workdir={tmp_path / 'run'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=60)
+  assert result.returncode == 1
+  lines = result.stderr.strip().splitlines()
+  assert "Traceback" not in result.stderr, result.stderr
+  assert lines[-1] == f"error: config file {config}: {message}" or (
+      lines[-1].startswith(f"error: config file {config}: {message}"))
+
+
 def test_one_process_at_a_time_and_a_killed_one_leaves_no_lock(tmp_path):
   with rundir.lock(tmp_path):
     with pytest.raises(ValueError, match=f"pid {os.getpid()}.* is running in"):
