@@ -27,12 +27,11 @@ from scipy import stats
 from cpac_jax import cli, rundir
 from cpac_jax.config import expand, run_key
 
-__all__ = ["block", "chance_best_of", "cpu_name", "expected_best_of",
-           "interval95", "joint_predictive", "mixed_training_note",
-           "percentile", "predictive_t", "seed_correlation", "splice",
-           "summarize", "write_blocks", "write_report"]
+__all__ = ["block", "chance_best_of", "cpu_name", "interval95",
+           "joint_predictive", "mixed_training_note", "percentile",
+           "predictive_t", "seed_correlation", "splice", "summarize",
+           "write_blocks", "write_report"]
 
-BEGIN = "<!-- results:begin -->"
 
 
 def cpu_name() -> str:
@@ -209,23 +208,6 @@ def chance_best_of(values: list[float], value: float, k: int) -> float | None:
     return None
   q = float(stats.t.sf(found[0], len(values) - 1))
   return 1 - (1 - q) ** k
-
-
-def expected_best_of(values: list[float], k: int) -> float:
-  """The mean of the best of `k` runs drawn without replacement from
-  `values`: what reporting the best of k runs gives on average.
-
-  Example:
-    >>> [expected_best_of([1.0, 2.0, 3.0], k) for k in (1, 2, 3)]
-    [2.0, 2.6666666666666665, 3.0]
-  """
-  n = len(values)
-  if not 1 <= k <= n:
-    raise ValueError(f"k={k}: choose 1 <= k <= {n}, the number of values")
-  # The i-th smallest (i from 1) is the best of k with probability
-  # C(i-1, k-1) / C(n, k).
-  return sum(v * math.comb(i, k - 1) for i, v in enumerate(sorted(values))
-             ) / math.comb(n, k)
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -481,7 +463,7 @@ def write_report(workdir: str | Path, config: ml_collections.ConfigDict
   path = out / "results.md"
   path.write_text(text)
   readme = out / "README.md"
-  if readme.exists() and BEGIN in readme.read_text():
+  if readme.exists() and _markers("results")[0] in readme.read_text():
     splice(readme, "results", table)
   return path
 

@@ -37,17 +37,11 @@ def test_seed_correlation_of_settings_moving_together(shift, expected):
   assert report.seed_correlation([seeds]) is None
 
 
-def test_best_of_k_is_the_mean_maximum_and_its_chance_rises_with_k():
+def test_the_chance_that_the_best_of_k_reaches_a_value_rises_with_k():
   values = [0.1, 0.4, 0.2, 0.3]
-  assert report.expected_best_of(values, 4) == 0.4
-  assert report.expected_best_of(values, 1) == pytest.approx(0.25)
-  # Without replacement, the mean maximum of 2 is the pairs' mean maximum.
-  pairs = [max(a, b) for i, a in enumerate(values) for b in values[i + 1:]]
-  assert report.expected_best_of(values, 2) == pytest.approx(np.mean(pairs))
   chances = [report.chance_best_of(values, 0.45, k) for k in (1, 5, 10)]
   assert 0 < chances[0] < chances[1] < chances[2] < 1
-  with pytest.raises(ValueError, match="k=5"):
-    report.expected_best_of(values, 5)
+  assert report.chance_best_of([0.1], 0.45, 5) is None
 
 
 def test_block_refuses_markers_out_of_order(tmp_path):
