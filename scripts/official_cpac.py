@@ -36,6 +36,12 @@ what ran (command, versions, epochs done, seconds per epoch). NAME is
 json says it is done is skipped, so the same queue can be started again in
 every session until it is through.
 
+A run takes longer than a session and the machine is not always kept
+between sessions, so the checkpoint is mirrored too, to `OUT/state/NAME.pt`
+(about 150 kB), and committed with the log: a runner that finds no checkpoint
+in the run's folder rebuilds the folder from the mirrored checkpoint and
+log and goes on from there. A finished run's state file is removed.
+
 Usage (two queues at a time, one thread each):
 
   venv_official/bin/python scripts/official_cpac.py \
@@ -187,6 +193,10 @@ def _run(name: str, setting: str, seed: int, epochs: int,
   # the checkpoint covers; one killed in its first epoch starts afresh.
   done = 0
   checkpoint = workdir / "checkpoint.pt"
+  state = OUT / "state" / f"{name}.pt"
+  if not checkpoint.exists() and state.exists():
+    _restore(state, workdir, log_name=f"mnist_2layer_8_{rank}_{epochs}.txt",
+             record=json.loads((OUT / f"{name}.json").read_text()))
   if checkpoint.exists():
     import torch  # pylint: disable=g-import-not-at-top
     done = torch.load(checkpoint, weights_only=False)["epoch"]
@@ -218,11 +228,24 @@ def _run(name: str, setting: str, seed: int, epochs: int,
   }
 
   def mirror() -> None:
-    """The record, then its human-readable log, to OUT."""
+    """The record, its human-readable log and the checkpoint, to OUT."""
     _write_json(record_path, record)
     _write_json(OUT / f"{name}.json", record)
     (OUT / f"{name}.log").write_text(
         "".join(f"{line}\n" for line in record["test_lines"]))
+    sync_state()
+
+  copied = [None]
+
+  def sync_state() -> None:
+    """The checkpoint, whenever the script has saved a new one, to OUT."""
+    if record["epochs_done"] == epochs:
+      state.unlink(missing_ok=True)
+    elif checkpoint.exists() and checkpoint.stat().st_mtime_ns != copied[0]:
+      copied[0] = checkpoint.stat().st_mtime_ns
+      state.parent.mkdir(exist_ok=True)
+      shutil.copy(checkpoint, state.with_suffix(".tmp"))
+      os.replace(state.with_suffix(".tmp"), state)
 
   mirror()
   print(f"{name}: from epoch {done + 1}", flush=True)
@@ -243,6 +266,7 @@ def _run(name: str, setting: str, seed: int, epochs: int,
           record["epochs_done"], record["test_lines"] = len(lines), lines
           mirror()
           print(f"{name}: {lines[-1]}", flush=True)
+        sync_state()
         if finished:
           break
         time.sleep(20)
@@ -254,6 +278,25 @@ def _run(name: str, setting: str, seed: int, epochs: int,
     raise SystemExit(f"{name}: exited with {process.returncode} after "
                      f"{record['epochs_done']} of {epochs} epochs; see "
                      f"{workdir / 'stderr.txt'}")
+
+
+def _restore(state: pathlib.Path, workdir: pathlib.Path, log_name: str,
+             record: dict) -> None:
+  """Rebuilds a run's folder from its mirrored checkpoint and record: the
+  checkpoint, the log (in the folder the checkpoint names, holding the test
+  lines the checkpoint covers) and the record with its epoch times."""
+  import torch  # pylint: disable=g-import-not-at-top
+  saved = torch.load(state, weights_only=False)
+  lines = record["test_lines"][:saved["epoch"]]
+  if len(lines) != saved["epoch"]:
+    raise SystemExit(f"{state} is at epoch {saved['epoch']} but "
+                     f"{record['test_lines']} has {len(lines)} test lines")
+  shutil.rmtree(workdir / "result", ignore_errors=True)
+  log = workdir / saved["file_root"] / log_name
+  log.parent.mkdir(parents=True)
+  log.write_text("".join(f"\n{line}\n\n" for line in lines))
+  _write_json(workdir / "record.json", record)
+  shutil.copy(state, workdir / "checkpoint.pt")
 
 
 _SMALL_MNIST = """\
