@@ -9,7 +9,9 @@ steps_per_epoch once the epoch has been evaluated.
 import errno
 import logging
 import os
+import re
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -36,6 +38,49 @@ _QUIET = _DropOrbaxInfo()
 def _quiet_orbax() -> None:
   """Silence orbax's per-step INFO lines from here on."""
   logging.getLogger("absl").addFilter(_QUIET)  # a set: adding twice is once
+
+
+class _DropStrayReads(logging.Filter):
+  """A restore that fails leaves tensorstore reads of its other arrays
+  pending; asyncio logs each one's error ("exception was never retrieved",
+  a traceback apiece: about 1,400 lines for a small net) once they are
+  collected. The one failure that matters is reported by `resume`."""
+
+  def filter(self, record):
+    return "exception was never retrieved" not in record.getMessage()
+
+
+_STRAY = _DropStrayReads()
+
+
+def _quiet_failed_restores() -> None:
+  """From here on, drop the stray errors of a restore that failed: the
+  logged ones (`_DropStrayReads`), and the callbacks of its pending reads,
+  which raise 'Event loop is closed' where nothing can catch it once the
+  restore's event loop has closed."""
+  logging.getLogger("asyncio").addFilter(_STRAY)  # a set: once
+  if getattr(sys.unraisablehook, "drops_closed_loop", False):
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not (unraisable.exc_type is RuntimeError
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.drops_closed_loop = True
+  sys.unraisablehook = hook
+
+
+def _reason(error: Exception) -> str:
+  """What failed, in a line: tensorstore's code and the file it read, or
+  the error's first 200 characters."""
+  text = " ".join(str(error).split())
+  file = re.search(r'local file "([^"]+)"', text)
+  code = re.match(r"([A-Z_]+): ", text)
+  if file:
+    return f"{code.group(1) + ' ' if code else ''}reading {file.group(1)}"
+  return text[:200]
 
 
 def manager(directory: str | Path, max_to_keep: int | None = 2
@@ -75,18 +120,19 @@ def resume(checkpoints: ocp.CheckpointManager, state: dict,
   steps = sorted(checkpoints.all_steps(), reverse=True)
   if not steps:
     return state, 1, 0
+  _quiet_failed_restores()
   for i, global_step in enumerate(steps):
     try:
       restored = checkpoints.restore(global_step,
                                      args=ocp.args.StandardRestore(state))
       break
     except Exception as error:  # noqa: BLE001 - any damage: try the older
-      reason = " ".join(str(error).split())[:200]
+      reason = _reason(error)
       if i + 1 == len(steps):
         raise ValueError(
             f"no checkpoint in {directory} reads back (the last tried, "
-            f"step {global_step}: {reason}); delete the folder to start "
-            "over") from error
+            f"step {global_step}: {reason}); delete {directory} to start "
+            "the run afresh") from error
       log(f"checkpoint {global_step} in {directory} does not read back "
           f"({reason}); resuming from step {steps[i + 1]}, the unreadable "
           "one kept aside")
