@@ -29,7 +29,7 @@ from ml_collections import config_dict
 from cpac_jax import compression, data, models, optimizers
 
 __all__ = ["base_config", "build_model", "compress_config", "compressing",
-           "computed_fields", "differing_fields", "expand", "has_teacher",
+           "computed_fields", "describe_differences", "differing_fields", "expand", "has_teacher",
            "override", "parse_value", "run_key", "teacher_config",
            "validate"]
 
@@ -336,6 +336,22 @@ def differing_fields(a: ml_collections.ConfigDict,
   besides `ignore`; empty if they compute the same."""
   return sorted(_differences(computed_fields(a, ignore),
                              computed_fields(b, ignore)))
+
+
+def describe_differences(there: ml_collections.ConfigDict,
+                         here: ml_collections.ConfigDict,
+                         ignore: Sequence[str] = ()) -> str:
+  """The fields `differing_fields` finds, each with its two values:
+  "num_epochs (20 there, 10 here), seed (1 there, 0 here)"."""
+  a, b = computed_fields(there, ignore), computed_fields(here, ignore)
+
+  def value(flat: dict, field: str):
+    for part in field.split("."):
+      flat = flat.get(part) if isinstance(flat, dict) else None
+    return "unset" if flat is None else json.dumps(flat)
+
+  return ", ".join(f"{f} ({value(a, f)} there, {value(b, f)} here)"
+                   for f in sorted(_differences(a, b)))
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> set[str]:

@@ -421,8 +421,9 @@ def write_report(workdir: str | Path, config: ml_collections.ConfigDict
   rows = rundir.read_results(workdir)
   if not rows:
     raise ValueError(f"{workdir} holds no results*.csv rows to report")
-  runs = [(name, run_key(run)) for name, run in expand(config)]
-  rundir.check_rows(workdir, {key for _, key in runs})
+  runs = expand(config)
+  rundir.check_rows(workdir, runs)
+  runs = [(name, run_key(run)) for name, run in runs]
   rundir.write_rows(results, rows)
   present = {row["key"] for row in rows}
   missing = [name for name, key in runs if key not in present]

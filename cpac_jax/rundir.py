@@ -20,7 +20,8 @@ from pathlib import Path
 import ml_collections
 
 from cpac_jax import distributed
-from cpac_jax.config import compressing, differing_fields
+from cpac_jax.config import (compressing, describe_differences,
+                             differing_fields, run_key)
 
 __all__ = ["COLUMNS", "MetricWriter", "append_row", "append_rows",
            "check_config", "check_rows", "failed_row", "history", "lock",
@@ -60,12 +61,11 @@ def check_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
   """Refuse a workdir that holds a run of a different config."""
   if not (workdir / "config.json").exists():
     return
-  differ = differing_fields(read_config(workdir), config)
-  if differ:
+  if differing_fields(read_config(workdir), config):
     raise ValueError(
-        f"workdir {workdir} holds a run of a different config (fields "
-        f"{', '.join(differ)} differ); resume it with the same config, or "
-        "use a new workdir")
+        f"workdir {workdir} holds a run of a different config (differing: "
+        f"{describe_differences(read_config(workdir), config)}); resume it "
+        "with the same config, or use a new workdir")
 
 
 class MetricWriter:
@@ -265,17 +265,32 @@ def lock(folder: Path, name: str = ".lock"):
       fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def check_rows(workdir: str | Path, keys: set[str]) -> None:
-  """Refuse a workdir whose results hold runs outside `keys` (its config's
-  sweep): another config's workdir, or a config changed since."""
+def check_rows(workdir: str | Path,
+               runs: list[tuple[str, ml_collections.ConfigDict]]) -> None:
+  """Refuse a workdir whose results hold runs outside `runs` (its config's
+  sweep, as (name, config)): another config's workdir, or a config changed
+  since. The message names the fields that differ and their two values,
+  from the first such run's config.json, against the sweep's run of the
+  same name (or the closest one)."""
+  keys = {run_key(run) for _, run in runs}
   foreign = [row for row in read_results(workdir) if row["key"] not in keys]
-  if foreign:
-    raise ValueError(
-        f"{workdir} holds {len(foreign)} results of runs that are not in "
-        f"this config's sweep (the first: {foreign[0].get('run')!r}, key "
-        f"{foreign[0]['key']}): it is another config's workdir, or the "
-        "config changed since; use that config, another workdir, or move "
-        "those rows out of its results*.csv")
+  if not foreign:
+    return
+  first = foreign[0]
+  saved = Path(workdir) / "runs" / f"{first.get('run')}-{first['key']}"
+  if (saved / "config.json").exists():
+    there = read_config(saved)
+    _, here = min(runs, key=lambda r: (r[0] != first.get("run"), len(
+        differing_fields(there, r[1]))))
+    why = f"differing: {describe_differences(there, here)}"
+  else:
+    why = "its config.json is gone, so what differs is not known"
+  raise ValueError(
+      f"{workdir} holds {len(foreign)} results of runs that are not in "
+      f"this config's sweep (the first: {first.get('run')!r}, key "
+      f"{first['key']}; {why}): it is another config's workdir, or the "
+      "config changed since; use that config, another workdir, or move "
+      "those rows out of its results*.csv")
 
 
 def read_results(workdir: str | Path) -> list[dict]:

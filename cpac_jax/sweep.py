@@ -63,7 +63,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path,
   for _, run in runs:  # every run's config is checked before any compute
     validate(run)
   every = [(name, run, run_key(run)) for name, run in runs]
-  rundir.check_rows(workdir, {key for _, _, key in every})
+  rundir.check_rows(workdir, runs)
   _check_teachers(every, count, vectorize)
   mine = [r for r in every if shard_of(r[2], count) == index]
   results = workdir / ("results.csv" if count == 1

@@ -151,7 +151,8 @@ def test_vectorized_sweep_records_diverged_runs(mnist_dir, tmp_path):
 def test_workdir_of_another_config_is_refused(mnist_dir, tmp_path):
   train.train_and_evaluate(small_config(mnist_dir, num_epochs=1),
                            tmp_path / "run")
-  with pytest.raises(ValueError, match=r"fields model.rank differ"):
+  with pytest.raises(ValueError,
+                     match=r"differing: model.rank \(5 there, 3 here\)"):
     train.train_and_evaluate(
         small_config(mnist_dir, num_epochs=1, **{"model.rank": 3}),
         tmp_path / "run")
@@ -232,7 +233,8 @@ def test_a_workdir_of_another_sweep_is_refused(mnist_dir, tmp_path):
   start = time.perf_counter()
   for run in (lambda: sweep.run_sweep(two, tmp_path / "sweep"),
               lambda: report.write_report(tmp_path / "sweep", two)):
-    with pytest.raises(ValueError, match="not in this config's sweep"):
+    with pytest.raises(ValueError, match=r"not in this config's sweep .*"
+                       r"differing: num_epochs \(1 there, 2 here\)\)"):
       run()
   assert time.perf_counter() - start < 20
   with pytest.raises(ValueError, match="empty workdir"):
