@@ -7,7 +7,9 @@ the layers take.
 ml_collections would hold it to the type the config file gave the field.
 """
 
+import pathlib
 import re
+import shlex
 import sys
 
 import ml_collections
@@ -15,7 +17,7 @@ from absl import flags
 
 from cpac_jax.config import override, parse_value
 
-__all__ = ["error_line", "parse_flags"]
+__all__ = ["command_line", "error_line", "parse_flags"]
 
 _RANK = "--config.model.rank="
 
@@ -107,13 +109,28 @@ def _joined(argv: list[str]) -> list[str]:
   return out
 
 
-def error_line(error: Exception) -> str:
-  """The one line a command line ends with when `error` stops it."""
-  text = _one_line(error)
+def error_line(error: BaseException) -> str:
+  """The one line a command line ends with when `error` stops it; where
+  rerunning resumes the run, the command to rerun."""
+  if isinstance(error, KeyboardInterrupt):  # outside the training loop
+    text = ("Ctrl-C: stopped; rerun the same command to resume from the last "
+            "checkpoint")
+  else:
+    text = _one_line(error)
   if "No space left on device" in text:
     text += ("; free some space and rerun the same command: it resumes "
              "from the last checkpoint")
+  if "rerun the same command" in text:
+    text += f" ({command_line()})"
   return "error: " + text
+
+
+def command_line() -> str:
+  """This process's command, as a user would type it again."""
+  program = pathlib.Path(sys.argv[0])
+  head = (["python", "-m", f"cpac_jax.{program.stem}"]
+          if program.parent.name == "cpac_jax" else [sys.argv[0]])
+  return shlex.join(head + sys.argv[1:])
 
 
 def _one_line(error: Exception) -> str:

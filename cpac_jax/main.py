@@ -21,7 +21,7 @@ def main(argv):
   try:
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ValueError, OSError, data.DataNotFoundError, train.Diverged,
-          train.Preempted) as error:
+          train.Preempted, KeyboardInterrupt) as error:
     sys.exit(cli.error_line(error))  # one line, exit status 1
   print(f"test accuracy {result['test_accuracy']:.4f} with "
         f"{result['params']:,} parameters ({result['compression']:.2f}x "

@@ -153,7 +153,7 @@ def _main():
       rows = run_sweep(config.value, workdir.value, (int(index), int(count)),
                        vectorize.value)
     except (ValueError, OSError, data.DataNotFoundError,
-            train.Preempted) as error:
+            train.Preempted, KeyboardInterrupt) as error:
       sys.exit(cli.error_line(error))  # one line, exit status 1
     print(f"{len(rows)} runs in {Path(workdir.value) / 'results.csv'}; "
           f"table in {Path(workdir.value) / 'results.md'}")

@@ -51,7 +51,7 @@ class Diverged(FloatingPointError):
 
 
 class Preempted(RuntimeError):
-  """SIGTERM arrived; the run saved a checkpoint and stopped."""
+  """SIGTERM or Ctrl-C arrived; the run saved a checkpoint and stopped."""
 
 
 class Outcome(NamedTuple):
@@ -174,18 +174,34 @@ def _zero_sums(num_runs: int) -> dict:
           "seconds": np.zeros((), np.float64)}
 
 
+class _StopRequest(threading.Event):
+  """Set by SIGTERM or a first Ctrl-C; `name` says which arrived."""
+  name = "SIGTERM"
+
+
 @contextlib.contextmanager
-def _sigterm_requests_stop():
-  """While inside, SIGTERM sets the returned event instead of killing."""
-  stop = threading.Event()
+def _signals_request_stop():
+  """While inside, SIGTERM and a first Ctrl-C (SIGINT) set the returned
+  event instead of killing: the loop saves a checkpoint and stops. A second
+  Ctrl-C interrupts at once, as Ctrl-C does elsewhere."""
+  stop = _StopRequest()
   if threading.current_thread() is not threading.main_thread():
     yield stop  # signals reach the main thread only
     return
-  previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+  def request(signum, frame):
+    if signum == signal.SIGINT and stop.is_set():
+      signal.default_int_handler(signum, frame)
+    stop.name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    stop.set()
+
+  previous = {sig: signal.signal(sig, request)
+              for sig in (signal.SIGTERM, signal.SIGINT)}
   try:
     yield stop
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
 
 
 def compiler_options(ynn_fusions: bool = False) -> dict | None:
@@ -358,7 +374,7 @@ def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
     ValueError: a bad config, configs that can't train together, or a
       workdir holding a different config's run; before any compute.
     data.DataNotFoundError: the dataset isn't in the data dir.
-    Preempted: SIGTERM arrived; a checkpoint was saved first.
+    Preempted: SIGTERM or Ctrl-C arrived; a checkpoint was saved first.
   """
   if any(not str(workdir) for _, workdir in runs):
     raise ValueError("an empty workdir was given; name the folder the run "
@@ -503,12 +519,12 @@ def _train(runs, dataset: data.InMemory, state_dir, tap, log, teacher,
   def stop_preempted(where):
     checkpoints.wait_until_finished()
     what = f"{num_runs} runs trained together" if together else runs[0][1]
-    raise Preempted(f"SIGTERM: saved {where} of {what}; rerun the same "
-                    "command to resume")
+    raise Preempted(f"{stop.name}: saved {where} of {what}; rerun the "
+                    "same command to resume")
 
   if together:
     log(f"training {num_runs} runs together in {len(groups)} groups")
-  with _sigterm_requests_stop() as stop:
+  with _signals_request_stop() as stop:
     while epoch <= first.num_epochs and np.any(state["diverged"] < 0):
       orders = jax.device_put(np.stack([
           np.asarray(epoch_order(keys[seed][1], epoch, num_train))

@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -105,6 +106,47 @@ def test_kill_9_then_rerun_ends_with_the_same_parameters(mnist_dir, tmp_path,
                             text=True, timeout=300)
   assert finished.returncode == 0, finished.stderr[-2000:]
   assert_same_bits(params_of(workdir), params_of(uninterrupted[0]))
+
+
+def test_ctrl_c_is_one_line_with_the_command_that_resumes(
+    mnist_dir, tmp_path, uninterrupted):
+  """Ctrl-C (SIGINT) mid-run saves, stops with one line naming where and
+  the command to rerun; that command finishes with the same bits."""
+  workdir = tmp_path / "interrupted"
+  command = main_command(ROOT / "configs" / "cpac_mnist.py", workdir,
+                         mnist_dir)
+  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 120
+  checkpoints = workdir / "checkpoints"
+  while time.time() < deadline and process.poll() is None and not (
+      checkpoints.exists() and any(p.name.isdigit()
+                                   for p in checkpoints.iterdir())):
+    time.sleep(0.05)
+  process.send_signal(signal.SIGINT)
+  stderr = process.communicate(timeout=120)[1]
+  assert process.returncode == 1
+  assert "Traceback" not in stderr, stderr[-2000:]
+  line = stderr.strip().splitlines()[-1]
+  found = re.fullmatch(r"error: Ctrl-C: saved epoch \d+(, step \d+)? of "
+                       r"\S+; rerun the same command to resume \((.+)\)",
+                       line)
+  assert found, line
+  again = shlex.split(found.group(2))
+  assert again[:3] == ["python", "-m", "cpac_jax.main"]
+  finished = subprocess.run([sys.executable] + again[1:], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+  assert finished.returncode == 0, finished.stderr[-2000:]
+  assert_same_bits(params_of(workdir), params_of(uninterrupted[0]))
+
+
+def test_ctrl_c_outside_the_loop_says_how_to_resume(monkeypatch):
+  monkeypatch.setattr(sys, "argv", [str(ROOT / "cpac_jax" / "sweep.py"),
+                                    "--config=a b.py", "--workdir=w"])
+  assert cli.error_line(KeyboardInterrupt()) == (
+      "error: Ctrl-C: stopped; rerun the same command to resume from the "
+      "last checkpoint (python -m cpac_jax.sweep '--config=a b.py' "
+      "--workdir=w)")
 
 
 def test_same_config_and_seed_give_the_same_results(mnist_dir, tmp_path,
