@@ -157,11 +157,10 @@ def compressible(model: nnx.Module, factorization: str = "tucker", *,
   _check_choice(factorization, FACTORIZATIONS, "factorization")
   include = None if include is None else _filters(include, "include")
   exclude = _filters(exclude, "exclude")
-  candidates = [("/".join(map(str, path)), node)
-                for path, node in nnx.iter_graph(model)
-                if isinstance(node, (nnx.Conv, nnx.Linear))]
-  paths = [path for path, _ in candidates]
   refs = references(model)
+  candidates = [(refs[id(node)][0], node) for node, _ in
+                _layers(model).values()]
+  paths = [path for path, _ in candidates]
 
   def _matches(f: Filter, path: str, node) -> bool:  # at any of its paths
     return any(_match(f, p, node) for p in refs.get(id(node), [path]))
@@ -214,7 +213,8 @@ def compress(model: nnx.Module, budget: float | int | None = None,
 
   Args:
     model: any Flax NNX model; the layers may sit anywhere in it
-      (attributes, lists, nested modules).
+      (attributes, nested modules, lists, tuples and dicts, `nnx.List`,
+      `nnx.Dict`, containers wrapped in `nnx.data`).
     budget: the replaced layers' weights to keep: a float in (0, 1], the
       fraction (0.1 ~ 10x fewer), or an int, their count; None: 0.1. With
       `ranks`, None (the ranks decide) or a bound the ranks must keep
@@ -478,7 +478,9 @@ def _replace(node, factorization, rank, init, implementation, key, rngs,
   """The factorized layer that takes `node`'s place."""
   where = f"compress: the {type(node).__name__} at {path!r}"
   if isinstance(node, nnx.Linear):
-    rank = tuple(rank) if isinstance(rank, Sequence) else (rank, rank)
+    # An int is the rank of both modes; a tuple, a fraction or 'same' is
+    # TuckerDense's own rank spec.
+    rank = (rank, rank) if isinstance(rank, (int, np.integer)) else rank
     shapes = dict(in_shape=(node.in_features,),
                   out_shape=(node.out_features,), rank=rank,
                   implementation=implementation)
@@ -498,18 +500,48 @@ def _replace(node, factorization, rank, init, implementation, key, rngs,
 
 
 def set_at(model: nnx.Module, path: str, layer) -> None:
-  """Put `layer` at `path` ("blocks/0/conv": attributes and list indices,
-  as `compressible` names them) in `model`, in place. The model itself
-  (path "") can't be replaced in place: `compress` returns its new layer."""
+  """Put `layer` at `path` ("blocks/0/conv", as `compressible` names it:
+  attributes, list and tuple indices, dict keys, in `nnx.List`, `nnx.Dict`
+  or containers wrapped in `nnx.data`) in `model`, in place. The model
+  itself (path "") can't be replaced in place: `compress` returns its new
+  layer."""
   if not path:
     raise ValueError("set_at: path '' is the model itself, which can't be "
                      "replaced in place; use the new layer as the model")
-  *parents, leaf = path.split("/")
+  keys, node = [], model
+  for part in path.split("/"):
+    found = [k for k in _children(node) if str(k) == part]
+    if not found:
+      raise ValueError(f"set_at: {path!r} names no layer of the model: "
+                       f"{'/'.join(map(str, keys)) or 'the model'} has no "
+                       f"{part!r}")
+    keys.append(found[0])
+    node = _children(node)[found[0]]
+  _set_keys(model, tuple(keys), layer)
+
+
+def _children(node) -> dict:
+  """A graph node's children by key, as Flax's graph sees them (attributes
+  of a module, items of a list, tuple or dict), less its own bookkeeping."""
+  return {k: v for k, v in nnx.graph.get_node_impl(node).node_dict(
+      node).items() if not (isinstance(k, str) and k.startswith("_pytree__"))}
+
+
+def _set_keys(model, keys: tuple, layer) -> None:
+  """`_set_at` by the raw keys of a path; a tuple holding the place is
+  rebuilt and set where it sits."""
+  *parents, leaf = keys
   node = model
-  for part in parents:
-    node = node[int(part)] if part.isdigit() else getattr(node, part)
-  if leaf.isdigit():
-    node[int(leaf)] = layer
+  for key in parents:
+    node = _children(node)[key]
+  if isinstance(node, tuple):
+    items = list(node)
+    items[leaf] = layer
+    _set_keys(model, tuple(parents), nnx.data(type(node)(items)))
+  elif isinstance(node, (list, dict)) or (
+      hasattr(node, "__setitem__") and not isinstance(leaf, str)) or (
+      isinstance(node, nnx.Dict)):
+    node[leaf] = layer
   else:
     setattr(node, leaf, layer)
 
@@ -557,25 +589,24 @@ def references(model: nnx.Module) -> dict[int, list[str]]:
   `model`, in graph order: a layer held in several places (tied, shared)
   has several paths, and `compress` replaces it at all of them with one
   new layer."""
+  return {i: ["/".join(map(str, keys)) for keys in paths]
+          for i, (_, paths) in _layers(model).items()}
+
+
+def _layers(model) -> dict[int, tuple[nnx.Module, list[tuple]]]:
+  """{id(layer): (layer, the raw key paths it sits at)} for every
+  `nnx.Conv` and `nnx.Linear` of `model`, in graph order."""
   if isinstance(model, (nnx.Conv, nnx.Linear)):
-    return {id(model): [""]}
+    return {id(model): (model, [()])}
   found = {}
 
-  def children(node):
-    if isinstance(node, (list, tuple)):
-      return enumerate(node)
-    if isinstance(node, dict):
-      return node.items()
-    return nnx.iter_children(node)
-
   def walk(node, path: tuple, seen: frozenset) -> None:
-    for key, child in children(node):
-      where = (*path, str(key))
+    for key, child in _children(node).items():
+      where = (*path, key)
       if isinstance(child, (nnx.Conv, nnx.Linear)):
-        found.setdefault(id(child), []).append("/".join(where))
-      elif id(child) not in seen and not isinstance(child, nnx.Variable) and (
-          isinstance(child, (list, tuple, dict))
-          or nnx.graph.is_graph_node(child)):
+        found.setdefault(id(child), (child, []))[1].append(where)
+      elif (id(child) not in seen and not isinstance(child, nnx.Variable)
+            and nnx.graph.is_node(child)):
         walk(child, where, seen | {id(child)})
 
   walk(model, (), frozenset({id(model)}))

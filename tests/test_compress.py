@@ -332,3 +332,57 @@ def test_compress_takes_numpy_numbers_and_a_single_filter():
   with pytest.raises(ValueError, match="exclude takes globs on paths and "
                      "layer types, got 3"):
     cj.compress(net, 0.3, "tucker", exclude=[3])
+
+
+class _Held(nnx.Module):
+  """Two Linears held in a container of the kind given, the first of them
+  twice where the container allows."""
+
+  def __init__(self, kind, rngs):
+    a, b = nnx.Linear(16, 16, rngs=rngs), nnx.Linear(16, 8, rngs=rngs)
+    self.keys = {"nnx.Dict": ("0", "1"), "data dict": ("a", "b")}.get(
+        kind, (0, 1))
+    held = dict(zip(self.keys, (a, b)))
+    self.layers = {"nnx.Dict": lambda: nnx.Dict(held),
+                   "data dict": lambda: nnx.data(held),
+                   "data tuple": lambda: nnx.data((a, b, a)),
+                   "nnx.List": lambda: nnx.List([a, b])}[kind]()
+
+  def __call__(self, x):
+    first, second = (self.layers[k] for k in self.keys)
+    return second(first(x))
+
+
+@pytest.mark.parametrize("kind",
+                         ["nnx.Dict", "data dict", "data tuple", "nnx.List"])
+def test_compress_replaces_layers_in_any_container(kind):
+  """An nnx.Dict with int-like keys, a dict or a tuple wrapped in
+  nnx.data, an nnx.List: each layer replaced where it sits (a tuple is
+  rebuilt), a repeated one by one new layer."""
+  model = _Held(kind, nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (4, 16))
+  full = dict(zip((f"layers/{k}" for k in model.keys), ((16, 16), (16, 8))))
+  small, report = cj.compress(model, ranks=full)  # full ranks: exact
+  assert [layer.path for layer in report.layers] == [
+      f"layers/{k}" for k in model.keys]
+  assert not [n for _, n in nnx.iter_graph(small)
+              if isinstance(n, nnx.Linear)]
+  if kind == "data tuple":
+    assert small.layers[0] is small.layers[2]
+    assert report.layers[0].shared_with == ("layers/2",)
+  np.testing.assert_allclose(small(x), model(x), atol=1e-4)
+  assert isinstance(model.layers[model.keys[0]], nnx.Linear)  # left alone
+
+
+def test_compress_takes_every_rank_spec_for_a_linear():
+  """A Linear's rank as TuckerDense takes it: an int for both modes, a
+  tuple, a fraction or 'same' ('same' was split into its letters)."""
+  model = _Held("nnx.List", nnx.Rngs(0))
+  for spec, want in ((4, (4, 4)), ((3, 5), (3, 5)), ("same", None),
+                     (0.5, None)):
+    _, report = cj.compress(model, ranks={"layers/0": spec, "layers/1": 2})
+    rank = report.layers[0].rank
+    assert rank == spec
+    layer = cj.layers.TuckerDense.from_linear(
+        model.layers[0], in_shape=(16,), out_shape=(16,), rank=want or spec)
+    assert report.layers[0].params_after == cj.count_params(layer) - 16
