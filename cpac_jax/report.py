@@ -19,6 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import ml_collections
+import numpy as np
 from absl import app, flags
 from matplotlib.figure import Figure  # no pyplot: files only, no display
 from ml_collections import config_flags
@@ -278,9 +279,9 @@ def _table(summary: list[dict], paper: dict, paper_loss: dict,
         f"{s['compression']:.2f}x",
         "-" if s["factorization"] == "dense"
         else f"{s['layer_compression']:.2f}x", str(s["seeds"]),
-        "{:.4f} ± {:.4f}".format(*s["accuracy"]),
+        _spread(s["accuracy"], s["seeds"]),
         "-" if interval is None else "{:.4f}-{:.4f}".format(*interval),
-        "{:.4f} ± {:.4f}".format(*s["best_accuracy"]),
+        _spread(s["best_accuracy"], s["seeds"]),
         "-" if s["best_epoch"] is None else f"{s['best_epoch']:g}",
         "-" if s["test_loss"] is None else f"{s['test_loss']:.4f}"]
     if paper:
@@ -296,6 +297,13 @@ def _table(summary: list[dict], paper: dict, paper_loss: dict,
     cells.append(f"{s['train_seconds']:.0f}")
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + _joint_note(summary, paper)
+
+
+def _spread(mean_std: tuple[float, float], n: int) -> str:
+  """"mean ± std", or "value (n = 1)" where one run has no spread."""
+  if n == 1:
+    return f"{mean_std[0]:.4f} (n = 1)"
+  return "{:.4f} ± {:.4f}".format(*mean_std)
 
 
 def _joint_note(summary: list[dict], paper: dict) -> str:
@@ -343,9 +351,14 @@ def _joint_note(summary: list[dict], paper: dict) -> str:
 
 
 def _plots(summary: list[dict], paper: dict, out: Path, title: str,
-           split: str = "test") -> list[str]:
+           split: str = "test") -> tuple[list[str], str]:
   """Accuracy against rank and against compression, one series per init
-  and setting."""
+  and setting; `title` says what was trained (`plot_title`). Ranks are
+  categories: their points are not joined, and the final-epoch, paper and
+  best-epoch points of a rank stand side by side so none hides another.
+  One run has no error bar: its label says n = 1. Returns the files'
+  names and, where more than 4 series are named S1, S2, ... to keep the
+  legend legible, the key to those names."""
   ranks = list(dict.fromkeys(s["rank"] for s in summary
                              if s["factorization"] != "dense"))
   series = [(f"{init} init" + (f", {setting}" if setting else ""),
@@ -353,59 +366,121 @@ def _plots(summary: list[dict], paper: dict, out: Path, title: str,
                                                                   setting)])
             for init, setting in dict.fromkeys((s["init"], s["setting"])
                                                for s in summary)]
+  key, many = "", len(series) > 4
+  if many:
+    key = "Series in the plots: " + "; ".join(
+        f"S{i} = {name}" for i, (name, _) in enumerate(series, 1)) + ".\n\n"
+    series = [(f"S{i}", entries) for i, (_, entries) in enumerate(series, 1)]
   names = []  # of the files written
+  width = 0.6 / (2 * len(series) + 1)  # each series' two points, the paper
 
-  fig = Figure(figsize=(6, 4))
+  fig = Figure(figsize=(6.4, 4.4))
   ax = fig.subplots()
   for color, (name, entries) in enumerate(series):
     label = f" {name}" if len(series) > 1 else ""
     factorized = [s for s in entries if s["factorization"] != "dense"]
-    x = [ranks.index(s["rank"]) for s in factorized]
-    ax.errorbar(x, [s["accuracy"][0] for s in factorized],
-                yerr=[s["accuracy"][1] for s in factorized], marker="o",
-                capsize=3, color=f"C{color}",
-                label=f"ours{label} (final epoch, mean ± std)")
-    ax.plot(x, [s["best_accuracy"][0] for s in factorized], "s--", ms=4,
-            color=f"C{color}", label=f"ours{label} (best epoch)")
+    x = np.array([ranks.index(s["rank"]) for s in factorized], float)
+    shift = (color + 1) * width
+    if factorized:  # a series of dense runs only is its line alone
+      ax.errorbar(x - shift, [s["accuracy"][0] for s in factorized],
+                  yerr=_bars([s["accuracy"] for s in factorized], factorized),
+                  marker="o", ls="none", capsize=3, color=f"C{color}",
+                  label=f"ours{label}, final epoch"
+                  f"{_spread_label(factorized)}")
+      ax.plot(x + shift, [s["best_accuracy"][0] for s in factorized], "s",
+              ms=5, mfc="none", color=f"C{color}",
+              label=None if many else f"ours{label}, best epoch (mean)")
     for s in entries:
       if s["factorization"] == "dense":
         ax.axhline(s["accuracy"][0], color=f"C{color}", ls=":",
-                   label=f"dense{label} ({s['accuracy'][0]:.4f})")
+                   label=None if many else
+                   f"dense{label}, final epoch ({s['accuracy'][0]:.4f}, "
+                   f"n = {s['seeds']})")
   known = [(i, paper[rank]) for i, rank in enumerate(ranks) if rank in paper]
   if known:
-    ax.plot(*zip(*known), "k^", ms=7, label="paper")
+    ax.plot(*zip(*known), "k^", ms=7, label="paper (one run)")
   ax.set_xticks(range(len(ranks)), ranks, rotation=45 if len(ranks) > 8 else 0)
-  ax.set_xlabel("rank")
+  ax.set_xlabel("rank (a category; each rank's points side by side: ours "
+                "final, paper, ours best)" if known else
+                "rank (a category; final and best epoch side by side)"
+                + ("\nfilled: final epoch; open: best epoch; dotted: dense"
+                   if many else ""), fontsize=8)
   ax.set_ylabel(f"{split} accuracy")
-  names.append(_save(fig, ax, title, out / "accuracy_vs_rank.png"))
+  names.append(_save(fig, ax, title, out / "accuracy_vs_rank.png", many))
 
-  fig = Figure(figsize=(6, 4))
+  fig = Figure(figsize=(6.4, 4.4))
   ax = fig.subplots()
   for color, (name, entries) in enumerate(series):
     label = f"ours, {name}" if len(series) > 1 else "ours"
     factorized = [s for s in entries if s["factorization"] != "dense"]
-    ax.errorbar([s["layer_compression"] for s in factorized],
-                [s["accuracy"][0] for s in factorized],
-                yerr=[s["accuracy"][1] for s in factorized], marker="o",
-                capsize=3, color=f"C{color}", label=label)
+    if factorized:
+      ax.errorbar([s["layer_compression"] for s in factorized],
+                  [s["accuracy"][0] for s in factorized],
+                  yerr=_bars([s["accuracy"] for s in factorized], factorized),
+                  marker="o", capsize=3, color=f"C{color}",
+                  label=f"{label}, final epoch{_spread_label(factorized)}")
     for s in factorized:
       ax.annotate(s["rank"], (s["layer_compression"], s["accuracy"][0]),
                   fontsize=7, textcoords="offset points", xytext=(3, 3))
     for s in entries:
       if s["factorization"] == "dense":
         ax.axhline(s["accuracy"][0], color=f"C{color}", ls=":",
-                   label=f"dense{', ' + name if len(series) > 1 else ''}")
+                   label=None if many else
+                   f"dense{', ' + name if len(series) > 1 else ''}"
+                   f" (n = {s['seeds']})")
   ax.set_xscale("log")
-  ax.set_xlabel("compression of the factorized layers (dense / ours)")
+  ax.set_xlabel("compression of the factorized layers (dense / ours); "
+                "points labelled by rank" + ("; dotted: dense" if many else ""),
+                fontsize=8)
   ax.set_ylabel(f"{split} accuracy (final epoch)")
-  names.append(_save(fig, ax, title, out / "accuracy_vs_compression.png"))
-  return names
+  names.append(_save(fig, ax, title, out / "accuracy_vs_compression.png",
+                     many))
+  return names, key
 
 
-def _save(fig, ax, title: str, path: Path) -> str:
-  """Title, legend, layout; write the figure to `path`, return its name."""
-  ax.set_title(title)
-  ax.legend(fontsize=8)
+def _bars(mean_stds: list[tuple[float, float]], entries: list[dict]):
+  """Error bars of one std; none for a single run."""
+  return [0.0 if s["seeds"] == 1 else std
+          for (_, std), s in zip(mean_stds, entries)]
+
+
+def _spread_label(entries: list[dict]) -> str:
+  """How a series' points spread: the std over n seeds, or n = 1."""
+  counts = sorted({s["seeds"] for s in entries})
+  if counts == [1]:
+    return " (n = 1, no error bar)"
+  return f" (mean ± std, n = {_span(counts)}" + (
+      "; n = 1: no bar)" if counts[0] == 1 else ")")
+
+
+def plot_title(config: ml_collections.ConfigDict, summary: list[dict],
+               split: str = "test") -> str:
+  """What a plot shows: the experiment, data set, model, metric, how long
+  the runs of its sweep trained, and the runs per point."""
+  runs = [run for _, run in expand(config)]
+  name = config.get("name") or "results"
+  return (f"{name}: {config.model.name} on {config.dataset.name}, "
+          f"{split} accuracy\n{_span(r.num_epochs for r in runs)} epochs "
+          f"at batch {_span(r.batch_size for r in runs)}, n = "
+          f"{_span(s['seeds'] for s in summary)} runs a point")
+
+
+def _span(values) -> str:
+  """'10', or '3-10' where the values differ."""
+  values = sorted(set(values))
+  return (f"{values[0]}" if len(values) == 1
+          else f"{values[0]}-{values[-1]}")
+
+
+def _save(fig, ax, title: str, path: Path, outside: bool = False) -> str:
+  """Title, legend (beside the axes if `outside`), layout; write the figure
+  to `path`, return its name."""
+  ax.set_title(title, fontsize=9)
+  if outside:
+    fig.set_figwidth(fig.get_figwidth() + 2.5)
+    ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1))
+  else:
+    ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   return path.name
@@ -445,7 +520,8 @@ def write_report(workdir: str | Path, config: ml_collections.ConfigDict
   if split != "test":  # the paper's numbers are test accuracies
     paper, paper_loss = {}, {}
   table = _table(summary, paper, paper_loss, split)
-  plots = _plots(summary, paper, out, title, split)
+  plots, key = _plots(summary, paper, out,
+                      plot_title(config, summary, split), split)
   failures = "".join(
       f"- {r.get('run', '?')}: {r['status']}, left out of the table\n"
       for r in failed) + "".join(f"- {name}: missing, not run yet\n"
@@ -460,7 +536,7 @@ def write_report(workdir: str | Path, config: ml_collections.ConfigDict
           "the share of our runs below it, ties half).\n\n"
           f"{table}\n\n" + (f"Not in the table:\n{failures}\n" if failures
                               else "")
-          + "\n".join(f"![{p}]({p})" for p in plots) + "\n")
+          + key + "\n".join(f"![{p}]({p})" for p in plots) + "\n")
   path = out / "results.md"
   path.write_text(text)
   readme = out / "README.md"
