@@ -29,12 +29,17 @@ from ml_collections import config_dict
 from cpac_jax import compression, data, models, optimizers
 
 __all__ = ["base_config", "build_model", "compress_config", "compressing",
-           "computed_fields", "describe_differences", "differing_fields", "expand", "has_teacher",
-           "override", "parse_value", "run_key", "teacher_config",
-           "validate"]
+           "computed_fields", "describe_differences", "differing_fields",
+           "expand", "has_teacher", "override", "parse_value", "run_key",
+           "setting", "teacher_config", "validate"]
 
-# Fields a config may add to the base (absent, they take their default and
-# leave the run keys of older results unchanged).
+# Fields added to the schema after results were made with it: in the base
+# as placeholders (None: unset), each read through `setting` as its default
+# below while unset, and left out of the run key while unset, so results
+# from before they existed keep their keys. A config or a command line may
+# set each of them on any config (`validate` refuses a value that means
+# nothing there). model.kwargs, the model class's own arguments, is set by
+# configs only.
 OPTIONAL_FIELDS = {"optimizer.schedule": "constant", "model.kwargs": {},
                    "model.init": "default", "dataset.validation_examples": 0,
                    "teacher": "", "distill_weight": 0.0,
@@ -55,25 +60,26 @@ def base_config() -> ml_collections.ConfigDict:
   config.dataset.data_dir = config_dict.placeholder(str)
   config.dataset.mean = 0.5             # inputs become (x / 255 - mean) / std
   config.dataset.std = 0.5
-  # config.dataset.validation_examples: 0 unless a config sets N > 0: then
-  # the last N training examples are held out and every evaluation (the
-  # "test_*" metrics, the row's evaluated_on "validation") is on them, never
-  # on the test set; for choosing hyperparameters.
+  # 0, or N > 0: the last N training examples are held out and every
+  # evaluation (the "test_*" metrics, the row's evaluated_on "validation")
+  # is on them, never on the test set; for choosing hyperparameters.
+  config.dataset.validation_examples = config_dict.placeholder(int)
   config.model = ml_collections.ConfigDict()
   config.model.name = "cpac_cnn_2"      # a key of cpac_jax.models.MODELS
   config.model.factorization = "cp"     # cp | tucker | dense
   # config.model.rank: each config sets it, which fixes its type for
   # command-line overrides: an int, a tuple, a float fraction or "same".
   config.model.implementation = "auto"  # auto | factorized | reconstructed
-  # config.model.init: "default" unless a config sets another its model
-  # offers (models.INITS; the CPAC nets: "official"), or "teacher": the
-  # factorized layers decomposed from the teacher's trained dense ones
-  # (`models.from_teacher`), the other layers copied, then trained.
+  # "default", another init its model offers (models.INITS; the CPAC nets:
+  # "official"), or "teacher": the factorized layers decomposed from the
+  # teacher's trained dense ones (`models.from_teacher`), the other layers
+  # copied, then trained.
+  config.model.init = config_dict.placeholder(str)
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adam"        # adam | adamw | sgd | momentum
   config.optimizer.learning_rate = 1e-3  # peak rate
-  # config.optimizer.schedule: "constant" unless a config sets "cosine"
-  # (decay to 0 over the run).
+  # "constant", or "cosine": decay to 0 over the run.
+  config.optimizer.schedule = config_dict.placeholder(str)
   config.batch_size = 64                # examples per step
   config.eval_batch_size = 1000         # examples per eval step
   config.num_epochs = 10                # passes over the training set
@@ -111,8 +117,13 @@ def base_config() -> ml_collections.ConfigDict:
   # softened outputs, T = config.distill_temperature (Hinton et al. 2015);
   # a distilled run's train loss is that objective, its test loss plain
   # cross-entropy.
-  # config.compress (optional, `compress_config`): a run that compresses
-  # its teacher, a trained model (`cpac_jax.compress`), then fine-tunes it.
+  config.teacher = config_dict.placeholder(str)
+  config.distill_weight = config_dict.placeholder(float)
+  config.distill_temperature = config_dict.placeholder(float)
+  # `compress_config`: a run that compresses its teacher, a trained model
+  # (`cpac_jax.compress`), then fine-tunes it; off unless its factorization
+  # is set.
+  config.compress = compress_config()
   config.sweep = ()                     # see `expand`
   config.paper = {}                     # the paper's accuracy by rank
   config.paper_loss = {}                # the paper's test loss by rank
@@ -147,7 +158,7 @@ def compressing(config: ml_collections.ConfigDict) -> bool:
 
 def has_teacher(config: ml_collections.ConfigDict) -> bool:
   """Whether a run of `config` needs its teacher's finished run."""
-  return bool(config.get("teacher")) or compressing(config)
+  return bool(setting(config, "teacher")) or compressing(config)
 
 
 def _choose(value, valid, field: str) -> None:
@@ -172,7 +183,7 @@ def validate(config: ml_collections.ConfigDict,
   _choose(config.model.name, models.MODELS, "model.name")
   models.check(config.model)
   _choose(config.optimizer.name, optimizers.OPTIMIZERS, "optimizer.name")
-  _choose(config.optimizer.get("schedule", "constant"), optimizers.SCHEDULES,
+  _choose(setting(config, "optimizer.schedule"), optimizers.SCHEDULES,
           "optimizer.schedule")
   for field in ("batch_size", "eval_batch_size", "num_epochs",
                 "steps_per_call"):
@@ -184,7 +195,7 @@ def validate(config: ml_collections.ConfigDict,
     if not isinstance(value, int) or value < 0:
       raise ValueError(
           f"{field} must be an int >= 0 (0: all), got {value!r}")
-  validation = config.dataset.get("validation_examples", 0)
+  validation = setting(config, "dataset.validation_examples")
   if type(validation) is not int or validation < 0:
     raise ValueError("dataset.validation_examples must be an int >= 0 (0: "
                      f"evaluate on the test set), got {validation!r}")
@@ -224,17 +235,16 @@ def _check_compress(block: ml_collections.ConfigDict) -> None:
 
 
 def _check_teacher(config: ml_collections.ConfigDict) -> None:
-  teacher = config.get("teacher", "")
-  weight = config.get("distill_weight", OPTIONAL_FIELDS["distill_weight"])
-  temperature = config.get("distill_temperature",
-                           OPTIONAL_FIELDS["distill_temperature"])
+  teacher = setting(config, "teacher")
+  weight = setting(config, "distill_weight")
+  temperature = setting(config, "distill_temperature")
   if not (isinstance(weight, (int, float)) and 0 <= weight <= 1):
     raise ValueError(f"distill_weight must be in [0, 1], got {weight!r}")
   if not (isinstance(temperature, (int, float)) and temperature > 0
           and math.isfinite(temperature)):
     raise ValueError(
         f"distill_temperature must be a positive number, got {temperature!r}")
-  uses = config.model.get("init") == "teacher" or weight > 0
+  uses = setting(config, "model.init") == "teacher" or weight > 0
   if uses and not teacher and not compressing(config):
     raise ValueError(
         "model.init 'teacher' and distill_weight > 0 need config.teacher, the "
@@ -250,7 +260,7 @@ def _check_teacher(config: ml_collections.ConfigDict) -> None:
       raise ValueError(
           f"a compressing run's model is its teacher's, compressed; "
           f"config.teacher {teacher!r} changes the model block")
-    if config.model.get("init") == "teacher" and (
+    if setting(config, "model.init") == "teacher" and (
         twin.model.name != config.model.name
         or twin.model.factorization != "dense"):
       raise ValueError(
@@ -266,15 +276,13 @@ def teacher_config(config: ml_collections.ConfigDict
   overrides applied, and no teacher, distillation or teacher init of its
   own."""
   teacher = config.copy_and_resolve_references()
-  overrides = teacher.get("teacher", "")
+  overrides = setting(teacher, "teacher")
   with teacher.unlocked():
     for field in ("teacher", "distill_weight", "distill_temperature"):
-      if field in teacher:
-        del teacher[field]
-    if teacher.model.get("init") == "teacher":
-      del teacher.model["init"]
-    if "compress" in teacher:
-      teacher.compress.factorization = ""
+      teacher[field] = None
+    if teacher.model.init == "teacher":
+      teacher.model.init = None
+    teacher.compress.factorization = ""
     teacher.sweep = ()
   items = re.split(r",\s*(?=[A-Za-z_][\w.]*=)", overrides.strip())
   for item in items if overrides.strip() else ():
@@ -314,12 +322,30 @@ def computed_fields(config: ml_collections.ConfigDict,
   flat = json.loads(config.to_json_best_effort(sort_keys=True))
   if not compressing(config):
     flat.pop("compress", None)
-  for field in (*_NOT_IN_KEY, *ignore):
+  unset = [field for field in OPTIONAL_FIELDS if _get(flat, field) is None]
+  for field in (*_NOT_IN_KEY, *unset, *ignore):
     *parents, leaf = field.split(".")
     node = flat
     for parent in parents:
       node = node.get(parent, {})
     node.pop(leaf, None)
+  return flat
+
+
+def setting(config: ml_collections.ConfigDict, field: str):
+  """The value of a dotted `field` of `config`; an optional field left unset
+  (None, or absent from an older config) reads as its default
+  (`OPTIONAL_FIELDS`)."""
+  node = config
+  for part in field.split("."):
+    node = node.get(part) if node is not None else None
+  return OPTIONAL_FIELDS.get(field) if node is None else node
+
+
+def _get(flat: dict, field: str):
+  """A dotted field of a nested dict; None where it is absent."""
+  for part in field.split("."):
+    flat = flat.get(part) if isinstance(flat, dict) else None
   return flat
 
 

@@ -274,7 +274,7 @@ def load_splits(dataset, num_train: int = 0, num_test: int = 0, seed: int = 0
   `dataset.validation_examples` N > 0, the evaluation split is the last N
   training examples, held out of training, and the test set is not read."""
   train = load(dataset.name, "train", dataset.get("data_dir"), seed)
-  held_out = dataset.get("validation_examples", 0)
+  held_out = dataset.get("validation_examples") or 0  # None: unset
   if held_out:
     if held_out >= len(train.labels):
       raise ValueError(

@@ -19,7 +19,7 @@ def make_optimizer(optimizer: ml_collections.ConfigDict, total_steps: int
   if optimizer.name not in OPTIMIZERS:
     raise ValueError(f"unknown optimizer.name {optimizer.name!r}; choose one "
                      f"of {tuple(OPTIMIZERS)}")
-  schedule = optimizer.get("schedule", "constant")
+  schedule = optimizer.get("schedule") or "constant"  # None: unset
   if schedule not in SCHEDULES:
     raise ValueError(f"unknown optimizer.schedule {schedule!r}; choose one "
                      f"of {SCHEDULES}")

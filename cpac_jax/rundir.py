@@ -21,7 +21,7 @@ import ml_collections
 
 from cpac_jax import distributed
 from cpac_jax.config import (compressing, describe_differences,
-                             differing_fields, run_key)
+                             differing_fields, run_key, setting)
 
 __all__ = ["COLUMNS", "MetricWriter", "append_row", "append_rows",
            "check_config", "check_rows", "failed_row", "history", "lock",
@@ -134,13 +134,13 @@ def failed_row(config: ml_collections.ConfigDict) -> dict:
   return {"experiment": config.get("name", ""),
           "dataset": config.dataset.name, "model": config.model.name,
           "factorization": config.model.factorization,
-          "init": config.model.get("init", "default"), "seed": config.seed,
+          "init": setting(config, "model.init"), "seed": config.seed,
           "epochs": config.num_epochs,
           "evaluated_on": _evaluated_on(config), "status": "diverged"}
 
 
 def _evaluated_on(config: ml_collections.ConfigDict) -> str:
-  return ("validation" if config.dataset.get("validation_examples", 0)
+  return ("validation" if setting(config, "dataset.validation_examples")
           else "test")
 
 
@@ -156,7 +156,7 @@ def result_row(config: ml_collections.ConfigDict, counts: dict,
   what = {"factorization": config.model.factorization,
           "rank": ("" if config.model.factorization == "dense" else json.dumps(
               list(rank) if isinstance(rank, tuple) else rank)),
-          "init": config.model.get("init", "default")}
+          "init": setting(config, "model.init")}
   if compressing(config):
     # A compressed teacher: the rank column says how the budget was shared.
     block = config.compress

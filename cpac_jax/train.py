@@ -35,8 +35,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from cpac_jax import (checkpoint, compression, data, distributed, models,
                       optimizers, rundir)
-from cpac_jax.config import (OPTIONAL_FIELDS, build_model, compressing,
-                             has_teacher, run_key, teacher_config, validate)
+from cpac_jax.config import (build_model, compressing, has_teacher, run_key,
+                             setting, teacher_config, validate)
 from cpac_jax.vectorized import (Group, check_together, make_groups,
                                  split_modes)
 
@@ -274,8 +274,8 @@ def _make_programs(config, groups, tx, images, labels, batch_sharding,
   batch_size = config.batch_size
   steps, evaluations = [], []
   objective = _loss if teacher_logits is None else distillation_loss(
-      config.distill_weight, config.get(
-          "distill_temperature", OPTIONAL_FIELDS["distill_temperature"]))
+      setting(config, "distill_weight"),
+      setting(config, "distill_temperature"))
   for group in groups:
     step = make_step(group.graphdef, tx, objective)
     evaluation = make_evaluation(config, group.eval_graphdef)
@@ -451,13 +451,13 @@ def _train(runs, dataset: data.InMemory, state_dir, tap, log, teacher,
   else:
     groups = make_groups(configs, info, {s: k[0] for s, k in keys.items()},
                          stacked=together)
-    if first.model.get("init") == "teacher":
+    if setting(first, "model.init") == "teacher":
       group, = groups
       student = models.from_teacher(
           nnx.merge(group.graphdef, group.params, group.rest), teacher)
       _, _, (group.params, group.rest) = split_modes(student)
   teacher_logits = None
-  if first.get("distill_weight", 0) > 0:
+  if setting(first, "distill_weight") > 0:
     teacher_logits = _logits(teacher, train_split.images,
                              teacher_run.dataset)
   seed_of = [seeds.index(configs[g.indices[0]].seed) for g in groups]

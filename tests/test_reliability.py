@@ -314,6 +314,14 @@ COMMAND_LINE_ERRORS = [
     ("configs/cpac_mnist.py", ["--config.model.rank", "0.5"], "num_epochs"),
     ("configs/cpac_mnist.py", ["--config.model.rank=zero"],
      "CP rank 'zero' is not a valid spec"),
+    # an optional field, settable on every config, refused where it means
+    # nothing there
+    ("configs/ttl_mnist.py", ["--config.dataset.validation_examples=100",
+                              "--config.optimizer.schedule=cosine"],
+     "num_epochs"),
+    ("configs/ttl_mnist.py", ["--config.model.init=official"],
+     "model 'ttl_mlp' takes model.init in ('default', 'teacher'), got "
+     "'official'"),
 ]
 
 

@@ -40,7 +40,7 @@ def test_teacher_config_and_its_errors(mnist_dir):
   teacher = teacher_config(config)
   assert teacher.model.factorization == "dense"
   assert teacher.optimizer.learning_rate == 1e-3
-  assert "teacher" not in teacher and "init" not in teacher.model
+  assert teacher.teacher is None and teacher.model.init is None  # unset
   assert teacher.model.rank == config.model.rank
   config.teacher = ""
   with pytest.raises(ValueError, match="need config.teacher"):

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from cpac_jax import models, report, sweep, train
-from cpac_jax.config import expand, override, run_key
+from cpac_jax.config import expand, override, run_key, setting
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,7 +115,7 @@ def test_sweep_checks_every_run_before_training_any(mnist_dir, tmp_path):
 def test_sweep_adds_optional_fields_to_a_locked_config():
   config = load_config("cpac_mnist")
   config.lock()  # as --config=... hands it over
-  inits = {run.model.get("init", "default") for _, run in expand(config)}
+  inits = {setting(run, "model.init") for _, run in expand(config)}
   assert inits == {"default", "official"}
   with pytest.raises(ValueError, match="model.rnak"):
     override(config, "model.rnak", 2)
@@ -132,7 +132,7 @@ def test_report_puts_paper_numbers_beside_ours(tmp_path):
   config = load_config("cpac_mnist")
   keys = {(run.model.factorization, run.model.rank, run.seed): run_key(run)
           for _, run in expand(config)
-          if run.model.get("init", "default") == "default"}
+          if setting(run, "model.init") == "default"}
   rows = [
       {"factorization": "cp", "rank": "1", "params": "100",
        "compression": "2.0", "layer_compression": "10.0",

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure  # no pyplot: files only, no display
 from scipy import stats
 
 from cpac_jax import data, layers, report, rundir, train
-from cpac_jax.config import base_config, build_model
+from cpac_jax.config import base_config, build_model, setting
 from cpac_jax.interpret.importance import (
     factor_gradients,
     importance_from_gradients,
@@ -127,7 +127,7 @@ def _runs(sweep_dir: Path, factorization: str, rank, init: str | None = None
     config = rundir.read_config(result.parent)
     if (config.model.factorization == factorization
         and config.model.rank == rank  # JSON: a tuple rank reads as a list
-        and init in (None, config.model.get("init", "default"))):
+        and init in (None, setting(config, "model.init"))):
       found.append((config.seed, result.parent))
   return [run for _, run in sorted(found)]
 

@@ -48,7 +48,7 @@ def check(model: ml_collections.ConfigDict) -> None:
         f"model {model.name!r} takes model.factorization in {factorizations}, "
         f"got {model.factorization!r}")
   inits = INITS.get(model.name, ("default",))
-  if model.get("init", "default") not in inits:
+  if (model.get("init") or "default") not in inits:  # None: unset
     raise ValueError(f"model {model.name!r} takes model.init in {inits}, got "
                      f"{model.init!r}")
 
@@ -60,7 +60,7 @@ def build(model: ml_collections.ConfigDict, input_shape, num_classes: int,
   check(model)
   constructor, _, fixed = MODELS[model.name]
   kwargs = dict(model.get("kwargs", {}))
-  if model.get("init", "default") not in ("default", "teacher"):
+  if (model.get("init") or "default") not in ("default", "teacher"):
     kwargs.update(init=model.init, init_seed=seed)
   rank = model.rank
   if isinstance(rank, list):
