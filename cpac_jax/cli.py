@@ -22,22 +22,34 @@ __all__ = ["command_line", "error_line", "parse_flags"]
 _RANK = "--config.model.rank="
 
 
-def parse_flags(argv: list[str]) -> list[str]:
+def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS
+                ) -> list[str]:
   """absl's flag parsing for `app.run(..., flags_parser=parse_flags)`: a bad
-  flag, config file, preset or override exits with status 1 and one line,
-  "error: ...", at once."""
+  flag, config file, preset or override exits at once with one line,
+  "error: ...", and status 2 (a usage error, as argparse's); errors found
+  later, by `validate` or a run, exit with status 1."""
+  try:
+    return _parse(argv, flag_values)
+  except SystemExit as stop:
+    if isinstance(stop.code, str):
+      print(stop.code, file=sys.stderr)
+      raise SystemExit(2) from None
+    raise
+
+
+def _parse(argv: list[str], flag_values: flags.FlagValues) -> list[str]:
   argv = _joined(argv)
   ranks = [arg[len(_RANK):] for arg in argv if arg.startswith(_RANK)]
   rest = [arg for arg in argv if not arg.startswith(_RANK)]
   try:
-    args = flags.FLAGS(rest)
-    config = flags.FLAGS["config"].value
+    args = flag_values(rest)
+    config = flag_values["config"].value
     _ = config.model  # a file that failed to load raises only when read
     for rank in ranks:
       override(config, "model.rank", parse_value(rank))
   except AttributeError as error:  # a misspelt override, or a file's fault
     sys.exit(error_line(_unknown_field(error, rest) or _file_error(
-        rest, _not_a_config() or _described(error))))
+        rest, _not_a_config(flag_values) or _described(error))))
   except (flags.Error, KeyError, ValueError, TypeError, OSError) as error:
     sys.exit(error_line(error))
   except Exception as error:  # pylint: disable=broad-except
@@ -47,11 +59,11 @@ def parse_flags(argv: list[str]) -> list[str]:
   return args
 
 
-def _not_a_config() -> str | None:
+def _not_a_config(flag_values: flags.FlagValues) -> str | None:
   """What is wrong with what get_config() returned, if it ran and returned
   something other than a ConfigDict."""
   try:
-    config = flags.FLAGS["config"].value
+    config = flag_values["config"].value
   except Exception:  # pylint: disable=broad-except
     return None
   if config is None or isinstance(config, ml_collections.ConfigDict) or (

@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import re
+import runpy
 import shlex
 import shutil
 import signal
@@ -332,7 +333,8 @@ def test_command_line_errors_are_one_line(config, flags, message, tmp_path):
       [sys.executable, "-m", "cpac_jax.main", f"--config={config}",
        f"--workdir={tmp_path / 'run'}", *flags, *extra],
       cwd=ROOT, capture_output=True, text=True, timeout=60)
-  assert result.returncode == 1
+  assert result.returncode == (1 if message == "num_epochs" or "takes" in
+                                message else 2), result.returncode
   assert "Traceback" not in result.stderr
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and message in last, last
@@ -358,7 +360,7 @@ def test_a_config_file_that_fails_is_one_line_naming_it(text, message,
       [sys.executable, "-m", "cpac_jax.main", f"--config={config}",
        f"--workdir={tmp_path / 'run'}"],
       cwd=ROOT, capture_output=True, text=True, timeout=60)
-  assert result.returncode == 1
+  assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
   assert "Traceback" not in result.stderr, result.stderr
   assert lines[-1] == f"error: config file {config}: {message}" or (
@@ -588,3 +590,67 @@ def test_vectorized_runs_resume_after_sigterm_with_the_same_bits(mnist_dir,
     epochs = [json.loads(line)["epoch"] for line in
               (preempted / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
+
+
+def _leaves(config, prefix=""):
+  """(dotted field, value) of every settable leaf of a config."""
+  for name, value in config.items():
+    if name in ("sweep", "paper", "paper_loss"):
+      continue
+    if hasattr(value, "items"):
+      yield from _leaves(value, f"{prefix}{name}.")
+    else:
+      yield f"{prefix}{name}", value
+
+
+def _misspelt(field):
+  *parents, leaf = field.split(".")
+  return ".".join([*parents, leaf[:-1] if len(leaf) > 2 else leaf + "x"])
+
+
+@pytest.mark.parametrize("path", sorted(
+    str(p.relative_to(ROOT)) for p in (ROOT / "configs").glob("*.py")))
+def test_every_config_field_misspelt_mistyped_or_empty_is_one_line(
+    path, capsys):
+  """Each field of each config, as a command line gives it: misspelt, a
+  value of the wrong type, no value. Each is one line and exit status 2
+  where the flags are parsed, or is taken (a string field takes any
+  text); never a traceback."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config = runpy.run_path(str(ROOT / path))["get_config"]()
+
+  def parse(*extra):  # as main's flags parse, on flags of its own
+    own = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=own)
+    flags.DEFINE_string("workdir", None, "", flag_values=own)
+    try:
+      cli.parse_flags(["main", f"--config={path}", "--workdir=w", *extra],
+                      own)
+      return None
+    except SystemExit as stop:
+      return stop.code
+
+  assert parse() is None, capsys.readouterr().err
+
+  tried = 0
+  for field, value in _leaves(config):
+    cases = [(f"--config.{_misspelt(field)}=1", True)]
+    if isinstance(value, (bool, int, float)) and not isinstance(
+        value, ml_collections.FieldReference):
+      cases += [(f"--config.{field}=notanumber", field != "model.rank"),
+                (f"--config.{field}=", field != "model.rank")]
+    for flag, must_fail in cases:
+      code = parse(flag)
+      err = capsys.readouterr().err.strip().splitlines()
+      tried += 1
+      assert "Traceback" not in "\n".join(err), (flag, err)
+      if code is None:
+        assert not must_fail, f"{path} {flag} was taken"
+        continue
+      assert code == 2, (flag, code, err)
+      assert len(err) == 1 and err[0].startswith("error: "), (flag, err)
+      assert f"config.{flag[9:].split('=')[0]}" in err[0] or (
+          flag[9:].split("=")[0].rsplit(".", 1)[-1] in err[0]), (flag, err)
+  assert tried > 20
