@@ -162,8 +162,8 @@ def test_report_puts_paper_numbers_beside_ours(tmp_path):
   assert ("| cp | 1 | 100 | 2.00x | 10.00x | 2 | 0.9100 ± 0.0141 | "
           "0.7829-1.0371 | 0.9200 ± 0.0141 | 3.5 | 0.2500 | 0.9278 | 0.2436 "
           "| +1.03 (0.49) | 100 / 50 |") in text
-  assert ("| dense | dense | 200 | 1.00x | - | 1 | 0.9500 ± 0.0000 | - | "
-          "0.9500 ± 0.0000 | - | - | 0.9844 | 0.0484 | - | 100 / 100 |") in text
+  assert ("| dense | dense | 200 | 1.00x | - | 1 | 0.9500 (n = 1) | - | "
+          "0.9500 (n = 1) | - | - | 0.9844 | 0.0484 | - | 100 / 100 |") in text
   assert "factorization=cp-rank=12-seed=2: missing, not run yet" in text
   readme = (tmp_path / "README.md").read_text()
   assert "old table" not in readme and "0.9100 ± 0.0141" in readme
