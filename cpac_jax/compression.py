@@ -528,7 +528,7 @@ def _children(node) -> dict:
 
 
 def _set_keys(model, keys: tuple, layer) -> None:
-  """`_set_at` by the raw keys of a path; a tuple holding the place is
+  """`set_at` by the raw keys of a path; a tuple holding the place is
   rebuilt and set where it sits."""
   *parents, leaf = keys
   node = model
@@ -538,9 +538,7 @@ def _set_keys(model, keys: tuple, layer) -> None:
     items = list(node)
     items[leaf] = layer
     _set_keys(model, tuple(parents), nnx.data(type(node)(items)))
-  elif isinstance(node, (list, dict)) or (
-      hasattr(node, "__setitem__") and not isinstance(leaf, str)) or (
-      isinstance(node, nnx.Dict)):
+  elif isinstance(node, (list, dict, nnx.List, nnx.Dict)):
     node[leaf] = layer
   else:
     setattr(node, leaf, layer)
