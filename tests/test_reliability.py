@@ -87,6 +87,17 @@ def test_sigterm_saves_and_the_rerun_matches_bit_for_bit(mnist_dir, tmp_path,
   assert epochs == [1, 2, 3]
 
 
+def _wait_for_a_checkpoint(process, workdir, seconds=120):
+  """Until the run in `process` has saved its first checkpoint (or ended,
+  or `seconds` passed)."""
+  deadline = time.time() + seconds
+  checkpoints = workdir / "checkpoints"
+  while time.time() < deadline and process.poll() is None and not (
+      checkpoints.exists() and any(p.name.isdigit()
+                                   for p in checkpoints.iterdir())):
+    time.sleep(0.05)
+
+
 def test_kill_9_then_rerun_ends_with_the_same_parameters(mnist_dir, tmp_path,
                                                          uninterrupted):
   config_path = ROOT / "configs" / "cpac_mnist.py"
@@ -94,12 +105,7 @@ def test_kill_9_then_rerun_ends_with_the_same_parameters(mnist_dir, tmp_path,
   command = main_command(config_path, workdir, mnist_dir)
   process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-  deadline = time.time() + 120
-  checkpoints = workdir / "checkpoints"
-  while time.time() < deadline and process.poll() is None and not (
-      checkpoints.exists() and any(p.name.isdigit()
-                                   for p in checkpoints.iterdir())):
-    time.sleep(0.05)
+  _wait_for_a_checkpoint(process, workdir)
   time.sleep(0.3)  # somewhere into the next epoch
   process.kill()  # SIGKILL: no chance to save
   process.wait()
@@ -118,12 +124,7 @@ def test_ctrl_c_is_one_line_with_the_command_that_resumes(
                          mnist_dir)
   process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 120
-  checkpoints = workdir / "checkpoints"
-  while time.time() < deadline and process.poll() is None and not (
-      checkpoints.exists() and any(p.name.isdigit()
-                                   for p in checkpoints.iterdir())):
-    time.sleep(0.05)
+  _wait_for_a_checkpoint(process, workdir)
   process.send_signal(signal.SIGINT)
   stderr = process.communicate(timeout=120)[1]
   assert process.returncode == 1
