@@ -249,8 +249,39 @@ def _run(name: str, setting: str, seed: int, epochs: int,
 
   mirror()
   print(f"{name}: from epoch {done + 1}", flush=True)
+  for _ in range(MAX_LAUNCHES):
+    returncode, error = _launch(command, workdir, env, record, mirror,
+                                sync_state, name)
+    if not (returncode and error):
+      break
+    # TensorLy's unseeded fill can leave parafac a singular system when the
+    # net is built; a new launch draws a new fill (and a resumed run loads
+    # its checkpoint over the built net, so nothing of the run changes).
+    record["failed_launches"] = record.get("failed_launches", 0) + 1
+    mirror()
+    print(f"{name}: building the net failed ({error}); launching again",
+          flush=True)
+  if returncode != 0 or record["epochs_done"] != epochs:
+    raise SystemExit(f"{name}: exited with {returncode} after "
+                     f"{record['epochs_done']} of {epochs} epochs; see "
+                     f"{workdir / 'stderr.txt'}")
+
+
+MAX_LAUNCHES = 10
+# The one failure a new launch cures: parafac's solve on the unseeded fill.
+_BUILD_FAILURE = "numpy.linalg.LinAlgError: Singular matrix"
+
+
+def _launch(command, workdir, env, record, mirror, sync_state,
+            name) -> tuple[int, str | None]:
+  """Runs the script once, mirroring each epoch as its test line appears.
+  Returns its exit status and, if it failed building the net before any
+  epoch of this launch, the error line."""
+  stderr_path = workdir / "stderr.txt"
+  offset = stderr_path.stat().st_size if stderr_path.exists() else 0
+  epochs_before = record["epochs_done"]
   with open(workdir / "stdout.txt", "a") as stdout, \
-       open(workdir / "stderr.txt", "a") as stderr:
+       open(stderr_path, "a") as stderr:
     process = subprocess.Popen([sys.executable] + command, cwd=workdir,
                                env=env, stdout=stdout, stderr=stderr)
     try:
@@ -274,10 +305,12 @@ def _run(name: str, setting: str, seed: int, epochs: int,
       if process.poll() is None:
         process.terminate()
         process.wait()
-  if process.returncode != 0 or record["epochs_done"] != epochs:
-    raise SystemExit(f"{name}: exited with {process.returncode} after "
-                     f"{record['epochs_done']} of {epochs} epochs; see "
-                     f"{workdir / 'stderr.txt'}")
+  with open(stderr_path, "rb") as f:
+    f.seek(offset)
+    new = f.read().decode(errors="replace")
+  built = record["epochs_done"] > epochs_before or "parafac" not in new
+  error = None if built or _BUILD_FAILURE not in new else _BUILD_FAILURE
+  return process.returncode, error
 
 
 def _restore(state: pathlib.Path, workdir: pathlib.Path, log_name: str,
