@@ -9,7 +9,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from cpac_jax import cli, data, train
+from cpac_jax import cli, data, process, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where the run writes")
@@ -17,7 +17,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "where the run writes")
 
 def main(argv):
   del argv
-  train.reuse_host_memory()
+  process.reuse_host_memory()
   try:
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ValueError, OSError, data.DataNotFoundError, train.Diverged,

@@ -20,7 +20,8 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cpac_jax import cli, data, distributed, report, rundir, train
+from cpac_jax import (cli, data, distributed, extensions, process, report,
+                      rundir, train)
 from cpac_jax.config import (expand, has_teacher, run_key, teacher_config,
                              validate)
 
@@ -78,14 +79,19 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path,
 
 def _check_teachers(every: list, count: int, vectorize: bool) -> None:
   """Refuse, before any compute, a run whose teacher is not an earlier run
-  of the sweep (of the same shard), or teachers with --vectorize."""
+  of the sweep (of the same shard), or runs that can't train together as
+  --vectorize would train them, a seed at a time (`extensions.check`)."""
+  if vectorize:
+    seeds = {}
+    for name, run, _ in every:
+      seeds.setdefault(run.seed, []).append((name, run))
+    for batch in seeds.values():
+      extensions.check([run for _, run in batch], together=len(batch) > 1,
+                       names=[name for name, _ in batch])
   order = {key: i for i, (_, _, key) in enumerate(every)}
   for i, (name, run, key) in enumerate(every):
     if not has_teacher(run):
       continue
-    if vectorize:
-      raise ValueError(f"run {name} learns from a teacher: such runs train "
-                       "one at a time; run the sweep without --vectorize")
     teacher = run_key(teacher_config(run))
     if order.get(teacher, len(every)) >= i:
       raise ValueError(
@@ -145,7 +151,7 @@ def _main():
 
   def main(argv):
     del argv
-    train.reuse_host_memory()
+    process.reuse_host_memory()
     try:
       index, _, count = shard.value.partition("/")
       if not (index.isdigit() and count.isdigit()):

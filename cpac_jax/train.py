@@ -11,12 +11,10 @@ logs and writes each run's workdir (`cpac_jax.rundir`).
 """
 
 import contextlib
-import ctypes
 import functools
 import hashlib
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -33,10 +31,12 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from cpac_jax import (checkpoint, compression, data, distributed, models,
-                      optimizers, rundir)
+from cpac_jax import (checkpoint, compression, data, distributed,
+                      extensions, optimizers, rundir)
 from cpac_jax.config import (build_model, compressing, has_teacher, run_key,
-                             setting, teacher_config, validate)
+                             teacher_config, validate)
+from cpac_jax.extensions import distillation_loss
+from cpac_jax.process import compiler_options, reuse_host_memory
 from cpac_jax.vectorized import (Group, check_together, make_groups,
                                  split_modes)
 
@@ -62,28 +62,9 @@ class Outcome(NamedTuple):
   tap: Any           # the sum over every step of `tap(grads)`, if asked
 
 
-def _loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-
-
-def distillation_loss(weight: float, temperature: float):
-  """(logits, (labels, teacher logits)) -> per-example loss
-  (1 - weight) * cross-entropy + weight * T^2 * cross-entropy against the
-  teacher's outputs softened by T (Hinton et al. 2015; T^2 keeps the soft
-  term's gradients on the scale of the hard one's)."""
-
-  def loss(logits, target):
-    labels, teacher = target
-    soft = optax.softmax_cross_entropy(logits / temperature,
-                                       jax.nn.softmax(teacher / temperature))
-    return ((1 - weight) * _loss(logits, labels)
-            + weight * temperature**2 * soft)
-
-  return loss
-
-
 def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-              objective: Callable[[jax.Array, Any], jax.Array] = _loss):
+              objective: Callable[[jax.Array, Any], jax.Array] = (
+                  extensions.cross_entropy)):
   """One optimisation step on a normalised batch, as a pure function
   (params, rest, opt_state, x, y) -> (params, rest, opt_state, loss,
   logits, grads); `rest` is the model's non-parameter state (batch-norm
@@ -118,7 +99,7 @@ def make_evaluation(config: ml_collections.ConfigDict,
       x, y, m = batch
       logits = model(data.normalize(x, config.dataset.mean,
                                     config.dataset.std))
-      loss = jnp.sum(_loss(logits, y) * m)
+      loss = jnp.sum(extensions.cross_entropy(logits, y) * m)
       correct = jnp.sum((jnp.argmax(logits, -1) == y) * m)
       return (totals[0] + loss, totals[1] + correct), None
 
@@ -204,78 +185,23 @@ def _signals_request_stop():
       signal.signal(sig, handler)
 
 
-def compiler_options(ynn_fusions: bool = False) -> dict | None:
-  """The XLA options (`jax.jit`'s compiler_options) of cpac_jax's compiled
-  train and eval steps, on the CPU: YNNPACK's fusions off unless
-  `ynn_fusions` (a run's `config.xla_cpu_ynn_fusions`), and, in a process
-  that may run on one core only (as each shard of scripts/bench_sweep.py's
-  sharded mode is pinned), Eigen's matmuls on the calling thread instead of
-  handed to a thread pool with no other core to run on."""
-  if jax.default_backend() != "cpu":
-    return None
-  options = {}
-  if not ynn_fusions:
-    options["xla_cpu_experimental_ynn_fusion_type"] = ""  # no fusion types
-  if _usable_cores() == 1:
-    options["xla_cpu_multi_thread_eigen"] = False
-  return options or None
+def _make_programs(config, groups, tx, images, labels, arrays, batch_sharding,
+                   seed_of, chain, unroll):
+  """The compiled train chunk and eval pass of `groups`, trained on the
+  objective the extensions in `chain` make, closed over the train data and
+  `arrays`, the per-example arrays they add (already on the devices); each
+  batch is split over the devices of `batch_sharding`.
 
-
-def reuse_host_memory() -> bool:
-  """Has glibc's malloc, process-wide, serve blocks from its heaps and keep
-  what is freed there (`mallopt`: no mmap, 1 GiB trim threshold), so each
-  call of a compiled step reuses the pages of the call before.
-
-  By default glibc maps each block over its mmap threshold (raised as
-  blocks are freed, to 32 MiB at most) with mmap and unmaps it on free; a
-  step whose temporaries need more, as XLA's CPU runtime allocates them in
-  one block a call, then faults every page of them in on every call. See
-  experiments/benchmarks/host_memory.md for what it costs and what it
-  leaves: blocks that XLA's worker threads allocate from their own arenas
-  (at most 64 MiB each, deleted when emptied) still fault; one arena for
-  all threads (M_ARENA_MAX=1) stopped those too but slowed small steps by
-  5-25% (a probe, not committed). Returns whether it applied: False where
-  the C library is not glibc. cpac_jax's training command lines
-  (`cpac_jax.main`, `cpac_jax.sweep`) and the benchmark scripts that time
-  steps (scripts/bench_peers.py, bench_lowering.py, bench_vgg16.py,
-  bench_shootout.py) call
-  it first; the process then keeps what it frees for reuse (up to 1 GiB
-  above the heap's top) instead of returning it to the system.
-  """
-  try:
-    libc = ctypes.CDLL("libc.so.6")
-    return (libc.mallopt(_M_MMAP_MAX, 0) == 1
-            and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1)
-  except (OSError, AttributeError):  # not glibc
-    return False
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's malloc.h
-
-
-def _usable_cores() -> int:
-  """The cores this process may run on (its affinity, where the system
-  has one)."""
-  if hasattr(os, "sched_getaffinity"):
-    return len(os.sched_getaffinity(0))
-  return os.cpu_count() or 1
-
-
-def _make_programs(config, groups, tx, images, labels, batch_sharding,
-                   seed_of, tap, unroll, teacher_logits=None):
-  """The compiled train chunk and eval pass of `groups`, closed over the
-  train data (and, to distil from, the teacher's logits on it); each batch
-  is split over the devices of `batch_sharding`.
-
-  train_chunk(states, taps, orders, steps) runs `steps` of every run and
-  returns the new states and taps, each run's summed loss and correct
+  train_chunk(states, carry, orders, steps) runs `steps` of every run and
+  returns the new states and carry, each run's summed loss and correct
   count, and the first step whose loss wasn't finite (-1 if none).
   """
   batch_size = config.batch_size
+  objective = extensions.cross_entropy
+  for extension in chain:
+    objective = extension.objective(objective)
+  carrier = _carrier(chain)
   steps, evaluations = [], []
-  objective = _loss if teacher_logits is None else distillation_loss(
-      setting(config, "distill_weight"),
-      setting(config, "distill_temperature"))
   for group in groups:
     step = make_step(group.graphdef, tx, objective)
     evaluation = make_evaluation(config, group.eval_graphdef)
@@ -289,10 +215,10 @@ def _make_programs(config, groups, tx, images, labels, batch_sharding,
       bool(config.get("xla_cpu_ynn_fusions"))))
 
   @jit
-  def train_chunk(states, taps, orders, chunk):
+  def train_chunk(states, carry, orders, chunk):
 
-    def train_step(carry, step):
-      states, taps = carry
+    def train_step(inputs, step):
+      states, carry = inputs
       new, losses, correct = [], [], []
       for group_step, seed, state in zip(steps, seed_of, states):
         index = jax.lax.dynamic_slice_in_dim(orders[seed], step * batch_size,
@@ -300,25 +226,25 @@ def _make_programs(config, groups, tx, images, labels, batch_sharding,
         x = data.normalize(images[index], config.dataset.mean,
                            config.dataset.std)
         y = labels[index]
-        target = y if teacher_logits is None else (y, teacher_logits[index])
+        target = (y, *(a[index] for a in arrays)) if arrays else y
         x, target = jax.lax.with_sharding_constraint((x, target),
                                                      batch_sharding)
         params, rest, opt_state, loss, logits, grads = group_step(
             state["params"], state["rest"], state["opt_state"], x, target)
         new.append({"params": params, "rest": rest, "opt_state": opt_state})
-        if tap is not None:
-          taps = jax.tree.map(jnp.add, taps, tap(grads))
+        carry = carrier.carry_update(carry, grads)
         losses.append(jnp.reshape(loss, (-1,)))
         correct.append(jnp.reshape(
             jnp.sum(jnp.argmax(logits, -1) == y, axis=-1), (-1,)))
-      return (new, taps), (jnp.concatenate(losses), jnp.concatenate(correct))
+      return (new, carry), (jnp.concatenate(losses),
+                            jnp.concatenate(correct))
 
-    (states, taps), (losses, correct) = jax.lax.scan(
-        train_step, (states, taps), chunk, unroll=unroll)
+    (states, carry), (losses, correct) = jax.lax.scan(
+        train_step, (states, carry), chunk, unroll=unroll)
     finite = jnp.isfinite(losses)
     bad = jnp.where(jnp.all(finite, axis=0), -1,
                     chunk[jnp.argmin(finite, axis=0)])
-    return states, taps, losses.sum(0), correct.sum(0), bad
+    return states, carry, losses.sum(0), correct.sum(0), bad
 
   @jit
   def evaluate(states, x_all, y_all, mask):
@@ -329,6 +255,16 @@ def _make_programs(config, groups, tx, images, labels, batch_sharding,
             jnp.concatenate([jnp.reshape(a, (-1,)) for a in correct]))
 
   return train_chunk, evaluate
+
+
+def _carrier(chain: list[extensions.Extension]) -> extensions.Extension:
+  """The one extension of `chain` that carries a sum through the scan (and
+  the checkpoint's "taps"), or one that carries nothing."""
+  carrying = [e for e in chain if e.carries]
+  if len(carrying) > 1:
+    raise ValueError(f"at most one extension may carry a sum, not "
+                     f"{[type(e).__name__ for e in carrying]}")
+  return carrying[0] if carrying else extensions.Extension()
 
 
 def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
@@ -354,12 +290,13 @@ def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
   the epoch, partial sums) is checkpointed after every epoch and on
   SIGTERM; data order and initialisation derive from each config's seed
   and the epoch. A run with a teacher (`config.teacher`: model.init
-  "teacher", distillation) trains alone, its teacher a finished run beside
-  its workdir. Rerun with the same runs, training resumes from the last
-  checkpoint and ends with the same parameters, bit for bit on the CPU, as
-  an uninterrupted run. A run whose loss turns non-finite is left out of
-  the metrics and results from then on (its Outcome names the step); once
-  every run has, training stops.
+  "teacher", distillation, compress) trains alone, its teacher a finished
+  run beside its workdir; what a config adds to training is a chain of
+  `cpac_jax.extensions`. Rerun with the same runs, training resumes from
+  the last checkpoint and ends with the same parameters, bit for bit on the
+  CPU, as an uninterrupted run. A run whose loss turns non-finite is left
+  out of the metrics and results from then on (its Outcome names the
+  step); once every run has, training stops.
 
   Args:
     runs: (config, workdir) pairs.
@@ -386,273 +323,307 @@ def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
   first = configs[0]
   distributed.initialize(first)
   together = len(runs) > 1
-  if together and jax.process_count() > 1:
-    raise ValueError(
-        "runs trained together use one process; to spread a sweep over "
-        f"{jax.process_count()} hosts, give each its --shard=i/n instead")
-  if together and (tap is not None or state_dir is None):
-    raise ValueError("runs trained together need a state_dir, and take no "
-                     "tap")
   info = dataset.info if dataset is not None else None
   for config in configs:
     validate(config, info)
+  extensions.check(configs, together=together, tap=tap is not None,
+                   state_dir=state_dir is not None,
+                   own_data=dataset is None)
   if together:
     check_together(configs)
   for config, workdir in runs:
     rundir.check_config(workdir, config)
-  teacher = teacher_run = None
-  if any(has_teacher(config) for config in configs):
-    if together:
-      raise ValueError(
-          "runs with a teacher (model.init 'teacher' or distill_weight > 0) "
-          "train one at a time: run their sweep without --vectorize")
-    teacher, teacher_run = restore(_teacher_workdir(*runs[0]))
-  log = progress or logging.info
+  teacher = (restore(_teacher_workdir(*runs[0])) if has_teacher(first)
+             else (None, None))
   if dataset is None:
-    info = data.INFO[first.dataset.name]
-    if info.seeded_split and len({c.seed for c in configs}) > 1:
-      raise ValueError(
-          f"{first.dataset.name} draws each seed's own train/test split, so "
-          "runs of different seeds can't share batches; train them a seed "
-          "at a time (as sweep --vectorize does)")
     dataset = data.InMemory(*data.load_splits(
         first.dataset, first.get("num_train_examples") or 0,
-        first.get("num_test_examples") or 0, first.seed), info)
-  with contextlib.ExitStack() as locks:
+        first.get("num_test_examples") or 0, first.seed),
+        data.INFO[first.dataset.name])
+  layout = (_Together(runs, state_dir) if together else _Alone(runs))
+  with contextlib.ExitStack() as cleanup:
     for _, workdir in runs:  # one process at a time in each run's workdir
-      locks.enter_context(rundir.lock(workdir))
-    return _train(runs, dataset, state_dir, tap, log, teacher, teacher_run,
-                  locks)
+      cleanup.enter_context(rundir.lock(workdir))
+    training = _Training(runs, dataset, layout, teacher, tap,
+                         progress or logging.info, cleanup)
+    return training.run()
 
 
-def _train(runs, dataset: data.InMemory, state_dir, tap, log, teacher,
-           teacher_run, cleanup: contextlib.ExitStack) -> list[Outcome]:
-  """`train_runs` once its checks have passed and its workdirs are locked;
+class _Alone:
+  """A run trained alone: data parallel over every device, checkpointed in
+  its workdir's checkpoints/ (its last checkpoint is its final state)."""
+
+  trained, unroll, stacked = "alone", 1, False
+
+  def __init__(self, runs):
+    self.workdir = runs[0][1]
+    self.devices = jax.devices()
+    self.directory = self.workdir / "checkpoints"
+
+  def __str__(self):
+    return str(self.workdir)
+
+  def announce(self, log, groups):
+    del log, groups  # the run's own lines say it all
+
+  def failed(self, error: str, last_good: int | None) -> str:
+    return error + (f"; the last good checkpoint, at global step "
+                    f"{last_good}, is kept in {self.workdir}"
+                    if last_good is not None
+                    else "; no checkpoint was saved before")
+
+  def save_final(self, group, member, group_state, workdir, total_steps):
+    del group, member, group_state, workdir, total_steps  # checkpointed
+
+
+class _Together:
+  """Runs trained together: stacked on one device (many tiny models gain
+  nothing from splitting a batch), checkpointed jointly in `state_dir`
+  under a name their run keys give, each run's final parameters saved in
+  its workdir once all have finished."""
+
+  unroll, stacked = 2, True  # unrolled, many small models run faster
+
+  def __init__(self, runs, state_dir):
+    self.num_runs = len(runs)
+    self.trained = f"vectorized ({self.num_runs} runs)"
+    self.devices = jax.devices()[:1]
+    name = hashlib.sha256(" ".join(run_key(c) for c, _ in runs).encode())
+    self.directory = Path(state_dir) / name.hexdigest()[:12]
+
+  def __str__(self):
+    return f"{self.num_runs} runs trained together"
+
+  def announce(self, log, groups):
+    log(f"training {self.num_runs} runs together in {len(groups)} groups")
+
+  def failed(self, error: str, last_good: int | None) -> str:
+    del last_good  # the joint checkpoint is no one run's
+    return error
+
+  def save_final(self, group, member, group_state, workdir, total_steps):
+    if distributed.writes_files():
+      params, rest = group.unpadded(member, group_state["params"],
+                                    group_state["rest"])
+      checkpoint.save_final(workdir / "checkpoints", total_steps,
+                            {"groups": [{"params": params, "rest": rest}]})
+
+
+class _Training:
+  """One `train_runs` call once its checks have passed and its workdirs are
+  locked: the groups, compiled programs and state set up, then `run`.
   `cleanup` closes what it opens if training stops on an error."""
-  configs = [config for config, _ in runs]
-  first = configs[0]
-  together = len(runs) > 1
-  train_split, test_split, info = dataset
-  num_train, num_test = len(train_split.labels), len(test_split.labels)
-  batch_size = first.batch_size
-  steps_per_epoch = num_train // batch_size
-  if steps_per_epoch < 1:
-    raise ValueError(f"batch_size {batch_size} exceeds the {num_train} "
-                     "training examples")
-  for config, workdir in runs:
-    workdir.mkdir(parents=True, exist_ok=True)
-    rundir.write_config(workdir, config)
 
-  seeds = sorted({config.seed for config in configs})
-  keys = {seed: jax.random.split(jax.random.key(seed)) for seed in seeds}
-  if compressing(first):
-    groups = [_compressed_group(first, runs[0][1], teacher, info,
-                                keys[first.seed][0])]
-  else:
-    groups = make_groups(configs, info, {s: k[0] for s, k in keys.items()},
-                         stacked=together)
-    if setting(first, "model.init") == "teacher":
+  def __init__(self, runs, dataset: data.InMemory, layout, teacher, tap,
+               log, cleanup: contextlib.ExitStack):
+    self.runs, self.layout, self.log = runs, layout, log
+    self.configs = [config for config, _ in runs]
+    self.first = first = self.configs[0]
+    train_split, test_split, info = dataset
+    self.num_train, self.num_test = (len(train_split.labels),
+                                     len(test_split.labels))
+    self.steps_per_epoch = self.num_train // first.batch_size
+    if self.steps_per_epoch < 1:
+      raise ValueError(f"batch_size {first.batch_size} exceeds the "
+                       f"{self.num_train} training examples")
+    for config, workdir in runs:
+      workdir.mkdir(parents=True, exist_ok=True)
+      rundir.write_config(workdir, config)
+    self.seeds = sorted({config.seed for config in self.configs})
+    self.keys = {seed: jax.random.split(jax.random.key(seed))
+                 for seed in self.seeds}
+    self.chain = extensions.for_run(first, *teacher, train_split.images,
+                                    self.keys[first.seed][0], tap)
+    self.groups = self._initial_groups(info)
+    self.column = np.argsort(np.concatenate([g.indices
+                                             for g in self.groups]))
+    self.tx = optimizers.make_optimizer(
+        first.optimizer, first.num_epochs * self.steps_per_epoch)
+    mesh = jax.sharding.Mesh(np.asarray(layout.devices), ("data",),
+                             axis_types=(jax.sharding.AxisType.Auto,))
+    self.replicated = NamedSharding(mesh, PartitionSpec())
+    put = functools.partial(jax.device_put, device=self.replicated)
+    self.train_chunk, self.evaluate = _make_programs(
+        first, self.groups, self.tx, put(train_split.images),
+        put(train_split.labels),
+        [put(a) for e in self.chain for a in e.example_arrays()],
+        NamedSharding(mesh, PartitionSpec("data")),
+        [self.seeds.index(self.configs[g.indices[0]].seed)
+         for g in self.groups], self.chain,
+        unroll=True if first.get("unroll") else layout.unroll)
+    self.test_batches = put(eval_batches(test_split,
+                                         first.eval_batch_size))
+    self.checkpoints = checkpoint.manager(layout.directory)
+    # On an error (a full disk, say), let orbax's threads end before the
+    # error is reported; its own error then is the one that counts.
+    cleanup.callback(_close_quietly, self.checkpoints)
+
+  def _initial_groups(self, info) -> list[Group]:
+    """The runs' groups (`make_groups`), each model as the chain leaves it
+    (a chain belongs to a run alone, whose group holds one model)."""
+    groups = make_groups(self.configs, info,
+                         {s: k[0] for s, k in self.keys.items()},
+                         stacked=self.layout.stacked)
+    if self.chain:  # then one run, alone: one unstacked group
       group, = groups
-      student = models.from_teacher(
-          nnx.merge(group.graphdef, group.params, group.rest), teacher)
-      _, _, (group.params, group.rest) = split_modes(student)
-  teacher_logits = None
-  if setting(first, "distill_weight") > 0:
-    teacher_logits = _logits(teacher, train_split.images,
-                             teacher_run.dataset)
-  seed_of = [seeds.index(configs[g.indices[0]].seed) for g in groups]
-  # Position of each run in the concatenated per-run outputs.
-  column = np.argsort(np.concatenate([g.indices for g in groups]))
+      model = nnx.merge(group.graphdef, group.params, group.rest)
+      for extension in self.chain:
+        model = extension.init_model(model, self.runs[0])
+      group.with_model(model)
+    return groups
 
-  tx = optimizers.make_optimizer(first.optimizer,
-                                 first.num_epochs * steps_per_epoch)
-  # A run alone: data parallel over every device. Runs together: one
-  # device, as many tiny models gain nothing from splitting a batch.
-  devices = jax.devices()[:1] if together else jax.devices()
-  mesh = jax.sharding.Mesh(np.asarray(devices), ("data",),
-                           axis_types=(jax.sharding.AxisType.Auto,))
-  replicated = NamedSharding(mesh, PartitionSpec())
-  train_chunk, evaluate = _make_programs(
-      first, groups, tx, jax.device_put(train_split.images, replicated),
-      jax.device_put(train_split.labels, replicated),
-      NamedSharding(mesh, PartitionSpec("data")), seed_of, tap,
-      # unrolled, many small models run faster
-      unroll=True if first.get("unroll") else 2 if together else 1,
-      teacher_logits=None if teacher_logits is None else jax.device_put(
-          teacher_logits, replicated))
-  test_batches = jax.device_put(eval_batches(test_split,
-                                             first.eval_batch_size),
-                                replicated)
-  num_runs = len(runs)
-  state = {"groups": [{"params": g.params, "rest": g.rest,
-                       "opt_state": (jax.vmap(tx.init) if g.stacked
-                                     else tx.init)(g.params)}
-                      for g in groups],
-           "taps": () if tap is None else jax.tree.map(
-               jnp.zeros_like, tap(groups[0].params)),
-           "position": np.zeros(2, np.int64),
-           "sums": _zero_sums(num_runs),
-           "diverged": np.full(num_runs, -1, np.int64)}
-  if together:
-    name = hashlib.sha256(" ".join(run_key(c) for c in configs).encode())
-    directory = Path(state_dir) / name.hexdigest()[:12]
-  else:
-    directory = runs[0][1] / "checkpoints"
-  checkpoints = checkpoint.manager(directory)
-  # On an error (a full disk, say), let orbax's threads end before the
-  # error is reported; its own error then is the one that counts.
-  cleanup.callback(_close_quietly, checkpoints)
-  state, epoch, step = checkpoint.resume(
-      checkpoints, state, steps_per_epoch, log,
-      " ".join(run_key(c) for c in configs))
-  for name in ("groups", "taps"):
-    state[name] = jax.device_put(state[name], replicated)
-  histories = [rundir.history(workdir, epoch - 1, complete=diverged < 0)
-               for (_, workdir), diverged in zip(runs, state["diverged"])]
-  writers = ([rundir.MetricWriter(workdir) for _, workdir in runs]
-             if distributed.writes_files() else [])
-  steps_per_call = min(first.steps_per_call, steps_per_epoch)
+  def _initial_state(self) -> dict:
+    num_runs = len(self.runs)
+    return {"groups": [{"params": g.params, "rest": g.rest,
+                        "opt_state": (jax.vmap(self.tx.init) if g.stacked
+                                      else self.tx.init)(g.params)}
+                       for g in self.groups],
+            "taps": _carrier(self.chain).carry_init(self.groups[0].params),
+            "position": np.zeros(2, np.int64),
+            "sums": _zero_sums(num_runs),
+            "diverged": np.full(num_runs, -1, np.int64)}
 
-  def save(epoch, step):
-    checkpoint.save(checkpoints, state, epoch, step, steps_per_epoch)
+  def run(self) -> list[Outcome]:
+    keys = " ".join(run_key(c) for c in self.configs)
+    state, epoch, step = checkpoint.resume(
+        self.checkpoints, self._initial_state(), self.steps_per_epoch,
+        self.log, keys)
+    for name in ("groups", "taps"):
+      state[name] = jax.device_put(state[name], self.replicated)
+    self.state = state
+    self.histories = [
+        rundir.history(workdir, epoch - 1, complete=diverged < 0)
+        for (_, workdir), diverged in zip(self.runs, state["diverged"])]
+    self.writers = ([rundir.MetricWriter(w) for _, w in self.runs]
+                    if distributed.writes_files() else [])
+    self.layout.announce(self.log, self.groups)
+    with _signals_request_stop() as stop:
+      while epoch <= self.first.num_epochs and self._training():
+        self._train_epoch(epoch, step, stop)
+        if not self._training():
+          break
+        self._end_epoch(epoch)
+        if stop.is_set() and epoch < self.first.num_epochs:
+          self._preempted(stop, f"epoch {epoch}")
+        epoch, step = epoch + 1, 0
+    self.checkpoints.wait_until_finished()
+    last_good = self.checkpoints.latest_step()
+    self.checkpoints.close()
+    for writer in self.writers:
+      writer.close()
+    return self._outcomes(last_good)
 
-  def stop_preempted(where):
-    checkpoints.wait_until_finished()
-    what = f"{num_runs} runs trained together" if together else runs[0][1]
-    raise Preempted(f"{stop.name}: saved {where} of {what}; rerun the "
-                    "same command to resume")
+  def _training(self) -> bool:
+    """Whether any run is still training (has not diverged)."""
+    return bool(np.any(self.state["diverged"] < 0))
 
-  if together:
-    log(f"training {num_runs} runs together in {len(groups)} groups")
-  with _signals_request_stop() as stop:
-    while epoch <= first.num_epochs and np.any(state["diverged"] < 0):
-      orders = jax.device_put(np.stack([
-          np.asarray(epoch_order(keys[seed][1], epoch, num_train))
-          for seed in seeds]), replicated)
-      if step == 0:
-        state["sums"] = _zero_sums(num_runs)
-      start = last_log = time.perf_counter()
-      seconds = float(state["sums"]["seconds"])
-      while step < steps_per_epoch:
-        # Chunks stay on a fixed grid of the epoch, so a resumed run
-        # compiles and runs exactly the chunks an uninterrupted one does.
-        end = min((step // steps_per_call + 1) * steps_per_call,
-                  steps_per_epoch)
-        groups_state, taps, loss, correct, bad = train_chunk(
-            state["groups"], state["taps"], orders,
-            jax.device_put(np.arange(step, end), replicated))
-        bad = np.asarray(bad)[column]
-        newly = (bad >= 0) & (state["diverged"] < 0)
-        state["diverged"] = np.where(
-            newly, (epoch - 1) * steps_per_epoch + bad, state["diverged"])
-        for i in np.flatnonzero(newly):
-          log(f"run {runs[i][1]} diverged: "
-              f"{_divergence(state['diverged'][i], steps_per_epoch)}")
-        if not np.any(state["diverged"] < 0):
-          break  # nothing left to train; the last good checkpoint stays
-        state["groups"], state["taps"] = groups_state, taps
-        sums = state["sums"]
-        sums["loss"] = sums["loss"] + np.asarray(loss)[column]
-        sums["correct"] = sums["correct"] + np.asarray(correct)[column]
-        step = end
-        now = time.perf_counter()
-        sums["seconds"] = np.asarray(seconds + now - start)
-        if stop.is_set() and step < steps_per_epoch:
-          save(epoch, step)
-          stop_preempted(f"epoch {epoch}, step {step}")
-        if now - last_log > 30:
-          log(f"epoch {epoch} step {step}/{steps_per_epoch}: train loss "
-              f"{float(np.mean(sums['loss'])) / step:.4f} (mean of runs), "
-              f"{step * batch_size * num_runs / float(sums['seconds']):.0f} "
-              "examples/s (this epoch, all runs)")
-          last_log = now
-      if not np.any(state["diverged"] < 0):
-        break
-      test_loss, test_correct = (np.asarray(a)[column] for a in evaluate(
-          state["groups"], *test_batches))
+  def _save(self, epoch: int, step: int) -> None:
+    checkpoint.save(self.checkpoints, self.state, epoch, step,
+                    self.steps_per_epoch)
+
+  def _preempted(self, stop, where: str):
+    self.checkpoints.wait_until_finished()
+    raise Preempted(f"{stop.name}: saved {where} of {self.layout}; rerun "
+                    "the same command to resume")
+
+  def _train_epoch(self, epoch: int, step: int, stop) -> None:
+    """The steps of `epoch` from `step` on, in compiled chunks; a stop
+    request saves a checkpoint mid-epoch and raises Preempted."""
+    state, steps_per_epoch = self.state, self.steps_per_epoch
+    orders = jax.device_put(np.stack([
+        np.asarray(epoch_order(self.keys[seed][1], epoch, self.num_train))
+        for seed in self.seeds]), self.replicated)
+    if step == 0:
+      state["sums"] = _zero_sums(len(self.runs))
+    start = last_log = time.perf_counter()
+    seconds = float(state["sums"]["seconds"])
+    steps_per_call = min(self.first.steps_per_call, steps_per_epoch)
+    while step < steps_per_epoch:
+      # Chunks stay on a fixed grid of the epoch, so a resumed run
+      # compiles and runs exactly the chunks an uninterrupted one does.
+      end = min((step // steps_per_call + 1) * steps_per_call,
+                steps_per_epoch)
+      groups_state, carry, loss, correct, bad = self.train_chunk(
+          state["groups"], state["taps"], orders,
+          jax.device_put(np.arange(step, end), self.replicated))
+      self._note_divergence(epoch, np.asarray(bad)[self.column])
+      if not self._training():
+        return  # nothing left to train; the last good checkpoint stays
+      state["groups"], state["taps"] = groups_state, carry
       sums = state["sums"]
-      for i in np.flatnonzero(state["diverged"] < 0):
-        metrics = epoch_metrics(
-            epoch, float(sums["loss"][i]), int(sums["correct"][i]),
-            float(test_loss[i]), float(test_correct[i]),
-            float(sums["seconds"]) / num_runs, steps_per_epoch, batch_size,
-            num_test)
-        histories[i].append(metrics)
-        if writers:
-          writers[i].write(epoch * steps_per_epoch, metrics)
-      log(_epoch_line(epoch, first.num_epochs, histories,
-                      float(sums["seconds"])))
-      save(epoch, steps_per_epoch)
-      if stop.is_set() and epoch < first.num_epochs:
-        stop_preempted(f"epoch {epoch}")
-      epoch, step = epoch + 1, 0
-  checkpoints.wait_until_finished()
-  last_good = checkpoints.latest_step()
-  checkpoints.close()
-  for writer in writers:
-    writer.close()
+      sums["loss"] = sums["loss"] + np.asarray(loss)[self.column]
+      sums["correct"] = sums["correct"] + np.asarray(correct)[self.column]
+      step = end
+      now = time.perf_counter()
+      sums["seconds"] = np.asarray(seconds + now - start)
+      if stop.is_set() and step < steps_per_epoch:
+        self._save(epoch, step)
+        self._preempted(stop, f"epoch {epoch}, step {step}")
+      if now - last_log > 30:
+        seen = step * self.first.batch_size * len(self.runs)
+        self.log(
+            f"epoch {epoch} step {step}/{steps_per_epoch}: train loss "
+            f"{float(np.mean(sums['loss'])) / step:.4f} (mean of runs), "
+            f"{seen / float(sums['seconds']):.0f} examples/s (this epoch, "
+            "all runs)")
+        last_log = now
 
-  outcomes = [None] * num_runs
-  total_steps = first.num_epochs * steps_per_epoch
-  trained = {"trained": f"vectorized ({num_runs} runs)" if together
-             else "alone"}
-  for group, group_state in zip(groups, state["groups"]):
-    for member, (i, counts) in enumerate(zip(group.indices, group.counts)):
-      config, workdir = runs[i]
-      if state["diverged"][i] >= 0:
-        error = _divergence(state["diverged"][i], steps_per_epoch)
-        if not together:
-          error += (f"; the last good checkpoint, at global step "
-                    f"{last_good}, is kept in {workdir}" if last_good
-                    is not None else "; no checkpoint was saved before")
-        outcomes[i] = Outcome({**rundir.failed_row(config), **trained},
-                              error, None)
-        continue
-      if together and distributed.writes_files():
-        params, rest = group.unpadded(member, group_state["params"],
-                                      group_state["rest"])
-        checkpoint.save_final(workdir / "checkpoints", total_steps,
-                              {"groups": [{"params": params, "rest": rest}]})
-      row = {**rundir.result_row(config, counts, histories[i]), **trained}
-      rundir.write_result(workdir, row)
-      outcomes[i] = Outcome(row, None, None if tap is None else jax.tree.map(
-          np.asarray, state["taps"]))
-  return outcomes
+  def _note_divergence(self, epoch: int, bad: np.ndarray) -> None:
+    """Marks the runs whose loss first turned non-finite at step `bad` of
+    `epoch` (-1: none) as diverged, and logs each."""
+    state = self.state
+    newly = (bad >= 0) & (state["diverged"] < 0)
+    state["diverged"] = np.where(
+        newly, (epoch - 1) * self.steps_per_epoch + bad, state["diverged"])
+    for i in np.flatnonzero(newly):
+      self.log(f"run {self.runs[i][1]} diverged: "
+               f"{_divergence(state['diverged'][i], self.steps_per_epoch)}")
 
+  def _end_epoch(self, epoch: int) -> None:
+    """Evaluates every run still training, writes its metrics, logs the
+    epoch and checkpoints."""
+    state = self.state
+    test_loss, test_correct = (np.asarray(a)[self.column] for a in
+                               self.evaluate(state["groups"],
+                                             *self.test_batches))
+    sums = state["sums"]
+    for i in np.flatnonzero(state["diverged"] < 0):
+      metrics = epoch_metrics(
+          epoch, float(sums["loss"][i]), int(sums["correct"][i]),
+          float(test_loss[i]), float(test_correct[i]),
+          float(sums["seconds"]) / len(self.runs), self.steps_per_epoch,
+          self.first.batch_size, self.num_test)
+      self.histories[i].append(metrics)
+      if self.writers:
+        self.writers[i].write(epoch * self.steps_per_epoch, metrics)
+    self.log(_epoch_line(epoch, self.first.num_epochs, self.histories,
+                         float(sums["seconds"])))
+    self._save(epoch, self.steps_per_epoch)
 
-def _compressed_group(config: ml_collections.ConfigDict, workdir: Path,
-                      teacher: nnx.Module, info: data.DatasetInfo,
-                      init_key: jax.Array) -> Group:
-  """The one group of a run that compresses its teacher (`config.compress`):
-  the teacher's layers decomposed, or (init "random") the same architecture
-  drawn afresh from `init_key`; the report written to the workdir
-  (compression.json, which `restore` rebuilds the architecture from, and
-  compression.md)."""
-  block = config.compress
-  ranks = compression.allocate(teacher, block.budget, block.factorization,
-                               exclude=tuple(block.exclude),
-                               allocation=block.allocation)
-  if block.init == "random":
-    model, report = compression.compress(
-        build_model(config, info, init_key), init="random",
-        rngs=nnx.Rngs(params=init_key), **_compress_kwargs(config, ranks))
-  else:
-    model, report = compression.compress(teacher, key=init_key,
-                                         **_compress_kwargs(config, ranks))
-  if distributed.writes_files():
-    (workdir / "compression.json").write_text(
-        json.dumps(report.to_dict(), indent=2))
-    (workdir / "compression.md").write_text(report.table() + "\n")
-  return Group.of_model(model, 0, dense_twin=teacher)
-
-
-def _compress_kwargs(config: ml_collections.ConfigDict, ranks: dict) -> dict:
-  """`compression.compress`'s arguments for `config.compress` at `ranks`."""
-  block = config.compress
-  return dict(budget=block.budget, factorization=block.factorization,
-              exclude=tuple(block.exclude), allocation=block.allocation,
-              ranks=ranks,
-              implementation=config.model.get("implementation", "auto"))
+  def _outcomes(self, last_good: int | None) -> list[Outcome]:
+    """Each run's Outcome; a finished run's result.json written (and, for
+    runs trained together, its final parameters saved)."""
+    outcomes = [None] * len(self.runs)
+    total_steps = self.first.num_epochs * self.steps_per_epoch
+    trained = {"trained": self.layout.trained}
+    tap = _carrier(self.chain).result(self.state["taps"])
+    for group, group_state in zip(self.groups, self.state["groups"]):
+      for member, (i, counts) in enumerate(zip(group.indices,
+                                               group.counts)):
+        config, workdir = self.runs[i]
+        if self.state["diverged"][i] >= 0:
+          error = _divergence(self.state["diverged"][i],
+                              self.steps_per_epoch)
+          outcomes[i] = Outcome({**rundir.failed_row(config), **trained},
+                                self.layout.failed(error, last_good), None)
+          continue
+        self.layout.save_final(group, member, group_state, workdir,
+                               total_steps)
+        row = {**rundir.result_row(config, counts, self.histories[i]),
+               **trained}
+        rundir.write_result(workdir, row)
+        outcomes[i] = Outcome(row, None, tap)
+    return outcomes
 
 
 def _close_quietly(checkpoints) -> None:
@@ -675,16 +646,6 @@ def _teacher_workdir(config: ml_collections.ConfigDict, workdir: Path
         f"has no finished run in {workdir.parent}; put the teacher's run "
         "earlier in the same sweep")
   return found[0]
-
-
-def _logits(model: nnx.Module, images: np.ndarray, dataset,
-            batch_size: int = 1000) -> np.ndarray:
-  """`model`'s logits on uint8 `images`, normalised as `dataset` says."""
-  graphdef, state = nnx.split(model)
-  apply = jax.jit(lambda state, x: nnx.merge(graphdef, state)(
-      data.normalize(x, dataset.mean, dataset.std)))
-  return np.concatenate([np.asarray(apply(state, images[i:i + batch_size]))
-                         for i in range(0, len(images), batch_size)])
 
 
 def _divergence(global_step: int, steps_per_epoch: int) -> str:
@@ -735,7 +696,7 @@ def restore(workdir: str | Path, info: data.DatasetInfo | None = None
     report = json.loads((Path(workdir) / "compression.json").read_text())
     ranks = {layer["path"]: layer["rank"] for layer in report["layers"]}
     model = nnx.eval_shape(lambda: compression.compress(
-        model, init="random", **_compress_kwargs(config, ranks))[0])
+        model, init="random", **extensions.compress_kwargs(config, ranks))[0])
   _, eval_graphdef, (params, rest) = split_modes(model)
   target = {"groups": [{"params": params, "rest": rest}]}
   state, = checkpoint.restore(Path(workdir) / "checkpoints",

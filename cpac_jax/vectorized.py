@@ -62,6 +62,7 @@ class Group:
     graphdef, eval_graphdef: the (widest) model in train and eval mode.
     params, rest: the state, stacked and zero-padded if `stacked`.
     counts: each member's parameter counts (`models.parameter_counts`).
+    dense_twins: each member's dense twin, abstract.
   """
 
   def __init__(self, configs: Sequence[ml_collections.ConfigDict],
@@ -72,12 +73,14 @@ class Group:
     self.indices, self.stacked = list(indices), stacked
     build = lambda i: build_model(configs[i], info, init_key)
     abstract = [nnx.eval_shape(lambda i=i: build(i)) for i in indices]
-    self.counts = []
+    self.counts, self.dense_twins = [], []
     for i, model in zip(indices, abstract):
       dense = configs[i].copy_and_resolve_references()
       dense.model.factorization = "dense"
-      self.counts.append(models.parameter_counts(
-          model, nnx.eval_shape(lambda c=dense: build_model(c, info))))
+      self.dense_twins.append(nnx.eval_shape(
+          lambda c=dense: build_model(c, info)))
+      self.counts.append(models.parameter_counts(model,
+                                                 self.dense_twins[-1]))
     widest = max(range(len(abstract)), key=lambda m: self.counts[m]["params"])
     self.graphdef, self.eval_graphdef, target = split_modes(abstract[widest])
     if not stacked:
@@ -111,17 +114,15 @@ class Group:
     self.params, self.rest = init.lower().compile(
         {"xla_backend_optimization_level": 0})()
 
-  @classmethod
-  def of_model(cls, model: nnx.Module, index: int, dense_twin: nnx.Module
-               ) -> "Group":
-    """The unstacked group of run `index`, whose `model` is built already
-    (`dense_twin` its dense counterpart, for the parameter counts)."""
-    group = cls.__new__(cls)
-    group.indices, group.stacked = [index], False
-    group.counts = [models.parameter_counts(model, dense_twin)]
-    group.graphdef, group.eval_graphdef, (group.params, group.rest) = (
+  def with_model(self, model: nnx.Module) -> None:
+    """Holds `model` (built and initialised) as the group's one run instead:
+    its graphs, state and parameter counts (against the run's dense twin)."""
+    if self.stacked:
+      raise ValueError("a stacked group's runs keep the models they were "
+                       "built with")
+    self.counts = [models.parameter_counts(model, self.dense_twins[0])]
+    self.graphdef, self.eval_graphdef, (self.params, self.rest) = (
         split_modes(model))
-    return group
 
   def unpadded(self, member: int, params, rest):
     """Member `member`'s (params, rest), cut back to its own shapes (cut on

@@ -1,7 +1,7 @@
 """What glibc's malloc costs a compiled step called again and again: the
 peer benchmark (scripts/bench_peers.py) run twice in this run, first with
 glibc's defaults, then with freed blocks kept for the next call
-(`train.reuse_host_memory`, as cpac_jax's command lines run), each row's
+(`process.reuse_host_memory`, as cpac_jax's command lines run), each row's
 median time and page faults a call side by side.
 
   pip install -e ".[bench]"
@@ -85,7 +85,7 @@ def _write(out: Path, meta: dict, command: str, rows: list) -> None:
       "training step), median of "
       f"{meta['repeats']} calls, run twice: with glibc's malloc at its "
       "defaults, then keeping freed blocks for the next call "
-      "(`train.reuse_host_memory`), in two processes one after the other. "
+      "(`process.reuse_host_memory`), in two processes one after the other. "
       "Faults: the process's minor page faults a timed call.", "",
       f"Reuse / default, rows with over {FAULTING} faults a call by default:"
       f" {_spread(faulting)}; of them, still over {FAULTING} with reuse: "

@@ -21,8 +21,8 @@ reported relative to the fastest dense layer of the shape (a conv's dense
 layer runs on XLA's conv and, where `conv_lowering` picks another lowering
 for the shape, through that too), with the multiply-adds each path needs,
 so time and FLOPs can be set side by side. Every layer is compiled as
-cpac_jax's training compiles its steps (`train.compiler_options`), freed
-blocks kept for the next call (`train.reuse_host_memory`). Writes
+cpac_jax's training compiles its steps (`process.compiler_options`), freed
+blocks kept for the next call (`process.reuse_host_memory`). Writes
 experiments/benchmarks/layers.{md,json}.
 """
 
@@ -41,7 +41,7 @@ from flax import nnx
 from jax import lax
 
 import cpac_jax as cj
-from cpac_jax import report, train
+from cpac_jax import process, report
 from cpac_jax.functional import INTERMEDIATE_COST, choose
 from cpac_jax.functional.conv import conv_lowering
 
@@ -115,7 +115,7 @@ def _cases():
 
 def _timers(layer, x):
   graphdef, params = nnx.split(layer)
-  jit = functools.partial(jax.jit, compiler_options=train.compiler_options())
+  jit = functools.partial(jax.jit, compiler_options=process.compiler_options())
   forward = jit(lambda p, x: nnx.merge(graphdef, p)(x))
   backward = jit(jax.grad(
       lambda p, x: jnp.sum(nnx.merge(graphdef, p)(x) ** 2)))
@@ -200,7 +200,7 @@ def main(argv):
     run = json.loads((out / "layers.json").read_text())
     _write_table(run["meta"], run["rows"], out)
     return
-  train.reuse_host_memory()  # as cpac_jax's command lines run
+  process.reuse_host_memory()  # as cpac_jax's command lines run
   rows, references = [], {}
   for shape, denses, x, variants, fitted in _cases():
     timers = {name: _timers(layer, x) for name, layer in denses + variants}
@@ -255,8 +255,8 @@ def _write_table(meta, rows, out: Path):
            f"{meta['repeats']} interleaved calls after compilation, each "
            "after an untimed one of the same variant; every layer compiled "
            "as cpac_jax's training compiles its steps "
-           "(`train.compiler_options`), freed blocks kept for the next call "
-           "(`train.reuse_host_memory`). Times are relative to the fastest "
+           "(`process.compiler_options`), freed blocks kept for the next call "
+           "(`process.reuse_host_memory`). Times are relative to the fastest "
            "dense layer of the same shape in the same run (forward+backward; "
            "named under each shape's heading: the dense conv on XLA's conv, "
            "or the same conv through the lowering `conv_lowering` picks), "

@@ -12,13 +12,13 @@ from 16 to 512: forward+backward (the gradient of sum(y^2) with respect to
 the input and the kernel, as inside a factorized layer, whose core conv's
 input depends on the parameters) through `lax.conv_general_dilated`,
 `patches_conv` and `winograd_conv`, compiled
-as cpac_jax's training compiles its steps (`train.compiler_options`:
+as cpac_jax's training compiles its steps (`process.compiler_options`:
 without XLA's YNNPACK fusions on the CPU); and,
 beside them, XLA's conv compiled with those fusions, as a plain `jax.jit`
 compiles it. The median of `repeats` timed calls, the variants
 interleaved, each timed call right after an untimed one of the same
 variant, in a process whose malloc keeps freed blocks for the next call
-(`train.reuse_host_memory`, as cpac_jax's command lines run). Writes
+(`process.reuse_host_memory`, as cpac_jax's command lines run). Writes
 experiments/benchmarks/lowering.{md,json}.
 """
 
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from jax import lax
 
-from cpac_jax import report, train
+from cpac_jax import process, report
 from cpac_jax.functional.conv import (
   PATCHES_BELOW_CHANNELS,
   WINOGRAD_FROM_CHANNELS,
@@ -68,7 +68,7 @@ def _call(lowering, ynn_fusions, channels, size):
   grad = jax.jit(jax.grad(lambda k, x: jnp.sum(conv(
       x, k, (1, 1), [(1, 1), (1, 1)], (1, 1),
       conv_general_dilated=lowering) ** 2), argnums=(0, 1)),
-      compiler_options=train.compiler_options(ynn_fusions))
+      compiler_options=process.compiler_options(ynn_fusions))
   jax.block_until_ready(grad(kernel, x))  # compile
   return lambda: jax.block_until_ready(grad(kernel, x))
 
@@ -86,7 +86,7 @@ def _median_ms(calls: dict) -> dict:
 
 def main(argv):
   del argv
-  train.reuse_host_memory()
+  process.reuse_host_memory()
   rows = []
   for size, channels in SHAPES:
     ms = _median_ms({name: _call(*variant, channels, size)
@@ -109,9 +109,9 @@ def main(argv):
            "backward (gradients for input and kernel); medians of "
            f"{_REPEATS.value} interleaved calls, each after an untimed one "
            "of the same variant, freed blocks kept for the next call "
-           "(`train.reuse_host_memory`); compiled without XLA's YNNPACK "
+           "(`process.reuse_host_memory`); compiled without XLA's YNNPACK "
            "fusions "
-           "(`train.compiler_options`), the last two columns with them (a "
+           "(`process.compiler_options`), the last two columns with them (a "
            "plain `jax.jit`). On the CPU `conv_lowering` takes patches_conv "
            f"below {PATCHES_BELOW_CHANNELS} input channels and for an input "
            "smaller than the kernel, winograd_conv for 3x3 unit-stride convs "

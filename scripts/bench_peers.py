@@ -24,12 +24,12 @@ Sections:
 
 PyTorch runs channels-first (its default layout), JAX channels-last (ours).
 Our layers and steps compile as cpac_jax's training compiles its steps
-(`train.compiler_options`: on the CPU without XLA's YNNPACK fusions, with
+(`process.compiler_options`: on the CPU without XLA's YNNPACK fusions, with
 which XLA's conv forward+backward ran up to 1.78x slower on an AVX-512
 CPU and 11.6x on an AVX2-only one, experiments/benchmarks/lowering.md and
 its git history).
 The process keeps the blocks it frees for the next call
-(`train.reuse_host_memory`, as cpac_jax's command lines run; PyTorch's
+(`process.reuse_host_memory`, as cpac_jax's command lines run; PyTorch's
 rows share it), unless --host_memory=default: with glibc's defaults a call
 whose temporaries need over 32 MiB maps and faults them in afresh, which
 scripts/bench_host_memory.py measures. Each figure also records the page
@@ -64,7 +64,7 @@ from absl import app, flags
 from flax import nnx
 
 import cpac_jax as cj
-from cpac_jax import models, report, train
+from cpac_jax import models, process, report, train
 from cpac_jax.layers import patches_conv, winograd_conv
 
 try:
@@ -86,7 +86,7 @@ _SLOW = flags.DEFINE_float("slow_s", 5.0, "a first call slower than this is "
 _HOST_MEMORY = flags.DEFINE_enum(
     "host_memory", "reuse", ["reuse", "default"],
     "reuse: glibc's malloc keeps freed blocks for the next call "
-    "(`train.reuse_host_memory`, as cpac_jax's command lines run); "
+    "(`process.reuse_host_memory`, as cpac_jax's command lines run); "
     "default: glibc's defaults")
 _OUT = flags.DEFINE_string("out", "experiments/benchmarks",
                            "folder for peers.{md,json}")
@@ -105,9 +105,9 @@ class Slow(Exception):
 def _jax_layer(layer, x):
   """(forward, forward+backward) zero-argument calls of an nnx layer,
   compiled as cpac_jax's training compiles its steps
-  (`train.compiler_options`)."""
+  (`process.compiler_options`)."""
   graphdef, params = nnx.split(layer)
-  jit = functools.partial(jax.jit, compiler_options=train.compiler_options())
+  jit = functools.partial(jax.jit, compiler_options=process.compiler_options())
   forward = jit(lambda p, x: nnx.merge(graphdef, p)(x))
   backward = jit(jax.grad(
       lambda p, x: jnp.sum(nnx.merge(graphdef, p)(x) ** 2)))
@@ -129,12 +129,12 @@ def _torch_layer(module, x):
 
 def _jax_step(model, x, y, learning_rate=1e-4):
   """One jit-compiled Adam step of `model` (cpac_jax.train.make_step),
-  compiled as cpac_jax's training compiles it (`train.compiler_options`)."""
+  compiled as cpac_jax's training compiles it (`process.compiler_options`)."""
   model.train()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = optax.adam(learning_rate)
   step = jax.jit(lambda *args: train.make_step(graphdef, tx)(*args)[:3],
-                 compiler_options=train.compiler_options())
+                 compiler_options=process.compiler_options())
   state = [params, rest, tx.init(params)]
 
   def run():
@@ -606,7 +606,7 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"--sections: unknown {sorted(unknown)}; valid: "
                          f"{', '.join(SECTIONS)}")
-  if _HOST_MEMORY.value == "reuse" and not train.reuse_host_memory():
+  if _HOST_MEMORY.value == "reuse" and not process.reuse_host_memory():
     raise SystemExit("--host_memory=reuse needs glibc's malloc; rerun with "
                      "--host_memory=default")
   torch.set_num_threads(_THREADS.value)
@@ -650,7 +650,7 @@ def main(argv):
            "layers and steps compiled as cpac_jax's training compiles its "
            "steps (YNNPACK fusions off on the CPU). "
            + ("glibc's malloc keeps freed blocks for the next call "
-              "(`train.reuse_host_memory`, as cpac_jax's command lines run; "
+              "(`process.reuse_host_memory`, as cpac_jax's command lines run; "
               "for PyTorch too, the same process). "
               if _HOST_MEMORY.value == "reuse" else
               "glibc's malloc at its defaults. ")

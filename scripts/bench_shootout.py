@@ -32,7 +32,7 @@ from absl import app, flags
 from flax import nnx
 
 from cpac_jax import config as config_lib
-from cpac_jax import data, layers, optimizers, train
+from cpac_jax import data, layers, optimizers, process, train
 
 _REPEATS = flags.DEFINE_integer("repeats", 15, "timed rounds per net")
 _OUT = flags.DEFINE_string("out", "experiments/benchmarks",
@@ -134,7 +134,7 @@ def _net(path: str, steps: int) -> list[dict]:
 
 def main(argv):
   del argv
-  train.reuse_host_memory()  # as the sweeps that train these nets run
+  process.reuse_host_memory()  # as the sweeps that train these nets run
   results = {path: _net(path, steps) for path, (_, steps) in NETS.items()}
   device = f"{jax.devices()[0].device_kind} ({jax.default_backend()})"
   meta = {"device": device, "machine": platform.machine(),
@@ -152,7 +152,7 @@ def main(argv):
       "a shoot-out config (seed 0), alone, at its config's batch size and "
       "optimizer: the median over rounds of the time per step of a compiled "
       "scan of steps (forward, backward, update), variants interleaved, "
-      "freed blocks kept for the next call (`train.reuse_host_memory`, as "
+      "freed blocks kept for the next call (`process.reuse_host_memory`, as "
       "the sweeps run). "
       "\"vs dense\" is against the same net with its dense layer (our "
       "Flax `nnx.Conv`/`nnx.Linear`) as the config trains it, \"vs fastest "

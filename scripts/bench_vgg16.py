@@ -8,9 +8,9 @@ generated 32x32x3 batches; the step costs the same whatever the pixels are.
 
   python scripts/bench_vgg16.py [--batch_size=32] [--repeats=20]
 
-Steps compile as cpac_jax's training compiles them (`train.compiler_options`:
+Steps compile as cpac_jax's training compiles them (`process.compiler_options`:
 on the CPU without XLA's YNNPACK fusions), in a process whose malloc keeps
-freed blocks for the next step (`train.reuse_host_memory`, as cpac_jax's
+freed blocks for the next step (`process.reuse_host_memory`, as cpac_jax's
 command lines run). Beside the three nets, the dense
 net with every conv through XLA's conv ("dense, XLA convs"), as its convs
 ran before they took the per-conv lowering (`auto_conv_general_dilated`;
@@ -37,7 +37,7 @@ import optax
 from absl import app, flags
 from flax import nnx
 
-from cpac_jax import layers, models, report, train
+from cpac_jax import layers, models, process, report, train
 from cpac_jax.functional.conv import conv_lowering
 
 _BATCH = flags.DEFINE_integer("batch_size", 32, "examples per step")
@@ -73,7 +73,7 @@ def _variant(name, rank, batch_size):
   tx = optax.sgd(0.01, 0.9)
   step_fn = train.make_step(graphdef, tx)
   step = jax.jit(lambda *args: step_fn(*args)[:5],  # the gradients unread
-                 compiler_options=train.compiler_options())
+                 compiler_options=process.compiler_options())
   x = jax.random.normal(jax.random.key(1), (batch_size, 32, 32, 3))
   y = jax.random.randint(jax.random.key(2), (batch_size,), 0, 10)
   state = [params, rest, tx.init(params)]
@@ -91,7 +91,7 @@ def _variant(name, rank, batch_size):
 
 def main(argv):
   del argv
-  train.reuse_host_memory()
+  process.reuse_host_memory()
   variants = {name: _variant(name, rank, _BATCH.value)
               for name, rank in VARIANTS.items()}
   times = {name: [] for name in variants}
@@ -131,8 +131,8 @@ def main(argv):
       f"({platform.machine()}), jax {jax.__version__}. Median of "
       f"{_REPEATS.value} steps after compilation (forward, backward, "
       "SGD-momentum update), compiled as cpac_jax's training compiles "
-      "(`train.compiler_options`), freed blocks kept for the next step "
-      "(`train.reuse_host_memory`), variants interleaved, each timed step "
+      "(`process.compiler_options`), freed blocks kept for the next step "
+      "(`process.reuse_host_memory`), variants interleaved, each timed step "
       "after an untimed one of the same variant; time relative to the "
       "dense net (its convs lowered per conv) measured in the same run. "
       f"\"{XLA_CONVS}\": the dense net with every conv through XLA's conv; "
