@@ -9,11 +9,8 @@ epochs.
       --workdir=experiments/cpac_magnetic_tile_1layer --vectorize
 """
 
-import pathlib
-import runpy
-
-_CPAC = runpy.run_path(str(pathlib.Path(__file__).with_name("cpac_mnist.py")))
+from configs import cpac_mnist
 
 
 def get_config(preset: str = ""):
-  return _CPAC["build"](preset, num_layers=1, dataset="magnetic_tile")
+  return cpac_mnist.build(preset, num_layers=1, dataset="magnetic_tile")

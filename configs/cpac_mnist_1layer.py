@@ -6,12 +6,8 @@ two-layer net (configs/cpac_mnist.py); CP ranks 1..6 against dense.
       --workdir=experiments/cpac_mnist_1layer
 """
 
-import pathlib
-import runpy
-
-_TWO_LAYER = runpy.run_path(str(pathlib.Path(__file__).with_name(
-    "cpac_mnist.py")))
+from configs import cpac_mnist
 
 
 def get_config(preset: str = ""):
-  return _TWO_LAYER["build"](preset, num_layers=1)
+  return cpac_mnist.build(preset, num_layers=1)

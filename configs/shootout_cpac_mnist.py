@@ -15,10 +15,8 @@ family, so nothing here is chosen on the test set.
       --workdir=experiments/shootout_cpac_mnist --vectorize
 """
 
-import pathlib
-import runpy
+from configs import cpac_mnist
 
-_CPAC = runpy.run_path(str(pathlib.Path(__file__).with_name("cpac_mnist.py")))
 FRACTIONS = [0.5, 0.25, 0.15, 0.05]
 FAMILIES = ["cp", "tucker", "tt"]
 
@@ -26,7 +24,7 @@ FAMILIES = ["cp", "tucker", "tt"]
 def get_config(preset: str = ""):
   """`preset` "quick": the 0.15 budget and dense, 1 seed, 1 epoch at batch
   size 32 and learning rate 1e-3."""
-  config = _CPAC["get_config"]()
+  config = cpac_mnist.get_config()
   config.name = "shootout_cpac_mnist"
   config.paper, config.paper_loss = {}, {}
   config.model.kwargs = {"factorize_first": False}

@@ -16,10 +16,9 @@ experiments/ttl_mnist/README.md says).
 """
 
 import math
-import pathlib
-import runpy
 
-_TTL = runpy.run_path(str(pathlib.Path(__file__).with_name("ttl_mnist.py")))
+from configs import ttl_mnist
+
 FRACTIONS = [0.5, 0.1, 0.03, 0.01]
 TT_SHAPES = {"in_shape": (4, 7, 4, 7), "hidden_shape": (3, 4, 5, 5)}
 DENSE_WEIGHTS = 784 * 300
@@ -27,7 +26,7 @@ DENSE_WEIGHTS = 784 * 300
 
 def get_config(preset: str = ""):
   """`preset` "quick": the 0.1 budget and dense, 1 seed, 2 epochs."""
-  config = _TTL["get_config"]()
+  config = ttl_mnist.get_config()
   config.name = "shootout_ttl_mnist"
   seeds, fractions = [0, 1, 2], FRACTIONS
   if preset == "quick":

@@ -6,14 +6,11 @@ paper's 66.63x).
       --workdir=experiments/ttl_fashion_mnist
 """
 
-import pathlib
-import runpy
-
-_MNIST = runpy.run_path(str(pathlib.Path(__file__).with_name("ttl_mnist.py")))
+from configs import ttl_mnist
 
 
 def get_config(preset: str = ""):
-  config = _MNIST["get_config"](preset)
+  config = ttl_mnist.get_config(preset)
   config.name = "ttl_fashion_mnist"
   config.dataset.name = "fashion_mnist"
   return config

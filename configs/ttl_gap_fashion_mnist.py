@@ -7,12 +7,8 @@ dense twin, and what narrows the gap.
       --workdir=experiments/ttl_gap_fashion_mnist
 """
 
-import pathlib
-import runpy
-
-_MNIST = runpy.run_path(str(pathlib.Path(__file__).with_name(
-    "ttl_gap_mnist.py")))
+from configs import ttl_gap_mnist
 
 
 def get_config(preset: str = ""):
-  return _MNIST["build"]("fashion_mnist", preset)
+  return ttl_gap_mnist.build("fashion_mnist", preset)

@@ -19,9 +19,9 @@ train side by side (`--vectorize`) or share the CPU; this is, and
 scripts/shootout_table.py takes its time column from here.
 """
 
+import importlib
 import json
 import platform
-import runpy
 import statistics
 import time
 from pathlib import Path
@@ -48,7 +48,9 @@ NETS = {
 
 
 def _config(path: str):
-  return runpy.run_path(str(ROOT / path))["get_config"]()
+  """The config at `path` (configs/NAME.py), as the package module NAME."""
+  return importlib.import_module(
+      "configs." + Path(path).stem).get_config()
 
 
 def _family_budget(run) -> tuple[str, str]:

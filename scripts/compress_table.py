@@ -21,7 +21,6 @@ allocations.md, from its run folder or, that gone, from the file before.
 """
 
 import json
-import runpy
 import statistics
 import sys
 from collections import defaultdict
@@ -29,13 +28,13 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from configs import compress_fashion_mnist
 from cpac_jax import report, rundir
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDER = ROOT / "experiments" / "compress_fashion_mnist"
-_CONFIG = runpy.run_path(str(ROOT / "configs" / "compress_fashion_mnist.py"))
-TUNE, LONG = _CONFIG["TUNE_EPOCHS"], (_CONFIG["DENSE_EPOCHS"]
-                                      + _CONFIG["TUNE_EPOCHS"])
+TUNE = compress_fashion_mnist.TUNE_EPOCHS
+LONG = compress_fashion_mnist.DENSE_EPOCHS + TUNE
 # (factorization, init, allocation, epochs)
 TUCKER, UNIFORM, SCRATCH, CP, CP_SCRATCH, CP_SCRATCH_SHORT = (
     ("tucker", "compressed", "global", TUNE),

@@ -27,11 +27,11 @@ import functools
 import json
 import math
 import re
-import runpy
 import statistics
 import sys
 from pathlib import Path
 
+from configs import cpac_mnist
 from cpac_jax import report, rundir
 from cpac_jax.config import expand
 
@@ -39,8 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = ROOT / "experiments" / "cpac_mnist"
 RUNS = EXPERIMENT / "official_runs"
 SETTINGS = ("rank3", "rank10", "rank12", "dense")  # run with the official code
-CONFIG = runpy.run_path(str(ROOT / "configs" / "cpac_mnist.py"))
-ARMS = CONFIG["ARMS"]
+ARMS = cpac_mnist.ARMS
 _LINE = re.compile(r"Avg\. loss: ([\d.]+), Accuracy: (\d+)/(\d+)")
 
 
@@ -276,8 +275,8 @@ def _paper() -> tuple[dict, dict]:
   """The paper's test accuracy and loss, by setting."""
   key = ("mnist", 2)
   label = lambda r: "dense" if r == "dense" else f"rank{r}"  # noqa: E731
-  return ({label(r): v for r, v in CONFIG["PAPER"][key].items()},
-          {label(r): v for r, v in CONFIG["PAPER_LOSS"][key].items()})
+  return ({label(r): v for r, v in cpac_mnist.PAPER[key].items()},
+          {label(r): v for r, v in cpac_mnist.PAPER_LOSS[key].items()})
 
 
 def _stat(values: list[float]) -> str:
@@ -444,7 +443,7 @@ def epochs20_block() -> str:
 
 def _arm_rows(arm: str) -> tuple[int, int]:
   """How many of the arm's runs have finished, and how many it has."""
-  config = CONFIG["build"](arm, 2)
+  config = cpac_mnist.build(arm, 2)
   done = rundir.read_results(EXPERIMENT / arm)
   return sum(r["status"] == "ok" for r in done), len(expand(config))
 

@@ -13,11 +13,11 @@ that script's table, so the two cannot disagree.
 
 import importlib.util
 import json
-import runpy
 import statistics
 import sys
 from pathlib import Path
 
+from configs import cpac_mnist
 from cpac_jax import report, rundir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,8 +51,7 @@ def _link(folder: str) -> str:
 
 def _cpac(folder: str, key: tuple[str, int]) -> tuple[str, str]:
   """Paper's claim and our headline for a CPAC table."""
-  config = runpy.run_path(str(ROOT / "configs" / "cpac_mnist.py"))
-  paper = config["PAPER"][key]
+  paper = cpac_mnist.PAPER[key]
   rows = [r for r in rundir.read_results(EXPERIMENTS / folder)
           if r.get("init") == "official" and r["status"] == "ok"]
   summary = report.summarize(rows)

@@ -11,13 +11,13 @@ mean gap. Written into experiments/ttl_gap_<dataset>/README.md between
 `<!-- gap:begin -->` and `<!-- gap:end -->`, and printed.
 """
 
-import runpy
 import statistics
 import sys
 from pathlib import Path
 
 from flax import nnx
 
+from configs import ttl_gap_mnist as gap
 from cpac_jax import report, rundir
 from cpac_jax.config import build_model
 
@@ -37,17 +37,16 @@ def _layer_weights(run) -> int:
 
 
 def table(dataset: str) -> str:
-  gap = runpy.run_path(str(ROOT / "configs" / "ttl_gap_mnist.py"))
   workdir = ROOT / "experiments" / f"ttl_gap_{dataset}"
-  select, test = gap["build"](dataset, "select"), gap["build"](dataset)
-  rates = gap["chosen_rates"](select, workdir / "select")
+  select, test = gap.build(dataset, "select"), gap.build(dataset)
+  rates = gap.CHOSEN_RATES[dataset]
   validation = {r["key"]: r for r in rundir.read_results(workdir / "select")}
   results = {r["key"]: r for r in rundir.read_results(workdir)
              if r.get("status") == "ok"}
 
   def rows_of(option: str, config, teacher_rate, seeds) -> list[dict]:
-    fields = gap["OPTIONS"][option]
-    return [results.get(gap["_run_key"](config, gap["_group"](
+    fields = gap.OPTIONS[option]
+    return [results.get(gap.one_run_key(config, gap.sweep_group(
         fields, rates[option], teacher_rate, [seed]))) for seed in seeds]
 
   twin = {int(r["seed"]): float(r["test_accuracy"])
@@ -57,11 +56,11 @@ def table(dataset: str) -> str:
            "of that layer | learning rate (chosen) | validation acc (stage "
            "1) | test acc: mean ± std (n) | gap to the dense twin, points: "
            "mean [95% interval], paired by seed |", "|" + "---|" * 8]
-  for option, fields in gap["OPTIONS"].items():
+  for option, fields in gap.OPTIONS.items():
     found = [r for r in rows_of(option, test, rates["dense twin"], [0, 1, 2])
              if r]
-    chosen = validation[gap["_run_key"](select, gap["_group"](
-        fields, rates[option], gap["SELECT_TEACHER_RATE"], [0]))]
+    chosen = validation[gap.one_run_key(select, gap.sweep_group(
+        fields, rates[option], gap.SELECT_TEACHER_RATE, [0]))]
     if not found:
       lines.append(f"| {option} | | | | {rates[option]:g} | "
                    f"{float(chosen['test_accuracy']):.4f} | not run yet | |")
@@ -70,7 +69,7 @@ def table(dataset: str) -> str:
     mean = statistics.fmean(accuracies)
     std = statistics.stdev(accuracies) if len(found) > 1 else 0.0
     first = found[0]
-    layer = _layer_weights(gap["_run"](test, gap["_group"](
+    layer = _layer_weights(gap.one_run(test, gap.sweep_group(
         fields, rates[option], rates["dense twin"], [0])))
     gaps = [100 * (float(r["test_accuracy"]) - twin[int(r["seed"])])
             for r in found if int(r["seed"]) in twin]

@@ -1,5 +1,8 @@
 """Fixtures: tiny data sets written in the real file formats; one
-compilation cache for the whole session."""
+compilation cache for the whole session; the `slow` mark on every test
+that trains on such a data set (end to end), beside the tests marked slow
+by hand (a few seconds or more each: `pytest -m "not slow"` is the fast
+path)."""
 
 import gzip
 import io
@@ -27,6 +30,17 @@ jax.config.update("jax_compilation_cache_dir",
                   os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+# A test given one of these trains (or reads) a data set end to end.
+_DATA_FIXTURES = {"mnist_dir", "shared_mnist_dir", "cifar_dir",
+                  "magnetic_tile_dir"}
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if _DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+      item.add_marker(pytest.mark.slow)
 
 
 def pytest_sessionfinish(session, exitstatus):

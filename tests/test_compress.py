@@ -49,6 +49,7 @@ def _planted(shape, ranks, seed):
   return jnp.einsum("...ab,ia,ob->...io", core, u, v)
 
 
+@pytest.mark.slow
 def test_compress_replaces_every_layer_and_leaves_the_input_alone():
   net = Net(nnx.Rngs(0))
   before = jax.tree.map(np.array, nnx.state(net, nnx.Param))
@@ -95,6 +96,7 @@ def test_compress_refuses_ranks_over_a_given_budget():
     cj.compress(net, 0.1, "tucker", ranks=report.ranks())
 
 
+@pytest.mark.slow
 def test_cp_filters_and_random_init():
   net = Net(nnx.Rngs(0))
   small, report = cj.compress(net, 0.2, "cp", exclude=("stem",),
@@ -117,6 +119,7 @@ def test_cp_filters_and_random_init():
   assert isinstance(only.stem, nnx.Conv)
 
 
+@pytest.mark.slow
 def test_global_allocation_keeps_more_than_uniform_at_the_same_budget():
   """A layer of low rank needs little; the global rule gives the rest to
   the full-rank layer, keeping more of the weights' energy in all."""
@@ -136,6 +139,7 @@ def test_global_allocation_keeps_more_than_uniform_at_the_same_budget():
   assert results["global"].layers[1].error < 1e-3  # blocks/1
 
 
+@pytest.mark.slow
 def test_bad_requests_get_one_clear_error():
   net = Net(nnx.Rngs(0))
   with pytest.raises(ValueError, match=r"budget must be a float in \(0, 1\]"):
@@ -235,6 +239,7 @@ def test_compress_config_errors(mnist_dir):
   assert run_key(off) == run_key(plain)
 
 
+@pytest.mark.slow
 def test_vgg16_config_compresses_its_trained_dense_net():
   config = load_config("ttl_vgg16_cifar10")
   runs = [run for _, run in expand(config) if run.compress.factorization]
@@ -270,6 +275,7 @@ def test_unrolled_steps_train_as_the_loop_does(mnist_dir, tmp_path):
   assert abs(rows[0]["test_accuracy"] - rows[1]["test_accuracy"]) <= 0.01
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("factorization", ["cp", "tucker"])
 def test_compress_decomposes_what_a_masked_conv_computes(factorization):
   mask = jnp.zeros((3, 3, 4, 6)).at[1, :, :, :].set(1.0)  # middle row only
@@ -300,6 +306,7 @@ class _Tied(nnx.Module):
     return self.layers[1](self.again(self.first(x)))
 
 
+@pytest.mark.slow
 def test_compress_replaces_a_shared_layer_everywhere_it_is_held():
   model = _Tied(nnx.Rngs(0))
   assert sorted(map(sorted, compression.references(model).values())) == [
@@ -319,6 +326,7 @@ def test_compress_replaces_a_shared_layer_everywhere_it_is_held():
   assert [layer.path for layer in only.layers] == ["layers/1"]
 
 
+@pytest.mark.slow
 def test_compress_takes_numpy_numbers_and_a_single_filter():
   net = Net(nnx.Rngs(0))
   _, by_float = cj.compress(net, np.float32(0.3), "tucker", exclude="head")
@@ -353,6 +361,7 @@ class _Held(nnx.Module):
     return second(first(x))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind",
                          ["nnx.Dict", "data dict", "data tuple", "nnx.List"])
 def test_compress_replaces_layers_in_any_container(kind):
@@ -374,6 +383,7 @@ def test_compress_replaces_layers_in_any_container(kind):
   assert isinstance(model.layers[model.keys[0]], nnx.Linear)  # left alone
 
 
+@pytest.mark.slow
 def test_compress_takes_every_rank_spec_for_a_linear():
   """A Linear's rank as TuckerDense takes it: an int for both modes, a
   tuple, a fraction or 'same' ('same' was split into its letters)."""

@@ -13,6 +13,7 @@ def random_list(key, shapes):
   return [jax.random.normal(k, s) for k, s in zip(keys, shapes)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,rank", [((3, 4, 5), 2), ((3, 3, 4, 6), 5),
                                         ((2, 3, 2, 3, 4), 3)])
 def test_cp_factor_grads_closed_form_equals_autodiff(shape, rank):
@@ -31,6 +32,7 @@ def test_cp_factor_grads_closed_form_equals_autodiff(shape, rank):
     np.testing.assert_allclose(c, a, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,rank", [((3, 4, 5), (2, 3, 2)),
                                         ((28, 28, 12), (5, 5, 4)),
                                         ((3, 3, 4, 6), (2, 3, 4, 5))])

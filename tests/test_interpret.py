@@ -35,6 +35,7 @@ def test_cp_significance_bounds_the_map_norm_and_tracks_zeroed_rows(rank):
   assert float(scores[2]) == 0.0 and float(norms[2]) == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", importance.METHODS[:3] + ("gradient",))
 def test_ttl_importance_of_an_always_zero_row_is_zero(method):
   model = models.TTLMLP(factorization="tucker", rank=(3, 3, 4),
@@ -52,6 +53,7 @@ def test_ttl_importance_of_an_always_zero_row_is_zero(method):
     assert grid.shape == (8, 8) and float(jnp.sum(grid[0])) == 0.0
 
 
+@pytest.mark.slow
 def test_ttl_importance_ranks_planted_rows_on_top():
   result = experiments.synthetic_ttl(seed=0, size=12, planted_rows=(2, 9),
                                      steps=200)
@@ -82,6 +84,7 @@ def test_weight_importance_is_the_norm_of_each_weight_slice():
                              rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_occlusion_and_permutation_are_the_loss_rise_by_hand():
   model, x, y = _small_ttl()
 
@@ -101,6 +104,7 @@ def test_occlusion_and_permutation_are_the_loss_rise_by_hand():
   np.testing.assert_array_equal(shuffled["hidden"][2], again["hidden"][2])
 
 
+@pytest.mark.slow
 def test_contribution_of_a_constant_row_is_zero():
   model, x, y = _small_ttl()
   x = x.at[:, 4].set(0.7)  # never varies: passes nothing to the output
@@ -121,6 +125,7 @@ def test_tucker_importance_rejects_bad_requests(method, batches, match):
     interpret.tucker_factor_importance(model, batches, method)
 
 
+@pytest.mark.slow
 def test_tucker_importance_needs_a_tucker_layer():
   net = models.CPACNet(num_layers=1, rank=2, input_shape=(10, 10, 1),
                        num_classes=3, num_filters=4, rngs=nnx.Rngs(0))
@@ -137,6 +142,7 @@ def converged():
           for name in ("planted rows", "3-mode input")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", [*importance.METHODS[:-1],
                                     validation.ACCUMULATED])
 def test_importance_ranks_planted_features_on_a_converged_model(converged,
@@ -149,6 +155,7 @@ def test_importance_ranks_planted_features_on_a_converged_model(converged,
           result["design"], mode)
 
 
+@pytest.mark.slow
 def test_feature_selection_removes_maps_and_restores_the_layer():
   net = models.CPACNet(num_layers=1, rank=2, input_shape=(10, 10, 1),
                        num_classes=3, num_filters=4, rngs=nnx.Rngs(0))

@@ -52,6 +52,7 @@ def dense_twin(layer, kernel):
   return conv
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["cp", "tucker2", "tucker", "tt"])
 @pytest.mark.parametrize("case", CONV_CASES)
 def test_conv_paths_agree_with_dense_conv(kind, case):
@@ -66,6 +67,7 @@ def test_conv_paths_agree_with_dense_conv(kind, case):
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CONV_CASES)
 def test_patches_conv_computes_what_the_xla_conv_does(case):
   kernel_size, strides, padding, dilation, spatial = case
@@ -84,6 +86,7 @@ def test_patches_conv_computes_what_the_xla_conv_does(case):
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("axis,stride,dilation,pad", [
     (1, 1, 1, (1, 1)), (2, 2, 1, (0, 1)), (1, 3, 2, (2, 0))])
 def test_depthwise_gradients_are_those_of_a_grouped_conv(
@@ -118,6 +121,7 @@ def test_depthwise_gradients_are_those_of_a_grouped_conv(
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("columns,transposed", [(3, True), (3, False),
                                                  (20, False), (20, True)])
 def test_pointwise_gradients_are_those_of_einsum(columns, transposed):
@@ -146,6 +150,7 @@ def test_pointwise_gradients_are_those_of_einsum(columns, transposed):
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_pointwise_keeps_dtypes_through_its_gradients():
   from cpac_jax.functional.conv import pointwise
   x = jnp.ones((4, 8), jnp.bfloat16)
@@ -171,6 +176,7 @@ def test_patches_conv_rejects_what_it_cannot_compute():
                            feature_group_count=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spatial,padding", [
     ((8, 8), "SAME"), ((7, 10), "SAME"), ((9, 6), "VALID"),
     ((5, 13), ((0, 2), (3, 1))), ((2, 3), "SAME")])
@@ -206,6 +212,7 @@ def test_winograd_conv_computes_what_the_xla_conv_does(spatial, padding):
                                atol=1e-4 * np.abs(expected).max())
 
 
+@pytest.mark.slow
 def test_winograd_conv_rounds_within_5e_5_of_the_largest_output():
   # Against a float64 conv (numpy, tap by tap), 128 channels: the
   # transforms' coefficients (up to 8 and 1/24) cost winograd_conv about
@@ -248,6 +255,7 @@ def test_winograd_conv_rejects_what_it_cannot_compute():
                             dimension_numbers=channels_last)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU rule")
 def test_wide_3x3_convs_over_many_tiles_run_as_winograd_on_the_cpu():
   wide, size = WINOGRAD_FROM_CHANNELS, (16, 16)  # 16 tiles an image
@@ -271,6 +279,7 @@ def test_wide_3x3_convs_over_many_tiles_run_as_winograd_on_the_cpu():
     assert "conv_general_dilated" not in str(jax.make_jaxpr(conv)(x))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU rule")
 def test_convs_below_eight_input_channels_run_as_patches_on_the_cpu():
   assert conv_lowering(PATCHES_BELOW_CHANNELS - 1) is cj.layers.patches_conv
@@ -294,6 +303,7 @@ def test_convs_below_eight_input_channels_run_as_patches_on_the_cpu():
           is cj.layers.patches_conv)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU rule")
 def test_convs_of_maps_smaller_than_their_kernel_run_as_patches_on_the_cpu():
   assert conv_lowering(512, (2, 2), (3, 3)) is cj.layers.patches_conv
@@ -318,6 +328,7 @@ def test_convs_of_maps_smaller_than_their_kernel_run_as_patches_on_the_cpu():
   assert CPConv.from_conv(auto, 4).conv_general_dilated is None
 
 
+@pytest.mark.slow
 def test_ttl_paths_agree_with_dense_matmul():
   ttl = TuckerDense(in_shape=(4, 7), out_shape=(3, 5), rank=(2, 3, 2, 4),
                     rngs=nnx.Rngs(0))
@@ -334,6 +345,7 @@ def test_ttl_paths_agree_with_dense_matmul():
                                rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rank", [1, 3, (1, 5, 3, 1), "same"])
 def test_tt_dense_paths_agree_with_dense_matmul(rank):
   tt = TTDense(in_shape=(4, 7, 2), out_shape=(3, 5, 2), rank=rank,
@@ -351,6 +363,7 @@ def test_tt_dense_paths_agree_with_dense_matmul(rank):
                                rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_layers_keep_extra_batch_axes_and_accept_unbatched_channels():
   conv = CPConv(3, 5, (3, 3), rank=2, rngs=nnx.Rngs(0))
   assert conv(jnp.ones((2, 4, 8, 8, 3))).shape == (2, 4, 8, 8, 5)
@@ -358,6 +371,7 @@ def test_layers_keep_extra_batch_axes_and_accept_unbatched_channels():
   assert ttl(jnp.ones((2, 3, 16))).shape == (2, 3, 6)
 
 
+@pytest.mark.slow
 def test_cp_from_conv_reproduces_exactly_low_rank_kernel():
   dense = nnx.Conv(6, 8, (3, 3), padding="VALID", rngs=nnx.Rngs(0))
   factors = [jax.random.normal(k, (s, 3)) for k, s in zip(
@@ -370,6 +384,7 @@ def test_cp_from_conv_reproduces_exactly_low_rank_kernel():
   assert layer.padding == "VALID"
 
 
+@pytest.mark.slow
 def test_cp_from_conv_at_full_rank_of_a_1x1_conv_is_exact():
   dense = nnx.Conv(5, 7, (1, 1), rngs=nnx.Rngs(0))
   layer = CPConv.from_conv(dense, rank=5, n_iter_max=100, tol=0.0)
@@ -377,6 +392,7 @@ def test_cp_from_conv_at_full_rank_of_a_1x1_conv_is_exact():
   np.testing.assert_allclose(layer(x), dense(x), rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("factorize_spatial", [False, True])
 def test_tucker_from_conv_at_full_rank_is_exact(factorize_spatial):
   dense = nnx.Conv(6, 8, (3, 3), strides=2, rngs=nnx.Rngs(0))
@@ -387,6 +403,7 @@ def test_tucker_from_conv_at_full_rank_is_exact(factorize_spatial):
   np.testing.assert_allclose(layer(x), dense(x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_ttl_from_linear_at_full_rank_is_exact():
   dense = nnx.Linear(784, 30, rngs=nnx.Rngs(0))
   dense.bias[...] = jnp.linspace(-1, 1, 30)
@@ -396,6 +413,7 @@ def test_ttl_from_linear_at_full_rank_is_exact():
   np.testing.assert_allclose(ttl(x), dense(x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_ttl_from_linear_low_rank_is_the_best_fit_of_the_kernel():
   dense = nnx.Linear(784, 30, rngs=nnx.Rngs(0))
   ttl = TuckerDense.from_linear(dense, in_shape=(28, 28), out_shape=(30,),
@@ -407,6 +425,7 @@ def test_ttl_from_linear_low_rank_is_the_best_fit_of_the_kernel():
       jnp.linalg.norm(tensor.tucker_to_tensor(best) - kernel)) * 1.0001
 
 
+@pytest.mark.slow
 def test_tt_from_conv_and_from_linear_at_full_rank_are_exact():
   conv = nnx.Conv(5, 7, (3, 2), strides=(2, 1), padding="VALID",
                   rngs=nnx.Rngs(0))
@@ -425,6 +444,7 @@ def test_tt_from_conv_and_from_linear_at_full_rank_are_exact():
   np.testing.assert_allclose(tt.bias[...], dense.bias[...])
 
 
+@pytest.mark.slow
 def test_tt_from_linear_low_rank_matches_tt_svd_error():
   """The layer holds exactly the truncated TT-SVD of its kernel."""
   dense = nnx.Linear(64, 36, rngs=nnx.Rngs(0))
@@ -438,6 +458,7 @@ def test_tt_from_linear_low_rank_matches_tt_svd_error():
   assert 0.1 < float(error / jnp.linalg.norm(dense.kernel[...])) < 1
 
 
+@pytest.mark.slow
 def test_from_linear_rejects_shapes_that_dont_match():
   dense = nnx.Linear(784, 30, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="784 -> 30"):
@@ -446,6 +467,7 @@ def test_from_linear_rejects_shapes_that_dont_match():
     TTDense.from_linear(dense, in_shape=(28, 27), out_shape=(5, 6), rank=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rank", [1, 4, 16])
 @pytest.mark.parametrize("kind", ["cp", "tucker2", "tucker", "ttl", "tt",
                                   "tt_dense"])
@@ -489,6 +511,7 @@ def inputs_for(layer, batch=2):
   return jax.random.normal(jax.random.key(0), (batch, 6, 6, 3))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layer", layers_under_test(),
                          ids=lambda layer: type(layer).__name__)
 @pytest.mark.parametrize("implementation", ["factorized", "reconstructed"])
@@ -513,6 +536,7 @@ def test_layers_work_under_jit_grad_and_vmap(layer, implementation):
   np.testing.assert_allclose(both[0], eager, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layer", layers_under_test(),
                          ids=lambda layer: type(layer).__name__)
 def test_layers_run_in_bfloat16(layer):
@@ -532,6 +556,7 @@ def test_bfloat16_params_give_bfloat16_outputs():
   assert conv(jnp.ones((1, 5, 5, 3), jnp.bfloat16)).dtype == jnp.bfloat16
 
 
+@pytest.mark.slow
 def test_auto_picks_the_cheaper_path():
   cheap = CPConv(256, 256, (3, 3), rank=16, rngs=nnx.Rngs(0))
   flops = cheap.flops((8, 16, 16, 256))
@@ -596,6 +621,7 @@ def test_layers_reject_bad_arguments_at_construction(make, match):
     make()
 
 
+@pytest.mark.slow
 def test_layers_reject_inputs_of_the_wrong_shape():
   conv = CPConv(3, 4, (3, 3), rank=2, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="3 input channels"):
@@ -632,6 +658,7 @@ def test_from_conv_and_from_linear_name_what_they_take(build, given):
     build(layers[given])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cp", "tucker", "tt", "tucker_dense",
                                   "tt_dense"])
 def test_an_empty_batch_gives_an_empty_batch(name):

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "cpac_jax"
 
 
@@ -64,6 +66,7 @@ def test_no_module_imports_another_packages_private_names():
         assert module.rsplit(".", 1)[0] == target, (module, target, name)
 
 
+@pytest.mark.slow
 def test_interpret_analysis_loads_no_checkpointing_or_training():
   result = subprocess.run(
       [sys.executable, "-c",
@@ -73,3 +76,17 @@ def test_interpret_analysis_loads_no_checkpointing_or_training():
       capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.split() == ["[]", "False"]
+
+
+def test_the_library_reads_no_file_of_the_checkout_around_it():
+  """No module finds configs/ or experiments/ through its own path: a
+  config the library needs is the installed `configs` package's module,
+  and results are read from the folders callers name."""
+  for path in PACKAGE.rglob("*.py"):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Attribute) and node.attr in ("parents",
+                                                           "parent"):
+        assert "__file__" not in ast.unparse(node), (
+            f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: "
+            f"{ast.unparse(node)}")

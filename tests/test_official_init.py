@@ -18,6 +18,7 @@ def official_kernels(seed=0):
   return rng.randn(8, 3, 3, 1) / 9, rng.randn(8, 3, 3, 8) / 9
 
 
+@pytest.mark.slow
 def test_seed_0_draws_the_official_kernels_and_full_rank_recovers_them():
   # conv1 (8 x 3 x 3 x 1) holds 9 columns of data: rank 10 fits it exactly,
   # through normal equations that are singular there.
@@ -47,6 +48,7 @@ def test_parafac_computes_what_tensorly_does_without_fill(which, rank):
                              atol=1e-10)
 
 
+@pytest.mark.slow
 def test_cp_factors_are_the_als_factors_as_they_come_and_seeds_differ():
   net = CPACNet(num_layers=2, rank=4, init="official", rngs=nnx.Rngs(0))
   expected = official_init.kernels([(8, 3, 3, 1), (8, 3, 3, 8)], [4, 4], 0)
@@ -63,6 +65,7 @@ def test_cp_factors_are_the_als_factors_as_they_come_and_seeds_differ():
   assert not np.allclose(conv1[3], other[3])
 
 
+@pytest.mark.slow
 def test_dense_and_fc_layers_draw_pytorch_defaults():
   net = CPACNet(num_layers=2, factorization="dense", init="official",
                 rngs=nnx.Rngs(0))
@@ -103,6 +106,7 @@ def test_official_init_refuses_tucker_and_tt_convs():
               init="official", rngs=nnx.Rngs(0))
 
 
+@pytest.mark.slow
 def test_float64_factors_train_in_float64_and_compute_in_float32():
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top

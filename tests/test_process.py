@@ -14,6 +14,7 @@ from cpac_jax.config import run_key
 from tests.test_train import load_config
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU option")
 def test_training_compiles_without_ynnpack_fusions_unless_asked():
   import jax.numpy as jnp
@@ -59,6 +60,7 @@ def test_a_process_on_one_core_runs_eigen_on_the_calling_thread(monkeypatch):
   np.testing.assert_allclose(out, np.asarray(a) @ np.asarray(b))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt")
 def test_reuse_host_memory_stops_big_blocks_being_mapped_afresh_each_call():
   # A 64 MiB block, allocated and freed five times: with glibc's defaults

@@ -7,6 +7,7 @@ import cpac_jax as cj
 from cpac_jax import tensor
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rank", [1, 5, 12])
 @pytest.mark.parametrize("cin,cout", [(1, 8), (8, 8), (64, 128)])
 def test_cpconv_params_follow_cpac_formula(rank, cin, cout):
@@ -27,6 +28,7 @@ def test_ttl_mnist_layer_is_6663x_smaller():
   assert round(cj.count_params(dense) / cj.count_params(ttl), 2) == 66.63
 
 
+@pytest.mark.slow
 def test_tucker_conv_params_count_core_and_channel_factors():
   conv = cj.layers.TuckerConv(64, 32, kernel_size=(3, 3), rank=(16, 8),
                               use_bias=False, rngs=nnx.Rngs(0))
@@ -90,6 +92,7 @@ def test_tt_int_rank_is_capped_by_what_each_bond_can_need():
   assert tensor.tt_rank((3, 3, 3, 64), (1, 2, 5, 7, 1)) == (1, 2, 5, 7, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fraction", [0.01, 0.1, 0.5, 1.0])
 def test_tt_fraction_keeps_at_most_that_share(fraction):
   shape = (64, 3, 3, 64)

@@ -3,12 +3,12 @@ committed files: a number typed by hand, or a file changed without
 regenerating the block, fails here."""
 
 import importlib.util
-import runpy
 from pathlib import Path
 
 import pytest
 
 from cpac_jax import report, rundir
+from tests.test_train import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # Scripts with a `blocks()` returning {(README path, block name): text}.
@@ -40,8 +40,7 @@ _RESULTS = sorted(p.parent.name for p in ROOT.glob("experiments/*/README.md")
 
 @pytest.mark.parametrize("experiment", _RESULTS)
 def test_results_table_matches_its_results_csv(experiment):
-  config = runpy.run_path(str(ROOT / "configs" / f"{experiment}.py"))[
-      "get_config"]()
+  config = load_config(experiment)
   workdir = ROOT / "experiments" / experiment
   rows = [r for r in rundir.read_results(workdir) if r["status"] == "ok"]
   table = report._table(report.summarize(rows), dict(config.paper),  # pylint: disable=protected-access

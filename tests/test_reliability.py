@@ -5,7 +5,6 @@ import csv
 import json
 import os
 import re
-import runpy
 import shlex
 import shutil
 import signal
@@ -22,15 +21,13 @@ from flax import nnx
 
 from cpac_jax import cli, data, report, rundir, sweep, train
 from cpac_jax import config as config_lib
+from tests.test_train import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def small_config(data_dir, **overrides):
-  import runpy
-
-  config = runpy.run_path(str(ROOT / "configs" / "cpac_mnist.py"))[
-      "get_config"]()
+  config = load_config("cpac_mnist")
   config.dataset.data_dir = str(data_dir)
   config.num_epochs = 3
   config.batch_size = 8
@@ -232,10 +229,7 @@ def test_bad_configs_are_caught_before_any_compute(overrides, match, tmp_path):
 
 
 def test_ttl_shapes_that_dont_match_the_input_are_caught(tmp_path):
-  import runpy
-
-  config = runpy.run_path(str(ROOT / "configs" / "ttl_mnist.py"))[
-      "get_config"]()
+  config = load_config("ttl_mnist")
   config.model.kwargs = {"in_shape": (28, 27)}
   with pytest.raises(ValueError, match=r"in_shape \(28, 27\) holds 756"):
     config_lib.validate(config)
@@ -244,6 +238,7 @@ def test_ttl_shapes_that_dont_match_the_input_are_caught(tmp_path):
     config_lib.validate(config)  # rank (5, 5, 10) has 3 modes, not 4
 
 
+@pytest.mark.slow
 def test_main_exits_nonzero_with_one_clear_line(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "cpac_jax.main",
@@ -327,6 +322,7 @@ COMMAND_LINE_ERRORS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config,flags,message", COMMAND_LINE_ERRORS)
 def test_command_line_errors_are_one_line(config, flags, message, tmp_path):
   extra = [] if message != "num_epochs" else ["--config.num_epochs=0"]
@@ -371,6 +367,7 @@ def test_a_config_file_that_fails_is_one_line_naming_it(text, message,
       lines[-1].startswith(f"error: config file {config}: {message}"))
 
 
+@pytest.mark.slow
 def test_one_process_at_a_time_and_a_killed_one_leaves_no_lock(tmp_path):
   with rundir.lock(tmp_path):
     with pytest.raises(ValueError, match=f"pid {os.getpid()}.* is running in"):
@@ -612,6 +609,7 @@ def _misspelt(field):
   return ".".join([*parents, leaf[:-1] if len(leaf) > 2 else leaf + "x"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", sorted(
     str(p.relative_to(ROOT)) for p in (ROOT / "configs").glob("*.py")))
 def test_every_config_field_misspelt_mistyped_or_empty_is_one_line(
@@ -623,7 +621,7 @@ def test_every_config_field_misspelt_mistyped_or_empty_is_one_line(
   import ml_collections  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config = runpy.run_path(str(ROOT / path))["get_config"]()
+  config = load_config(Path(path).stem)
 
   def parse(*extra):  # as main's flags parse, on flags of its own
     own = flags.FlagValues()

@@ -78,6 +78,7 @@ def test_eight_devices_train_like_one(mnist_dir, tmp_path):
   assert one["test_accuracy"] > 0.9
 
 
+@pytest.mark.slow
 def test_batch_that_does_not_divide_over_devices_is_refused(tmp_path):
   env = dict(os.environ)
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"

@@ -57,6 +57,7 @@ def test_teacher_config_and_its_errors(mnist_dir):
     validate(config)
 
 
+@pytest.mark.slow
 def test_from_teacher_at_full_rank_computes_the_teacher():
   teacher = models.TTLMLP(factorization="dense", rngs=nnx.Rngs(1))
   student = models.TTLMLP(factorization="tucker", rank=(28, 28, 300),
@@ -69,6 +70,7 @@ def test_from_teacher_at_full_rank_computes_the_teacher():
     models.from_teacher(student, models.CPACNet(rngs=nnx.Rngs(0)))
 
 
+@pytest.mark.slow
 def test_distillation_loss_is_cross_entropy_at_weight_0_and_soft_at_1():
   logits = jax.random.normal(jax.random.key(0), (5, 10))
   teacher = jax.random.normal(jax.random.key(1), (5, 10))
@@ -141,29 +143,26 @@ def test_bottleneck_is_a_rank_limited_dense_layer():
 
 
 def test_ttl_gap_stage_2_takes_each_options_best_validation_rate(tmp_path):
-  import runpy
+  from configs import ttl_gap_mnist as gap
 
-  from tests.test_train import ROOT
-
-  gap = runpy.run_path(str(ROOT / "configs" / "ttl_gap_mnist.py"))
-  select = gap["build"]("mnist", "select")
+  select = gap.build("mnist", "select")
   runs = expand(select)
   for _, run in runs:
     validate(run)
   assert {run.dataset.validation_examples for _, run in runs} == {10_000}
   rows, best = [], {}
-  for i, (option, fields) in enumerate(gap["OPTIONS"].items()):
-    rates = gap["_rates"](fields)
+  for i, (option, fields) in enumerate(gap.OPTIONS.items()):
+    rates = gap.rates_of(fields)
     best[option] = rates[i % len(rates)]
     for rate in rates:
-      key = gap["_run_key"](select, gap["_group"](
-          fields, rate, gap["SELECT_TEACHER_RATE"], [0]))
+      key = gap.one_run_key(select, gap.sweep_group(
+          fields, rate, gap.SELECT_TEACHER_RATE, [0]))
       rows.append({"key": key, "status": "ok",
                    "test_accuracy": 0.9 + 0.05 * (rate == best[option])})
   with pytest.raises(ValueError, match="run the 'select' preset first"):
-    gap["chosen_rates"](select, tmp_path)
+    gap.chosen_rates(select, tmp_path)
   rundir.write_rows(tmp_path / "results.csv", rows)
-  assert gap["chosen_rates"](select, tmp_path) == best
+  assert gap.chosen_rates(select, tmp_path) == best
 
 
 def test_a_sweep_checks_its_teachers_before_any_compute(mnist_dir, tmp_path):

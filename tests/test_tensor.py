@@ -59,6 +59,7 @@ def test_cp_to_tensor_matches_tensorly(shape, rank, tensorly):
       rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(5, 6, 7), (3, 3, 8, 6)])
 def test_mttkrp_matches_unfolding_times_khatri_rao(shape):
   x = jax.random.normal(jax.random.key(0), shape)
@@ -71,6 +72,7 @@ def test_mttkrp_matches_unfolding_times_khatri_rao(shape):
         atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,rank,init", [
     ((6, 7, 8), 3, "svd"), ((6, 7, 8), 3, "random"),
     ((3, 3, 6, 8), 4, "svd"), ((3, 3, 6, 8), 5, "random")])
@@ -83,6 +85,7 @@ def test_cp_als_recovers_exact_rank(shape, rank, init):
   assert bool(jnp.all(cp.weights[:-1] >= cp.weights[1:]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,rank", [((8, 9, 10), 3), ((3, 3, 16, 16), 6)])
 def test_cp_als_no_worse_than_tensorly_at_low_rank(shape, rank, tensorly):
   x = jax.random.normal(jax.random.key(3), shape)
@@ -94,6 +97,7 @@ def test_cp_als_no_worse_than_tensorly_at_low_rank(shape, rank, tensorly):
   assert ours <= theirs + 1e-3
 
 
+@pytest.mark.slow
 def test_cp_als_reports_decreasing_errors():
   x = jax.random.normal(jax.random.key(4), (6, 7, 8))
   _, errors = tensor.cp_als(x, 4, n_iter_max=30, tol=0.0, return_errors=True)
@@ -101,6 +105,7 @@ def test_cp_als_reports_decreasing_errors():
   assert bool(jnp.all(errors[1:] <= errors[:-1] + 1e-5))
 
 
+@pytest.mark.slow
 def test_cp_als_large_kernel_stays_within_a_few_kernels_of_memory():
   # Peers' parafac builds Khatri-Rao products of (kernel size / mode) x R:
   # here 21x the kernel. Ours must stay within a few kernels of scratch.
@@ -121,6 +126,7 @@ def test_cp_als_rejects_bad_arguments(args):
     tensor.cp_als(jnp.ones((3, 4, 5)), **args)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["hooi", "hosvd"])
 @pytest.mark.parametrize("shape,rank", [((6, 7, 8), (2, 3, 4)),
                                         ((3, 3, 8, 6), (3, 3, 4, 2))])
@@ -136,6 +142,7 @@ def test_tucker_recovers_exact_rank(method, shape, rank):
     np.testing.assert_allclose(f.T @ f, jnp.eye(f.shape[1]), atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,rank", [((8, 9, 10), (3, 3, 3)),
                                         ((28, 28, 30), (5, 5, 10))])
 def test_tucker_no_worse_than_tensorly_at_low_rank(shape, rank, tensorly):
@@ -177,6 +184,7 @@ def test_tucker_rejects_bad_method():
     tensor.tucker(jnp.ones((6, 7, 8)), 2, method="parafac")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,rank", [((4, 5, 6, 3), 2),
                                         ((4, 5, 6, 3), (1, 3, 4, 2, 1)),
                                         ((3, 3, 8, 6), 100)])
@@ -199,6 +207,7 @@ def test_tt_svd_matches_tensorly_tensor_train(shape, rank, tensorly):
     assert relative_error(x, tensor.tt_to_tensor(cores)) < 1e-5
 
 
+@pytest.mark.slow
 def test_tt_matrix_svd_matches_tensorly_tensor_train_matrix(tensorly):
   from tensorly.decomposition import tensor_train_matrix
 
@@ -216,6 +225,7 @@ def test_tt_matrix_svd_matches_tensorly_tensor_train_matrix(tensorly):
       tensorly.tt_matrix_to_tensor(theirs), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_tt_svd_gives_zero_slices_to_ranks_a_bond_cannot_hold():
   x = jax.random.normal(jax.random.key(2), (2, 2, 8, 8))
   cores = tensor.tt_svd(x, (1, 1, 4, 8, 1))  # r_2 = 4 > r_1 * I_1 = 2

@@ -1,6 +1,7 @@
 """End to end: main and sweep on tiny data sets in the real file formats."""
 
 import csv
+import importlib
 import json
 import subprocess
 import sys
@@ -19,10 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_config(name: str, preset: str = ""):
-  import runpy
-
-  return runpy.run_path(str(ROOT / "configs" / f"{name}.py"))["get_config"](
-      preset)
+  """configs/NAME.py's config, the package module configs.NAME's."""
+  return importlib.import_module(f"configs.{name}").get_config(preset)
 
 
 def tiny(config, data_dir, **overrides):
@@ -169,6 +168,7 @@ def test_report_puts_paper_numbers_beside_ours(tmp_path):
   assert readme.startswith("intro\n") and readme.endswith("outro\n")
 
 
+@pytest.mark.slow
 def test_max_pool_2x2_is_nnx_max_pool_without_a_scatter():
   from cpac_jax.models.cnn import max_pool_2x2
   from cpac_jax.models.vgg import VGG16
@@ -208,6 +208,7 @@ def test_vgg16_variants_build_with_fewer_parameters(factorization):
   assert count_params(model) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kwargs", [
     ("cnn", {}), ("ttl_mlp", {"hidden_shape": (15, 20)})])
 def test_tt_variants_build_and_count_their_compression(name, kwargs):
@@ -256,6 +257,7 @@ def test_shootout_families_get_matched_budgets_of_the_hidden_layer():
                  for c in counts), (budget, counts)
 
 
+@pytest.mark.slow
 def test_cpac_shootout_holds_matched_budgets_of_the_second_conv():
   import jax.numpy as jnp
   from flax import nnx
@@ -285,6 +287,7 @@ def test_cpac_shootout_holds_matched_budgets_of_the_second_conv():
         budget, counts)
 
 
+@pytest.mark.slow
 def test_cnn_shootout_holds_matched_budgets_of_the_four_convs():
   from flax import nnx
 

@@ -10,8 +10,8 @@ writes importance_validation.{json,md,png} and the MNIST and Fashion-MNIST
 maps importance_ttl_{mnist,fashion_mnist}.{json,png}.
 """
 
+import importlib
 import json
-import runpy
 import tempfile
 import time
 from collections.abc import Callable
@@ -177,9 +177,9 @@ def validate_design(name: str, seed: int = 0, train_examples: int = 16_384,
 
 def _dataset_config(name: str, seed: int) -> ml_collections.ConfigDict:
   """configs/ttl_<name>.py's (5, 5, 10) run at `seed`: the very runs of
-  experiments/ttl_<name> (its sweep's key)."""
-  path = Path(__file__).parents[2] / "configs" / f"ttl_{name}.py"
-  config = runpy.run_path(str(path))["get_config"]()
+  experiments/ttl_<name> (its sweep's key). The config is the installed
+  `configs` package's module, found wherever cpac_jax is installed."""
+  config = importlib.import_module(f"configs.ttl_{name}").get_config()
   config.model.factorization = "tucker"
   config.model.rank = (5, 5, 10)
   config.seed = seed
