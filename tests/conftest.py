@@ -1,8 +1,8 @@
 """Fixtures: tiny data sets written in the real file formats; one
 compilation cache for the whole session; the `slow` mark on every test
-that trains on such a data set (end to end), beside the tests marked slow
-by hand (a few seconds or more each: `pytest -m "not slow"` is the fast
-path)."""
+that trains on such a data set (end to end) and on the docstrings'
+examples, beside the tests marked slow by hand (a few seconds or more
+each: `pytest -m "not slow"` is the fast path)."""
 
 import gzip
 import io
@@ -39,7 +39,9 @@ _DATA_FIXTURES = {"mnist_dir", "shared_mnist_dir", "cifar_dir",
 
 def pytest_collection_modifyitems(items):
   for item in items:
-    if _DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+    if (_DATA_FIXTURES & set(getattr(item, "fixturenames", ()))
+        # the docstrings' examples run whole models op by op
+        or type(item).__name__ == "DoctestItem"):
       item.add_marker(pytest.mark.slow)
 
 

@@ -84,6 +84,7 @@ def test_compress_replaces_every_layer_and_leaves_the_input_alone():
   assert "| tucker | ranks given |" in exact_report.table()
 
 
+@pytest.mark.slow
 def test_compress_refuses_ranks_over_a_given_budget():
   net = Net(nnx.Rngs(0))
   _, report = cj.compress(net, 0.3, "tucker")

@@ -55,6 +55,7 @@ def test_tucker_grads_closed_form_equals_autodiff(shape, rank):
     np.testing.assert_allclose(c, a, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_closed_form_comparison_fails_for_the_wrong_factors():
   # The comparisons above can fail: the code's closed form, handed factors
   # other than the kernel's, no longer matches autodiff.

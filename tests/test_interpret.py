@@ -12,6 +12,7 @@ from cpac_jax.interpret import experiments, importance, validation
 from cpac_jax.layers import CPConv
 
 
+@pytest.mark.slow
 def test_cp_significance_is_the_map_norm_at_rank_one():
   conv = CPConv(3, 5, (3, 3), rank=1, rngs=nnx.Rngs(0))
   scores = interpret.cp_feature_significance(conv)
@@ -69,6 +70,7 @@ def _small_ttl(seed=0):
   return model, x, jnp.arange(64) % 3
 
 
+@pytest.mark.slow
 def test_weight_importance_is_the_norm_of_each_weight_slice():
   model, _, _ = _small_ttl()
   weight = model.hidden.weight_tensor()

@@ -18,6 +18,7 @@ def test_cpconv_params_follow_cpac_formula(rank, cin, cout):
       cout + 3 + 3 + cin)
 
 
+@pytest.mark.slow
 def test_ttl_mnist_layer_is_6663x_smaller():
   ttl = cj.layers.TuckerDense(in_shape=(28, 28), out_shape=(300,),
                               rank=(5, 5, 10), use_bias=False,

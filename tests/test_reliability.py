@@ -351,6 +351,7 @@ BAD_CONFIG_FILES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text,message", BAD_CONFIG_FILES)
 def test_a_config_file_that_fails_is_one_line_naming_it(text, message,
                                                         tmp_path):

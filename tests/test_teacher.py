@@ -133,6 +133,7 @@ def test_report_refuses_test_and_validation_rows_in_one_table(tmp_path):
     report.write_report(tmp_path, config)
 
 
+@pytest.mark.slow
 def test_bottleneck_is_a_rank_limited_dense_layer():
   net = models.TTLMLP(factorization="dense", bottleneck=10, rngs=nnx.Rngs(0))
   product = net.bottleneck.kernel[...] @ net.hidden.kernel[...]

@@ -154,6 +154,7 @@ def test_tucker_no_worse_than_tensorly_at_low_rank(shape, rank, tensorly):
   assert ours <= theirs + 1e-4
 
 
+@pytest.mark.slow
 def test_partial_tucker_keeps_other_modes_whole():
   x = jax.random.normal(jax.random.key(7), (3, 3, 8, 6))
   tk = tensor.tucker(x, (4, 2), modes=(2, 3))
@@ -163,6 +164,7 @@ def test_partial_tucker_keeps_other_modes_whole():
   assert relative_error(x, tensor.tucker_to_tensor(full, (2, 3))) < 1e-5
 
 
+@pytest.mark.slow
 def test_tucker_works_under_jit():
   x = jax.random.normal(jax.random.key(8), (6, 7, 8))
   eager = tensor.tucker(x, (2, 3, 4))
