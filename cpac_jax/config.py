@@ -40,8 +40,9 @@ __all__ = ["base_config", "build_model", "compress_config", "compressing",
 # set each of them on any config (`validate` refuses a value that means
 # nothing there). model.kwargs, the model class's own arguments, is set by
 # configs only.
-OPTIONAL_FIELDS = {"optimizer.schedule": "constant", "model.kwargs": {},
-                   "model.init": "default", "dataset.validation_examples": 0,
+OPTIONAL_FIELDS = {"optimizer.schedule": optimizers.DEFAULT_SCHEDULE,
+                   "model.kwargs": {}, "model.init": models.DEFAULT_INIT,
+                   "dataset.validation_examples": 0,
                    "teacher": "", "distill_weight": 0.0,
                    "distill_temperature": 4.0}
 # Fields that don't change what a run computes.

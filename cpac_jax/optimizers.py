@@ -4,12 +4,13 @@ learning-rate schedules, and the optax transformation they make."""
 import ml_collections
 import optax
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "make_optimizer"]
+__all__ = ["DEFAULT_SCHEDULE", "OPTIMIZERS", "SCHEDULES", "make_optimizer"]
 
 OPTIMIZERS = {"adam": optax.adam, "adamw": optax.adamw, "sgd": optax.sgd,
               "momentum": lambda learning_rate: optax.sgd(learning_rate, 0.9)}
 # "constant", or "cosine": decay to 0 over the run.
 SCHEDULES = ("constant", "cosine")
+DEFAULT_SCHEDULE = "constant"  # optimizer.schedule unset
 
 
 def make_optimizer(optimizer: ml_collections.ConfigDict, total_steps: int
@@ -19,7 +20,7 @@ def make_optimizer(optimizer: ml_collections.ConfigDict, total_steps: int
   if optimizer.name not in OPTIMIZERS:
     raise ValueError(f"unknown optimizer.name {optimizer.name!r}; choose one "
                      f"of {tuple(OPTIMIZERS)}")
-  schedule = optimizer.get("schedule") or "constant"  # None: unset
+  schedule = optimizer.get("schedule") or DEFAULT_SCHEDULE  # None: unset
   if schedule not in SCHEDULES:
     raise ValueError(f"unknown optimizer.schedule {schedule!r}; choose one "
                      f"of {SCHEDULES}")

@@ -14,8 +14,9 @@ from cpac_jax.models.params import count_factorized, parameter_counts
 from cpac_jax.models.ttl_mlp import TTLMLP
 from cpac_jax.models.vgg import VGG16
 
-__all__ = ["CNN", "CPACNet", "INITS", "MODELS", "TTLMLP", "VGG16", "build",
-           "count_factorized", "from_teacher", "parameter_counts"]
+__all__ = ["CNN", "CPACNet", "DEFAULT_INIT", "INITS", "MODELS", "TTLMLP",
+           "VGG16", "build", "count_factorized", "from_teacher",
+           "parameter_counts"]
 
 # name -> (constructor, the factorizations it takes, fixed keyword arguments)
 MODELS = {
@@ -27,6 +28,7 @@ MODELS = {
     "vgg16": (VGG16, ("dense", "tucker", "cp"), {}),
     "cnn": (CNN, ("dense", "cp", "tucker", "tt"), {}),
 }
+DEFAULT_INIT = "default"  # model.init unset: the layers' own init
 # name -> the initialisations (`model.init`) it offers, "default" first;
 # "teacher" (`from_teacher`, applied by the trainer) where its layers are
 # attributes `from_teacher` reaches.
@@ -47,8 +49,8 @@ def check(model: ml_collections.ConfigDict) -> None:
     raise ValueError(
         f"model {model.name!r} takes model.factorization in {factorizations}, "
         f"got {model.factorization!r}")
-  inits = INITS.get(model.name, ("default",))
-  if (model.get("init") or "default") not in inits:  # None: unset
+  inits = INITS.get(model.name, (DEFAULT_INIT,))
+  if (model.get("init") or DEFAULT_INIT) not in inits:  # None: unset
     raise ValueError(f"model {model.name!r} takes model.init in {inits}, got "
                      f"{model.init!r}")
 
@@ -60,7 +62,7 @@ def build(model: ml_collections.ConfigDict, input_shape, num_classes: int,
   check(model)
   constructor, _, fixed = MODELS[model.name]
   kwargs = dict(model.get("kwargs", {}))
-  if (model.get("init") or "default") not in ("default", "teacher"):
+  if (model.get("init") or DEFAULT_INIT) not in (DEFAULT_INIT, "teacher"):
     kwargs.update(init=model.init, init_seed=seed)
   rank = model.rank
   if isinstance(rank, list):
