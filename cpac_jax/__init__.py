@@ -14,8 +14,9 @@ from cpac_jax import compression, functional, layers, tensor
 from cpac_jax.compression import compress
 from cpac_jax.layers import count_params
 
-_LAZY = ("checkpoint", "config", "data", "distributed", "interpret", "models",
-         "optimizers", "report", "rundir", "sweep", "train", "vectorized")
+_LAZY = ("checkpoint", "config", "data", "distributed", "extensions",
+         "interpret", "models", "optimizers", "process", "report", "rundir",
+         "sweep", "train", "vectorized")
 
 __all__ = ["compress", "compression", "count_params", "functional", "layers",
            "tensor", *_LAZY]
