@@ -186,11 +186,12 @@ def _signals_request_stop():
 
 
 def _make_programs(config, groups, tx, images, labels, arrays, batch_sharding,
-                   seed_of, chain, unroll):
+                   seed_of, chain, carrier, unroll):
   """The compiled train chunk and eval pass of `groups`, trained on the
   objective the extensions in `chain` make, closed over the train data and
   `arrays`, the per-example arrays they add (already on the devices); each
-  batch is split over the devices of `batch_sharding`.
+  batch is split over the devices of `batch_sharding`; `carrier` (the
+  chain's `_carrier`) sums what it carries through the steps.
 
   train_chunk(states, carry, orders, steps) runs `steps` of every run and
   returns the new states and carry, each run's summed loss and correct
@@ -200,7 +201,6 @@ def _make_programs(config, groups, tx, images, labels, arrays, batch_sharding,
   objective = extensions.cross_entropy
   for extension in chain:
     objective = extension.objective(objective)
-  carrier = _carrier(chain)
   steps, evaluations = [], []
   for group in groups:
     step = make_step(group.graphdef, tx, objective)
@@ -340,7 +340,7 @@ def train_runs(runs: Sequence[tuple[ml_collections.ConfigDict, str | Path]],
         first.dataset, first.get("num_train_examples") or 0,
         first.get("num_test_examples") or 0, first.seed),
         data.INFO[first.dataset.name])
-  layout = (_Together(runs, state_dir) if together else _Alone(runs))
+  layout = _Together(runs, state_dir) if together else _Alone(runs)
   with contextlib.ExitStack() as cleanup:
     for _, workdir in runs:  # one process at a time in each run's workdir
       cleanup.enter_context(rundir.lock(workdir))
@@ -434,6 +434,7 @@ class _Training:
                  for seed in self.seeds}
     self.chain = extensions.for_run(first, *teacher, train_split.images,
                                     self.keys[first.seed][0], tap)
+    self.carrier = _carrier(self.chain)
     self.groups = self._initial_groups(info)
     self.column = np.argsort(np.concatenate([g.indices
                                              for g in self.groups]))
@@ -449,7 +450,7 @@ class _Training:
         [put(a) for e in self.chain for a in e.example_arrays()],
         NamedSharding(mesh, PartitionSpec("data")),
         [self.seeds.index(self.configs[g.indices[0]].seed)
-         for g in self.groups], self.chain,
+         for g in self.groups], self.chain, self.carrier,
         unroll=True if first.get("unroll") else layout.unroll)
     self.test_batches = put(eval_batches(test_split,
                                          first.eval_batch_size))
@@ -478,7 +479,7 @@ class _Training:
                         "opt_state": (jax.vmap(self.tx.init) if g.stacked
                                       else self.tx.init)(g.params)}
                        for g in self.groups],
-            "taps": _carrier(self.chain).carry_init(self.groups[0].params),
+            "taps": self.carrier.carry_init(self.groups[0].params),
             "position": np.zeros(2, np.int64),
             "sums": _zero_sums(num_runs),
             "diverged": np.full(num_runs, -1, np.int64)}
@@ -606,7 +607,7 @@ class _Training:
     outcomes = [None] * len(self.runs)
     total_steps = self.first.num_epochs * self.steps_per_epoch
     trained = {"trained": self.layout.trained}
-    tap = _carrier(self.chain).result(self.state["taps"])
+    tap = self.carrier.result(self.state["taps"])
     for group, group_state in zip(self.groups, self.state["groups"]):
       for member, (i, counts) in enumerate(zip(group.indices,
                                                group.counts)):

@@ -250,17 +250,17 @@ def _run(name: str, setting: str, seed: int, epochs: int,
   mirror()
   print(f"{name}: from epoch {done + 1}", flush=True)
   for _ in range(MAX_LAUNCHES):
-    returncode, error = _launch(command, workdir, env, record, mirror,
-                                sync_state, name)
-    if not (returncode and error):
+    returncode, build_failed = _launch(command, workdir, env, record,
+                                       mirror, sync_state, name)
+    if not build_failed:
       break
     # TensorLy's unseeded fill can leave parafac a singular system when the
     # net is built; a new launch draws a new fill (and a resumed run loads
     # its checkpoint over the built net, so nothing of the run changes).
     record["failed_launches"] = record.get("failed_launches", 0) + 1
     mirror()
-    print(f"{name}: building the net failed ({error}); launching again",
-          flush=True)
+    print(f"{name}: building the net failed ({_BUILD_FAILURE}); launching "
+          "again", flush=True)
   if returncode != 0 or record["epochs_done"] != epochs:
     raise SystemExit(f"{name}: exited with {returncode} after "
                      f"{record['epochs_done']} of {epochs} epochs; see "
@@ -273,10 +273,10 @@ _BUILD_FAILURE = "numpy.linalg.LinAlgError: Singular matrix"
 
 
 def _launch(command, workdir, env, record, mirror, sync_state,
-            name) -> tuple[int, str | None]:
+            name) -> tuple[int, bool]:
   """Runs the script once, mirroring each epoch as its test line appears.
-  Returns its exit status and, if it failed building the net before any
-  epoch of this launch, the error line."""
+  Returns its exit status and whether it failed building the net (parafac's
+  `_BUILD_FAILURE`, before any epoch of this launch)."""
   stderr_path = workdir / "stderr.txt"
   offset = stderr_path.stat().st_size if stderr_path.exists() else 0
   epochs_before = record["epochs_done"]
@@ -308,9 +308,10 @@ def _launch(command, workdir, env, record, mirror, sync_state,
   with open(stderr_path, "rb") as f:
     f.seek(offset)
     new = f.read().decode(errors="replace")
-  built = record["epochs_done"] > epochs_before or "parafac" not in new
-  error = None if built or _BUILD_FAILURE not in new else _BUILD_FAILURE
-  return process.returncode, error
+  build_failed = (process.returncode != 0
+                  and record["epochs_done"] == epochs_before
+                  and "parafac" in new and _BUILD_FAILURE in new)
+  return process.returncode, build_failed
 
 
 def _restore(state: pathlib.Path, workdir: pathlib.Path, log_name: str,

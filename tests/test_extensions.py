@@ -11,7 +11,7 @@ from cpac_jax import compression, data, extensions, models, optimizers, train
 from cpac_jax.config import build_model, run_key, teacher_config
 from cpac_jax.vectorized import split_modes
 from tests.test_compress import _cnn
-from tests.test_train import load_config, tiny
+from tests.test_teacher import ttl
 
 
 def _by_hand(config, model, objective=extensions.cross_entropy,
@@ -69,8 +69,8 @@ def _teacher(config, runs):
 
 
 def _ttl(data_dir, **overrides):
-  return tiny(load_config("ttl_mnist"), data_dir, num_epochs=1,
-              **{"model.rank": (8, 8, 20), **overrides})
+  return ttl(data_dir, num_epochs=1, **{"model.rank": (8, 8, 20),
+                                        **overrides})
 
 
 def test_no_extension_the_loop_is_the_steps_by_hand(mnist_dir, tmp_path):
