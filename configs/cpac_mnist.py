@@ -63,7 +63,7 @@ def build(preset: str, num_layers: int, dataset: str = "mnist"):
   few minutes. "one_seed": the full sweep, seed 0 only (the same runs, by
   run key, as the full sweep's seed-0 runs). "default_init": the runs with
   cpac_jax's own initialisation only (ranks and dense, 3 seeds);
-  "default_seed0" those of seed 0 (what scripts/bench_sweep.py times).
+  "default_seed0" those of seed 0 (what `cpac_jax.benchmarks.sweep` times).
 
   The arms of the two-layer gap study (experiments/cpac_mnist/README.md),
   official init, seeds 0-9, each in its own workdir: "float64", ranks 9-12

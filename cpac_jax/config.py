@@ -96,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   # (this jaxlib makes them by default). Off, each of its fused ops runs as
   # XLA's own code instead: on 2 CPU cores the seed-0 CPAC sweep took 211 s
   # against 265 s with them (experiments/benchmarks/sweep.md, the sharded
-  # modes of scripts/bench_sweep.py), and XLA's conv forward+backward up
+  # modes of `cpac_jax.benchmarks.sweep`), and XLA's conv forward+backward up
   # to 1.78x less time (experiments/benchmarks/lowering.md; 11.6x on the
   # AVX2-only CPU of an earlier run, in its git history).
   config.xla_cpu_ynn_fusions = False

@@ -19,7 +19,7 @@ def compiler_options(ynn_fusions: bool = False) -> dict | None:
   """The XLA options (`jax.jit`'s compiler_options) of cpac_jax's compiled
   train and eval steps, on the CPU: YNNPACK's fusions off unless
   `ynn_fusions` (a run's `config.xla_cpu_ynn_fusions`), and, in a process
-  that may run on one core only (as each shard of scripts/bench_sweep.py's
+  that may run on one core only (as each shard of the sweep benchmark's
   sharded mode is pinned), Eigen's matmuls on the calling thread instead of
   handed to a thread pool with no other core to run on."""
   if jax.default_backend() != "cpu":
@@ -47,11 +47,10 @@ def reuse_host_memory() -> bool:
   all threads (M_ARENA_MAX=1) stopped those too but slowed small steps by
   5-25% (a probe, not committed). Returns whether it applied: False where
   the C library is not glibc. cpac_jax's training command lines
-  (`cpac_jax.main`, `cpac_jax.sweep`) and the benchmark scripts that time
-  steps (scripts/bench_peers.py, bench_lowering.py, bench_vgg16.py,
-  bench_shootout.py) call
-  it first; the process then keeps what it frees for reuse (up to 1 GiB
-  above the heap's top) instead of returning it to the system.
+  (`cpac_jax.main`, `cpac_jax.sweep`) and the benchmarks
+  (`cpac_jax.benchmarks`) call it first; the process then keeps what it
+  frees for reuse (up to 1 GiB above the heap's top) instead of returning
+  it to the system.
   """
   try:
     libc = ctypes.CDLL("libc.so.6")

@@ -11,7 +11,7 @@ For each budget (the fraction of the held layer's weights) and family: the
 layer's weights, test accuracy over seeds (mean, sample std, n, the 95%
 Student-t interval of the mean) and the gap in points to the dense net
 paired by seed, with its 95% interval, and the time against the dense net:
-the training step's, timed alone by scripts/bench_shootout.py
+the training step's, timed alone by `cpac_jax.benchmarks.shootout`
 (experiments/benchmarks/shootout_steps.json), where it measured the net;
 else the mean of the runs' train_seconds (compilation included) relative
 to the dense net's, where every run trained alone; else "-"; the best
@@ -127,12 +127,15 @@ def _gaps(ours: dict, theirs: dict) -> list[float]:
 
 def step_ratios(config: str, net: Net) -> dict:
   """{(family, budget): (step time / the dense net's as trained, / the
-  fastest dense net's)} of `config`'s runs in scripts/bench_shootout.py's
-  report ({} where it has none)."""
+  fastest dense net's)} of `config`'s runs in the shoot-out step
+  benchmark's record (`cpac_jax.benchmarks.shootout`; {} where it has
+  none)."""
   if not STEPS.exists():
     return {}
   ratios = {}
-  for r in json.loads(STEPS.read_text())["nets"].get(config, []):
+  for r in json.loads(STEPS.read_text())["rows"]:
+    if r["net"] != config:
+      continue
     if r["family"] == "low-rank dense":
       budget = _low_rank_budget(int(r["budget"].split()[-1]), net)
     elif r["family"] == "dense":
@@ -169,8 +172,8 @@ def table(rows: list[dict], net: Net, steps: dict | None = None) -> str:
   lines = [
       f"| budget | family | {net.layer} weights | compression | test "
       "accuracy, mean ± std (n) | 95% interval | vs dense, points [95%] | "
-      + ("step time vs dense; vs the fastest dense (bench_shootout) |"
-         if faster_dense else "step time vs dense (bench_shootout) |"
+      + ("step time vs dense; vs the fastest dense (shootout_steps.md) |"
+         if faster_dense else "step time vs dense (shootout_steps.md) |"
          if steps else "training time vs dense |"),
       "|---|---|---:|---:|---|---|---|---:|",
       f"| 1 | {net.dense} | {net.dense_weights:,} | 1.0x | "

@@ -90,3 +90,47 @@ def test_the_library_reads_no_file_of_the_checkout_around_it():
         assert "__file__" not in ast.unparse(node), (
             f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: "
             f"{ast.unparse(node)}")
+
+
+def test_nothing_in_the_library_imports_the_benchmarks():
+  for module, names in _imports().items():
+    if not module.startswith("cpac_jax.benchmarks"):
+      assert not any(target.startswith("cpac_jax.benchmarks")
+                     or (target, name) == ("cpac_jax", "benchmarks")
+                     for target, name in names), module
+
+
+def _public(owner, name: str) -> bool:
+  return name in getattr(owner, "__all__", ())
+
+
+def test_benchmarks_use_public_names_only():
+  """What a benchmark takes from cpac_jax is in the `__all__` of where it
+  takes it from: `from cpac_jax.X import name`, and each step of a
+  `cj.a.b` chain, as a user's code would."""
+  import importlib
+
+  import cpac_jax
+  for path in (PACKAGE / "benchmarks").glob("*.py"):
+    where = path.relative_to(PACKAGE.parent)
+    for node in ast.walk(ast.parse(path.read_text())):
+      if (isinstance(node, ast.ImportFrom) and node.module
+          and node.module.startswith("cpac_jax")
+          and not node.module.startswith("cpac_jax.benchmarks")):
+        owner = importlib.import_module(node.module)
+        for alias in node.names:
+          assert _public(owner, alias.name), (
+              f"{where}:{node.lineno}: {node.module}.{alias.name}")
+      elif isinstance(node, ast.Attribute):
+        chain = []
+        while isinstance(node, ast.Attribute):
+          chain.insert(0, node.attr)
+          node = node.value
+        if isinstance(node, ast.Name) and node.id == "cj":
+          owner = cpac_jax
+          for name in chain:
+            if not isinstance(owner, type(cpac_jax)):
+              break  # past the modules: a class's own attributes
+            assert _public(owner, name), (
+                f"{where}:{node.lineno}: cj.{'.'.join(chain)}")
+            owner = getattr(owner, name)

@@ -28,7 +28,7 @@ Padding = str | Sequence[tuple[int, int]]
 # without the YNNPACK fusions as cpac_jax's training compiles),
 # patches_conv took 0.30x-0.82x XLA's time at 2-6 channels, 0.59x-0.98x
 # at 8, 0.75x-1.35x at 12 and slower above
-# (experiments/benchmarks/lowering.md, scripts/bench_lowering.py). These
+# (experiments/benchmarks/lowering.md, `cpac_jax.benchmarks.lowering`). These
 # small rows vary between runs on this machine: in the file's previous
 # commit 6 channels took 1.24x-1.31x and 8 1.39x-1.47x, and on the
 # AVX2-only CPU of an earlier run (its git history) 8 was a tie

@@ -10,7 +10,7 @@ IMPLEMENTATIONS = ("auto", "factorized", "reconstructed")
 # activation of the factorized path costs, in multiply-adds: a chain of thin
 # products moves more memory per multiply-add than one dense op. Fit on the
 # 2-core CPU to the layers of three shapes; experiments/benchmarks/layers.md
-# (scripts/bench_layers.py) checks it in its last two tables: it picks the
+# (cpac_jax.benchmarks.layers) checks it in its last two tables: it picks the
 # faster path (forward+backward) for 24 of the 25 layers of those shapes
 # and 22 of the 24 of three others, both on an AVX2 CPU against XLA's dense
 # (the file's git history) and on the AVX-512 CPU against the fastest dense

@@ -3,7 +3,7 @@ measurement behind `cpac_jax.functional.conv.conv_lowering`
 (`PATCHES_BELOW_CHANNELS`, inputs smaller than the kernel,
 `WINOGRAD_FROM_CHANNELS`, `WINOGRAD_FROM_TILES`).
 
-  python scripts/bench_lowering.py [--repeats=15]
+  python -m cpac_jax.benchmarks.lowering [--repeats=15]
 
 A dense 3x3 conv c -> c (SAME padding), batch 32, on 32x32 and on 16x16
 for c from 2 to 64 (and 128, 256), on 8x8 for c from 64 to 512, and on
@@ -15,25 +15,20 @@ input depends on the parameters) through `lax.conv_general_dilated`,
 as cpac_jax's training compiles its steps (`process.compiler_options`:
 without XLA's YNNPACK fusions on the CPU); and,
 beside them, XLA's conv compiled with those fusions, as a plain `jax.jit`
-compiles it. The median of `repeats` timed calls, the variants
-interleaved, each timed call right after an untimed one of the same
-variant, in a process whose malloc keeps freed blocks for the next call
+compiles it; timed by the harness's protocol (`harness.measure`), in a
+process whose malloc keeps freed blocks for the next call
 (`process.reuse_host_memory`, as cpac_jax's command lines run). Writes
 experiments/benchmarks/lowering.{md,json}.
 """
 
-import json
-import platform
-import statistics
-import time
-from pathlib import Path
+import sys
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
 from jax import lax
 
-from cpac_jax import process, report
+import cpac_jax as cj
+from cpac_jax.benchmarks import harness
 from cpac_jax.functional.conv import (
   PATCHES_BELOW_CHANNELS,
   WINOGRAD_FROM_CHANNELS,
@@ -44,9 +39,7 @@ from cpac_jax.functional.conv import (
   winograd_conv,
 )
 
-_REPEATS = flags.DEFINE_integer("repeats", 15, "timed calls per variant")
-_OUT = flags.DEFINE_string("out", "experiments/benchmarks",
-                           "folder for lowering.{md,json}")
+NAME, REPEATS, PACKAGES = "lowering", 15, ()
 # (spatial size, input channels): the channel sweep, then small maps.
 SHAPES = ([(size, c) for size in (32, 16)
            for c in (2, 4, 6, 8, 12, 16, 24, 32, 64, 128)]
@@ -62,53 +55,40 @@ NAMES = {lax.conv_general_dilated: "XLA conv", patches_conv: "patches_conv",
          winograd_conv: "winograd_conv"}
 
 
-def _call(lowering, ynn_fusions, channels, size):
-  x = jax.random.normal(jax.random.key(0), (BATCH, size, size, channels))
-  kernel = jax.random.normal(jax.random.key(1), (3, 3, channels, channels))
-  grad = jax.jit(jax.grad(lambda k, x: jnp.sum(conv(
-      x, k, (1, 1), [(1, 1), (1, 1)], (1, 1),
-      conv_general_dilated=lowering) ** 2), argnums=(0, 1)),
-      compiler_options=process.compiler_options(ynn_fusions))
-  jax.block_until_ready(grad(kernel, x))  # compile
-  return lambda: jax.block_until_ready(grad(kernel, x))
+def _variant(name, lowering, ynn_fusions, channels, size):
+  def build():
+    x = jax.random.normal(jax.random.key(0), (BATCH, size, size, channels))
+    kernel = jax.random.normal(jax.random.key(1),
+                               (3, 3, channels, channels))
+    grad = jax.jit(jax.grad(lambda k, x: jnp.sum(conv(
+        x, k, (1, 1), [(1, 1), (1, 1)], (1, 1),
+        conv_general_dilated=lowering) ** 2), argnums=(0, 1)),
+        compiler_options=cj.process.compiler_options(ynn_fusions))
+    return {"backward": lambda: jax.block_until_ready(grad(kernel, x))}
+
+  return harness.Variant({"lowering": name}, build)
 
 
-def _median_ms(calls: dict) -> dict:
-  samples = {name: [] for name in calls}
-  for _ in range(_REPEATS.value):
-    for name, fn in calls.items():
-      fn()  # untimed: a call after another variant's runs cold
-      start = time.perf_counter()
-      fn()
-      samples[name].append(time.perf_counter() - start)
-  return {name: 1e3 * statistics.median(v) for name, v in samples.items()}
-
-
-def main(argv):
-  del argv
-  process.reuse_host_memory()
+def rows(repeats: int) -> list[dict]:
   rows = []
   for size, channels in SHAPES:
-    ms = _median_ms({name: _call(*variant, channels, size)
-                     for name, variant in LOWERINGS.items()})
+    measured = harness.measure(
+        [_variant(name, *variant, channels, size)
+         for name, variant in LOWERINGS.items()], repeats)
     chosen = conv_lowering(channels, (size, size), (3, 3), batch=BATCH)
-    rows.append({"size": size, "channels": channels, **ms,
+    rows.append({"size": size, "channels": channels,
+                 **{r["lowering"]: r["backward_ms"] for r in measured},
                  "conv_lowering": NAMES[chosen]})
-  device = f"{jax.devices()[0].device_kind} ({jax.default_backend()})"
-  meta = {"device": device, "cpu": report.cpu_name(),
-          "machine": platform.machine(), "repeats": _REPEATS.value,
-          "jax": jax.__version__}
-  out = Path(_OUT.value)
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "lowering.json").write_text(json.dumps({"meta": meta, "rows": rows},
-                                                indent=1))
+  return rows
+
+
+def render(run: dict) -> str:
+  """lowering.md from a run (as lowering.json holds it)."""
+  meta = run["meta"]
   lines = ["# patches_conv and winograd_conv against XLA's conv", "",
-           f"`python scripts/bench_lowering.py --repeats={_REPEATS.value}` "
-           f"on {device}, {meta['cpu']} ({meta['machine']}), jax "
-           f"{jax.__version__}. A 3x3 conv c -> c, batch {BATCH}, forward+"
-           "backward (gradients for input and kernel); medians of "
-           f"{_REPEATS.value} interleaved calls, each after an untimed one "
-           "of the same variant, freed blocks kept for the next call "
+           f"{harness.describe(meta)} A 3x3 conv c -> c, batch {BATCH}, "
+           "forward+backward (gradients for input and kernel), "
+           "freed blocks kept for the next call "
            "(`process.reuse_host_memory`); compiled without XLA's YNNPACK "
            "fusions "
            "(`process.compiler_options`), the last two columns with them (a "
@@ -122,16 +102,15 @@ def main(argv):
            "patches / XLA | winograd_conv ms | winograd / XLA | "
            "XLA conv with YNNPACK fusions ms | with / without | "
            "conv_lowering |", "|---|---|---|---|---|---|---|---|---|---|"]
-  for r in rows:
+  for r in run["rows"]:
     xla = r["XLA conv"]
     lines.append(
         f"| {r['size']}x{r['size']} | {r['channels']} | {xla:.2f} "
         f"| {r['patches_conv']:.2f} | {r['patches_conv'] / xla:.2f}x "
         f"| {r['winograd_conv']:.2f} | {r['winograd_conv'] / xla:.2f}x "
         f"| {r[YNN]:.2f} | {r[YNN] / xla:.2f}x | {r['conv_lowering']} |")
-  (out / "lowering.md").write_text("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
-  app.run(main)
+  harness.main(sys.modules[__name__])

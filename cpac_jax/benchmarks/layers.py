@@ -1,7 +1,7 @@
 """Forward and forward+backward time of the factorized layers against the
 fastest dense Flax layer of the same shape, measured in one run.
 
-  python scripts/bench_layers.py [--repeats=30] [--render_only]
+  python -m cpac_jax.benchmarks.layers [--repeats=30] [--render_only]
 
 Shapes: 3x3 convs 64->64 on 32x32 and 256->256 on 16x16 (batch 32), and
 784->300 (batch 128), the shapes `auto`'s INTERMEDIATE_COST was fitted to;
@@ -13,10 +13,8 @@ TuckerDense. Then shapes the fit never saw, to
 check `auto` on them: a 3x3 conv 32->128 on 28x28 (batch 16), a 5x5 conv
 96->96 on 12x12 (batch 32), and 1024->512 as (32, 32)->(16, 32) (batch
 64; TTDense (4, 8, 4, 8) -> (4, 4, 4, 8)). Every layer runs each
-implementation (auto, factorized, reconstructed). Each figure is the median
-of `repeats` timed calls after compilation, the variants of one shape
-interleaved so machine noise hits all alike, each timed call right after
-an untimed one of the same variant; times are
+implementation (auto, factorized, reconstructed), timed by the
+harness's protocol (`harness.measure`); times are
 reported relative to the fastest dense layer of the shape (a conv's dense
 layer runs on XLA's conv and, where `conv_lowering` picks another lowering
 for the shape, through that too), with the multiply-adds each path needs,
@@ -26,31 +24,19 @@ blocks kept for the next call (`process.reuse_host_memory`). Writes
 experiments/benchmarks/layers.{md,json}.
 """
 
-import functools
-import json
 import math
-import platform
-import statistics
-import time
-from pathlib import Path
+import sys
 
 import jax
-import jax.numpy as jnp
-from absl import app, flags
 from flax import nnx
 from jax import lax
 
 import cpac_jax as cj
-from cpac_jax import process, report
+from cpac_jax.benchmarks import harness
 from cpac_jax.functional import INTERMEDIATE_COST, choose
 from cpac_jax.functional.conv import conv_lowering
 
-_REPEATS = flags.DEFINE_integer("repeats", 30, "timed calls per variant")
-_OUT = flags.DEFINE_string("out", "experiments/benchmarks",
-                           "folder for layers.{md,json}")
-_RENDER_ONLY = flags.DEFINE_bool(
-    "render_only", False, "rewrite layers.md from the layers.json in --out "
-    "(its prose, after a change to this script), timing nothing")
+NAME, REPEATS, PACKAGES = "layers", 30, ()
 # Rank fractions (their labels); the compression each gives is in the table.
 FRACTIONS = {"f=0.5": 0.5, "f=0.1": 0.1, "f=0.015": 0.015}
 IMPLEMENTATIONS = ("auto", "factorized", "reconstructed")
@@ -113,28 +99,6 @@ def _cases():
                      ((4, 8, 4, 8), (4, 4, 4, 8)), rngs), False
 
 
-def _timers(layer, x):
-  graphdef, params = nnx.split(layer)
-  jit = functools.partial(jax.jit, compiler_options=process.compiler_options())
-  forward = jit(lambda p, x: nnx.merge(graphdef, p)(x))
-  backward = jit(jax.grad(
-      lambda p, x: jnp.sum(nnx.merge(graphdef, p)(x) ** 2)))
-  timers = {}
-  for name, fn in (("forward", forward), ("forward+backward", backward)):
-    jax.block_until_ready(fn(params, x))  # compile
-
-    def timed(fn=fn):
-      # After an untimed call of its own: a call that follows another
-      # variant's runs cold, which would charge the variant order.
-      jax.block_until_ready(fn(params, x))
-      start = time.perf_counter()
-      jax.block_until_ready(fn(params, x))
-      return time.perf_counter() - start
-
-    timers[name] = timed
-  return timers
-
-
 def _auto_summary(rows, fitted: bool) -> list[str]:
   """For each auto row of the shapes INTERMEDIATE_COST was (or, with not
   `fitted`, wasn't) fitted to: the path it took, the faster of the two by
@@ -193,68 +157,44 @@ def _auto_summary(rows, fitted: bool) -> list[str]:
   return lines
 
 
-def main(argv):
-  del argv
-  out = Path(_OUT.value)
-  if _RENDER_ONLY.value:
-    run = json.loads((out / "layers.json").read_text())
-    _write_table(run["meta"], run["rows"], out)
-    return
-  process.reuse_host_memory()  # as cpac_jax's command lines run
-  rows, references = [], {}
+def rows(repeats: int) -> list[dict]:
+  rows = []
   for shape, denses, x, variants, fitted in _cases():
-    timers = {name: _timers(layer, x) for name, layer in denses + variants}
-    samples = {name: {k: [] for k in t} for name, t in timers.items()}
-    for _ in range(_REPEATS.value):
-      for name, t in timers.items():
-        for kind, timed in t.items():
-          samples[name][kind].append(timed())
-    medians = {name: {k: statistics.median(v) for k, v in kinds.items()}
-               for name, kinds in samples.items()}
+    measured = harness.measure(
+        [harness.Variant({"shape": shape, "variant": name, "fitted": fitted},
+                         lambda layer=layer, x=x: harness.layer_calls(layer, x))
+         for name, layer in denses + variants], repeats)
+    by_name = {row["variant"]: row for row in measured}
     # Every ratio is against the fastest dense of the shape (fwd+bwd).
-    reference = min((name for name, _ in denses),
-                    key=lambda name: medians[name]["forward+backward"])
-    references[shape] = reference
+    reference = by_name[min((name for name, _ in denses),
+                            key=lambda name: by_name[name]["backward_ms"])]
     dense_params = cj.count_params(denses[0][1])
     for name, layer in denses + variants:
+      row = by_name[name]
       flops = layer.flops(x.shape) if hasattr(layer, "flops") else {}
-      rows.append({
-          "shape": shape, "variant": name, "fitted": fitted,
+      row.update({
+          "dense_reference": reference["variant"],
           "params": cj.count_params(layer),
           "compression": dense_params / cj.count_params(layer),
           "rank": getattr(layer, "rank", None),
-          "forward_vs_dense": medians[name]["forward"]
-                              / medians[reference]["forward"],
-          "backward_vs_dense": medians[name]["forward+backward"]
-                               / medians[reference]["forward+backward"],
-          "forward_ms": 1e3 * medians[name]["forward"],
-          "backward_ms": 1e3 * medians[name]["forward+backward"],
+          "forward_vs_dense": row["forward_ms"] / reference["forward_ms"],
+          "backward_vs_dense": row["backward_ms"] / reference["backward_ms"],
           "flops_vs_dense": {k: flops[k] / flops["dense"]
                              for k in ("factorized", "reconstructed")
                              if k in flops},
           "auto_path": (choose("auto", flops) if name.endswith(" auto")
                         else None),
       })
-  device = f"{jax.devices()[0].device_kind} ({jax.default_backend()})"
-  meta = {"device": device, "machine": platform.machine(),
-          "cpu": report.cpu_name(), "repeats": _REPEATS.value,
-          "jax": jax.__version__, "dense_references": references}
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "layers.json").write_text(json.dumps({"meta": meta, "rows": rows},
-                                              indent=1, default=str))
-  _write_table(meta, rows, out)
+      rows.append(row)
+  return rows
 
 
-def _write_table(meta, rows, out: Path):
-  """layers.md from a run's meta and rows (as layers.json holds them)."""
-  device, references = meta["device"], meta["dense_references"]
+def render(run: dict) -> str:
+  """layers.md from a run (as layers.json holds it)."""
+  meta, rows = run["meta"], run["rows"]
   lines = ["# Factorized layers against dense: time and multiply-adds", "",
-           f"`python scripts/bench_layers.py --repeats={meta['repeats']}` "
-           f"on {device}, {meta['cpu']} ({meta['machine']}), jax "
-           f"{meta['jax']}. Medians of "
-           f"{meta['repeats']} interleaved calls after compilation, each "
-           "after an untimed one of the same variant; every layer compiled "
-           "as cpac_jax's training compiles its steps "
+           f"{harness.describe(meta)} Every layer compiled as "
+           "cpac_jax's training compiles its steps "
            "(`process.compiler_options`), freed blocks kept for the next call "
            "(`process.reuse_host_memory`). Times are relative to the fastest "
            "dense layer of the same shape in the same run (forward+backward; "
@@ -262,12 +202,13 @@ def _write_table(meta, rows, out: Path):
            "or the same conv through the lowering `conv_lowering` picks), "
            "multiply-adds to the dense op's direct count.", ""]
   for shape in dict.fromkeys(r["shape"] for r in rows):
+    group = [r for r in rows if r["shape"] == shape]
     lines += [f"## {shape}", "",
-              f"Dense reference: `{references[shape]}`.", "",
+              f"Dense reference: `{group[0]['dense_reference']}`.", "",
               "| variant | rank | params | compression | forward time "
               "| fwd+bwd time | multiply-adds (factorized / reconstructed) |",
               "|---|---|---|---|---|---|---|"]
-    for r in (r for r in rows if r["shape"] == shape):
+    for r in group:
       flops = r["flops_vs_dense"]
       flops_cell = (f"{flops['factorized']:.3f} / {flops['reconstructed']:.3f}"
                     if flops else "1")
@@ -280,9 +221,8 @@ def _write_table(meta, rows, out: Path):
     lines.append("")
   lines += _auto_summary(rows, fitted=True) + _auto_summary(rows,
                                                             fitted=False)
-  (out / "layers.md").write_text("\n".join(lines))
-  print(f"wrote {out / 'layers.md'}")
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  harness.main(sys.modules[__name__])

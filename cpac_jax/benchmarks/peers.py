@@ -6,8 +6,8 @@ factorized paths also through `patches_conv`; the reconstructed path runs
 (XLA's conv, `patches_conv` and `winograd_conv`).
 
   pip install -e ".[bench]"
-  python scripts/bench_peers.py [--repeats=10] [--sections=layers,cpac,vgg16]
-      [--host_memory=reuse|default]
+  python -m cpac_jax.benchmarks.peers [--repeats=10]
+      [--sections=layers,cpac,vgg16] [--host_memory=reuse|default]
 
 Sections:
   layers: forward and forward+backward (the gradient of sum(y^2) with
@@ -32,88 +32,55 @@ The process keeps the blocks it frees for the next call
 (`process.reuse_host_memory`, as cpac_jax's command lines run; PyTorch's
 rows share it), unless --host_memory=default: with glibc's defaults a call
 whose temporaries need over 32 MiB maps and faults them in afresh, which
-scripts/bench_host_memory.py measures. Each figure also records the page
+`cpac_jax.benchmarks.host_memory` measures. Each figure also records the page
 faults a timed call took.
-Each figure is the median of `repeats` timed calls after two warm-up calls,
-all the variants of one shape interleaved, in a new (seeded) order each
-round, so that machine noise hits them alike, each timed call right after
-an untimed one of the same variant (a call that follows another variant's
-runs cold). A peer path that raises is
-reported with its error; one whose first call takes over --slow_s seconds
-is reported with that time and not timed further. Writes
-experiments/benchmarks/peers.{md,json}.
+Timed by the harness's protocol (`harness.measure`: interleaved, in a
+new order each round, each timed call after an untimed one of the same
+variant); a peer path that raises is reported with its error, one whose
+second warm-up call takes over --slow_s seconds with that time, and not
+timed further. Writes experiments/benchmarks/peers.{md,json}.
 """
 
-import functools
 import json
 import math
 import os
-import platform
-import random
-import resource
-import statistics
-import time
-from importlib import metadata
+import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 from absl import app, flags
 from flax import nnx
 
 import cpac_jax as cj
-from cpac_jax import models, process, report, train
+from cpac_jax.benchmarks import harness
 from cpac_jax.layers import patches_conv, winograd_conv
 
-try:
-  import tltorch
-  import torch
-except ImportError as error:  # pragma: no cover - a missing extra
-  raise SystemExit(
-      f"bench_peers needs the bench extra ({error}): "
-      'pip install -e ".[bench]"') from error
+# The bench extra, imported by `prepare` (rendering needs none of it).
+torch = tltorch = torch_models = None
 
-_REPEATS = flags.DEFINE_integer("repeats", 10, "timed calls per variant")
+NAME, REPEATS = "peers", 10
+PACKAGES = ("torch", "tensorly", "tensorly-torch")
 SECTIONS = ("layers", "cpac", "vgg16")
 _SECTIONS = flags.DEFINE_list("sections", list(SECTIONS),
                               f"which of {', '.join(SECTIONS)} to run")
 _THREADS = flags.DEFINE_integer("threads", os.cpu_count(),
                                 "PyTorch's intra-op threads")
-_SLOW = flags.DEFINE_float("slow_s", 5.0, "a first call slower than this is "
-                           "reported, not timed")
+_SLOW = flags.DEFINE_float("slow_s", 5.0, "a second warm-up call slower "
+                           "than this is reported, not timed")
 _HOST_MEMORY = flags.DEFINE_enum(
     "host_memory", "reuse", ["reuse", "default"],
     "reuse: glibc's malloc keeps freed blocks for the next call "
     "(`process.reuse_host_memory`, as cpac_jax's command lines run); "
     "default: glibc's defaults")
-_OUT = flags.DEFINE_string("out", "experiments/benchmarks",
-                           "folder for peers.{md,json}")
 FRACTIONS = {"2x": 0.5, "10x": 0.1, "66x": 0.015}
 OURS = {"CP": cj.layers.CPConv, "Tucker": cj.layers.TuckerConv,
         "TT": cj.layers.TTConv}
 PEER = {"CP": "cp", "Tucker": "tucker", "TT": "tt"}  # tltorch's names
 
 
-class Slow(Exception):
-  """A first call over --slow_s."""
-
-
 # -- timing ------------------------------------------------------------------
-
-def _jax_layer(layer, x):
-  """(forward, forward+backward) zero-argument calls of an nnx layer,
-  compiled as cpac_jax's training compiles its steps
-  (`process.compiler_options`)."""
-  graphdef, params = nnx.split(layer)
-  jit = functools.partial(jax.jit, compiler_options=process.compiler_options())
-  forward = jit(lambda p, x: nnx.merge(graphdef, p)(x))
-  backward = jit(jax.grad(
-      lambda p, x: jnp.sum(nnx.merge(graphdef, p)(x) ** 2)))
-  return (lambda: jax.block_until_ready(forward(params, x)),
-          lambda: jax.block_until_ready(backward(params, x)))
-
 
 def _torch_layer(module, x):
   def forward():
@@ -124,23 +91,23 @@ def _torch_layer(module, x):
     module.zero_grad(set_to_none=True)
     (module(x) ** 2).sum().backward()
 
-  return forward, backward
+  return {"forward": forward, "backward": backward}
 
 
 def _jax_step(model, x, y, learning_rate=1e-4):
-  """One jit-compiled Adam step of `model` (cpac_jax.train.make_step),
-  compiled as cpac_jax's training compiles it (`process.compiler_options`)."""
+  """One jit-compiled Adam step of `model` (`cj.train.make_step`), compiled
+  as cpac_jax's training compiles it (`cj.process.compiler_options`)."""
   model.train()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = optax.adam(learning_rate)
-  step = jax.jit(lambda *args: train.make_step(graphdef, tx)(*args)[:3],
-                 compiler_options=process.compiler_options())
+  step = jax.jit(lambda *args: cj.train.make_step(graphdef, tx)(*args)[:3],
+                 compiler_options=cj.process.compiler_options())
   state = [params, rest, tx.init(params)]
 
   def run():
     state[:] = jax.block_until_ready(step(*state, x, y))
 
-  return run
+  return {"step": run}
 
 
 def _torch_step(module, x, y, learning_rate=1e-4):
@@ -152,69 +119,7 @@ def _torch_step(module, x, y, learning_rate=1e-4):
     torch.nn.functional.cross_entropy(module(x), y).backward()
     optimizer.step()
 
-  return run
-
-
-def _warm(fn):
-  """Two warm-up calls (compilation, allocator); raises Slow if the
-  second is over --slow_s."""
-  fn()
-  start = time.perf_counter()
-  fn()
-  seconds = time.perf_counter() - start
-  if seconds > _SLOW.value:
-    raise Slow(f"{seconds:.1f} s a call")
-
-
-def _medians(calls: dict) -> tuple[dict, dict]:
-  """({key: median seconds}, {key: page faults a call}) over --repeats
-  interleaved rounds. Each timed
-  call follows an untimed call of the same variant: the first call after
-  another variant's (another library's above all) pays for the caches and
-  thread pools that one left, which would charge whichever variant comes
-  first (before this, `auto` took 1.3x the time of the very path it runs
-  at 66x, first of ours after tltorch's). What is left of that effect
-  falls on every variant alike: each round runs them in a new order
-  (seeded, so a rerun runs the same orders). The page faults are the
-  process's minor faults during the timed calls (memory mapped afresh)."""
-  samples = {key: [] for key in calls}
-  faults = dict.fromkeys(calls, 0)
-  order, rng = list(calls), random.Random(0)
-  for _ in range(_REPEATS.value):
-    rng.shuffle(order)
-    for key in order:
-      calls[key]()
-      before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-      start = time.perf_counter()
-      calls[key]()
-      samples[key].append(time.perf_counter() - start)
-      faults[key] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-  return ({key: statistics.median(v) for key, v in samples.items()},
-          {key: n / _REPEATS.value for key, n in faults.items()})
-
-
-def _measure(variants, kinds):
-  """variants: [(row, builder)], builder() -> one call per kind. Fills each
-  row's "{kind}_ms" (or "error"), timing all rows interleaved."""
-  calls = {}
-  for row, build in variants:
-    try:
-      fns = build()
-      for fn in fns:
-        _warm(fn)
-    except Slow as slow:
-      row["error"] = f"too slow to time: {slow}"
-    except Exception as error:  # a peer path that fails is a result
-      row["error"] = f"{type(error).__name__}: {str(error)[:160]}"
-    else:
-      calls.update({(id(row), kind): fn for kind, fn in zip(kinds, fns)})
-  medians, faults = _medians(calls)
-  for row, _ in variants:
-    for kind in kinds:
-      if (id(row), kind) in medians:
-        row[f"{kind}_ms"] = 1e3 * medians[(id(row), kind)]
-        row[f"{kind}_faults"] = faults[(id(row), kind)]
-  return [row for row, _ in variants]
+  return {"step": run}
 
 
 def _torch_params(module) -> int:
@@ -237,10 +142,10 @@ def _adder(variants, shape, x, xt):
       torch_side = isinstance(layer, torch.nn.Module)
       row["params"] = (_torch_params(layer) if torch_side
                        else cj.count_params(layer))
-      return (_torch_layer if torch_side else _jax_layer)(
+      return (_torch_layer if torch_side else harness.layer_calls)(
           layer, xt if torch_side else x)
 
-    variants.append((row, build))
+    variants.append(harness.Variant(row, build))
 
   return add
 
@@ -320,49 +225,6 @@ def _ttl_variants(batch=128):
 
 # -- training steps ----------------------------------------------------------
 
-class _TorchCPACNet(torch.nn.Module):
-  """The official CPAC-CNN two-conv net: 3x3 convs of 8 filters, no bias,
-  no padding, each then 2x2 max-pool and ReLU; FC 200->50->10."""
-
-  def __init__(self, conv):
-    super().__init__()
-    self.convs = torch.nn.ModuleList([conv(1, 8), conv(8, 8)])
-    self.fc1, self.fc2 = torch.nn.Linear(200, 50), torch.nn.Linear(50, 10)
-
-  def forward(self, x):
-    for conv in self.convs:
-      x = torch.relu(torch.nn.functional.max_pool2d(conv(x), 2))
-    return self.fc2(self.fc1(torch.flatten(x, 1)))
-
-
-class _OfficialCPConv(torch.nn.Module):
-  """The official code's CP conv (CPAC-CNN-GPU/conv_decomp_torch.py), for
-  one image: unfold its 3x3 patches, then for each rank contract them with
-  the channel, width and height factors and take the outer product with the
-  filter factor, summing over the ranks. Its factors here are random (the
-  official code takes CP-ALS of a random kernel; the cost is the same)."""
-
-  def __init__(self, cin, cout, rank=5, size=3):
-    super().__init__()
-    self.rank, self.size, self.cout = rank, size, cout
-    self.factors = torch.nn.ParameterList([torch.nn.Parameter(
-        torch.randn(n, rank) / 3) for n in (cout, size, size, cin)])
-
-  def forward(self, x):
-    (image,) = x  # (C, H, W): the official loop's batch of one
-    k = self.size
-    patches = image.unfold(1, k, 1).unfold(2, k, 1)  # (C, H', W', k, k)
-    c, h, w = patches.shape[:3]
-    patches = patches.reshape(c, h * w, k, k).permute(1, 2, 3, 0)
-    out, (f_out, f_h, f_w, f_in) = 0, self.factors
-    for r in range(self.rank):
-      y = torch.einsum("abcd,d->abc", patches, f_in[:, r])
-      y = torch.einsum("abc,c->ab", y, f_w[:, r])
-      y = torch.einsum("ab,b->a", y, f_h[:, r])
-      out = out + torch.einsum("a,b->ab", y, f_out[:, r])
-    return out.reshape(h, w, self.cout).permute(2, 0, 1)[None]
-
-
 def _tltorch_cp(path):
   return lambda cin, cout: tltorch.FactorizedConv(
       cin, cout, 3, order=2, factorization="cp", rank=5, implementation=path)
@@ -374,38 +236,20 @@ def _cpac_variants(batch):
   y = jax.random.randint(jax.random.key(2), (batch,), 0, 10)
   xt, yt = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
   nets = [
-      ("PyTorch", "dense", "dense", lambda: _TorchCPACNet(
+      ("PyTorch", "dense", "dense", lambda: torch_models.CPACNet(
           lambda i, o: torch.nn.Conv2d(i, o, 3, bias=False))),
-      *(("tltorch", path, "CP", lambda path=path: _TorchCPACNet(
+      *(("tltorch", path, "CP", lambda path=path: torch_models.CPACNet(
           _tltorch_cp(path))) for path in ("factorized", "reconstructed")),
-      *((("PyTorch", "official code's CP conv", "CP", lambda: _TorchCPACNet(
-          _OfficialCPConv)),) if batch == 1 else ()),
-      ("cpac_jax", "dense", "dense", lambda: models.CPACNet(
+      *((("PyTorch", "official code's CP conv", "CP",
+           lambda: torch_models.CPACNet(torch_models.OfficialCPConv)),)
+        if batch == 1 else ()),
+      ("cpac_jax", "dense", "dense", lambda: cj.models.CPACNet(
           factorization="dense", rngs=nnx.Rngs(0))),
-      *(("cpac_jax", path, "CP", lambda path=path: models.CPACNet(
+      *(("cpac_jax", path, "CP", lambda path=path: cj.models.CPACNet(
           factorization="cp", rank=5, implementation=path,
           rngs=nnx.Rngs(0))) for path in ("auto", "factorized",
                                           "reconstructed"))]
   return _step_variants("cpac", shape, nets, (x, y), (xt, yt), 60000 // batch)
-
-
-def _torch_vgg16(conv):
-  """VGG-16 with batch norm as `cpac_jax.models.VGG16`: `conv(cin, cout,
-  index)` makes each 3x3 conv."""
-  stages = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512,
-            "M", 512, 512, 512, "M"]
-  layers, channels = [], 3
-  for width in stages:
-    if width == "M":
-      layers.append(torch.nn.MaxPool2d(2))
-      continue
-    layers += [conv(channels, width, len(layers)),
-               torch.nn.BatchNorm2d(width), torch.nn.ReLU()]
-    channels = width
-  layers += [torch.nn.Flatten(), torch.nn.Linear(512, 512), torch.nn.ReLU(),
-             torch.nn.Linear(512, 512), torch.nn.ReLU(),
-             torch.nn.Linear(512, 10)]
-  return torch.nn.Sequential(*layers)
 
 
 def _vgg16_variants(batch=32):
@@ -418,7 +262,7 @@ def _vgg16_variants(batch=32):
     config = ml_collections.ConfigDict({
         "name": "vgg16", "factorization": factorization, "rank": rank,
         "implementation": "auto"})
-    return models.build(config, (32, 32, 3), 10, nnx.Rngs(0))
+    return cj.models.build(config, (32, 32, 3), 10, nnx.Rngs(0))
 
   def peer_conv(path):
     def conv(cin, cout, index):
@@ -430,9 +274,9 @@ def _vgg16_variants(batch=32):
     return conv
 
   nets = [
-      ("PyTorch", "dense", "dense", lambda: _torch_vgg16(
+      ("PyTorch", "dense", "dense", lambda: torch_models.vgg16(
           lambda i, o, _: torch.nn.Conv2d(i, o, 3, padding=1))),
-      *(("tltorch", path, "CP", lambda path=path: _torch_vgg16(
+      *(("tltorch", path, "CP", lambda path=path: torch_models.vgg16(
           peer_conv(path))) for path in ("factorized", "reconstructed")),
       ("cpac_jax", "dense", "dense", lambda: ours("dense", 4)),
       ("cpac_jax", "auto", "CP", lambda: ours("cp", 0.1)),
@@ -453,11 +297,11 @@ def _step_variants(section, shape, nets, batch, torch_batch, steps_per_epoch):
       net = make()
       if isinstance(net, torch.nn.Module):
         row["params"] = _torch_params(net)
-        return (_torch_step(net, *torch_batch),)
+        return _torch_step(net, *torch_batch)
       row["params"] = cj.count_params(net)
-      return (_jax_step(net, *batch),)
+      return _jax_step(net, *batch)
 
-    variants.append((row, build))
+    variants.append(harness.Variant(row, build))
   return variants
 
 
@@ -588,71 +432,75 @@ def _faithful_sweep(rows, out: Path) -> list[str]:
                        " min" for r in rows) + "."]
   sweep = out / "sweep.json"
   if sweep.exists():
-    measured = json.loads(sweep.read_text())
-    mode, seconds = min(((m, s) for m, s in measured["seconds"].items()
-                         if m != "official"), key=lambda item: item[1])
+    timed = [r for r in json.loads(sweep.read_text())["rows"]
+             if "runs" in r and r["mode"] != "reference"]
+    fastest = min(timed, key=lambda r: r["seconds"])
     lines[0] += (
         f" The sweep command itself, which fuses steps into one call "
         f"(`steps_per_call`) and trains a seed's models as one program "
-        f"(`--vectorize`), took {seconds:.0f} s for its {measured['runs']} "
-        f"runs in its fastest mode ({mode}), start-up and evaluation "
-        "included (sweep.md, measured separately).")
+        f"(`--vectorize`), took {fastest['seconds']:.0f} s for its "
+        f"{len(fastest['runs'])} runs in its fastest mode "
+        f"({fastest['mode']}), start-up and evaluation included (sweep.md, "
+        "measured separately).")
   return lines + [""]
 
 
-def main(argv):
-  del argv
+def settings() -> dict:
+  return {"sections": _SECTIONS.value, "threads": _THREADS.value,
+          "slow_s": _SLOW.value, "host_memory": _HOST_MEMORY.value}
+
+
+def prepare() -> None:
+  global torch, tltorch, torch_models
+  try:
+    import tltorch
+    import torch
+
+    from cpac_jax.benchmarks import torch_models
+  except ImportError as error:
+    raise app.UsageError(f"the peer benchmark needs the bench extra "
+                         f'({error}): pip install -e ".[bench]"') from error
   unknown = set(_SECTIONS.value) - set(SECTIONS)
   if unknown:
     raise app.UsageError(f"--sections: unknown {sorted(unknown)}; valid: "
                          f"{', '.join(SECTIONS)}")
-  if _HOST_MEMORY.value == "reuse" and not process.reuse_host_memory():
-    raise SystemExit("--host_memory=reuse needs glibc's malloc; rerun with "
-                     "--host_memory=default")
+  if (_HOST_MEMORY.value == "reuse"
+      and not cj.process.reuse_host_memory()):
+    raise app.UsageError("--host_memory=reuse needs glibc's malloc; rerun "
+                         "with --host_memory=default")
   torch.set_num_threads(_THREADS.value)
   torch.manual_seed(0)
+
+
+def rows(repeats: int) -> list[dict]:
+  def measure(variants):
+    return harness.measure(variants, repeats, slow_s=_SLOW.value)
+
   rows = []
   if "layers" in _SECTIONS.value:
     for variants in (_conv_variants(64, 64, 32, 32),
                      _conv_variants(256, 256, 16, 32), _ttl_variants()):
-      rows += _measure(variants, ("forward", "backward"))
+      rows += measure(variants)
   if "cpac" in _SECTIONS.value:
     for batch in (1, 64):
-      rows += _measure(_cpac_variants(batch), ("step",))
+      rows += measure(_cpac_variants(batch))
   if "vgg16" in _SECTIONS.value:
-    rows += _measure(_vgg16_variants(), ("step",))
-  versions = {name: metadata.version(name) for name in (
-      "jax", "flax", "torch", "tensorly", "tensorly-torch")}
-  meta = {"device": f"{jax.devices()[0].device_kind} "
-                    f"({jax.default_backend()})",
-          "machine": platform.machine(), "cpu": report.cpu_name(),
-          "cpu_count": os.cpu_count(),
-          "torch_threads": torch.get_num_threads(),
-          "repeats": _REPEATS.value, "host_memory": _HOST_MEMORY.value,
-          "versions": versions}
-  out = Path(_OUT.value)
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "peers.json").write_text(json.dumps({"meta": meta, "rows": rows},
-                                             indent=2))
-  command = " ".join(["python scripts/bench_peers.py",
-                      f"--repeats={_REPEATS.value}",
-                      f"--sections={','.join(_SECTIONS.value)}"]
-                     + ([f"--host_memory={_HOST_MEMORY.value}"]
-                        if _HOST_MEMORY.value != "reuse" else []))
+    rows += measure(_vgg16_variants())
+  return rows
+
+
+def render(run: dict) -> str:
+  """peers.md from a run (as peers.json holds it)."""
+  meta, rows = run["meta"], run["rows"]
+  reuse = meta["host_memory"] == "reuse"
   lines = ["# cpac_jax against PyTorch and TensorLy-Torch", "",
-           f"`{command}` on {meta['device']}, {meta['cpu']} "
-           f"({meta['machine']}), {meta['cpu_count']} CPUs; PyTorch on "
-           f"{meta['torch_threads']} threads, XLA on all; "
-           + ", ".join(f"{k} {v}" for k, v in versions.items())
-           + f". Median of {_REPEATS.value} calls after warm-up, the "
-           "variants of one shape interleaved in a new order each round, "
-           "each timed call after an untimed one of the same variant; our "
-           "layers and steps compiled as cpac_jax's training compiles its "
-           "steps (YNNPACK fusions off on the CPU). "
+           f"{harness.describe(meta)} PyTorch on {meta['threads']} threads, "
+           "XLA on all; the variants of one shape are a group. Our layers and "
+           "steps compiled as cpac_jax's "
+           "training compiles its steps (YNNPACK fusions off on the CPU). "
            + ("glibc's malloc keeps freed blocks for the next call "
               "(`process.reuse_host_memory`, as cpac_jax's command lines run; "
-              "for PyTorch too, the same process). "
-              if _HOST_MEMORY.value == "reuse" else
+              "for PyTorch too, the same process). " if reuse else
               "glibc's malloc at its defaults. ")
            + "Every ratio names its dense baseline, measured in this run.",
            ""]
@@ -667,10 +515,9 @@ def main(argv):
     if section_rows:
       lines += _step_table(section_rows, title)
     if section == "cpac":
-      lines += _faithful_sweep(section_rows, out)
-  (out / "peers.md").write_text("\n".join(lines))
-  print("\n".join(lines))
+      lines += _faithful_sweep(section_rows, harness.out_dir())
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  harness.main(sys.modules[__name__])

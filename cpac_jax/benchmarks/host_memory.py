@@ -1,11 +1,12 @@
 """What glibc's malloc costs a compiled step called again and again: the
-peer benchmark (scripts/bench_peers.py) run twice in this run, first with
+peer benchmark (`cpac_jax.benchmarks.peers`) run twice in this run, first with
 glibc's defaults, then with freed blocks kept for the next call
 (`process.reuse_host_memory`, as cpac_jax's command lines run), each row's
 median time and page faults a call side by side.
 
   pip install -e ".[bench]"
-  python scripts/bench_host_memory.py [--repeats=10] [--sections=layers,vgg16]
+  python -m cpac_jax.benchmarks.host_memory [--repeats=10]
+      [--sections=layers,vgg16]
 
 glibc maps a block over its mmap threshold (at most 32 MiB) with mmap and
 unmaps it on free, so a step whose temporaries need more (XLA's CPU runtime
@@ -24,33 +25,37 @@ import sys
 import tempfile
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
-_REPEATS = flags.DEFINE_integer("repeats", 10, "timed calls per variant")
-_SECTIONS = flags.DEFINE_list("sections", ["layers", "vgg16"],
-                              "bench_peers.py's sections to run")
-_OUT = flags.DEFINE_string("out", "experiments/benchmarks",
-                           "folder for host_memory.{md,json}")
+from cpac_jax.benchmarks import harness, peers  # noqa: F401 (--sections)
+
+NAME, REPEATS, PACKAGES = "host_memory", 10, ("torch", "tensorly-torch")
 MODES = ("default", "reuse")
 KEY = ("shape", "library", "factorization", "budget", "variant")
 FAULTING = 100  # page faults a call
 
 
-def _run(mode: str, scratch: Path) -> dict:
+def settings() -> dict:
+  return {"sections": flags.FLAGS.sections}
+
+
+def prepare() -> None:
+  """Nothing: the two settings run in processes of their own."""
+
+
+def _run(mode: str, repeats: int, scratch: Path) -> dict:
   out = scratch / mode
   subprocess.run(
-      [sys.executable, str(Path(__file__).with_name("bench_peers.py")),
-       f"--repeats={_REPEATS.value}",
-       f"--sections={','.join(_SECTIONS.value)}", f"--host_memory={mode}",
-       f"--out={out}"], check=True, stdout=subprocess.DEVNULL)
+      [sys.executable, "-m", "cpac_jax.benchmarks.peers",
+       f"--repeats={repeats}", f"--sections={','.join(flags.FLAGS.sections)}",
+       f"--host_memory={mode}", f"--out={out}"], check=True,
+      stdout=subprocess.DEVNULL)
   return json.loads((out / "peers.json").read_text())
 
 
-def main(argv):
-  del argv
+def rows(repeats: int) -> list[dict]:
   with tempfile.TemporaryDirectory() as scratch:
-    runs = {mode: _run(mode, Path(scratch)) for mode in MODES}
-  meta = runs["reuse"]["meta"]
+    runs = {mode: _run(mode, repeats, Path(scratch)) for mode in MODES}
   rows = []
   for default, reuse in zip(runs["default"]["rows"], runs["reuse"]["rows"]):
     assert [default[k] for k in KEY] == [reuse[k] for k in KEY]
@@ -61,10 +66,7 @@ def main(argv):
                  **{f"{mode}_{field}": run[f"{kind}_{field}"]
                     for mode, run in (("default", default), ("reuse", reuse))
                     for field in ("ms", "faults")}})
-  command = ("python scripts/bench_host_memory.py "
-             f"--repeats={_REPEATS.value} "
-             f"--sections={','.join(_SECTIONS.value)}")
-  _write(Path(_OUT.value), meta, command, rows)
+  return rows
 
 
 def _spread(rows) -> str:
@@ -75,15 +77,16 @@ def _spread(rows) -> str:
           f"{ratios[0]:.2f}x to {ratios[-1]:.2f}x")
 
 
-def _write(out: Path, meta: dict, command: str, rows: list) -> None:
+def render(run: dict) -> str:
+  """host_memory.md from a run (as host_memory.json holds it)."""
+  meta, rows = run["meta"], run["rows"]
   faulting = [r for r in rows if r["default_faults"] > FAULTING]
   lines = [
       "# Host memory: glibc's defaults against freed blocks kept", "",
-      f"`{command}` on {meta['device']}, {meta['cpu']}, {meta['cpu_count']} "
-      f"CPUs, PyTorch on {meta['torch_threads']} threads. "
-      "scripts/bench_peers.py's rows (forward+backward of a layer, or a "
-      "training step), median of "
-      f"{meta['repeats']} calls, run twice: with glibc's malloc at its "
+      f"{harness.describe(meta)} The peer benchmark's rows "
+      "(`cpac_jax.benchmarks.peers`, PyTorch on all CPUs: forward+backward "
+      "of a layer, or a training step), run twice: with glibc's malloc at "
+      "its "
       "defaults, then keeping freed blocks for the next call "
       "(`process.reuse_host_memory`), in two processes one after the other. "
       "Faults: the process's minor page faults a timed call.", "",
@@ -102,12 +105,8 @@ def _write(out: Path, meta: dict, command: str, rows: list) -> None:
         f"{r['library']} | {r['variant']} | {r['default_ms']:.2f} | "
         f"{r['default_faults']:,.0f} | {r['reuse_ms']:.2f} | "
         f"{r['reuse_faults']:,.0f} | {r['reuse_ms'] / r['default_ms']:.2f}x |")
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "host_memory.json").write_text(
-      json.dumps({"meta": meta, "command": command, "rows": rows}, indent=2))
-  (out / "host_memory.md").write_text("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
-  app.run(main)
+  harness.main(sys.modules[__name__])
