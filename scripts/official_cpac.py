@@ -208,8 +208,9 @@ def _run(name: str, setting: str, seed: int, epochs: int,
   if log is not None:
     log.write_text("".join(f"\n{line}\n\n" for line in lines))
   record_path = workdir / "record.json"  # kept beside the checkpoint
-  seconds = (json.loads(record_path.read_text()).get("epoch_seconds", [])
-             if record_path.exists() else [])
+  before = (json.loads(record_path.read_text()) if record_path.exists()
+            else {})
+  seconds = before.get("epoch_seconds", [])
   record = {
       "official_code": f"wyn430/CPAC-CNN {COMMIT}",
       "patch": PATCH.name,
@@ -225,6 +226,8 @@ def _run(name: str, setting: str, seed: int, epochs: int,
       "epoch_seconds": (seconds + [None] * done)[:done],
       "test_lines": lines,
       "versions": versions(),
+      **({"failed_launches": before["failed_launches"]}
+         if "failed_launches" in before else {}),
   }
 
   def mirror() -> None:
