@@ -16,7 +16,7 @@ from cpac_jax.layers import count_params
 
 _LAZY = ("checkpoint", "config", "data", "distributed", "extensions",
          "interpret", "models", "optimizers", "process", "report", "rundir",
-         "sweep", "train", "vectorized")
+         "stats", "sweep", "train", "vectorized")
 
 __all__ = ["compress", "compression", "count_params", "functional", "layers",
            "tensor", *_LAZY]

@@ -10,7 +10,6 @@ README's table is always the one the code produced.
 """
 
 import json
-import math
 import platform
 import re
 import statistics
@@ -23,9 +22,17 @@ import numpy as np
 from absl import app, flags
 from matplotlib.figure import Figure  # no pyplot: files only, no display
 from ml_collections import config_flags
-from scipy import stats
 
 from cpac_jax import cli, rundir
+from cpac_jax.stats import (
+    chance_best_of,
+    interval95,
+    joint_predictive,
+    mean_std,
+    percentile,
+    predictive_t,
+    seed_correlation,
+)
 from cpac_jax.config import expand, run_key
 
 __all__ = ["block", "chance_best_of", "cpu_name", "interval95",
@@ -112,105 +119,6 @@ def _setting(row: dict) -> str:
                    if "=" in p and p.split("=", 1)[0] not in _OWN_COLUMN)
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-  """Mean and sample standard deviation (ddof=1; 0 for one value)."""
-  std = statistics.stdev(values) if len(values) > 1 else 0.0
-  return statistics.fmean(values), std
-
-
-def interval95(values: list[float]) -> tuple[float, float] | None:
-  """The 95% Student-t interval of the mean of `values`; None for fewer
-  than two."""
-  if len(values) < 2:
-    return None
-  mean, std = _mean_std(values)
-  half = stats.t.ppf(0.975, len(values) - 1) * std / math.sqrt(len(values))
-  return mean - half, mean + half
-
-
-def percentile(values: list[float], value: float) -> float:
-  """Where `value` falls among `values`, in percent: the share below it,
-  ties counted half."""
-  below = sum(v < value for v in values) + 0.5 * sum(v == value
-                                                     for v in values)
-  return 100 * below / len(values)
-
-
-def predictive_t(values: list[float], value: float
-                 ) -> tuple[float, float] | None:
-  """How `value` sits as one more draw from the normal population that
-  `values` came from: the predictive t, (value - mean) / (std * sqrt(1 +
-  1/n)), on n - 1 degrees of freedom, and its two-sided p. None for fewer
-  than two values or no spread.
-
-  Example:
-    >>> t, p = predictive_t([0.97, 0.98, 0.99], 0.98)
-    >>> round(t, 6), round(p, 6)
-    (0.0, 1.0)
-  """
-  if len(values) < 2:
-    return None
-  mean, std = _mean_std(values)
-  if std == 0:
-    return None
-  t = (value - mean) / (std * math.sqrt(1 + 1 / len(values)))
-  return t, float(2 * stats.t.sf(abs(t), len(values) - 1))
-
-
-def joint_predictive(pairs: list[tuple[list[float], float]], rho: float = 0.0
-                     ) -> tuple[float, float, int] | None:
-  """Stouffer's combination of `predictive_t` over settings: each
-  setting's t turned into the normal z of the same one-sided tail, summed
-  over the k settings and divided by the sum's standard deviation,
-  sqrt(k + k (k - 1) rho) for z's of mean pairwise correlation `rho` (0:
-  independent settings); returns (z, two-sided p, k). A large z says the
-  single values sit above their populations in the same direction across
-  settings. None when no setting has a predictive t."""
-  zs = []
-  for values, value in pairs:
-    found = predictive_t(values, value)
-    if found is not None:
-      zs.append(stats.norm.ppf(stats.t.cdf(found[0], len(values) - 1)))
-  if not zs:
-    return None
-  k = len(zs)
-  z = float(sum(zs) / math.sqrt(k + k * (k - 1) * rho))
-  return z, float(2 * stats.norm.sf(abs(z))), k
-
-
-def seed_correlation(by_seed: list[dict[int, float]]) -> float | None:
-  """The mean, over pairs of settings, of the correlation across seeds
-  between their runs ({seed: value} per setting, the seeds they share):
-  how much one seed (its data order, its draws) moves all settings alike.
-  None with fewer than two settings or three shared seeds."""
-  seeds = sorted(set.intersection(*(set(s) for s in by_seed))) if by_seed \
-      else []
-  if len(by_seed) < 2 or len(seeds) < 3:
-    return None
-  rows = [[setting[s] for s in seeds] for setting in by_seed]
-  rhos = [stats.pearsonr(a, b)[0] for i, a in enumerate(rows)
-          for b in rows[i + 1:] if min(statistics.stdev(a),
-                                       statistics.stdev(b)) > 0]
-  return float(statistics.fmean(rhos)) if rhos else None
-
-
-def chance_best_of(values: list[float], value: float, k: int) -> float | None:
-  """The chance that the best of k more runs reaches `value`, each run a
-  draw from the normal population `values` came from: 1 - (1 - q)^k, q
-  the one-sided predictive tail P(run >= value) (`predictive_t`). None
-  where `predictive_t` is.
-
-  Example:
-    >>> round(chance_best_of([0.97, 0.98, 0.99], 0.98, 2), 6)
-    0.75
-  """
-  found = predictive_t(values, value)
-  if found is None:
-    return None
-  q = float(stats.t.sf(found[0], len(values) - 1))
-  return 1 - (1 - q) ** k
-
-
 def summarize(rows: list[dict]) -> list[dict]:
   """One entry per (init, factorization, rank, setting) with statistics
   over seeds; by init, dense last, the others from fewest parameters up.
@@ -234,8 +142,8 @@ def summarize(rows: list[dict]) -> list[dict]:
         "layer_compression": float(group[0]["layer_compression"]),
         "finals": finals, "bests": bests,
         "by_seed": {int(r["seed"]): float(r["test_accuracy"]) for r in group},
-        "accuracy": _mean_std(finals), "interval": interval95(finals),
-        "best_accuracy": _mean_std(bests),
+        "accuracy": mean_std(finals), "interval": interval95(finals),
+        "best_accuracy": mean_std(bests),
         "best_epoch": statistics.median(epochs) if epochs else None,
         "test_loss": (statistics.fmean(losses) if len(losses) == len(group)
                       else None),
@@ -299,11 +207,11 @@ def _table(summary: list[dict], paper: dict, paper_loss: dict,
   return "\n".join(lines) + _joint_note(summary, paper)
 
 
-def _spread(mean_std: tuple[float, float], n: int) -> str:
+def _spread(spread: tuple[float, float], n: int) -> str:
   """"mean ± std", or "value (n = 1)" where one run has no spread."""
   if n == 1:
-    return f"{mean_std[0]:.4f} (n = 1)"
-  return "{:.4f} ± {:.4f}".format(*mean_std)
+    return f"{spread[0]:.4f} (n = 1)"
+  return "{:.4f} ± {:.4f}".format(*spread)
 
 
 def _joint_note(summary: list[dict], paper: dict) -> str:

@@ -29,7 +29,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from configs import compress_fashion_mnist
-from cpac_jax import report, rundir
+from cpac_jax import report, rundir, stats
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDER = ROOT / "experiments" / "compress_fashion_mnist"
@@ -59,21 +59,11 @@ TUCKER_OF = {CP: TUCKER, CP_SCRATCH: SCRATCH}
 
 def _gap(ours: dict, theirs: dict) -> str:
   """Paired gap in points, mean and 95% interval, over shared seeds."""
-  seeds = sorted(set(ours) & set(theirs))
-  gaps = [100 * (ours[s] - theirs[s]) for s in seeds]
-  if not gaps:
-    return "-"
-  interval = report.interval95(gaps)
-  text = f"{statistics.fmean(gaps):+.2f}"
-  if interval:
-    text += f" [{interval[0]:+.2f}, {interval[1]:+.2f}]"
-  return text
+  return stats.gap_text(stats.paired_gaps(ours, theirs))
 
 
 def _cell(by_seed: dict) -> str:
-  values = list(by_seed.values())
-  std = statistics.stdev(values) if len(values) > 1 else 0.0
-  return f"{statistics.fmean(values):.4f} ± {std:.4f} (n={len(values)})"
+  return stats.mean_std_text(list(by_seed.values()))
 
 
 def collect(rows: list[dict]) -> tuple[dict, dict]:

@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 from configs import cpac_mnist
-from cpac_jax import report, rundir
+from cpac_jax import report, rundir, stats
 from cpac_jax.config import expand
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,9 +110,7 @@ def _names(settings: list[str]) -> str:
 
 def _paired(diffs: list[float]) -> str:
   """'+0.30 [+0.12, +0.48] points, n = 12'."""
-  low, high = report.interval95(diffs)
-  return (f"{statistics.fmean(diffs):+.2f} [{low:+.2f}, {high:+.2f}] points, "
-          f"n = {len(diffs)}")
+  return f"{stats.gap_text(diffs)} points, n = {len(diffs)}"
 
 
 def above_all(column: str = "test_accuracy") -> list[str]:
@@ -280,12 +278,9 @@ def _paper() -> tuple[dict, dict]:
 
 
 def _stat(values: list[float]) -> str:
-  if not values:
-    return "-"
   if len(values) == 1:
     return f"{values[0]:.4f} (n=1)"
-  mean, std = statistics.fmean(values), statistics.stdev(values)
-  return f"{mean:.4f} ± {std:.4f} (n={len(values)})"
+  return stats.mean_std_text(values)
 
 
 def official_table(runs: list[dict]) -> str:
@@ -305,7 +300,7 @@ def official_table(runs: list[dict]) -> str:
     twenty = [r for r in runs if r["setting"] == setting
               and len(r["history"]) >= 20]
     at10 = [r["history"][9][0] for r in ten]
-    found = report.predictive_t(at10, paper[setting])
+    found = stats.predictive_t(at10, paper[setting])
     cells = [
         setting, f"{paper[setting]:.4f} ({paper_loss[setting]:.4f})",
         _stat(at10),
@@ -340,7 +335,7 @@ SELECTION_KS = (1, 5, 10, 20)
 def selection_table() -> str:
   """What keeping the best of k runs would give, from our runs: the chance
   that the best of k runs like ours reaches the paper's number, final and
-  best epoch (`report.chance_best_of`)."""
+  best epoch (`stats.chance_best_of`)."""
   paper, _ = _paper()
   finals, bests = _ours(), _ours("best_test_accuracy")
   ks = " / ".join(map(str, SELECTION_KS))
@@ -352,13 +347,13 @@ def selection_table() -> str:
              f"{statistics.fmean(finals[setting]):.4f}, "
              f"{max(finals[setting]):.4f}"]
     for values in (finals[setting], bests[setting]):
-      chances = [report.chance_best_of(values, paper[setting], k)
+      chances = [stats.chance_best_of(values, paper[setting], k)
                  for k in SELECTION_KS]
       cells.append(" / ".join("-" if c is None else f"{c:.2f}"
                               for c in chances))
     lines.append("| " + " | ".join(cells) + " |")
   above = above_all()
-  together = {k: math.prod(report.chance_best_of(finals[s], paper[s], k)
+  together = {k: math.prod(stats.chance_best_of(finals[s], paper[s], k)
                            for s in above) for k in SELECTION_KS[-2:]}
   return "\n".join(lines) + (
       f"\n\nThat the best of k reaches the paper at all of {_names(above)} "
@@ -424,7 +419,7 @@ def epochs20_block() -> str:
     same += [abs(history[setting, s][10]
                  - float(short[setting][s]["test_accuracy"]))
              for s in seeds if s in short.get(setting, {})]
-    t20, tbest = (report.predictive_t(v, paper[setting]) for v in (at20, best))
+    t20, tbest = (stats.predictive_t(v, paper[setting]) for v in (at20, best))
     lines.append(
         f"| {setting} | {len(seeds)} | {paper[setting]:.4f} | {_stat(at10)} | "
         f"{_stat(at20)} | "
@@ -454,12 +449,12 @@ def summary() -> str:
   finals, default = _ours(), _rows(init="")
   above = above_all()
   official = _rows()
-  rho = report.seed_correlation([{seed: float(r["test_accuracy"])
+  rho = stats.seed_correlation([{seed: float(r["test_accuracy"])
                                   for seed, r in official[s].items()}
                                  for s in _order(official)])
-  joint = report.joint_predictive(
+  joint = stats.joint_predictive(
       [(finals[s], paper[s]) for s in _order(finals)], max(rho or 0.0, 0.0))
-  chances = [report.chance_best_of(finals[s], paper[s], 10) for s in above]
+  chances = [stats.chance_best_of(finals[s], paper[s], 10) for s in above]
   exact = [e["rank"] for e in json.loads(
       (EXPERIMENT / "official_parafac.json").read_text())["by_rank"]
            if max(e["factor_gap"]) < 1e-6]

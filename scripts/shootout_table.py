@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 from matplotlib.figure import Figure
 
-from cpac_jax import report
+from cpac_jax import report, stats
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ROOT / "experiments/benchmarks/shootout_steps.json"
@@ -114,15 +114,11 @@ def collect(rows: list[dict], net: Net):
 
 def _interval(values: list[float], points: bool = False) -> str:
   """The 95% interval of the mean: accuracies to 4 places, points to 2."""
-  interval = report.interval95(values)
+  interval = stats.interval95(values)
   if not interval:
     return "-"
   low, high = interval
   return f"[{low:+.2f}, {high:+.2f}]" if points else f"[{low:.4f}, {high:.4f}]"
-
-
-def _gaps(ours: dict, theirs: dict) -> list[float]:
-  return [100 * (ours[s] - theirs[s]) for s in sorted(set(ours) & set(theirs))]
 
 
 def step_ratios(config: str, net: Net) -> dict:
@@ -177,8 +173,7 @@ def table(rows: list[dict], net: Net, steps: dict | None = None) -> str:
          if steps else "training time vs dense |"),
       "|---|---|---:|---:|---|---|---|---:|",
       f"| 1 | {net.dense} | {net.dense_weights:,} | 1.0x | "
-      f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f} "
-      f"(n={len(values)}) | {_interval(values)} | | "
+      f"{stats.mean_std_text(values)} | {_interval(values)} | | "
       f"{time_cell([dense_seconds], ('dense', None))} |"]
   winners = []
   for budget in sorted({b for b, _ in groups}, reverse=True):
@@ -186,23 +181,20 @@ def table(rows: list[dict], net: Net, steps: dict | None = None) -> str:
     for family in present:
       group = groups[(budget, family)]
       acc = list(group["acc"].values())
-      gaps = _gaps(group["acc"], dense)
-      gap = (f"{statistics.fmean(gaps):+.2f} {_interval(gaps, True)}" if gaps
-             else "-")
+      gaps = stats.paired_gaps(group["acc"], dense)
       lines.append(
           f"| {budget} | {net.labels[family]} | {group['weights']:,} | "
           f"{net.dense_weights / group['weights']:.1f}x | "
-          f"{statistics.fmean(acc):.4f} ± "
-          f"{statistics.stdev(acc) if len(acc) > 1 else 0:.4f} "
-          f"(n={len(acc)}) | {_interval(acc)} | {gap} | "
+          f"{stats.mean_std_text(acc)} | {_interval(acc)} | "
+          f"{stats.gap_text(gaps)} | "
           f"{time_cell(group['seconds'], (family, budget))} |")
     ranked = sorted(present, key=lambda f: -statistics.fmean(
         groups[(budget, f)]["acc"].values()))
     best, short = ranked[0], net.labels[ranked[0]].split(" (")[0]
     for other in ranked[1:]:  # the runner-up first
-      lead = _gaps(groups[(budget, best)]["acc"],
-                   groups[(budget, other)]["acc"])
-      interval = report.interval95(lead)
+      lead = stats.paired_gaps(groups[(budget, best)]["acc"],
+                               groups[(budget, other)]["acc"])
+      interval = stats.interval95(lead)
       clear = interval is not None and interval[0] > 0
       winners.append(
           (f"- budget {budget}: **{short}** leads " if other == ranked[1]

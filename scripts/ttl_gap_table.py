@@ -11,14 +11,13 @@ mean gap. Written into experiments/ttl_gap_<dataset>/README.md between
 `<!-- gap:begin -->` and `<!-- gap:end -->`, and printed.
 """
 
-import statistics
 import sys
 from pathlib import Path
 
 from flax import nnx
 
 from configs import ttl_gap_mnist as gap
-from cpac_jax import report, rundir
+from cpac_jax import report, rundir, stats
 from cpac_jax.config import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,17 +65,14 @@ def table(dataset: str) -> str:
                    f"{float(chosen['test_accuracy']):.4f} | not run yet | |")
       continue
     accuracies = [float(r["test_accuracy"]) for r in found]
-    mean = statistics.fmean(accuracies)
-    std = statistics.stdev(accuracies) if len(found) > 1 else 0.0
+    mean, std = stats.mean_std(accuracies)
     first = found[0]
     layer = _layer_weights(gap.one_run(test, gap.sweep_group(
         fields, rates[option], rates["dense twin"], [0])))
-    gaps = [100 * (float(r["test_accuracy"]) - twin[int(r["seed"])])
-            for r in found if int(r["seed"]) in twin]
-    gap_cell = "-"
-    if option != "dense twin" and len(gaps) > 1:
-      gap_cell = "{:+.2f} [{:+.2f}, {:+.2f}]".format(
-          statistics.fmean(gaps), *report.interval95(gaps))
+    gaps = stats.paired_gaps(
+        {int(r["seed"]): float(r["test_accuracy"]) for r in found}, twin)
+    gap_cell = ("-" if option == "dense twin" or len(gaps) < 2
+                else stats.gap_text(gaps))
     lines.append(
         f"| {option} | {first['rank'] or '-'} | {layer:,} | "
         f"{784 * 300 / layer:.2f}x | {rates[option]:g} | "

@@ -1,47 +1,10 @@
-"""The statistics the tables read the paper's single runs with."""
+"""Reports: results.csv to tables and plots, and the generated README
+blocks."""
 
-import math
 
-import numpy as np
 import pytest
-from scipy import stats
 
 from cpac_jax import report
-
-
-def test_predictive_t_is_the_t_of_one_more_draw():
-  values = [0.970, 0.972, 0.975, 0.971, 0.973]
-  t, p = report.predictive_t(values, 0.980)
-  mean, std = np.mean(values), np.std(values, ddof=1)
-  assert t == pytest.approx((0.980 - mean) / (std * math.sqrt(1 + 1 / 5)))
-  assert p == pytest.approx(2 * stats.t.sf(t, 4))
-  assert report.predictive_t([0.97], 0.98) is None
-  assert report.predictive_t([0.97, 0.97], 0.98) is None
-
-
-def test_joint_predictive_shrinks_as_the_settings_correlate():
-  pairs = [([0.0, 1.0, 2.0, 1.5, 0.5], 3.0)] * 4
-  alone, _, k = report.joint_predictive(pairs)
-  assert k == 4
-  one, _, _ = report.joint_predictive(pairs[:1])
-  assert alone == pytest.approx(2 * one)  # 4 equal z's over sqrt(4)
-  # Fully correlated settings carry one setting's evidence.
-  assert report.joint_predictive(pairs, rho=1.0)[0] == pytest.approx(one)
-
-
-@pytest.mark.parametrize("shift,expected", [(1.0, 1.0), (-1.0, -1.0)])
-def test_seed_correlation_of_settings_moving_together(shift, expected):
-  seeds = {0: 0.1, 1: 0.5, 2: 0.2, 3: 0.9}
-  moved = {s: shift * v for s, v in seeds.items()}
-  assert report.seed_correlation([seeds, moved]) == pytest.approx(expected)
-  assert report.seed_correlation([seeds]) is None
-
-
-def test_the_chance_that_the_best_of_k_reaches_a_value_rises_with_k():
-  values = [0.1, 0.4, 0.2, 0.3]
-  chances = [report.chance_best_of(values, 0.45, k) for k in (1, 5, 10)]
-  assert 0 < chances[0] < chances[1] < chances[2] < 1
-  assert report.chance_best_of([0.1], 0.45, 5) is None
 
 
 def test_block_refuses_markers_out_of_order(tmp_path):

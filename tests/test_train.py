@@ -412,17 +412,6 @@ def test_vectorized_sweep_refuses_runs_that_differ_in_more_than_rank_and_seed(
   assert not (tmp_path / "sweep" / "runs").exists()
 
 
-def test_percentile_counts_ties_half_and_interval_widens_with_fewer_seeds():
-  assert report.percentile([0.1, 0.2, 0.3, 0.4], 0.3) == 62.5
-  assert report.percentile([0.1, 0.2], 0.05) == 0.0
-  assert report.interval95([0.5]) is None
-  values = [0.97, 0.98, 0.975, 0.985, 0.972]
-  low, high = report.interval95(values)
-  assert low < sum(values) / 5 < high
-  narrow = report.interval95(values * 2)
-  assert narrow[1] - narrow[0] < high - low
-
-
 def test_magnetic_tile_sweep_trains_each_seed_on_its_own_split(
     magnetic_tile_dir, tmp_path):
   config = tiny(load_config("cpac_magnetic_tile_1layer"), magnetic_tile_dir,

@@ -23,8 +23,9 @@ from flax import nnx
 from matplotlib.figure import Figure  # no pyplot: files only, no display
 from scipy import stats
 
-from cpac_jax import data, layers, report, rundir, train
+from cpac_jax import data, layers, rundir, train
 from cpac_jax.config import base_config, build_model, setting
+from cpac_jax.stats import interval95
 from cpac_jax.interpret.importance import (
     factor_gradients,
     importance_from_gradients,
@@ -211,7 +212,7 @@ def paired_tests(result: dict) -> dict:
       continue
     gain = 100 * (_per_model(result, name)[:, 1:-1].mean(1) - random)
     n = len(gain)
-    interval = report.interval95(gain.tolist()) or (math.nan, math.nan)
+    interval = interval95(gain.tolist()) or (math.nan, math.nan)
     tests[name] = {
         "n": n, "mean_gain_points": float(gain.mean()),
         "std": float(gain.std(ddof=1)) if n > 1 else 0.0,

@@ -24,7 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: files only, no display
 from scipy import stats
 
-from cpac_jax import data, report, train
+from cpac_jax import data, train
 from cpac_jax.interpret.experiments import (
     importance_during_training,
     synthetic_config,
@@ -36,6 +36,7 @@ from cpac_jax.interpret.importance import (
     tucker_factor_importance,
 )
 from cpac_jax.interpret.significance import accuracy
+from cpac_jax.stats import interval95
 
 __all__ = ["ACCUMULATED", "DESIGNS", "Design", "redraw", "run", "summarize",
            "validate_dataset", "validate_design", "write"]
@@ -232,7 +233,7 @@ def _cell(values: list[float]) -> str:
   mean = float(np.mean(values))
   if len(values) < 2:
     return f"{mean:.2f}"
-  low, high = report.interval95(values)
+  low, high = interval95(values)
   return (f"{mean:.2f} ± {np.std(values, ddof=1):.2f} "
           f"[{low:.2f}, {high:.2f}]")
 
