@@ -9,16 +9,12 @@ from pathlib import Path
 import pytest
 from absl import app, flags
 
+from cpac_jax import report
 from cpac_jax.benchmarks import harness
+from cpac_jax.benchmarks.__main__ import RECORDS, block
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "experiments" / "benchmarks"
-# module -> the records it wrote (the sweep benchmark's name is a flag)
-RECORDS = {"decompositions": ["decompositions"], "host_memory": ["host_memory"],
-           "layers": ["layers"], "lowering": ["lowering"],
-           "macs_2x": ["macs_2x"], "peers": ["peers"],
-           "shootout": ["shootout_steps"], "sweep": ["sweep", "sweep_3seeds"],
-           "vgg16": ["vgg16_train_step"]}
 
 
 @pytest.fixture
@@ -145,6 +141,15 @@ def test_every_committed_table_is_its_record_rendered(module, parsed_flags):
         "--render_only" + (f" --name={name}" if module == "sweep" else ""))
 
 
+def test_the_readme_figures_are_the_records(parsed_flags):
+  """The benchmarks README's figures are generated from the records
+  (rewrite with `python -m cpac_jax.benchmarks`)."""
+  parsed_flags.out = str(BENCHMARKS)
+  assert report.block(BENCHMARKS / "README.md", "benchmarks") == block(), (
+      "stale: python -m cpac_jax.benchmarks")
+
+
 def test_every_benchmark_is_listed():
   modules = {p.stem for p in (ROOT / "cpac_jax" / "benchmarks").glob("*.py")}
-  assert modules - {"__init__", "harness", "torch_models"} == set(RECORDS)
+  assert modules - {"__init__", "__main__", "harness", "torch_models"} == (
+      set(RECORDS))

@@ -101,5 +101,19 @@ def render(run: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def summary(run: dict) -> str:
+  """The run's headline figures, for the benchmarks' README."""
+  lines = []
+  for case in dict.fromkeys(r["case"] for r in run["rows"]):
+    ours, theirs = (next(r for r in run["rows"] if r["case"] == case
+                         and r["library"] == library)
+                    for library in ("cpac_jax", "tensorly"))
+    lines.append(
+        f"- {case}: ours {ours['call_ms'] / theirs['call_ms']:.2f}x "
+        f"TensorLy's time ({ours['call_ms'] / 1e3:.2f} against "
+        f"{theirs['call_ms'] / 1e3:.2f} s), relative error "
+        f"{ours['relative_error']:.4f} against {theirs['relative_error']:.4f}.")
+  return "\n".join(lines)
+
 if __name__ == "__main__":
   harness.main(sys.modules[__name__])

@@ -108,5 +108,16 @@ def render(run: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def summary(run: dict) -> str:
+  """The run's headline figures, for the benchmarks' README."""
+  rows = run["rows"]
+  faulting = [r for r in rows if r["default_faults"] > FAULTING]
+  return (f"- Reuse against glibc's defaults, rows that fault over "
+          f"{FAULTING} pages a call by default: {_spread(faulting)}; "
+          f"still faulting with reuse: "
+          f"{sum(r['reuse_faults'] > FAULTING for r in faulting)}. Other "
+          f"rows (noise between two processes): "
+          f"{_spread([r for r in rows if r not in faulting])}.")
+
 if __name__ == "__main__":
   harness.main(sys.modules[__name__])

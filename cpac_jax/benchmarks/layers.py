@@ -224,5 +224,41 @@ def render(run: dict) -> str:
   return "\n".join(lines)
 
 
+def summary(run: dict) -> str:
+  """The run's headline figures, for the benchmarks' README."""
+  rows = run["rows"]
+  by_name = {(r["shape"], r["variant"]): r for r in rows}
+  lines = []
+  for fitted, title in ((True, "the shapes its cost was fitted to"),
+                        (False, "other shapes")):
+    autos = [r for r in rows if r["auto_path"] and r["fitted"] == fitted]
+    picked = sum(
+        r["auto_path"] == min(("factorized", "reconstructed"), key=lambda p,
+                              r=r: by_name[(r["shape"], r["variant"].replace(
+                                  " auto", f" {p}"))]["backward_vs_dense"])
+        for r in autos)
+    within = sum(max(r["forward_vs_dense"], r["backward_vs_dense"]) <= 1.1
+                 for r in autos)
+    lines.append(f"- `auto` on {title}: took the faster path (fwd+bwd) in "
+                 f"{picked} of {len(autos)} layers, and was within 1.1x of "
+                 f"the fastest dense (forward and fwd+bwd) in {within}.")
+  tt = [r for r in rows if r["variant"].startswith("TTDense")
+        and not r["variant"].endswith(" auto")]
+  best = {}
+  for r in tt:
+    key = (r["shape"], r["variant"].rsplit(" ", 1)[0])
+    best[key] = min(best.get(key, math.inf), r["backward_vs_dense"])
+  lines.append(f"- TTDense, its faster path against the dense layer "
+               f"(fwd+bwd): {min(best.values()):.2f}x-"
+               f"{max(best.values()):.2f}x over {len(best)} layers.")
+  paper = [r for r in rows if "(paper)" in r["variant"]
+           and r["variant"].endswith(" auto")]
+  for r in paper:
+    lines.append(f"- The TTL paper's TuckerDense {tuple(r['rank'])} "
+                 f"({r['compression']:.2f}x fewer weights), `auto`: "
+                 f"{r['forward_vs_dense']:.2f}x the dense layer's forward "
+                 f"time, {r['backward_vs_dense']:.2f}x its fwd+bwd.")
+  return "\n".join(lines)
+
 if __name__ == "__main__":
   harness.main(sys.modules[__name__])

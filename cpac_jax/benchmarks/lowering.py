@@ -112,5 +112,25 @@ def render(run: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def summary(run: dict) -> str:
+  """The run's headline figures, for the benchmarks' README."""
+  rows = run["rows"]
+  fastest = sum(r["conv_lowering"] == min(NAMES.values(), key=lambda n,
+                                          r=r: r[n]) for r in rows)
+  lines = [f"- `conv_lowering` picked the fastest of XLA's conv, "
+           f"patches_conv and winograd_conv (forward+backward, without "
+           f"YNNPACK fusions) at {fastest} of {len(rows)} shapes."]
+  for name in ("patches_conv", "winograd_conv"):
+    ratios = [r[name] / r["XLA conv"] for r in rows
+              if r["conv_lowering"] == name]
+    if ratios:
+      lines.append(f"- Where it picks {name}: {min(ratios):.2f}x-"
+                   f"{max(ratios):.2f}x XLA's conv's time "
+                   f"({len(ratios)} shapes).")
+  ynn = [r[YNN] / r["XLA conv"] for r in rows]
+  lines.append(f"- XLA's conv with YNNPACK fusions: {min(ynn):.2f}x-"
+               f"{max(ynn):.2f}x its time without them.")
+  return "\n".join(lines)
+
 if __name__ == "__main__":
   harness.main(sys.modules[__name__])

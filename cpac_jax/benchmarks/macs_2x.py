@@ -106,5 +106,15 @@ def _layers():
            layer.flops(shape))
 
 
+def summary(run: dict) -> str:
+  """The run's headline figures, for the benchmarks' README."""
+  out = [r for r in run["rows"] if min(r["factorized"], r["reconstructed"])
+         > 1.1]
+  return ("- 2x layers whose cheapest path needs over 1.1x the fastest "
+          f"dense's multiply-adds: {len(out)} of {len(run['rows'])} ("
+          + "; ".join(f"{r['shape']} {r['layer']}, "
+                      f"{min(r['factorized'], r['reconstructed']):.2f}x"
+                      for r in out) + ").")
+
 if __name__ == "__main__":
   harness.main(sys.modules[__name__])

@@ -166,5 +166,18 @@ def render(run: dict) -> str:
   return "\n".join(lines)
 
 
+def summary(run: dict) -> str:
+  """The run's headline figures, for the benchmarks' README."""
+  lines = []
+  for path in NETS:
+    rows = [r for r in run["rows"] if r["net"] == path
+            and r["family"] != "dense"]
+    if rows:
+      ratios = [r["vs_dense"] for r in rows]
+      lines.append(f"- `{path}`: the factorized nets' step "
+                   f"{min(ratios):.2f}x-{max(ratios):.2f}x the dense net's "
+                   f"({len(rows)} nets).")
+  return "\n".join(lines)
+
 if __name__ == "__main__":
   harness.main(sys.modules[__name__])

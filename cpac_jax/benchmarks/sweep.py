@@ -204,5 +204,17 @@ def render(run: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def summary(run: dict) -> str:
+  """The run's headline figures, for the benchmarks' README."""
+  meta = run["meta"]
+  timed = [r for r in run["rows"] if r["seconds"] is not None]
+  first = timed[0]
+  parts = [f"{r['mode']} {r['seconds']:.0f} s"
+           + (f" ({r['seconds'] / first['seconds']:.2f}x)" if r is not first
+              else "") for r in timed]
+  runs = len(next(r for r in run["rows"] if "runs" in r)["runs"])
+  return (f"- `{meta['config']}`, {runs} runs, wall time by mode: "
+          + "; ".join(parts) + ".")
+
 if __name__ == "__main__":
   harness.main(sys.modules[__name__])
