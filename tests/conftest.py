@@ -5,6 +5,7 @@ examples, beside the tests marked slow by hand (a few seconds or more
 each: `pytest -m "not slow"` is the fast path)."""
 
 import gzip
+import importlib
 import io
 import os
 import pickle
@@ -15,6 +16,8 @@ import tempfile
 import jax
 import numpy as np
 import pytest
+
+from cpac_jax.config import override
 
 # Many tests compile the same small programs again (each run, each
 # subprocess): a persistent cache, shared with the subprocesses (and xdist
@@ -48,6 +51,22 @@ def pytest_collection_modifyitems(items):
 def pytest_sessionfinish(session, exitstatus):
   if _OWN_CACHE is not None:
     shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
+
+def load_config(name: str, preset: str = ""):
+  """configs/NAME.py's config, the package module configs.NAME's."""
+  return importlib.import_module(f"configs.{name}").get_config(preset)
+
+
+def tiny(config, data_dir, **overrides):
+  config.dataset.data_dir = str(data_dir)
+  config.num_epochs = 3
+  config.batch_size = 16
+  config.steps_per_call = 10
+  config.optimizer.learning_rate = 3e-3
+  for field, value in overrides.items():
+    override(config, field, value)
+  return config
 
 
 def write_idx(path, array: np.ndarray) -> None:

@@ -16,7 +16,7 @@ from cpac_jax import compression, models, sweep, train
 from cpac_jax.config import (build_model, expand, run_key, teacher_config,
                              validate)
 
-from tests.test_train import load_config, tiny
+from tests.conftest import load_config, tiny
 
 
 class Block(nnx.Module):

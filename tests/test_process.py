@@ -11,7 +11,7 @@ import pytest
 
 from cpac_jax import process, train
 from cpac_jax.config import run_key
-from tests.test_train import load_config
+from tests.conftest import load_config
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cpac_jax import report, rundir
-from tests.test_train import load_config
+from tests.conftest import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # Scripts with a `blocks()` returning {(README path, block name): text}.

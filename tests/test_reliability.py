@@ -21,7 +21,7 @@ from flax import nnx
 
 from cpac_jax import cli, data, report, rundir, sweep, train
 from cpac_jax import config as config_lib
-from tests.test_train import load_config
+from tests.conftest import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from flax import nnx
 from cpac_jax import data, models, report, rundir, sweep, train
 from cpac_jax.config import expand, run_key, teacher_config, validate
 
-from tests.test_train import load_config, tiny
+from tests.conftest import load_config, tiny
 
 
 def ttl(data_dir, **overrides):
