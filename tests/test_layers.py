@@ -680,3 +680,38 @@ def test_an_empty_batch_gives_an_empty_batch(name):
   out = layer(x)
   assert out.shape == dense(x).shape and out.size == 0
   assert jax.jit(layer.__call__)(x).shape == out.shape
+
+
+@pytest.mark.parametrize("make,x_shape", [
+    (lambda dt: CPConv(4, 6, (3, 3), rank=3, param_dtype=dt,
+                       rngs=nnx.Rngs(0)), (2, 6, 6, 4)),
+    (lambda dt: TuckerConv(4, 6, (3, 3), rank=2, param_dtype=dt,
+                           rngs=nnx.Rngs(0)), (2, 6, 6, 4)),
+    (lambda dt: TTConv(4, 6, (3, 3), rank=2, param_dtype=dt,
+                       rngs=nnx.Rngs(0)), (2, 6, 6, 4)),
+    (lambda dt: TuckerDense((4, 4), (3,), rank=2, param_dtype=dt,
+                            rngs=nnx.Rngs(0)), (2, 16)),
+    (lambda dt: TTDense((4, 4), (2, 3), rank=2, param_dtype=dt,
+                        rngs=nnx.Rngs(0)), (2, 16)),
+], ids=["CPConv", "TuckerConv", "TTConv", "TuckerDense", "TTDense"])
+def test_bfloat16_parameters_work_as_in_the_flax_layers(make, x_shape):
+  """param_dtype=bfloat16 builds, runs and differentiates,
+  with every parameter in that dtype and the output's dtype what
+  `nnx.Linear` gives for the same dtypes; the weight it represents is the
+  float32 layer's, rounded."""
+  layer, full = make(jnp.bfloat16), make(jnp.float32)
+  params = nnx.state(layer, nnx.Param)
+  assert {p.dtype for p in jax.tree.leaves(params)} == {
+      jnp.dtype(jnp.bfloat16)}
+  x = jax.random.normal(jax.random.key(1), x_shape)
+  linear = nnx.Linear(2, 2, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  assert layer(x).dtype == linear(jnp.ones((1, 2))).dtype
+  grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(layer)
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+  weight = (layer.kernel_tensor() if hasattr(layer, "kernel_tensor")
+            else layer.weight_tensor())
+  reference = (full.kernel_tensor() if hasattr(full, "kernel_tensor")
+               else full.weight_tensor())
+  np.testing.assert_allclose(np.asarray(weight, np.float32), reference,
+                             rtol=0.05, atol=0.02 * float(
+                                 jnp.max(jnp.abs(reference))))

@@ -244,3 +244,24 @@ def test_tt_matrix_svd_rejects_shapes_that_dont_match():
     tensor.tt_matrix_svd(jnp.ones((12, 6)), (3, 4), (6,), 2)
   with pytest.raises(ValueError, match="12 x 5"):
     tensor.tt_matrix_svd(jnp.ones((12, 6)), (3, 4), (5, 1), 2)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("decompose,rebuild", [
+    (lambda x: tensor.cp_als(x, 3, n_iter_max=20), tensor.cp_to_tensor),
+    (lambda x: tensor.tucker(x, (2, 3, 3)), tensor.tucker_to_tensor),
+    (lambda x: tensor.hosvd(x, (2, 3, 3)), tensor.tucker_to_tensor),
+    (lambda x: tensor.tt_svd(x, 2), tensor.tt_to_tensor),
+], ids=["cp_als", "tucker", "hosvd", "tt_svd"])
+def test_half_precision_tensors_decompose_in_float32(dtype, decompose,
+                                                     rebuild):
+  """A bfloat16 or float16 tensor is decomposed in float32 and its factors
+  come back in its dtype, as good as the float32 tensor's to the
+  precision of that dtype."""
+  x = jax.random.normal(jax.random.key(3), (4, 5, 6))
+  half = decompose(x.astype(dtype))
+  assert {a.dtype for a in jax.tree.leaves(half)} == {jnp.dtype(dtype)}
+  error = relative_error(x, rebuild(jax.tree.map(
+      lambda a: a.astype(jnp.float32), half)))
+  assert error == pytest.approx(relative_error(x, rebuild(decompose(x))),
+                                abs=0.02)

@@ -41,7 +41,8 @@ def tucker(key: jax.Array, shape: Sequence[int], ranks: Sequence[int],
   mean_square = math.prod(shape) / math.prod(core_shape) / fan_in
   core = fixed_norm(keys[0], core_shape, mean_square, dtype=dtype)
   orthogonal = nnx.initializers.orthogonal()
-  factors = [orthogonal(k, (shape[m], r), dtype)
+  # in float32: no QR in half precision
+  factors = [orthogonal(k, (shape[m], r), jnp.float32).astype(dtype)
              for k, r, m in zip(keys[1:], ranks, modes)]
   return core, factors
 

@@ -7,13 +7,15 @@ unfold(cp_to_tensor(A), n) = A_n @ khatri_rao(A_m for m != n).T and
 unfold(tucker_to_tensor(G, U), n) = U_n @ unfold(G, n) @ kron(U_m, m != n).T.
 """
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
 __all__ = [
     "fold",
+    "in_float32",
     "khatri_rao",
     "kronecker",
     "mode_dot",
@@ -89,3 +91,23 @@ def kronecker(matrices: Sequence[jax.Array]) -> jax.Array:
   for matrix in matrices[1:]:
     out = jnp.kron(out, matrix)
   return out
+
+
+_HALF = (jnp.bfloat16, jnp.float16)
+
+
+def in_float32(decompose: Callable) -> Callable:
+  """`decompose(tensor, ...)` run on a bfloat16 or float16 tensor in
+  float32 (XLA has no SVD, QR or eigh kernels in them), its arrays returned
+  in the tensor's dtype; any other dtype passes through untouched."""
+
+  @functools.wraps(decompose)
+  def wrapper(tensor, *args, **kwargs):
+    dtype = jnp.result_type(tensor)
+    if dtype not in _HALF:
+      return decompose(tensor, *args, **kwargs)
+    found = decompose(jnp.asarray(tensor, jnp.float32), *args, **kwargs)
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(
+        a.dtype, jnp.floating) else a, found)
+
+  return wrapper

@@ -109,6 +109,7 @@ def _normalize(factor: jax.Array) -> tuple[jax.Array, jax.Array]:
   return factor / safe, norms
 
 
+@base.in_float32
 def cp_als(tensor: jax.Array, rank: RankSpec, *, n_iter_max: int = 100,
            tol: float = 1e-7, init: str = "svd", key: jax.Array | None = None,
            return_errors: bool = False):

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from cpac_jax.tensor import base
 from cpac_jax.tensor.rank import RankSpec, tt_rank
 
 __all__ = ["tt_matrix_svd", "tt_matrix_to_tensor", "tt_svd", "tt_to_tensor"]
@@ -32,6 +33,7 @@ def tt_to_tensor(cores: Sequence[jax.Array]) -> jax.Array:
   return jnp.reshape(full, shape)
 
 
+@base.in_float32
 def tt_svd(tensor: jax.Array, rank: RankSpec) -> list[jax.Array]:
   """The tensor train of `tensor` by TT-SVD (Oseledets, 2011): sweep the
   modes left to right, keeping the leading r_{k+1} singular vectors of each
@@ -84,6 +86,7 @@ def tt_matrix_to_tensor(cores: Sequence[jax.Array]) -> jax.Array:
                               for axis in range(2 * len(cores))])
 
 
+@base.in_float32
 def tt_matrix_svd(tensor: jax.Array, in_shape: Sequence[int],
                   out_shape: Sequence[int], rank: RankSpec
                   ) -> list[jax.Array]:

@@ -61,6 +61,7 @@ def _leading_vectors(matrix: jax.Array, k: int) -> jax.Array:
   return u[:, :k]
 
 
+@base.in_float32
 def hosvd(tensor: jax.Array, rank: RankSpec,
           modes: Sequence[int] | None = None) -> TuckerTensor:
   """Truncated higher-order SVD: U_n = leading left singular vectors of the
@@ -72,6 +73,7 @@ def hosvd(tensor: jax.Array, rank: RankSpec,
   return TuckerTensor(core, factors)
 
 
+@base.in_float32
 def hooi(tensor: jax.Array, rank: RankSpec,
          modes: Sequence[int] | None = None, *, n_iter_max: int = 100,
          tol: float = 1e-8) -> TuckerTensor:
@@ -109,6 +111,7 @@ def hooi(tensor: jax.Array, rank: RankSpec,
   return TuckerTensor(core, factors)
 
 
+@base.in_float32
 def tucker(tensor: jax.Array, rank: RankSpec,
            modes: Sequence[int] | None = None, *, method: str = "hooi",
            n_iter_max: int = 100, tol: float = 1e-8) -> TuckerTensor:
