@@ -11,23 +11,26 @@ from ml_collections import config_flags
 
 from cpac_jax import cli, data, process, train
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config")
-_WORKDIR = flags.DEFINE_string("workdir", None, "where the run writes")
 
+def _main():
+  config = config_flags.DEFINE_config_file("config", None, "experiment config")
+  workdir = flags.DEFINE_string("workdir", None, "where the run writes")
 
-def main(argv):
-  del argv
-  process.reuse_host_memory()
-  try:
-    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, OSError, data.DataNotFoundError, train.Diverged,
-          train.Preempted, KeyboardInterrupt) as error:
-    sys.exit(cli.error_line(error))  # one line, exit status 1
-  print(f"test accuracy {result['test_accuracy']:.4f} with "
-        f"{result['params']:,} parameters ({result['compression']:.2f}x "
-        f"fewer than dense); written to {_WORKDIR.value}")
+  def main(argv):
+    del argv
+    process.reuse_host_memory()
+    try:
+      result = train.train_and_evaluate(config.value, workdir.value)
+    except (ValueError, OSError, data.DataNotFoundError, train.Diverged,
+            train.Preempted, KeyboardInterrupt) as error:
+      sys.exit(cli.error_line(error))  # one line, exit status 1
+    print(f"test accuracy {result['test_accuracy']:.4f} with "
+          f"{result['params']:,} parameters ({result['compression']:.2f}x "
+          f"fewer than dense); written to {workdir.value}")
 
-
-if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":  # flags only here: importing defines none
+  _main()

@@ -134,3 +134,17 @@ def test_benchmarks_use_public_names_only():
             assert _public(owner, name), (
                 f"{where}:{node.lineno}: cj.{'.'.join(chain)}")
             owner = getattr(owner, name)
+
+
+@pytest.mark.slow  # a process importing everything
+def test_every_module_imports_beside_every_other():
+  """pytest's doctest collection imports every module into one process (which
+  ones share a worker varies from run to run): two modules defining the same
+  absl flag at import fail it. Command-line modules define theirs in main."""
+  modules = sorted(_module(path) for path in PACKAGE.rglob("*.py")
+                   if path.name != "__main__.py")
+  code = "import importlib\nfor m in %r:\n  importlib.import_module(m)" % (
+      modules,)
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True, cwd=PACKAGE.parent, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
