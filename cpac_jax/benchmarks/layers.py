@@ -99,13 +99,31 @@ def _cases():
                      ((4, 8, 4, 8), (4, 4, 4, 8)), rngs), False
 
 
-def _auto_summary(rows, fitted: bool) -> list[str]:
-  """For each auto row of the shapes INTERMEDIATE_COST was (or, with not
-  `fitted`, wasn't) fitted to: the path it took, the faster of the two by
-  forward+backward time, and its time against the target (1.1x the
-  fastest dense)."""
+def _autos(rows, fitted: bool) -> list[tuple[dict, dict, str]]:
+  """(auto row, {path: its twin row}, the faster path by fwd+bwd) for each
+  layer of the shapes INTERMEDIATE_COST was (or, with not `fitted`,
+  wasn't) fitted to."""
   by_name = {(r["shape"], r["variant"]): r for r in rows}
-  rows = [r for r in rows if r["fitted"] == fitted]
+  found = []
+  for r in rows:
+    if r["auto_path"] and r["fitted"] == fitted:
+      layer = r["variant"].removesuffix(" auto")
+      twins = {path: by_name[(r["shape"], f"{layer} {path}")]
+               for path in ("factorized", "reconstructed")}
+      found.append((r, twins, min(twins, key=lambda path, twins=twins:
+                                   twins[path]["backward_vs_dense"])))
+  return found
+
+
+def _within(row: dict) -> bool:
+  """Whether `row` is within 1.1x of the fastest dense, both ways."""
+  return max(row["forward_vs_dense"], row["backward_vs_dense"]) <= 1.1
+
+
+def _auto_summary(rows, fitted: bool) -> list[str]:
+  """For each auto row (`_autos`): the path it took, the faster of the two
+  by forward+backward time, and its time against the target (1.1x the
+  fastest dense)."""
   title = ("on the shapes its cost was fitted to" if fitted else
            "on shapes its cost was not fitted to")
   lines = [f"## `auto` against the fastest dense layer, {title}", "",
@@ -117,20 +135,13 @@ def _auto_summary(rows, fitted: bool) -> list[str]:
            "| shape | layer | auto's path | faster path (fwd+bwd) | auto "
            "forward | auto fwd+bwd | best path fwd+bwd |",
            "|---|---|---|---|---|---|---|"]
-  picked = total = 0
+  autos = _autos(rows, fitted)
+  picked, total = sum(r["auto_path"] == f for r, _, f in autos), len(autos)
   misses = []
-  for r in rows:
-    if not r["auto_path"]:
-      continue
+  for r, twins, faster in autos:
     layer = r["variant"].removesuffix(" auto")
-    twins = {path: by_name[(r["shape"], f"{layer} {path}")]
-             for path in ("factorized", "reconstructed")}
-    faster = min(twins, key=lambda path: twins[path]["backward_vs_dense"])
-    picked += r["auto_path"] == faster
-    total += 1
-    within = [path for path, twin in twins.items() if max(
-        twin["forward_vs_dense"], twin["backward_vs_dense"]) <= 1.1]
-    if max(r["forward_vs_dense"], r["backward_vs_dense"]) > 1.1:
+    within = [path for path, twin in twins.items() if _within(twin)]
+    if not _within(r):
       misses.append(
           f"- {layer}, {r['shape']}: "
           + (f"the {within[0]} path was within 1.1x. " if within else
@@ -227,21 +238,15 @@ def render(run: dict) -> str:
 def summary(run: dict) -> str:
   """The run's headline figures, for the benchmarks' README."""
   rows = run["rows"]
-  by_name = {(r["shape"], r["variant"]): r for r in rows}
   lines = []
   for fitted, title in ((True, "the shapes its cost was fitted to"),
                         (False, "other shapes")):
-    autos = [r for r in rows if r["auto_path"] and r["fitted"] == fitted]
-    picked = sum(
-        r["auto_path"] == min(("factorized", "reconstructed"), key=lambda p,
-                              r=r: by_name[(r["shape"], r["variant"].replace(
-                                  " auto", f" {p}"))]["backward_vs_dense"])
-        for r in autos)
-    within = sum(max(r["forward_vs_dense"], r["backward_vs_dense"]) <= 1.1
-                 for r in autos)
-    lines.append(f"- `auto` on {title}: took the faster path (fwd+bwd) in "
-                 f"{picked} of {len(autos)} layers, and was within 1.1x of "
-                 f"the fastest dense (forward and fwd+bwd) in {within}.")
+    autos = _autos(rows, fitted)
+    lines.append(
+        f"- `auto` on {title}: took the faster path (fwd+bwd) in "
+        f"{sum(r['auto_path'] == f for r, _, f in autos)} of {len(autos)} "
+        f"layers, and was within 1.1x of the fastest dense (forward and "
+        f"fwd+bwd) in {sum(_within(r) for r, _, _ in autos)}.")
   tt = [r for r in rows if r["variant"].startswith("TTDense")
         and not r["variant"].endswith(" auto")]
   best = {}
@@ -255,7 +260,8 @@ def summary(run: dict) -> str:
            and r["variant"].endswith(" auto")]
   for r in paper:
     lines.append(f"- The TTL paper's TuckerDense {tuple(r['rank'])} "
-                 f"({r['compression']:.2f}x fewer weights), `auto`: "
+                 f"({r['compression']:.2f}x fewer parameters, biases "
+                 "included), `auto`: "
                  f"{r['forward_vs_dense']:.2f}x the dense layer's forward "
                  f"time, {r['backward_vs_dense']:.2f}x its fwd+bwd.")
   return "\n".join(lines)
