@@ -1,9 +1,11 @@
 """The configs: a package whose modules import each other, build without
-reading a file, and declare what earlier stages chose."""
+reading a file, and declare what earlier stages chose; the studies that
+run them."""
 
 import ast
 import builtins
 import importlib
+import importlib.util
 import pathlib
 
 import pytest
@@ -12,7 +14,7 @@ from cpac_jax.config import expand
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NAMES = sorted(p.stem for p in (ROOT / "configs").glob("*.py")
-               if p.stem != "__init__")
+               if p.stem not in ("__init__", "studies"))
 PRESETS = ("", "quick", "select", "one_seed", "epochs20", "float64",
            "default_init", "default_seed0")
 
@@ -58,3 +60,46 @@ def test_ttl_gap_declares_the_rates_its_committed_stage_1_chose(dataset):
   stage_2 = {run.optimizer.learning_rate for _, run in expand(
       gap.build(dataset))}
   assert stage_2 == set(gap.CHOSEN_RATES[dataset].values())
+
+
+def test_every_study_names_what_exists():
+  """Each study's commands name configs and presets that build, folders
+  under experiments/ that hold results, scripts and modules that exist;
+  every experiment folder with results is some study's."""
+  from configs.studies import DEFAULT, STUDIES, SUMMARIES
+
+  for study in STUDIES.values():
+    for command in study.stages + study.tables:
+      for arg in command:
+        if arg.startswith("--config=configs/"):
+          name, _, preset = arg.removeprefix("--config=configs/").partition(
+              ".py")
+          importlib.import_module(f"configs.{name}").get_config(
+              preset.lstrip(":"))
+        elif arg.startswith(("--workdir=experiments/", "--out=experiments/",
+                             "--sweep_dir=experiments/")):
+          folder = arg.split("=", 1)[1].split("/")[1]
+          assert (ROOT / "experiments" / folder).is_dir(), (study.name, arg)
+        elif arg.startswith("scripts/"):
+          assert (ROOT / arg).is_file(), (study.name, arg)
+      if command[:2] == ("python", "-m"):
+        assert importlib.util.find_spec(command[2]), (study.name, command)
+  assert set(DEFAULT) <= set(STUDIES)
+  assert all((ROOT / c[1]).is_file() for c in SUMMARIES)
+  with_results = {p.parent.name for p in ROOT.glob("experiments/*/results.csv")}
+  assert with_results <= set(STUDIES), with_results - set(STUDIES)
+
+
+def test_study_lists_a_studys_commands_in_order(capsys):
+  spec = importlib.util.spec_from_file_location("study",
+                                                ROOT / "scripts" / "study.py")
+  study = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(study)
+  study.main(["list", "ttl_gap_mnist"])
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0] == "bash scripts/fetch_data.sh mnist"
+  assert ":select" in lines[1] and "ttl_gap_table.py mnist" in lines[3]
+  assert lines[-2:] == ["python scripts/cpac_gap.py",
+                        "python scripts/headline.py"]
+  with pytest.raises(SystemExit, match="unknown studies"):
+    study.main(["run", "no_such_study"])
