@@ -29,6 +29,15 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# LLVM's default optimization level takes tens of seconds on this jaxlib's
+# CPU to compile one random draw of a 4-D shape (a conv kernel's init: 46 s
+# for a normal of shape (3, 3, 8, 12) on our 2-core machine under load,
+# 0.8 s at level 1; 1-D and 2-D draws of the same size take under one
+# second at either). Tests compile far more than they run: level 1, also
+# for their subprocesses (which read XLA_FLAGS when their backend starts).
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                             + " --xla_backend_optimization_level=1").strip()
 jax.config.update("jax_compilation_cache_dir",
                   os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -81,7 +81,8 @@ def test_eight_devices_train_like_one(mnist_dir, tmp_path):
 @pytest.mark.slow
 def test_batch_that_does_not_divide_over_devices_is_refused(tmp_path):
   env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                      " --xla_force_host_platform_device_count=8")
   result = subprocess.run(
       [sys.executable, "-m", "cpac_jax.main",
        f"--config={ROOT / 'configs' / 'cpac_mnist.py'}",
