@@ -1,6 +1,7 @@
-"""Whole-model compression: a trained model's `nnx.Conv` and `nnx.Linear`
-layers swapped for CP or Tucker layers decomposed from their weights, the
-ranks shared out among the layers under one parameter budget.
+"""Whole-model compression: a trained model's `nnx.Conv`, `nnx.Linear` and
+`nnx.LinearGeneral` layers (attention's projections) swapped for CP, Tucker
+or low-rank layers decomposed from their weights, the ranks shared out among
+the layers under one parameter budget.
 
   small, report = cj.compress(model, budget=0.1, factorization="tucker",
                               exclude=("convs/0", "out"))
@@ -17,7 +18,15 @@ What replaces what:
   "tucker": each `nnx.Conv` by a Tucker-2 `TuckerConv` of ranks
     (R_in, R_out) on its channel modes (HOOI, Kim et al. 2016); each
     `nnx.Linear` by a `TuckerDense` of ranks (R, R) on its (in, out)
-    matrix (the truncated SVD with an R x R core).
+    matrix (the truncated SVD with an R x R core); each
+    `nnx.LinearGeneral` by a `TuckerDense` of its feature shapes, a rank
+    per mode (e.g. (embed,) -> (heads, head_dim): three ranks).
+  "svd": each `nnx.Linear` and `nnx.LinearGeneral` by a `LowRankDense`,
+    its kernel matrix as two thin matrices of rank R (the truncated SVD).
+  A LinearGeneral must contract the input's last axes, with no batch axes
+  (`cpac_jax.layers.linear_features`). Layers no factorization takes
+  (`nnx.Einsum`, `nnx.Embed`) are left as they are, and the report names
+  them (`CompressionReport.left_alone`).
 
 The rule that shares the budget (`allocation`):
   "uniform": every layer keeps the same fraction `budget` of its own
@@ -33,7 +42,8 @@ The rule that shares the budget (`allocation`):
     spectra, without a decomposition per candidate: for Tucker, the
     HOSVD truncation at those ranks (exact for the Linear's SVD; for a
     conv, the Tucker-2 projection onto the leading singular vectors of
-    its channel unfoldings); for CP, the largest of the channel
+    its channel unfoldings; for a LinearGeneral, onto those of every
+    mode's unfolding); for "svd", the truncated SVD's (exact); for CP, the largest of the channel
     unfoldings' rank-R truncation errors, a lower bound on any rank-R
     CP's error. Layers whose spectra decay fast
     give up parameters to those whose spectra don't, and a large layer pays
@@ -56,12 +66,17 @@ __all__ = ["ALLOCATIONS", "FACTORIZATIONS", "INITS", "CompressionReport",
            "LayerReport", "allocate", "check_budget", "compress",
            "compressible", "references", "set_at"]
 
-FACTORIZATIONS = ("cp", "tucker")
+FACTORIZATIONS = ("cp", "tucker", "svd")
 ALLOCATIONS = ("global", "uniform")
 # "decomposed": the new layers from the trained weights; "random": the same
 # architecture freshly initialised (to train it from scratch).
 INITS = ("decomposed", "random")
-_TAKES = {"cp": (nnx.Conv,), "tucker": (nnx.Conv, nnx.Linear)}
+_TAKES = {"cp": (nnx.Conv,),
+          "tucker": (nnx.Conv, nnx.Linear, nnx.LinearGeneral),
+          "svd": (nnx.Linear, nnx.LinearGeneral)}
+# Every layer with a weight `compress` looks at; those of no factorization's
+# _TAKES are reported left alone.
+_WEIGHTED = (nnx.Conv, nnx.Linear, nnx.LinearGeneral, nnx.Einsum, nnx.Embed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +85,7 @@ class LayerReport:
 
   path: str                 # where it sits, e.g. "convs/1"
   layer: str                # what it was: "Conv(32->64, 3x3)"
-  factorization: str        # "cp" or "tucker"
+  factorization: str        # "cp", "tucker" or "svd"
   rank: int | tuple         # the rank it got
   params_before: int        # weights (bias excluded: it is kept as it was)
   params_after: int
@@ -86,6 +101,9 @@ class CompressionReport:
   allocation: str
   budget: float | int | None  # None: the ranks were given, no budget
   layers: tuple[LayerReport, ...]
+  # "path (Einsum)": weight layers kept as they were, neither replaced nor
+  # excluded (no factorization takes them, or this one doesn't)
+  left_alone: tuple[str, ...] = ()
 
   @property
   def params_before(self) -> int:
@@ -111,7 +129,8 @@ class CompressionReport:
             "params_before": self.params_before,
             "params_after": self.params_after,
             "compression": self.compression,
-            "layers": [dataclasses.asdict(layer) for layer in self.layers]}
+            "layers": [dataclasses.asdict(layer) for layer in self.layers],
+            "left_alone": list(self.left_alone)}
 
   def table(self) -> str:
     """The per-layer report as a markdown table, with a total row."""
@@ -132,6 +151,8 @@ class CompressionReport:
     lines.append(f"| total | | {self.factorization} | {rule} | "
                  f"{self.params_before} | "
                  f"{self.params_after} | {self.compression:.1f}x | |")
+    if self.left_alone:
+      lines.append(f"\nLeft as they were: {', '.join(self.left_alone)}.")
     return "\n".join(lines)
 
 
@@ -146,14 +167,22 @@ def compressible(model: nnx.Module, factorization: str = "tucker", *,
 
   A filter is a glob on the path ("convs/*", "out") or a layer type
   (`nnx.Linear`); `include` and `exclude` take one filter or a sequence of
-  them. `include` None: every layer that can take the
-  factorization (`nnx.Conv` for "cp", also `nnx.Linear` for "tucker").
+  them. `include` None: every layer that can take the factorization
+  (`nnx.Conv` for "cp"; also `nnx.Linear` and `nnx.LinearGeneral` for
+  "tucker"; those two alone for "svd").
 
   Raises:
-    ValueError: an unknown factorization, a filter that matches no
-      `nnx.Conv` or `nnx.Linear`, an included layer that can't take the
-      factorization, or nothing left to replace.
+    ValueError: an unknown factorization, a filter that matches no layer
+      with a weight, an included layer that can't take the factorization,
+      a LinearGeneral or Conv no factorized layer computes, or nothing left
+      to replace.
   """
+  return _choose(model, factorization, include, exclude)[0]
+
+
+def _choose(model, factorization, include, exclude):
+  """`compressible`'s pairs, and the weight layers left alone ("path
+  (Type)": neither chosen nor excluded)."""
   _check_choice(factorization, FACTORIZATIONS, "factorization")
   include = None if include is None else _filters(include, "include")
   exclude = _filters(exclude, "exclude")
@@ -169,34 +198,36 @@ def compressible(model: nnx.Module, factorization: str = "tucker", *,
     for f in filters:
       if not any(_matches(f, path, node) for path, node in candidates):
         raise ValueError(
-            f"compress: {kind} filter {_name(f)!r} matches no nnx.Conv or "
-            f"nnx.Linear; the model's are at {paths}")
-  chosen = []
+            f"compress: {kind} filter {_name(f)!r} matches no layer with a "
+            f"weight; the model's are at {paths}")
+  takes = _TAKES[factorization]
+  chosen, left_alone = [], []
   for path, node in candidates:
     if any(_matches(f, path, node) for f in exclude):
       continue
-    takes = isinstance(node, _TAKES[factorization])
-    if include is None:
-      if takes:
-        chosen.append((path, node))
-      continue
-    if not any(_matches(f, path, node) for f in include):
-      continue
-    if not takes:
-      raise ValueError(
-          f"compress: the {type(node).__name__} at {path!r} can't take "
-          f"factorization {factorization!r} (it replaces "
-          f"{' and '.join(t.__name__ for t in _TAKES[factorization])}); "
-          "exclude it or choose 'tucker'")
-    chosen.append((path, node))
+    if include is not None and any(_matches(f, path, node) for f in include):
+      if not isinstance(node, takes):
+        raise ValueError(
+            f"compress: the {type(node).__name__} at {path!r} can't take "
+            f"factorization {factorization!r} (it replaces "
+            f"{' and '.join(t.__name__ for t in takes)}); exclude it or "
+            "choose another")
+      chosen.append((path, node))
+    elif include is None and isinstance(node, takes):
+      chosen.append((path, node))
+    else:
+      left_alone.append(f"{path} ({type(node).__name__})")
   if not chosen:
     raise ValueError(
         f"compress: no layer left to replace with {factorization!r} among "
         f"{paths} (include={include!r}, exclude={exclude!r})")
   for path, node in chosen:
+    where = f"compress: the {type(node).__name__} at {path!r}"
     if isinstance(node, nnx.Conv):
-      cj_layers.from_conv_kwargs(node, f"compress: the Conv at {path!r}")
-  return chosen
+      cj_layers.from_conv_kwargs(node, where)
+    else:
+      cj_layers.linear_features(node, where)
+  return chosen, tuple(left_alone)
 
 
 def compress(model: nnx.Module, budget: float | int | None = None,
@@ -208,8 +239,9 @@ def compress(model: nnx.Module, budget: float | int | None = None,
              key: jax.Array | None = None,
              rngs: nnx.Rngs | None = None
              ) -> tuple[nnx.Module, CompressionReport]:
-  """A copy of `model` (left untouched) with its Conv and Linear layers
-  (`compressible`) replaced by CP or Tucker layers, and the report.
+  """A copy of `model` (left untouched) with its Conv, Linear and
+  LinearGeneral layers (`compressible`) replaced by CP, Tucker or low-rank
+  layers, and the report.
 
   Args:
     model: any Flax NNX model; the layers may sit anywhere in it
@@ -219,7 +251,7 @@ def compress(model: nnx.Module, budget: float | int | None = None,
       fraction (0.1 ~ 10x fewer), or an int, their count; None: 0.1. With
       `ranks`, None (the ranks decide) or a bound the ranks must keep
       within: ranks that keep more are refused, naming both.
-    factorization: "cp" or "tucker" (see the module docstring).
+    factorization: "cp", "tucker" or "svd" (see the module docstring).
     include, exclude: filters choosing the layers (`compressible`).
     allocation: "global" or "uniform": how the budget is shared out (see
       the module docstring).
@@ -240,10 +272,10 @@ def compress(model: nnx.Module, budget: float | int | None = None,
   """
   _check_choice(init, INITS, "init")
   budget = _plain(budget)
-  chosen = compressible(model, factorization, include=include,
-                        exclude=exclude)
+  chosen, left_alone = _choose(model, factorization, include, exclude)
   paths = [path for path, _ in chosen]
-  if ranks is None:
+  given = ranks is not None
+  if not given:
     ranks = _allocate(chosen, 0.1 if budget is None else budget,
                       factorization, allocation)
   else:
@@ -284,7 +316,8 @@ def compress(model: nnx.Module, budget: float | int | None = None,
         shared_with=tuple(p for p in refs[id(node)] if p != path)))
   return new, CompressionReport(
       factorization, allocation,
-      0.1 if budget is None and ranks is None else budget, tuple(reports))
+      0.1 if budget is None and not given else budget, tuple(reports),
+      left_alone)
 
 
 # --- Choosing ranks ----------------------------------------------------------
@@ -331,19 +364,24 @@ def _options(node: nnx.Module, factorization: str) -> list[_Option]:
   estimated squared relative error (from the spectra; module docstring)."""
   weight = np.asarray(_weight(node), np.float64)
   norm2 = float(np.sum(weight**2)) or 1.0
-  if isinstance(node, nnx.Linear):
-    _, s2 = _left_spectrum(weight if weight.shape[0] <= weight.shape[1]
-                           else weight.T)
+  if isinstance(node, (nnx.Linear, nnx.LinearGeneral)):
+    in_shape, out_shape = cj_layers.linear_features(node, "compress")
+    n_in, n_out = math.prod(in_shape), math.prod(out_shape)
+    if factorization == "tucker" and len(in_shape + out_shape) > 2:
+      return _tucker_options(weight, range(weight.ndim), norm2,
+                             every_rank=True)
+    matrix = weight.reshape(n_in, n_out)
+    _, s2 = _left_spectrum(matrix if n_in <= n_out else matrix.T)
     rest = norm2 - np.cumsum(s2)
-    n_in, n_out = weight.shape
-    return [_Option((r, r), r * (n_in + n_out) + r * r,
+    core = 0 if factorization == "svd" else 1  # Tucker's R x R core
+    return [_Option(r if factorization == "svd" else (r, r),
+                    r * (n_in + n_out) + core * r * r,
                     max(rest[r - 1], 0.0) / norm2)
             for r in range(1, len(s2) + 1)]
-  # A conv kernel (*spatial, Cin, Cout): its channel unfoldings.
-  c_in, c_out = weight.shape[-2:]
-  u_in, s2_in = _left_spectrum(_unfold(weight, -2))
-  u_out, s2_out = _left_spectrum(_unfold(weight, -1))
   if factorization == "cp":
+    # A conv kernel (*spatial, Cin, Cout): its channel unfoldings.
+    _, s2_in = _left_spectrum(_unfold(weight, -2))
+    _, s2_out = _left_spectrum(_unfold(weight, -1))
     rest_in = norm2 - np.cumsum(s2_in)
     rest_out = norm2 - np.cumsum(s2_out)
     top = math.floor(weight.size / sum(weight.shape))  # rank "same"
@@ -351,23 +389,50 @@ def _options(node: nnx.Module, factorization: str) -> list[_Option]:
         rest_in[r - 1] if r <= len(rest_in) else 0.0,
         rest_out[r - 1] if r <= len(rest_out) else 0.0, 0.0) / norm2)
             for r in range(1, top + 1)]
-  # Tucker-2: ranks proportional to the channel counts, as tucker_rank's
-  # fractions are; the error of projecting onto the leading vectors.
-  # kept[a, b]: the energy of the core of ranks (a + 1, b + 1).
-  spatial = math.prod(weight.shape[:-2])
-  core = np.einsum("...io,ia,ob->...ab", weight, u_in, u_out,
-                   optimize=True)
-  kept = np.cumsum(np.cumsum(np.sum(core**2, axis=tuple(
-      range(core.ndim - 2))), axis=0), axis=1)
+  return _tucker_options(weight, (weight.ndim - 2, weight.ndim - 1), norm2)
+
+
+def _tucker_options(weight: np.ndarray, modes, norm2: float,
+                    every_rank: bool = False) -> list[_Option]:
+  """Tucker ranks on `modes` of `weight` (the others kept whole: a conv's
+  spatial modes), each with the error of projecting onto the leading
+  singular vectors of those modes' unfoldings (the truncated HOSVD):
+  ranks proportional to the modes' sizes, as tucker_rank's fractions are,
+  or with `every_rank`, every combination of ranks (up to a million of
+  them) that no other beats in both weights and error (modes of unlike
+  sizes, as attention's (embed, heads, head_dim), need unlike fractions).
+  """
+  modes = tuple(modes)
+  sizes = [weight.shape[m] for m in modes]
+  kept = weight
+  for m in modes:  # the HOSVD core on `modes`
+    u, _ = _left_spectrum(_unfold(weight, m))
+    kept = np.moveaxis(np.tensordot(kept, u, axes=([m], [0])), -1, m)
+  kept = np.sum(kept**2, axis=tuple(set(range(weight.ndim)) - set(modes)))
+  for axis in range(kept.ndim):  # kept[a, b, ...]: ranks (a + 1, b + 1, ..)
+    kept = np.cumsum(kept, axis=axis)
+  whole = math.prod(n for m, n in enumerate(weight.shape) if m not in modes)
+  if every_rank and kept.size <= 10**6:
+    ranks = np.stack(np.meshgrid(*[np.arange(1, n + 1) for n in kept.shape],
+                                 indexing="ij"), -1).reshape(-1, kept.ndim)
+    params = whole * np.prod(ranks, axis=1) + ranks @ np.asarray(sizes)
+    error2 = np.maximum(norm2 - kept.reshape(-1), 0.0) / norm2
+    options, best = [], math.inf
+    for i in np.lexsort((error2, params)):  # by weights, then error
+      if error2[i] < best:
+        best = error2[i]
+        options.append(_Option(tuple(int(r) for r in ranks[i]),
+                               int(params[i]), float(error2[i])))
+    return options
   options = {}
-  for scale in np.linspace(0, 1, 4 * max(c_in, c_out) + 1):
-    r_in = max(1, min(kept.shape[0], round(scale * c_in)))
-    r_out = max(1, min(kept.shape[1], round(scale * c_out)))
-    if (r_in, r_out) not in options:
-      options[(r_in, r_out)] = _Option(
-          (r_in, r_out),
-          spatial * r_in * r_out + c_in * r_in + c_out * r_out,
-          max(norm2 - float(kept[r_in - 1, r_out - 1]), 0.0) / norm2)
+  for scale in np.linspace(0, 1, 4 * max(sizes) + 1):
+    rank = tuple(max(1, min(kept.shape[i], round(scale * size)))
+                 for i, size in enumerate(sizes))
+    if rank not in options:
+      options[rank] = _Option(
+          rank, whole * math.prod(rank) + sum(
+              size * r for size, r in zip(sizes, rank)),
+          max(norm2 - float(kept[tuple(r - 1 for r in rank)]), 0.0) / norm2)
   return sorted(options.values(), key=lambda o: o.params)
 
 
@@ -477,18 +542,25 @@ def _replace(node, factorization, rank, init, implementation, key, rngs,
              path) -> nnx.Module:
   """The factorized layer that takes `node`'s place."""
   where = f"compress: the {type(node).__name__} at {path!r}"
-  if isinstance(node, nnx.Linear):
-    # An int is the rank of both modes; a tuple, a fraction or 'same' is
-    # TuckerDense's own rank spec.
-    rank = (rank, rank) if isinstance(rank, (int, np.integer)) else rank
-    shapes = dict(in_shape=(node.in_features,),
-                  out_shape=(node.out_features,), rank=rank,
-                  implementation=implementation)
+  if isinstance(node, (nnx.Linear, nnx.LinearGeneral)):
+    in_shape, out_shape = cj_layers.linear_features(node, where)
+    if factorization == "svd":
+      cls, kwargs = cj_layers.LowRankDense, dict(rank=int(rank))
+    else:
+      # An int is the rank of both modes of a matrix; a tuple, a fraction
+      # or 'same' is TuckerDense's own rank spec.
+      matrix = isinstance(rank, (int, np.integer)) and len(
+          in_shape + out_shape) == 2
+      cls, kwargs = cj_layers.TuckerDense, dict(
+          in_shape=in_shape, out_shape=out_shape,
+          rank=(rank, rank) if matrix else rank)
     if init == "decomposed":
-      return cj_layers.TuckerDense.from_linear(node, **shapes)
-    return cj_layers.TuckerDense(
-        **shapes, use_bias=node.bias is not None, dtype=node.dtype,
-        param_dtype=node.param_dtype, precision=node.precision, rngs=rngs)
+      return cls.from_linear(node, **kwargs, implementation=implementation)
+    kwargs.setdefault("in_shape", in_shape)
+    kwargs.setdefault("out_shape", out_shape)
+    return cls(**kwargs, use_bias=node.bias is not None, dtype=node.dtype,
+               param_dtype=node.param_dtype, precision=node.precision,
+               implementation=implementation, rngs=rngs)
   cls = (cj_layers.CPConv if factorization == "cp"
          else cj_layers.TuckerConv)
   if init == "random":
@@ -551,7 +623,7 @@ def _weight(node) -> jax.Array:
 
 
 def _rebuilt(layer) -> jax.Array:
-  if isinstance(layer, cj_layers.TuckerDense):
+  if isinstance(layer, (cj_layers.TuckerDense, cj_layers.LowRankDense)):
     return layer.weight_tensor()
   return layer.kernel_tensor()
 
@@ -578,12 +650,15 @@ def _unfold(weight: np.ndarray, mode: int) -> np.ndarray:
 def _describe(node) -> str:
   if isinstance(node, nnx.Linear):
     return f"Linear({node.in_features}->{node.out_features})"
+  if isinstance(node, nnx.LinearGeneral):
+    return f"LinearGeneral({node.in_features}->{node.out_features})"
   size = "x".join(map(str, node.kernel_size))
   return f"Conv({node.in_features}->{node.out_features}, {size})"
 
 
 def references(model: nnx.Module) -> dict[int, list[str]]:
-  """{id(layer): its paths} for every `nnx.Conv` and `nnx.Linear` of
+  """{id(layer): its paths} for every layer with a weight (`nnx.Conv`,
+  `nnx.Linear`, `nnx.LinearGeneral`, `nnx.Einsum`, `nnx.Embed`) of
   `model`, in graph order: a layer held in several places (tied, shared)
   has several paths, and `compress` replaces it at all of them with one
   new layer."""
@@ -592,16 +667,16 @@ def references(model: nnx.Module) -> dict[int, list[str]]:
 
 
 def _layers(model) -> dict[int, tuple[nnx.Module, list[tuple]]]:
-  """{id(layer): (layer, the raw key paths it sits at)} for every
-  `nnx.Conv` and `nnx.Linear` of `model`, in graph order."""
-  if isinstance(model, (nnx.Conv, nnx.Linear)):
+  """{id(layer): (layer, the raw key paths it sits at)} for every layer
+  with a weight (_WEIGHTED) of `model`, in graph order."""
+  if isinstance(model, _WEIGHTED):
     return {id(model): (model, [()])}
   found = {}
 
   def walk(node, path: tuple, seen: frozenset) -> None:
     for key, child in _children(node).items():
       where = (*path, key)
-      if isinstance(child, (nnx.Conv, nnx.Linear)):
+      if isinstance(child, _WEIGHTED):
         found.setdefault(id(child), (child, []))[1].append(where)
       elif (id(child) not in seen and not isinstance(child, nnx.Variable)
             and nnx.graph.is_node(child)):

@@ -170,10 +170,88 @@ def test_bad_requests_get_one_clear_error():
     cj.compress(grouped, 0.5)
 
 
+
+class Attention(nnx.Module):
+  """Flax's own weight layers: an embedding, a (1-D) conv, multi-head
+  attention (four LinearGeneral projections), Linear MLPs, an Einsum."""
+
+  def __init__(self, rngs):
+    self.embed = nnx.Embed(50, 32, rngs=rngs)
+    self.conv = nnx.Conv(32, 32, (3,), rngs=rngs)
+    self.attn = nnx.MultiHeadAttention(num_heads=4, in_features=32,
+                                       decode=False, rngs=rngs)
+    self.mlp = nnx.List([nnx.Linear(32, 64, rngs=rngs),
+                         nnx.Linear(64, 32, rngs=rngs)])
+    self.mix = nnx.Einsum("btd,dh->bth", (32, 16), rngs=rngs)
+    self.head = nnx.Linear(16, 10, rngs=rngs)
+
+  def __call__(self, ids):
+    x = self.conv(self.embed(ids))
+    x = x + self.attn(x)
+    x = x + self.mlp[1](nnx.gelu(self.mlp[0](x)))
+    return self.head(self.mix(x))
+
+
+def _planted_attention():
+  """`Attention` with every Linear/LinearGeneral kernel of matrix rank 4 and
+  the conv's of Tucker-2 ranks (6, 6): budgets of half its weights hold
+  them exactly."""
+  net = Attention(nnx.Rngs(0))
+  for path, node in compression.compressible(net, "svd"):
+    in_shape, _ = cj.layers.linear_features(node, path)
+    matrix = np.asarray(node.kernel[...]).reshape(np.prod(in_shape), -1)
+    u, s, vt = np.linalg.svd(matrix, full_matrices=False)
+    node.kernel[...] = jnp.asarray(((u[:, :4] * s[:4]) @ vt[:4]).reshape(
+        node.kernel.shape))
+  net.conv.kernel[...] = _planted((3, 32, 32), (6, 6), seed=5) / 30
+  return net
+
+
+@pytest.mark.slow
+def test_compress_replaces_attention_projections_and_names_what_it_leaves():
+  net = _planted_attention()
+  ids = jax.random.randint(jax.random.key(0), (2, 7), 0, 50)
+  before = net(ids)
+  small, report = cj.compress(net, 0.5, "svd")
+  assert sorted(layer.path for layer in report.layers) == [
+      "attn/key", "attn/out", "attn/query", "attn/value", "head", "mlp/0",
+      "mlp/1"]
+  assert isinstance(small.attn.query, cj.layers.LowRankDense)
+  assert small.attn.out.in_shape == (4, 8)
+  assert report.left_alone == ("conv (Conv)", "embed (Embed)",
+                               "mix (Einsum)")
+  assert "Left as they were: conv (Conv), embed (Embed), mix (Einsum)." in (
+      report.table())
+  assert report.params_after <= 0.5 * report.params_before
+  np.testing.assert_allclose(small(ids), before, atol=1e-3)
+  # Tucker takes the conv too, and each projection's three modes.
+  small, report = cj.compress(net, 0.5, "tucker")
+  assert report.left_alone == ("embed (Embed)", "mix (Einsum)")
+  assert isinstance(small.attn.key, cj.layers.TuckerDense)
+  assert len(report.ranks()["attn/key"]) == 3
+  np.testing.assert_allclose(small(ids), before, atol=1e-3)
+
+
+def test_compress_refuses_what_it_cant_compute_by_name():
+  net = Attention(nnx.Rngs(0))
+  with pytest.raises(ValueError, match="Einsum at 'mix' can't take "
+                     "factorization 'svd'"):
+    cj.compress(net, 0.5, "svd", include=("mix",))
+  with pytest.raises(ValueError, match="Conv at 'conv' can't take "
+                     "factorization 'svd'"):
+    cj.compress(net, 0.5, "svd", include=(nnx.Conv,))
+  net.head = nnx.LinearGeneral(16, 10, axis=0, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"LinearGeneral at 'head'.*contracts "
+                     r"axis \(0,\)"):
+    cj.compress(net, 0.5, "svd")
+
 def _cnn(data_dir, **overrides):
+  # Looped, 4 steps a call: 16 steps an epoch compile once per model (the
+  # config's 12 unrolled steps would compile 12 copies of the step, twice).
   config = tiny(load_config("compress_fashion_mnist", "quick"), data_dir,
                 **{"dataset.name": "mnist", "num_train_examples": 0,
                    "num_test_examples": 0, "batch_size": 32,
+                   "steps_per_call": 4, "unroll": False,
                    "model.kwargs": {"widths": (8, "M", 16, 16)},
                    **overrides})
   return config

@@ -15,7 +15,8 @@ from cpac_jax.functional.conv import (
   WINOGRAD_FROM_TILES,
   conv_lowering,
 )
-from cpac_jax.layers import CPConv, TTConv, TTDense, TuckerConv, TuckerDense
+from cpac_jax.layers import (CPConv, LowRankDense, TTConv, TTDense,
+                             TuckerConv, TuckerDense)
 
 CONV_CASES = [  # kernel_size, strides, padding, dilation, spatial input
     ((3,), 1, "SAME", 1, (11,)),
@@ -470,7 +471,7 @@ def test_from_linear_rejects_shapes_that_dont_match():
 @pytest.mark.slow
 @pytest.mark.parametrize("rank", [1, 4, 16])
 @pytest.mark.parametrize("kind", ["cp", "tucker2", "tucker", "ttl", "tt",
-                                  "tt_dense"])
+                                  "tt_dense", "low_rank"])
 def test_init_matches_flax_default_variance_at_any_rank(kind, rank):
   variances = []
   for seed in range(16):
@@ -480,6 +481,9 @@ def test_init_matches_flax_default_variance_at_any_rank(kind, rank):
       weight, fan_in = layer.weight_tensor(), 256
     elif kind == "tt_dense":
       layer = TTDense((4, 8, 8), (4, 4, 2), rank=rank, rngs=rngs)
+      weight, fan_in = layer.weight_tensor(), 256
+    elif kind == "low_rank":
+      layer = LowRankDense((16, 16), 32, rank=rank, rngs=rngs)
       weight, fan_in = layer.weight_tensor(), 256
     else:
       if kind == "cp":
@@ -502,11 +506,12 @@ def layers_under_test():
       TuckerDense((4, 12), (4,), rank=(2, 3, 2), rngs=nnx.Rngs(0)),
       TTConv(3, 4, (3, 3), rank=2, rngs=nnx.Rngs(0)),
       TTDense((4, 12), (2, 2), rank=3, rngs=nnx.Rngs(0)),
+      LowRankDense((4, 12), 4, rank=3, rngs=nnx.Rngs(0)),
   ]
 
 
 def inputs_for(layer, batch=2):
-  if isinstance(layer, (TuckerDense, TTDense)):
+  if isinstance(layer, (TuckerDense, TTDense, LowRankDense)):
     return jax.random.normal(jax.random.key(0), (batch, 48))
   return jax.random.normal(jax.random.key(0), (batch, 6, 6, 3))
 
@@ -653,14 +658,15 @@ def test_from_conv_and_from_linear_name_what_they_take(build, given):
             "Conv": nnx.Conv(4, 4, (3, 3), rngs=nnx.Rngs(0)),
             "ConvTranspose": nnx.ConvTranspose(4, 4, (3, 3),
                                                rngs=nnx.Rngs(0))}
-  takes = "nnx.Linear" if given == "Conv" else "nnx.Conv"
+  takes = ("nnx.Linear or nnx.LinearGeneral" if given == "Conv"
+           else "nnx.Conv")
   with pytest.raises(TypeError, match=f"takes an {takes}, got {given}"):
     build(layers[given])
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["cp", "tucker", "tt", "tucker_dense",
-                                  "tt_dense"])
+                                  "tt_dense", "low_rank"])
 def test_an_empty_batch_gives_an_empty_batch(name):
   rngs = nnx.Rngs(0)
   layer, shape, dense = {
@@ -675,6 +681,8 @@ def test_an_empty_batch_gives_an_empty_batch(name):
                        (0, 16), nnx.Linear(16, 6, rngs=rngs)),
       "tt_dense": (cj.layers.TTDense((2, 2), (2, 3), rank=2, rngs=rngs),
                    (0, 4), nnx.Linear(4, 6, rngs=rngs)),
+      "low_rank": (LowRankDense(4, 6, rank=2, rngs=rngs), (0, 4),
+                   nnx.Linear(4, 6, rngs=rngs)),
   }[name]
   x = jnp.zeros(shape)
   out = layer(x)
@@ -693,7 +701,10 @@ def test_an_empty_batch_gives_an_empty_batch(name):
                             rngs=nnx.Rngs(0)), (2, 16)),
     (lambda dt: TTDense((4, 4), (2, 3), rank=2, param_dtype=dt,
                         rngs=nnx.Rngs(0)), (2, 16)),
-], ids=["CPConv", "TuckerConv", "TTConv", "TuckerDense", "TTDense"])
+    (lambda dt: LowRankDense(16, 3, rank=2, param_dtype=dt,
+                             rngs=nnx.Rngs(0)), (2, 16)),
+], ids=["CPConv", "TuckerConv", "TTConv", "TuckerDense", "TTDense",
+        "LowRankDense"])
 def test_bfloat16_parameters_work_as_in_the_flax_layers(make, x_shape):
   """param_dtype=bfloat16 builds, runs and differentiates,
   with every parameter in that dtype and the output's dtype what
@@ -715,3 +726,45 @@ def test_bfloat16_parameters_work_as_in_the_flax_layers(make, x_shape):
   np.testing.assert_allclose(np.asarray(weight, np.float32), reference,
                              rtol=0.05, atol=0.02 * float(
                                  jnp.max(jnp.abs(reference))))
+
+
+def test_low_rank_dense_is_the_truncated_svd_of_a_linear_or_linear_general():
+  """From an nnx.Linear or an attention-style nnx.LinearGeneral: at full
+  rank it computes the layer; at rank R its weight is the closest rank-R
+  matrix (the error of the discarded singular values); both paths agree."""
+  x = jax.random.normal(jax.random.key(0), (3, 5, 4, 6))
+  general = nnx.LinearGeneral((4, 6), (2, 5), axis=(-2, -1),
+                              rngs=nnx.Rngs(1))
+  general.bias[...] = jax.random.normal(jax.random.key(2), (2, 5))
+  full = LowRankDense.from_linear(general, rank=10)
+  assert (full.in_shape, full.out_shape) == ((4, 6), (2, 5))
+  np.testing.assert_allclose(full(x), general(x), atol=1e-5)
+  matrix = np.asarray(general.kernel[...]).reshape(24, 10)
+  singular = np.linalg.svd(matrix, compute_uv=False)
+  low = LowRankDense.from_linear(general, rank=3)
+  error = np.linalg.norm(np.asarray(low.weight_tensor()).reshape(24, 10)
+                         - matrix)
+  np.testing.assert_allclose(error, np.sqrt(np.sum(singular[3:] ** 2)),
+                             rtol=1e-4)
+  assert cj.count_params(low) == 3 * (24 + 10) + 10
+  paths = [LowRankDense.from_linear(general, rank=3, implementation=i)(x)
+           for i in ("factorized", "reconstructed")]
+  np.testing.assert_allclose(*paths, rtol=1e-5, atol=1e-5)
+  linear = nnx.Linear(6, 4, rngs=nnx.Rngs(3))
+  flat = jax.random.normal(jax.random.key(4), (2, 6))
+  np.testing.assert_allclose(LowRankDense.from_linear(linear, rank=4)(flat),
+                             linear(flat), atol=1e-5)
+
+
+def test_low_rank_dense_errors_name_the_value():
+  with pytest.raises(ValueError, match=r"rank 7 must be an int in 1\.\.6"):
+    LowRankDense(6, 8, rank=7, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="contracts axis"):
+    LowRankDense.from_linear(
+        nnx.LinearGeneral(4, 3, axis=0, rngs=nnx.Rngs(0)), rank=2)
+  with pytest.raises(TypeError, match="takes an nnx.Linear or "
+                     "nnx.LinearGeneral, got Conv"):
+    LowRankDense.from_linear(nnx.Conv(2, 2, (3, 3), rngs=nnx.Rngs(0)),
+                             rank=1)
+  with pytest.raises(ValueError, match="LowRankDense"):
+    LowRankDense(6, 8, rank=2, rngs=nnx.Rngs(0))(jnp.ones((2, 5)))

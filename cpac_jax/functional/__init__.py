@@ -15,6 +15,7 @@ from cpac_jax.functional.implementation import (
     check_implementation,
     choose,
 )
+from cpac_jax.functional.low_rank import low_rank_dense, low_rank_dense_flops
 from cpac_jax.functional.tt import (
     tt_conv,
     tt_conv_flops,
@@ -43,6 +44,8 @@ __all__ = [
     "choose",
     "cp_conv",
     "cp_conv_flops",
+    "low_rank_dense",
+    "low_rank_dense_flops",
     "patches_conv",
     "tt_conv",
     "tt_conv_flops",

@@ -1,6 +1,9 @@
 """Argument checks the factorized dense layers share. Private to
 `cpac_jax.layers`."""
 
+import math
+
+import jax.numpy as jnp
 from flax import nnx
 
 from cpac_jax import functional
@@ -25,21 +28,54 @@ def batch_shape(layer, input_shape):
                      f"{layer.out_shape}): {error}") from None
 
 
-def require_linear(linear, caller: str) -> None:
-  """TypeError unless `linear` is an `nnx.Linear`."""
-  if not isinstance(linear, nnx.Linear):
-    raise TypeError(f"{caller} takes an nnx.Linear, got "
+def linear_features(linear, where: str) -> tuple[tuple[int, ...],
+                                                 tuple[int, ...]]:
+  """The input and output feature shapes of an `nnx.Linear` or an
+  `nnx.LinearGeneral`, which a factorized dense layer can take: TypeError
+  for any other layer, ValueError (naming `where`) for a LinearGeneral
+  that contracts other than the input's last axes or has batch axes."""
+  if isinstance(linear, nnx.Linear):
+    return (linear.in_features,), (linear.out_features,)
+  if not isinstance(linear, nnx.LinearGeneral):
+    raise TypeError(f"{where} takes an nnx.Linear or nnx.LinearGeneral, got "
                     f"{type(linear).__name__}"
                     + ("; CPConv, TuckerConv and TTConv.from_conv take an "
                        "nnx.Conv" if isinstance(linear, nnx.Conv) else ""))
+  n = len(linear.in_features)
+  if linear.batch_axis or tuple(sorted(linear.axis)) != tuple(range(-n, 0)):
+    raise ValueError(
+        f"{where}: the nnx.LinearGeneral contracts axis {linear.axis} with "
+        f"batch_axis {dict(linear.batch_axis)}; a factorized layer takes one "
+        f"that contracts the input's last {n} axes (axis="
+        f"{tuple(range(-n, 0))}) and has no batch axes")
+  return tuple(linear.in_features), tuple(linear.out_features)
+
+
+def require_linear(linear, caller: str) -> None:
+  """`linear_features`' errors, for a `from_linear`."""
+  linear_features(linear, caller)
+
+
+def kernel_matrix(linear):
+  """The kernel as its (inputs, outputs) matrix, in float32."""
+  in_shape, out_shape = linear_features(linear, "kernel_matrix")
+  return linear.kernel[...].astype(jnp.float32).reshape(
+      math.prod(in_shape), math.prod(out_shape))
 
 
 def check_linear(layer, linear, caller: str) -> None:
   """ValueError unless `layer` maps as many features as `linear`."""
-  if (layer.in_features, layer.out_features) != (linear.in_features,
-                                                 linear.out_features):
+  in_shape, out_shape = linear_features(linear, caller)
+  if (layer.in_features, layer.out_features) != (math.prod(in_shape),
+                                                 math.prod(out_shape)):
     raise ValueError(
         f"{caller}: in_shape {layer.in_shape} and out_shape "
         f"{layer.out_shape} hold {layer.in_features} -> "
         f"{layer.out_features} features, but the linear layer maps "
-        f"{linear.in_features} -> {linear.out_features}")
+        f"{math.prod(in_shape)} -> {math.prod(out_shape)}")
+
+
+def copy_bias(layer, linear) -> None:
+  """`linear`'s bias, flattened, into `layer`'s."""
+  if linear.bias is not None:
+    layer.bias[...] = linear.bias[...].reshape(-1)

@@ -102,9 +102,11 @@ class TTDense(nnx.Module):
     return functional.tt_dense_flops(input_shape, self.in_shape,
                                      self.out_shape, self.rank)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, *, out_sharding=None) -> jax.Array:
     """(N, prod(in_shape)) -> (N, prod(out_shape)), or (N, *in_shape) ->
-    (N, *out_shape); extra leading batch axes are kept."""
+    (N, *out_shape); extra leading batch axes are kept.
+    `out_sharding`, as `nnx.Linear` and `nnx.LinearGeneral` take it (attention
+    passes it to its projections): the output's sharding, if given."""
     batch_shape, tensorized = _dense.batch_shape(self, x.shape)
     if not math.prod(batch_shape):
       return _empty.empty_batch(self, x, len(batch_shape))
@@ -117,15 +119,19 @@ class TTDense(nnx.Module):
     if bias is not None:
       y = y + bias
     out_shape = self.out_shape if tensorized else (self.out_features,)
-    return jnp.reshape(y, batch_shape + out_shape)
+    y = jnp.reshape(y, batch_shape + out_shape)
+    return (y if out_sharding is None
+            else jax.lax.with_sharding_constraint(y, out_sharding))
 
   @classmethod
-  def from_linear(cls, linear: nnx.Linear, *, in_shape: int | Sequence[int],
+  def from_linear(cls, linear: nnx.Linear | nnx.LinearGeneral, *,
+                  in_shape: int | Sequence[int],
                   out_shape: int | Sequence[int], rank: tensor.RankSpec,
                   implementation: str = "auto",
                   rngs: nnx.Rngs | None = None) -> "TTDense":
-    """A TTDense initialised from a trained `nnx.Linear` by TT-SVD of its
-    kernel (`cpac_jax.tensor.tt_matrix_svd`)."""
+    """A TTDense initialised from a trained `nnx.Linear` (or an
+    `nnx.LinearGeneral` contracting the input's last axes) by TT-SVD of its
+    kernel matrix (`cpac_jax.tensor.tt_matrix_svd`)."""
     _dense.require_linear(linear, "TTDense.from_linear")
     layer = cls(in_shape, out_shape, rank=rank,
                 use_bias=linear.bias is not None,
@@ -133,10 +139,9 @@ class TTDense(nnx.Module):
                 param_dtype=linear.param_dtype, precision=linear.precision,
                 rngs=rngs or nnx.Rngs(0))
     _dense.check_linear(layer, linear, "TTDense.from_linear")
-    cores = tensor.tt_matrix_svd(linear.kernel[...].astype(jnp.float32),
+    cores = tensor.tt_matrix_svd(_dense.kernel_matrix(linear),
                                  layer.in_shape, layer.out_shape, layer.rank)
     for param, core in zip(layer.cores, cores):
       param[...] = core.astype(linear.param_dtype)
-    if linear.bias is not None:
-      layer.bias[...] = linear.bias[...]
+    _dense.copy_bias(layer, linear)
     return layer

@@ -101,9 +101,11 @@ class TuckerDense(nnx.Module):
     return functional.tucker_dense_flops(input_shape, self.in_shape,
                                          self.out_shape, self.rank)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, *, out_sharding=None) -> jax.Array:
     """(N, prod(in_shape)) -> (N, prod(out_shape)), or (N, *in_shape) ->
-    (N, *out_shape); extra leading batch axes are kept."""
+    (N, *out_shape); extra leading batch axes are kept.
+    `out_sharding`, as `nnx.Linear` and `nnx.LinearGeneral` take it (attention
+    passes it to its projections): the output's sharding, if given."""
     batch_shape, tensorized = _dense.batch_shape(self, x.shape)
     if not math.prod(batch_shape):
       return _empty.empty_batch(self, x, len(batch_shape))
@@ -118,14 +120,18 @@ class TuckerDense(nnx.Module):
     if bias is not None:
       y = y + bias
     out_shape = self.out_shape if tensorized else (self.out_features,)
-    return jnp.reshape(y, batch_shape + out_shape)
+    y = jnp.reshape(y, batch_shape + out_shape)
+    return (y if out_sharding is None
+            else jax.lax.with_sharding_constraint(y, out_sharding))
 
   @classmethod
-  def from_linear(cls, linear: nnx.Linear, *, in_shape: int | Sequence[int],
+  def from_linear(cls, linear: nnx.Linear | nnx.LinearGeneral, *,
+                  in_shape: int | Sequence[int],
                   out_shape: int | Sequence[int], rank: tensor.RankSpec,
                   method: str = "hooi", implementation: str = "auto",
                   rngs: nnx.Rngs | None = None) -> "TuckerDense":
-    """A TuckerDense initialised from a trained `nnx.Linear` by a Tucker
+    """A TuckerDense initialised from a trained `nnx.Linear` (or an
+    `nnx.LinearGeneral` contracting the input's last axes) by a Tucker
     decomposition (HOOI by default) of its tensorized kernel."""
     _dense.require_linear(linear, "TuckerDense.from_linear")
     layer = cls(in_shape, out_shape, rank=rank,
@@ -134,12 +140,11 @@ class TuckerDense(nnx.Module):
                 param_dtype=linear.param_dtype, precision=linear.precision,
                 rngs=rngs or nnx.Rngs(0))
     _dense.check_linear(layer, linear, "TuckerDense.from_linear")
-    kernel = jnp.reshape(linear.kernel[...].astype(jnp.float32),
+    kernel = jnp.reshape(_dense.kernel_matrix(linear),
                          layer.in_shape + layer.out_shape)
     core, factors = tensor.tucker(kernel, layer.rank, method=method)
     layer.core[...] = core.astype(linear.param_dtype)
     for param, factor in zip(layer.factors, factors):
       param[...] = factor.astype(linear.param_dtype)
-    if linear.bias is not None:
-      layer.bias[...] = linear.bias[...]
+    _dense.copy_bias(layer, linear)
     return layer
