@@ -22,10 +22,11 @@ What replaces what:
     `nnx.LinearGeneral` by a `TuckerDense` of its feature shapes, a rank
     per mode (e.g. (embed,) -> (heads, head_dim): three ranks).
   "svd": each `nnx.Linear` and `nnx.LinearGeneral` by a `LowRankDense`,
-    its kernel matrix as two thin matrices of rank R (the truncated SVD).
+    its kernel matrix as two thin matrices of rank R (the truncated SVD),
+    and each `nnx.Embed` by a `LowRankEmbed`, its table likewise.
   A LinearGeneral must contract the input's last axes, with no batch axes
-  (`cpac_jax.layers.linear_features`). Layers no factorization takes
-  (`nnx.Einsum`, `nnx.Embed`) are left as they are, and the report names
+  (`cpac_jax.layers.linear_features`). Layers the factorization doesn't
+  take (`nnx.Einsum` by any) are left as they are, and the report names
   them (`CompressionReport.left_alone`).
 
 The rule that shares the budget (`allocation`):
@@ -73,7 +74,7 @@ ALLOCATIONS = ("global", "uniform")
 INITS = ("decomposed", "random")
 _TAKES = {"cp": (nnx.Conv,),
           "tucker": (nnx.Conv, nnx.Linear, nnx.LinearGeneral),
-          "svd": (nnx.Linear, nnx.LinearGeneral)}
+          "svd": (nnx.Linear, nnx.LinearGeneral, nnx.Embed)}
 # Every layer with a weight `compress` looks at; those of no factorization's
 # _TAKES are reported left alone.
 _WEIGHTED = (nnx.Conv, nnx.Linear, nnx.LinearGeneral, nnx.Einsum, nnx.Embed)
@@ -225,7 +226,7 @@ def _choose(model, factorization, include, exclude):
     where = f"compress: the {type(node).__name__} at {path!r}"
     if isinstance(node, nnx.Conv):
       cj_layers.from_conv_kwargs(node, where)
-    else:
+    elif not isinstance(node, nnx.Embed):
       cj_layers.linear_features(node, where)
   return chosen, tuple(left_alone)
 
@@ -364,8 +365,10 @@ def _options(node: nnx.Module, factorization: str) -> list[_Option]:
   estimated squared relative error (from the spectra; module docstring)."""
   weight = np.asarray(_weight(node), np.float64)
   norm2 = float(np.sum(weight**2)) or 1.0
-  if isinstance(node, (nnx.Linear, nnx.LinearGeneral)):
-    in_shape, out_shape = cj_layers.linear_features(node, "compress")
+  if isinstance(node, (nnx.Linear, nnx.LinearGeneral, nnx.Embed)):
+    in_shape, out_shape = ((node.num_embeddings,), (node.features,)) if (
+        isinstance(node, nnx.Embed)) else cj_layers.linear_features(
+            node, "compress")
     n_in, n_out = math.prod(in_shape), math.prod(out_shape)
     if factorization == "tucker" and len(in_shape + out_shape) > 2:
       return _tucker_options(weight, range(weight.ndim), norm2,
@@ -542,6 +545,12 @@ def _replace(node, factorization, rank, init, implementation, key, rngs,
              path) -> nnx.Module:
   """The factorized layer that takes `node`'s place."""
   where = f"compress: the {type(node).__name__} at {path!r}"
+  if isinstance(node, nnx.Embed):
+    if init == "decomposed":
+      return cj_layers.LowRankEmbed.from_embed(node, rank=int(rank))
+    return cj_layers.LowRankEmbed(
+        node.num_embeddings, node.features, rank=int(rank), dtype=node.dtype,
+        param_dtype=node.param_dtype, rngs=rngs)
   if isinstance(node, (nnx.Linear, nnx.LinearGeneral)):
     in_shape, out_shape = cj_layers.linear_features(node, where)
     if factorization == "svd":
@@ -617,23 +626,30 @@ def _set_keys(model, keys: tuple, layer) -> None:
 
 
 def _weight(node) -> jax.Array:
-  """What the layer computes with (a masked conv's kernel times its mask)."""
+  """What the layer computes with (a masked conv's kernel times its mask;
+  an embedding's table)."""
+  if isinstance(node, nnx.Embed):
+    return node.embedding[...]
   return (cj_layers.effective_kernel(node) if isinstance(node, nnx.Conv)
           else node.kernel[...])
 
 
 def _rebuilt(layer) -> jax.Array:
+  if isinstance(layer, cj_layers.LowRankEmbed):
+    return layer.table()
   if isinstance(layer, (cj_layers.TuckerDense, cj_layers.LowRankDense)):
     return layer.weight_tensor()
   return layer.kernel_tensor()
 
 
 def _dense_params(node) -> int:
-  return math.prod(node.kernel.shape)
+  weight = node.embedding if isinstance(node, nnx.Embed) else node.kernel
+  return math.prod(weight.shape)
 
 
 def _bias_params(layer) -> int:
-  return 0 if layer.bias is None else math.prod(layer.bias.shape)
+  bias = getattr(layer, "bias", None)
+  return 0 if bias is None else math.prod(bias.shape)
 
 
 def _left_spectrum(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -652,6 +668,8 @@ def _describe(node) -> str:
     return f"Linear({node.in_features}->{node.out_features})"
   if isinstance(node, nnx.LinearGeneral):
     return f"LinearGeneral({node.in_features}->{node.out_features})"
+  if isinstance(node, nnx.Embed):
+    return f"Embed({node.num_embeddings}, {node.features})"
   size = "x".join(map(str, node.kernel_size))
   return f"Conv({node.in_features}->{node.out_features}, {size})"
 

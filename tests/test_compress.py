@@ -193,16 +193,18 @@ class Attention(nnx.Module):
 
 
 def _planted_attention():
-  """`Attention` with every Linear/LinearGeneral kernel of matrix rank 4 and
-  the conv's of Tucker-2 ranks (6, 6): budgets of half its weights hold
-  them exactly."""
+  """`Attention` with its table and every Linear/LinearGeneral kernel of
+  matrix rank 4 and the conv's of Tucker-2 ranks (6, 6): budgets of half
+  its weights hold them exactly."""
   net = Attention(nnx.Rngs(0))
   for path, node in compression.compressible(net, "svd"):
-    in_shape, _ = cj.layers.linear_features(node, path)
-    matrix = np.asarray(node.kernel[...]).reshape(np.prod(in_shape), -1)
+    weight = node.embedding if path == "embed" else node.kernel
+    rows = (50 if path == "embed" else
+            np.prod(cj.layers.linear_features(node, path)[0]))
+    matrix = np.asarray(weight[...]).reshape(rows, -1)
     u, s, vt = np.linalg.svd(matrix, full_matrices=False)
-    node.kernel[...] = jnp.asarray(((u[:, :4] * s[:4]) @ vt[:4]).reshape(
-        node.kernel.shape))
+    weight[...] = jnp.asarray(((u[:, :4] * s[:4]) @ vt[:4]).reshape(
+        weight.shape))
   net.conv.kernel[...] = _planted((3, 32, 32), (6, 6), seed=5) / 30
   return net
 
@@ -214,14 +216,13 @@ def test_compress_replaces_attention_projections_and_names_what_it_leaves():
   before = net(ids)
   small, report = cj.compress(net, 0.5, "svd")
   assert sorted(layer.path for layer in report.layers) == [
-      "attn/key", "attn/out", "attn/query", "attn/value", "head", "mlp/0",
-      "mlp/1"]
+      "attn/key", "attn/out", "attn/query", "attn/value", "embed", "head",
+      "mlp/0", "mlp/1"]
   assert isinstance(small.attn.query, cj.layers.LowRankDense)
+  assert isinstance(small.embed, cj.layers.LowRankEmbed)
   assert small.attn.out.in_shape == (4, 8)
-  assert report.left_alone == ("conv (Conv)", "embed (Embed)",
-                               "mix (Einsum)")
-  assert "Left as they were: conv (Conv), embed (Embed), mix (Einsum)." in (
-      report.table())
+  assert report.left_alone == ("conv (Conv)", "mix (Einsum)")
+  assert "Left as they were: conv (Conv), mix (Einsum)." in report.table()
   assert report.params_after <= 0.5 * report.params_before
   np.testing.assert_allclose(small(ids), before, atol=1e-3)
   # Tucker takes the conv too, and each projection's three modes.

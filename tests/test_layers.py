@@ -768,3 +768,23 @@ def test_low_rank_dense_errors_name_the_value():
                              rank=1)
   with pytest.raises(ValueError, match="LowRankDense"):
     LowRankDense(6, 8, rank=2, rngs=nnx.Rngs(0))(jnp.ones((2, 5)))
+
+
+def test_low_rank_embed_is_the_truncated_svd_of_an_embedding_table():
+  embed = nnx.Embed(20, 6, rngs=nnx.Rngs(1))
+  ids = jnp.array([[0, 5, 19], [3, 3, 7]])
+  query = jax.random.normal(jax.random.key(0), (4, 6))
+  full = cj.layers.LowRankEmbed.from_embed(embed, rank=6)
+  np.testing.assert_allclose(full(ids), embed(ids), atol=1e-5)
+  np.testing.assert_allclose(full.attend(query), embed.attend(query),
+                             atol=1e-5)
+  low = cj.layers.LowRankEmbed.from_embed(embed, rank=2)
+  table = np.asarray(embed.embedding[...])
+  singular = np.linalg.svd(table, compute_uv=False)
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(low.table()) - table),
+                             np.sqrt(np.sum(singular[2:] ** 2)), rtol=1e-4)
+  assert cj.count_params(low) == 2 * (20 + 6)
+  with pytest.raises(ValueError, match=r"rank 7 must be an int in 1\.\.6"):
+    cj.layers.LowRankEmbed(20, 6, rank=7, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="ids must be integers"):
+    full(jnp.ones((2,)))

@@ -11,13 +11,14 @@ from cpac_jax.layers._conv import effective_kernel, from_conv_kwargs
 from cpac_jax.layers._dense import linear_features
 from cpac_jax.layers.cp_conv import CPConv
 from cpac_jax.layers.low_rank_dense import LowRankDense
+from cpac_jax.layers.low_rank_embed import LowRankEmbed
 from cpac_jax.layers.params import count_params
 from cpac_jax.layers.tt_conv import TTConv
 from cpac_jax.layers.tt_dense import TTDense
 from cpac_jax.layers.tucker_conv import TuckerConv
 from cpac_jax.layers.tucker_dense import TuckerDense
 
-__all__ = ["CPConv", "LowRankDense", "TTConv", "TTDense", "TuckerConv", "TuckerDense",
+__all__ = ["CPConv", "LowRankDense", "LowRankEmbed", "TTConv", "TTDense", "TuckerConv", "TuckerDense",
            "auto_conv_general_dilated", "count_params", "effective_kernel",
            "from_conv_kwargs", "linear_features",
            "patches_conv", "winograd_conv"]
