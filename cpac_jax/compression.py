@@ -54,8 +54,10 @@ The rule that shares the budget (`allocation`):
 
 import dataclasses
 import fnmatch
+import json
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -65,7 +67,7 @@ from cpac_jax import layers as cj_layers
 
 __all__ = ["ALLOCATIONS", "FACTORIZATIONS", "INITS", "CompressionReport",
            "LayerReport", "allocate", "check_budget", "compress",
-           "compressible", "references", "set_at"]
+           "compressible", "load", "references", "save", "set_at"]
 
 FACTORIZATIONS = ("cp", "tucker", "svd")
 ALLOCATIONS = ("global", "uniform")
@@ -319,6 +321,66 @@ def compress(model: nnx.Module, budget: float | int | None = None,
       factorization, allocation,
       0.1 if budget is None and not given else budget, tuple(reports),
       left_alone)
+
+
+# --- Saving and loading ------------------------------------------------------
+
+
+def save(directory: str | Path, model: nnx.Module,
+         report: CompressionReport) -> None:
+  """Write a compressed model to `directory`: its architecture (the
+  report, `compression.json`: factorization and each layer's rank) and
+  its state (orbax, `state/`), for `load` to rebuild without decomposing.
+
+  Raises:
+    FileExistsError: `directory` holds a saved model already (nothing is
+      written).
+  """
+  import orbax.checkpoint as ocp  # only here: the layers need no orbax
+
+  directory = Path(directory).absolute()
+  if (directory / "compression.json").exists() or (
+      directory / "state").exists():
+    raise FileExistsError(f"compress.save: {directory} holds a saved model "
+                          "already; give an empty or new directory")
+  directory.mkdir(parents=True, exist_ok=True)
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(directory / "state", _saved_state(model))
+  # last: a directory holds compression.json only once its state is whole
+  (directory / "compression.json").write_text(
+      json.dumps(report.to_dict(), indent=1) + "\n")
+
+
+def load(directory: str | Path, model: nnx.Module) -> nnx.Module:
+  """The compressed model `save` wrote to `directory`, rebuilt from
+  `model`, the uncompressed architecture (any weights; abstract, from
+  `nnx.eval_shape`, is enough): its layers replaced at the saved ranks,
+  then every parameter and statistic read back.
+
+  Raises:
+    FileNotFoundError: `directory` holds no saved model.
+    ValueError: `model` lacks a layer the saved one replaced.
+  """
+  import orbax.checkpoint as ocp
+
+  directory = Path(directory).absolute()
+  if not (directory / "compression.json").exists():
+    raise FileNotFoundError(f"compress.load: {directory} holds no saved "
+                            "model (no compression.json)")
+  saved = json.loads((directory / "compression.json").read_text())
+  ranks = {layer["path"]: layer["rank"] for layer in saved["layers"]}
+  small = nnx.eval_shape(lambda: compress(
+      model, factorization=saved["factorization"], include=tuple(ranks),
+      ranks=ranks, init="random")[0])
+  with ocp.StandardCheckpointer() as checkpointer:
+    state = checkpointer.restore(directory / "state", _saved_state(small))
+  nnx.update(small, state)
+  return small
+
+
+def _saved_state(model: nnx.Module) -> nnx.State:
+  """What `save` keeps: every variable but random-stream state."""
+  return nnx.state(model, nnx.Not(nnx.RngState))
 
 
 # --- Choosing ranks ----------------------------------------------------------

@@ -233,6 +233,22 @@ def test_compress_replaces_attention_projections_and_names_what_it_leaves():
   np.testing.assert_allclose(small(ids), before, atol=1e-3)
 
 
+
+@pytest.mark.slow
+def test_a_compressed_model_saves_and_loads_without_decomposing(tmp_path):
+  net = _planted_attention()
+  ids = jax.random.randint(jax.random.key(0), (2, 7), 0, 50)
+  small, report = cj.compress(net, 0.5, "tucker")
+  cj.compression.save(tmp_path / "small", small, report)
+  other = nnx.eval_shape(lambda: Attention(nnx.Rngs(3)))  # shapes alone
+  back = cj.compression.load(tmp_path / "small", other)
+  assert isinstance(back.attn.key, cj.layers.TuckerDense)
+  np.testing.assert_array_equal(back(ids), small(ids))
+  with pytest.raises(FileExistsError, match="holds a saved model already"):
+    cj.compression.save(tmp_path / "small", small, report)
+  with pytest.raises(FileNotFoundError, match="no compression.json"):
+    cj.compression.load(tmp_path / "elsewhere", other)
+
 def test_compress_refuses_what_it_cant_compute_by_name():
   net = Attention(nnx.Rngs(0))
   with pytest.raises(ValueError, match="Einsum at 'mix' can't take "
