@@ -44,9 +44,9 @@ The rule that shares the budget (`allocation`):
     HOSVD truncation at those ranks (exact for the Linear's SVD; for a
     conv, the Tucker-2 projection onto the leading singular vectors of
     its channel unfoldings; for a LinearGeneral, onto those of every
-    mode's unfolding); for "svd", the truncated SVD's (exact); for CP, the largest of the channel
-    unfoldings' rank-R truncation errors, a lower bound on any rank-R
-    CP's error. Layers whose spectra decay fast
+    mode's unfolding); for "svd", the truncated SVD's (exact); for CP,
+    the largest of the channel unfoldings' rank-R truncation errors, a
+    lower bound on any rank-R CP's error. Layers whose spectra decay fast
     give up parameters to those whose spectra don't, and a large layer pays
     more parameters per rank than a small one. The report gives each
     layer's error after its actual decomposition.
@@ -172,7 +172,7 @@ def compressible(model: nnx.Module, factorization: str = "tucker", *,
   (`nnx.Linear`); `include` and `exclude` take one filter or a sequence of
   them. `include` None: every layer that can take the factorization
   (`nnx.Conv` for "cp"; also `nnx.Linear` and `nnx.LinearGeneral` for
-  "tucker"; those two alone for "svd").
+  "tucker"; those two and `nnx.Embed` for "svd").
 
   Raises:
     ValueError: an unknown factorization, a filter that matches no layer

@@ -15,8 +15,14 @@ from cpac_jax.functional.conv import (
   WINOGRAD_FROM_TILES,
   conv_lowering,
 )
-from cpac_jax.layers import (CPConv, LowRankDense, TTConv, TTDense,
-                             TuckerConv, TuckerDense)
+from cpac_jax.layers import (
+  CPConv,
+  LowRankDense,
+  TTConv,
+  TTDense,
+  TuckerConv,
+  TuckerDense,
+)
 
 CONV_CASES = [  # kernel_size, strides, padding, dilation, spatial input
     ((3,), 1, "SAME", 1, (11,)),

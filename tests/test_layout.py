@@ -146,8 +146,8 @@ def test_every_module_imports_beside_every_other():
                    if path.name != "__main__.py")
   if importlib.util.find_spec("torch") is None:  # the peers: [bench]
     modules.remove("cpac_jax.benchmarks.torch_models")
-  code = "import importlib\nfor m in %r:\n  importlib.import_module(m)" % (
-      modules,)
+  code = ("import importlib\n"
+          f"for m in {modules!r}:\n  importlib.import_module(m)")
   result = subprocess.run([sys.executable, "-c", code], capture_output=True,
                           text=True, cwd=PACKAGE.parent, check=False)
   assert result.returncode == 0, result.stderr[-2000:]

@@ -18,7 +18,7 @@ from cpac_jax.layers.tt_dense import TTDense
 from cpac_jax.layers.tucker_conv import TuckerConv
 from cpac_jax.layers.tucker_dense import TuckerDense
 
-__all__ = ["CPConv", "LowRankDense", "LowRankEmbed", "TTConv", "TTDense", "TuckerConv", "TuckerDense",
-           "auto_conv_general_dilated", "count_params", "effective_kernel",
-           "from_conv_kwargs", "linear_features",
-           "patches_conv", "winograd_conv"]
+__all__ = ["CPConv", "LowRankDense", "LowRankEmbed", "TTConv", "TTDense",
+           "TuckerConv", "TuckerDense", "auto_conv_general_dilated",
+           "count_params", "effective_kernel", "from_conv_kwargs",
+           "linear_features", "patches_conv", "winograd_conv"]
