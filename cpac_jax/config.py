@@ -44,7 +44,8 @@ OPTIONAL_FIELDS = {"optimizer.schedule": optimizers.DEFAULT_SCHEDULE,
                    "model.kwargs": {}, "model.init": models.DEFAULT_INIT,
                    "dataset.validation_examples": 0,
                    "teacher": "", "distill_weight": 0.0,
-                   "distill_temperature": 4.0}
+                   "distill_temperature": 4.0,
+                   "dtype": models.DEFAULT_DTYPE}
 # Fields that don't change what a run computes.
 _NOT_IN_KEY = ("sweep", "paper", "paper_loss", "dataset.data_dir",
                "steps_per_call", "unroll", "xla_cpu_ynn_fusions",
@@ -100,6 +101,12 @@ def base_config() -> ml_collections.ConfigDict:
   # to 1.78x less time (experiments/benchmarks/lowering.md; 11.6x on the
   # AVX2-only CPU of an earlier run, in its git history).
   config.xla_cpu_ynn_fusions = False
+  # The compute dtype of every layer of the model (models.DTYPES):
+  # "float32" (unset), "bfloat16" or "float16". Parameters, batch-norm
+  # statistics and optimizer state stay float32, the gradients reach them
+  # in float32, and the loss is computed on the logits cast to float32.
+  # float16 has no loss scaling: small gradients may underflow to zero.
+  config.dtype = config_dict.placeholder(str)
   config.seed = 0                       # seeds init and data order
   # Several hosts: with initialize, jax.distributed.initialize() joins them
   # before any computation; the fields left unset it detects itself on
@@ -183,6 +190,7 @@ def validate(config: ml_collections.ConfigDict,
     _choose(config.dataset.name, data.DATASETS, "dataset.name")
   _choose(config.model.name, models.MODELS, "model.name")
   models.check(config.model)
+  _choose(setting(config, "dtype"), models.DTYPES, "dtype")
   _choose(config.optimizer.name, optimizers.OPTIMIZERS, "optimizer.name")
   _choose(setting(config, "optimizer.schedule"), optimizers.SCHEDULES,
           "optimizer.schedule")
@@ -312,7 +320,7 @@ def build_model(config: ml_collections.ConfigDict,
   info = info or data.INFO[config.dataset.name]
   rngs = nnx.Rngs(params=key) if key is not None else nnx.Rngs(0)
   return models.build(config.model, info.image_shape, info.num_classes, rngs,
-                      seed=config.seed)
+                      seed=config.seed, dtype=setting(config, "dtype"))
 
 
 def computed_fields(config: ml_collections.ConfigDict,

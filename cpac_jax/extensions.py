@@ -39,8 +39,17 @@ __all__ = ["CompressTeacher", "Distillation", "Extension", "FromTeacher",
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """The per-example loss every run trains on unless an extension wraps it."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  """The per-example loss every run trains on unless an extension wraps it;
+  in float32 (or wider) whatever the model computes in (`config.dtype`)."""
+  return optax.softmax_cross_entropy_with_integer_labels(
+      _at_least_float32(logits), labels)
+
+
+def _at_least_float32(logits: jax.Array) -> jax.Array:
+  """`logits` cast up to float32 if narrower: a softmax's exponentials and
+  sums lose too much in bfloat16 or float16 (float16 overflows past
+  65504)."""
+  return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
 
 
 class Extension:
@@ -151,6 +160,7 @@ def distillation_loss(weight: float, temperature: float):
 
   def loss(logits, target):
     labels, teacher = target
+    logits, teacher = _at_least_float32(logits), _at_least_float32(teacher)
     soft = optax.softmax_cross_entropy(logits / temperature,
                                        jax.nn.softmax(teacher / temperature))
     return ((1 - weight) * cross_entropy(logits, labels)
@@ -238,9 +248,10 @@ def for_run(config: ml_collections.ConfigDict, teacher, teacher_config,
 
 def _logits(model: nnx.Module, images: np.ndarray, dataset,
             batch_size: int = 1000) -> np.ndarray:
-  """`model`'s logits on uint8 `images`, normalised as `dataset` says."""
+  """`model`'s logits on uint8 `images`, normalised as `dataset` says; in
+  float32 (or wider) whatever the model computes in."""
   graphdef, state = nnx.split(model)
-  apply = jax.jit(lambda state, x: nnx.merge(graphdef, state)(
-      data.normalize(x, dataset.mean, dataset.std)))
+  apply = jax.jit(lambda state, x: _at_least_float32(nnx.merge(
+      graphdef, state)(data.normalize(x, dataset.mean, dataset.std))))
   return np.concatenate([np.asarray(apply(state, images[i:i + batch_size]))
                          for i in range(0, len(images), batch_size)])

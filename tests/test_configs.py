@@ -43,6 +43,24 @@ def test_a_config_builds_its_sweep_without_opening_a_file(name, monkeypatch):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_an_unset_dtype_leaves_every_run_key_as_it_was(name):
+  """config.dtype came after results were keyed by their configs: left
+  unset, every run's key is what it was before the field existed; set, it
+  is another run."""
+  from cpac_jax.config import override, run_key
+
+  module = importlib.import_module(f"configs.{name}")
+  for _, config in _presets(module):
+    for _, run in expand(config):
+      before = run.copy_and_resolve_references()
+      with before.unlocked():
+        del before["dtype"]  # the schema as it was
+      assert run_key(run) == run_key(before)
+      override(run, "dtype", "bfloat16")
+      assert run_key(run) != run_key(before)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_configs_import_each_other_as_modules(name):
   tree = ast.parse((ROOT / "configs" / f"{name}.py").read_text())
   imported = {alias.name for node in ast.walk(tree)

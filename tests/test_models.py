@@ -151,3 +151,72 @@ def test_cnn_shootout_holds_matched_budgets_of_the_four_convs():
     assert len(counts) == 3               # budget, none below 70% of it
     assert all(0.7 * budget * 138_240 <= c <= budget * 138_240
                for c in counts), (budget, counts)
+
+
+# Every model and factorization the registry builds, on small inputs.
+VARIANTS = [(name, factorization)
+            for name, (_, factorizations, _) in models.MODELS.items()
+            for factorization in factorizations]
+_SHAPES = {"vgg16": (32, 32, 3)}  # five 2x2 pools; the rest take (12, 12, 1)
+_KWARGS = {"cnn": {"widths": (4, "M", 4, 8)},
+           "ttl_mlp": {"hidden_shape": (6, 5)}}  # TT: as many modes as 12x12
+
+
+def _captured(name, factorization, dtype):
+  """The model `name` built in `dtype` and what each of its layers returns
+  (`nnx.capture`) in train and eval mode, all abstract: dtypes, no compute."""
+  import ml_collections
+
+  model = ml_collections.ConfigDict(
+      {"name": name, "factorization": factorization, "rank": 0.5,
+       "kwargs": _KWARGS.get(name, {})})
+  shape = _SHAPES.get(name, (12, 12, 1))
+
+  def build_and_run():
+    net = models.build(model, shape, 10, nnx.Rngs(0), dtype=dtype)
+    outputs = {}
+    for mode in ("train", "eval"):
+      getattr(net, mode)()
+      _, outputs[mode] = nnx.capture(
+          net, nnx.Intermediate, method_outputs=nnx.Intermediate)(
+              jnp.zeros((2, *shape)))
+    return net, outputs
+
+  return nnx.eval_shape(build_and_run)
+
+
+@pytest.mark.parametrize("name,factorization", VARIANTS)
+def test_every_model_computes_in_bfloat16_with_float32_state(name,
+                                                             factorization):
+  net, outputs = _captured(name, factorization, "bfloat16")
+  layers = {path: node.dtype for path, node in nnx.iter_graph(net)
+            if isinstance(node, nnx.Module) and hasattr(node, "dtype")}
+  assert layers and set(layers.values()) == {jnp.dtype(jnp.bfloat16)}, layers
+  for mode, captured in outputs.items():
+    calls = {path[:-1]: value for path, value in nnx.to_flat_state(captured)
+             if path[-1] == "__call__"}
+    assert set(calls) >= set(layers) | {()}, mode  # every layer, the model
+    dtypes = {path: value.get_value()[0].dtype for path, value in calls.items()}
+    assert set(dtypes.values()) == {jnp.dtype(jnp.bfloat16)}, (mode, dtypes)
+  state = nnx.to_flat_state(nnx.state(net, nnx.Any(nnx.Param,
+                                                   nnx.BatchStat)))
+  assert {value.get_value().dtype for _, value in state} == {
+      jnp.dtype(jnp.float32)}
+
+
+@pytest.mark.parametrize("dtype", models.DTYPES)
+def test_cnn_computes_in_each_dtype(dtype):
+  _, outputs = _captured("cnn", "cp", dtype)
+  assert {value.get_value()[0].dtype
+          for path, value in nnx.to_flat_state(outputs["train"])
+          if path[-1] == "__call__"} == {jnp.dtype(dtype)}
+
+
+def test_build_refuses_an_unknown_dtype():
+  import ml_collections
+
+  model = ml_collections.ConfigDict(
+      {"name": "ttl_mlp", "factorization": "dense", "rank": 2})
+  with pytest.raises(ValueError, match=r"unknown dtype 'float64'; choose one "
+                     r"of \('float32', 'bfloat16', 'float16'\)"):
+    models.build(model, (28, 28, 1), 10, nnx.Rngs(0), dtype="float64")

@@ -215,6 +215,8 @@ BAD_CONFIGS = [
     ({"dataset.std": 0.0}, "dataset.std must be finite and positive"),
     ({"dataset.mean": float("nan")}, "dataset.mean must be finite"),
     ({"optimizer.schedule": "linear"}, "unknown optimizer.schedule"),
+    ({"dtype": "float64"}, r"unknown dtype 'float64'.*; choose one of "
+     r"\('float32', 'bfloat16', 'float16'\)"),
 ]
 
 

@@ -2,6 +2,7 @@
 
 import difflib
 
+import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
@@ -14,9 +15,9 @@ from cpac_jax.models.params import count_factorized, parameter_counts
 from cpac_jax.models.ttl_mlp import TTLMLP
 from cpac_jax.models.vgg import VGG16
 
-__all__ = ["CNN", "CPACNet", "DEFAULT_INIT", "INITS", "MODELS", "TTLMLP",
-           "VGG16", "build", "count_factorized", "from_teacher",
-           "parameter_counts"]
+__all__ = ["CNN", "CPACNet", "DEFAULT_DTYPE", "DEFAULT_INIT", "DTYPES", "INITS",
+           "MODELS", "TTLMLP", "VGG16", "build", "count_factorized",
+           "from_teacher", "parameter_counts"]
 
 # name -> (constructor, the factorizations it takes, fixed keyword arguments)
 MODELS = {
@@ -34,6 +35,11 @@ DEFAULT_INIT = "default"  # model.init unset: the layers' own init
 # attributes `from_teacher` reaches.
 INITS = {"cpac_cnn_1": cpac_cnn.INITS, "cpac_cnn_2": cpac_cnn.INITS,
          "ttl_mlp": ("default", "teacher")}
+# The compute dtypes a model may run in (`config.dtype`), the default first:
+# every layer's matmuls, convs and activations in it; parameters, batch-norm
+# statistics and so optimizer state stay float32.
+DTYPES = ("float32", "bfloat16", "float16")
+DEFAULT_DTYPE = DTYPES[0]
 
 
 def check(model: ml_collections.ConfigDict) -> None:
@@ -56,10 +62,14 @@ def check(model: ml_collections.ConfigDict) -> None:
 
 
 def build(model: ml_collections.ConfigDict, input_shape, num_classes: int,
-          rngs: nnx.Rngs, seed: int = 0) -> nnx.Module:
+          rngs: nnx.Rngs, seed: int = 0, dtype: str = DEFAULT_DTYPE
+          ) -> nnx.Module:
   """The model a config's `model` block names, for inputs (H, W, C); `seed`
-  (the run's) seeds what an init other than "default" draws outside JAX."""
+  (the run's) seeds what an init other than "default" draws outside JAX;
+  `dtype` (one of `DTYPES`) is every layer's compute dtype."""
   check(model)
+  if dtype not in DTYPES:
+    raise ValueError(f"unknown dtype {dtype!r}; choose one of {DTYPES}")
   constructor, _, fixed = MODELS[model.name]
   kwargs = dict(model.get("kwargs", {}))
   if (model.get("init") or DEFAULT_INIT) not in (DEFAULT_INIT, "teacher"):
@@ -70,7 +80,7 @@ def build(model: ml_collections.ConfigDict, input_shape, num_classes: int,
   return constructor(factorization=model.factorization, rank=rank,
                      input_shape=tuple(input_shape), num_classes=num_classes,
                      implementation=model.get("implementation", "auto"),
-                     rngs=rngs, **fixed, **kwargs)
+                     dtype=jnp.dtype(dtype), rngs=rngs, **fixed, **kwargs)
 
 
 def from_teacher(student: nnx.Module, teacher: nnx.Module) -> nnx.Module:

@@ -14,16 +14,17 @@ __all__ = ["CNN", "apply_stages", "conv_stages", "max_pool_2x2"]
 STAGES = (32, "M", 32, 64, "M", 64, 128)
 
 
-def conv_stages(widths, channels: int, make_conv, rngs: nnx.Rngs
-                ) -> tuple[nnx.List, nnx.List]:
+def conv_stages(widths, channels: int, make_conv, rngs: nnx.Rngs,
+                dtype=None) -> tuple[nnx.List, nnx.List]:
   """(convs, norms): the 3x3 convs `widths` names ("M" a 2x2 max-pool),
-  the i-th `make_conv(in_channels, width, i)`, each with its batch norm."""
+  the i-th `make_conv(in_channels, width, i)`, each with its batch norm
+  computing in `dtype` (its statistics in float32 whatever it is)."""
   convs, norms = [], []
   for width in widths:
     if width == "M":
       continue
     convs.append(make_conv(channels, width, len(convs)))
-    norms.append(nnx.BatchNorm(width, rngs=rngs))
+    norms.append(nnx.BatchNorm(width, dtype=dtype, rngs=rngs))
     channels = width
   return nnx.List(convs), nnx.List(norms)
 
@@ -65,6 +66,10 @@ class CNN(nnx.Module):
   "tucker" or "tt" (every conv but the first a CPConv, TuckerConv or
   TTConv at `rank`).
 
+  `dtype` is every layer's compute dtype (e.g. jnp.bfloat16; None: as the
+  inputs and float32 parameters promote), batch norm's included; the
+  parameters are float32 whatever it is, and the logits come out in it.
+
   Example:
     >>> from flax import nnx
     >>> net = CNN(input_shape=(28, 28, 1), num_classes=10, rngs=nnx.Rngs(0))
@@ -74,7 +79,7 @@ class CNN(nnx.Module):
 
   def __init__(self, *, factorization: str = "dense", rank: RankSpec = 0.1,
                input_shape=(28, 28, 1), num_classes: int = 10,
-               widths=STAGES, implementation: str = "auto",
+               widths=STAGES, implementation: str = "auto", dtype=None,
                rngs: nnx.Rngs):
     layer = {"dense": None, "cp": CPConv, "tucker": TuckerConv,
              "tt": TTConv}
@@ -86,13 +91,14 @@ class CNN(nnx.Module):
     def make_conv(channels, width, index):
       if layer[factorization] and index:
         return layer[factorization](channels, width, (3, 3), rank=rank,
-                                    implementation=implementation, rngs=rngs)
-      return nnx.Conv(channels, width, (3, 3), rngs=rngs)
+                                    implementation=implementation,
+                                    dtype=dtype, rngs=rngs)
+      return nnx.Conv(channels, width, (3, 3), dtype=dtype, rngs=rngs)
 
     self.convs, self.norms = conv_stages(self.widths, input_shape[-1],
-                                         make_conv, rngs)
+                                         make_conv, rngs, dtype)
     self.out = nnx.Linear(self.convs[-1].out_features, num_classes,
-                          rngs=rngs)
+                          dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, H, W, C) -> logits (N, classes)."""

@@ -53,9 +53,12 @@ class CPACNet(nnx.Module):
     factor_dtype: dtype of the CP factors and so of their optimizer state
       ("float32", or "float64" as the official code holds them, which needs
       JAX's 64-bit mode: JAX_ENABLE_X64=1); the convs compute in float32
-      either way, as the official code's forward casts its factors. Other
-      layers (dense convs, FC) hold float32 whatever it says; Tucker and TT
-      factors take "float32" only.
+      (or `dtype`) either way, as the official code's forward casts its
+      factors. Other layers (dense convs, FC) hold float32 whatever it
+      says; Tucker and TT factors take "float32" only.
+    dtype: every layer's compute dtype (e.g. jnp.bfloat16; None: as the
+      inputs and parameters promote); the parameters keep their own
+      dtypes whatever it is, and the logits come out in it.
     rngs: random streams.
 
   Example:
@@ -73,7 +76,7 @@ class CPACNet(nnx.Module):
                kernel_size: int = 3, implementation: str = "auto",
                factorize_first: bool = True, init: str = "default",
                init_seed: int = 0, factor_dtype: str = "float32",
-               rngs: nnx.Rngs):
+               dtype=None, rngs: nnx.Rngs):
     if num_layers not in (1, 2):
       raise ValueError(f"CPACNet: num_layers must be 1 or 2, got {num_layers}")
     if factorization not in _LAYERS:
@@ -100,11 +103,12 @@ class CPACNet(nnx.Module):
     height, width, channels = input_shape
     convs = []
     for index in range(num_layers):
-      kwargs = dict(padding="VALID", use_bias=False,
+      kwargs = dict(padding="VALID", use_bias=False, dtype=dtype,
                     conv_general_dilated=patches_conv, rngs=rngs)
       layer = _LAYERS[factorization] if index or factorize_first else None
       if layer is CPConv and factor_dtype != "float32":
-        kwargs.update(param_dtype=jnp.dtype(factor_dtype), dtype=jnp.float32)
+        kwargs.update(param_dtype=jnp.dtype(factor_dtype),
+                      dtype=jnp.float32 if dtype is None else dtype)
       if layer:
         conv = layer(channels, num_filters, (kernel_size, kernel_size),
                      rank=rank, implementation=implementation, **kwargs)
@@ -118,10 +122,12 @@ class CPACNet(nnx.Module):
     self.convs = nnx.List(convs)
     flat = height * width * channels
     if num_layers == 2:
-      self.fcs = nnx.List([nnx.Linear(flat, 50, rngs=rngs),
-                           nnx.Linear(50, num_classes, rngs=rngs)])
+      self.fcs = nnx.List([
+          nnx.Linear(flat, 50, dtype=dtype, rngs=rngs),
+          nnx.Linear(50, num_classes, dtype=dtype, rngs=rngs)])
     else:
-      self.fcs = nnx.List([nnx.Linear(flat, num_classes, rngs=rngs)])
+      self.fcs = nnx.List([nnx.Linear(flat, num_classes, dtype=dtype,
+                                      rngs=rngs)])
     if init == "official":
       self._official_init(init_seed, rngs)
 

@@ -24,6 +24,10 @@ class VGG16(nnx.Module):
       TuckerDense on (8, 8, 8) -> (8, 8, 8) at `rank`;
     "cp": every conv but the first (3 input channels) is a CPConv at `rank`.
 
+  `dtype` is every layer's compute dtype (e.g. jnp.bfloat16; None: as the
+  inputs and float32 parameters promote), batch norm's included; the
+  parameters are float32 whatever it is, and the logits come out in it.
+
   The dense convs run as each conv's shapes call for on the CPU
   (`auto_conv_general_dilated`): the last stage's 512 channels on 2x2
   through `patches_conv`, where XLA's conv is pathologically slow, those
@@ -40,7 +44,7 @@ class VGG16(nnx.Module):
 
   def __init__(self, *, factorization: str = "dense", rank: RankSpec = 4,
                input_shape=(32, 32, 3), num_classes: int = 10,
-               width: int = 512, implementation: str = "auto",
+               width: int = 512, implementation: str = "auto", dtype=None,
                rngs: nnx.Rngs):
     if factorization not in ("dense", "tucker", "cp"):
       raise ValueError(
@@ -50,12 +54,12 @@ class VGG16(nnx.Module):
     def make_conv(channels, out, index):
       if factorization == "cp" and index:
         return CPConv(channels, out, (3, 3), rank=rank,
-                      implementation=implementation, rngs=rngs)
-      return nnx.Conv(channels, out, (3, 3), rngs=rngs,
+                      implementation=implementation, dtype=dtype, rngs=rngs)
+      return nnx.Conv(channels, out, (3, 3), dtype=dtype, rngs=rngs,
                       conv_general_dilated=auto_conv_general_dilated)
 
     self.convs, self.norms = conv_stages(_STAGES, input_shape[-1], make_conv,
-                                         rngs)
+                                         rngs, dtype)
     channels = self.convs[-1].out_features
     if factorization == "tucker":
       side = round(width ** (1 / 3))
@@ -64,13 +68,14 @@ class VGG16(nnx.Module):
         raise ValueError(
             f"VGG16: TTL classifier needs a cube width, got width={width}")
       hidden = [TuckerDense(shape, shape, rank=rank,
-                            implementation=implementation, rngs=rngs)
+                            implementation=implementation, dtype=dtype,
+                            rngs=rngs)
                 for _ in range(2)]
     else:
-      hidden = [nnx.Linear(channels, width, rngs=rngs),
-                nnx.Linear(width, width, rngs=rngs)]
+      hidden = [nnx.Linear(channels, width, dtype=dtype, rngs=rngs),
+                nnx.Linear(width, width, dtype=dtype, rngs=rngs)]
     self.hidden = nnx.List(hidden)
-    self.out = nnx.Linear(width, num_classes, rngs=rngs)
+    self.out = nnx.Linear(width, num_classes, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, 32, 32, 3) -> logits (N, classes)."""
