@@ -25,7 +25,9 @@ RECORDS = {"vgg16": ["vgg16_train_step"], "peers": ["peers"],
            "layers": ["layers"], "macs_2x": ["macs_2x"],
            "sweep": ["sweep", "sweep_3seeds"],
            "shootout": ["shootout_steps"],
-           "decompositions": ["decompositions"]}
+           "decompositions": ["decompositions"],
+           # accelerator_<device> records, once a device has made one
+           "accelerator": []}
 
 
 def block() -> str:

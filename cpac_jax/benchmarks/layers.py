@@ -42,10 +42,13 @@ FRACTIONS = {"f=0.5": 0.5, "f=0.1": 0.1, "f=0.015": 0.015}
 IMPLEMENTATIONS = ("auto", "factorized", "reconstructed")
 
 
-def _conv_case(cin, cout, kernel, size, batch, rngs):
+def conv_case(cin, cout, kernel, size, batch, rngs, fractions=FRACTIONS,
+              implementations=IMPLEMENTATIONS):
   """The dense conv on XLA's conv (`nnx.Conv` as it comes) and, where
   `conv_lowering` picks another for this shape, through it too; CPConv,
-  TuckerConv and TTConv at the rank fractions."""
+  TuckerConv and TTConv at the rank `fractions` ({label: fraction}), each
+  in `implementations`: (shape name, [(dense variant, layer), ...], input
+  (batch, size, size, cin), [(variant, layer), ...])."""
   x = jax.random.normal(jax.random.key(0), (batch, size, size, cin))
   denses = [("dense", nnx.Conv(cin, cout, (kernel, kernel), rngs=rngs))]
   lowering = conv_lowering(cin, (size, size), (kernel, kernel), batch=batch)
@@ -54,8 +57,8 @@ def _conv_case(cin, cout, kernel, size, batch, rngs):
         cin, cout, (kernel, kernel), conv_general_dilated=lowering,
         rngs=rngs)))
   variants = []
-  for label, fraction in FRACTIONS.items():
-    for implementation in IMPLEMENTATIONS:
+  for label, fraction in fractions.items():
+    for implementation in implementations:
       for layer in (cj.layers.CPConv, cj.layers.TuckerConv,
                     cj.layers.TTConv):
         variants.append((f"{layer.__name__} {label} {implementation}", layer(
@@ -66,37 +69,45 @@ def _conv_case(cin, cout, kernel, size, batch, rngs):
   return name, denses, x, variants
 
 
-def _dense_case(in_shape, out_shape, batch, ranks, tt_shapes, rngs):
-  """TuckerDense at the rank fractions and at each of `ranks`, and TTDense
-  on `tt_shapes` (in, out: as many modes each) at the rank fractions."""
+def dense_case(in_shape, out_shape, batch, ranks, tt_shapes, rngs,
+               fractions=FRACTIONS, implementations=IMPLEMENTATIONS):
+  """TuckerDense at the rank `fractions` ({label: fraction}) and at each
+  of `ranks`, and TTDense on `tt_shapes` (in, out: as many modes each) at
+  the rank fractions, each in `implementations`:
+  (shape name, [("dense", nnx.Linear)], input (batch, prod(in_shape)),
+  [(variant, layer), ...])."""
   n_in, n_out = math.prod(in_shape), math.prod(out_shape)
   x = jax.random.normal(jax.random.key(0), (batch, n_in))
   denses = [("dense", nnx.Linear(n_in, n_out, rngs=rngs))]
-  specs = [*FRACTIONS.items(),
+  specs = [*fractions.items(),
            *((f"{'x'.join(map(str, r))} (paper)", r) for r in ranks)]
   variants = [(f"TuckerDense {label} {implementation}", cj.layers.TuckerDense(
       in_shape, out_shape, rank=rank, implementation=implementation,
       rngs=rngs)) for label, rank in specs for implementation in
-      IMPLEMENTATIONS]
+      implementations]
   variants += [(f"TTDense {label} {implementation}", cj.layers.TTDense(
       *tt_shapes, rank=rank, implementation=implementation, rngs=rngs))
-      for label, rank in FRACTIONS.items() for implementation in
-      IMPLEMENTATIONS]
+      for label, rank in fractions.items() for implementation in
+      implementations]
   return f"dense {n_in}->{n_out}, batch {batch}", denses, x, variants
 
 
-def _cases():
+def cases(fitted_only: bool = False):
   """(shape name, [(dense variant, layer), ...], input, [(variant,
-  layer), ...], whether INTERMEDIATE_COST was fitted on this shape)."""
+  layer), ...], whether INTERMEDIATE_COST was fitted on this shape) of
+  each shape; with `fitted_only`, of the shapes it was fitted on alone
+  (the other shapes' layers are not built)."""
   rngs = nnx.Rngs(0)
-  yield *_conv_case(64, 64, 3, 32, 32, rngs), True
-  yield *_conv_case(256, 256, 3, 16, 32, rngs), True
-  yield *_dense_case((28, 28), (300,), 128, [(5, 5, 10)],
-                     ((4, 7, 4, 7), (3, 4, 5, 5)), rngs), True
-  yield *_conv_case(32, 128, 3, 28, 16, rngs), False
-  yield *_conv_case(96, 96, 5, 12, 32, rngs), False
-  yield *_dense_case((32, 32), (16, 32), 64, [],
-                     ((4, 8, 4, 8), (4, 4, 4, 8)), rngs), False
+  yield *conv_case(64, 64, 3, 32, 32, rngs), True
+  yield *conv_case(256, 256, 3, 16, 32, rngs), True
+  yield *dense_case((28, 28), (300,), 128, [(5, 5, 10)],
+                    ((4, 7, 4, 7), (3, 4, 5, 5)), rngs), True
+  if fitted_only:
+    return
+  yield *conv_case(32, 128, 3, 28, 16, rngs), False
+  yield *conv_case(96, 96, 5, 12, 32, rngs), False
+  yield *dense_case((32, 32), (16, 32), 64, [],
+                    ((4, 8, 4, 8), (4, 4, 4, 8)), rngs), False
 
 
 def _autos(rows, fitted: bool) -> list[tuple[dict, dict, str]]:
@@ -168,9 +179,12 @@ def _auto_summary(rows, fitted: bool) -> list[str]:
   return lines
 
 
-def rows(repeats: int) -> list[dict]:
+def rows(repeats: int, shapes=None) -> list[dict]:
+  """The rows of `shapes` (default: every shape of `cases()`), each as
+  `cases` yields it."""
   rows = []
-  for shape, denses, x, variants, fitted in _cases():
+  for shape, denses, x, variants, fitted in (cases() if shapes is None
+                                             else shapes):
     measured = harness.measure(
         [harness.Variant({"shape": shape, "variant": name, "fitted": fitted},
                          lambda layer=layer, x=x: harness.layer_calls(layer, x))
