@@ -109,14 +109,12 @@ def test_factorized_convs_run_xla_conv_off_the_cpu(monkeypatch):
 
 
 @pytest.mark.slow  # builds a net
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "CPACNet passes conv_general_dilated=patches_conv to every conv on "
-    "every backend (cpac_jax/models/cpac_cnn.py), not conv_lowering's "
-    "per-backend choice; remove this mark once it is gated"))
 def test_cpac_net_runs_xla_conv_off_the_cpu(monkeypatch):
   from cpac_jax.models.cpac_cnn import CPACNet
 
   net = CPACNet(rank=3, implementation="reconstructed", rngs=nnx.Rngs(0))
+  _on(monkeypatch, "cpu")  # patches_conv: slices and one matmul
+  assert "conv_general_dilated" not in _jaxpr(net, jnp.ones((1, 28, 28, 1)))
   _on(monkeypatch, "gpu")
   assert "conv_general_dilated" in _jaxpr(net, jnp.ones((1, 28, 28, 1)))
 

@@ -15,6 +15,14 @@ INITS = ("default", "official")
 _LAYERS = {"cp": CPConv, "tucker": TuckerConv, "tt": TTConv, "dense": None}
 
 
+
+def _batch1_conv(*args, **kwargs) -> jax.Array:
+  """`patches_conv` on the CPU, XLA's conv on an accelerator (its
+  lowerings are tuned for the CPU), chosen when the conv is traced."""
+  conv = (patches_conv if jax.default_backend() == "cpu"
+          else jax.lax.conv_general_dilated)
+  return conv(*args, **kwargs)
+
 class CPACNet(nnx.Module):
   """One or two CP (or dense) 3x3 convs, then one or two dense layers.
 
@@ -26,8 +34,8 @@ class CPACNet(nnx.Module):
 
   Built for batch size 1, where these tiny layers cost more in dispatch
   and memory layout than in arithmetic: the convs (the factorized kernel
-  rebuilt, or the dense one) run as `patches_conv`, one matmul over the
-  taps, and the pooling as a max over a reshape, whose gradient is an
+  rebuilt, or the dense one) run on the CPU as `patches_conv`, one matmul
+  over the taps (XLA's conv on an accelerator), and the pooling as a max over a reshape, whose gradient is an
   elementwise select rather than XLA's scatter; both compute what
   `nnx.Conv` and `nnx.max_pool` do (the pooling's gradient differs only
   at tied maxima).
@@ -104,7 +112,7 @@ class CPACNet(nnx.Module):
     convs = []
     for index in range(num_layers):
       kwargs = dict(padding="VALID", use_bias=False, dtype=dtype,
-                    conv_general_dilated=patches_conv, rngs=rngs)
+                    conv_general_dilated=_batch1_conv, rngs=rngs)
       layer = _LAYERS[factorization] if index or factorize_first else None
       if layer is CPConv and factor_dtype != "float32":
         kwargs.update(param_dtype=jnp.dtype(factor_dtype),
