@@ -151,7 +151,7 @@ def compress_config() -> ml_collections.ConfigDict:
   the teacher's weights, every parameter is drawn anew.
   """
   block = ml_collections.ConfigDict()
-  block.factorization = ""              # "" (off) | cp | tucker
+  block.factorization = ""              # "" (off) | cp | tucker | svd | tt
   block.budget = 0.1                    # fraction (or count) of weights kept
   block.allocation = "global"           # global | uniform
   block.init = "decomposed"             # decomposed | random

@@ -158,7 +158,7 @@ def test_bad_requests_get_one_clear_error():
                      "factorization 'cp'"):
     cj.compress(net, 0.5, "cp", include=("head",))
   with pytest.raises(ValueError, match="factorization must be one of"):
-    cj.compress(net, 0.5, "tt")
+    cj.compress(net, 0.5, "tr")
   with pytest.raises(ValueError, match="allocation must be one of"):
     cj.compress(net, 0.5, allocation="greedy")
   with pytest.raises(ValueError, match="ranks are given for"):
@@ -234,15 +234,112 @@ def test_compress_replaces_attention_projections_and_names_what_it_leaves():
 
 
 
+# A factorization per layer: the first filter that matches chooses.
+MIXED = {nnx.Conv: "tt", nnx.Embed: "svd", nnx.LinearGeneral: "tucker",
+         "mlp/*": "tt"}
+
+
+@pytest.mark.slow
+def test_compress_mixes_factorizations_under_one_budget():
+  net = _planted_attention()
+  ids = jax.random.randint(jax.random.key(0), (2, 7), 0, 50)
+  small, report = cj.compress(net, 0.6, MIXED)
+  kinds = {layer.path: layer.factorization for layer in report.layers}
+  assert kinds == {"attn/key": "tucker", "attn/out": "tucker",
+                   "attn/query": "tucker", "attn/value": "tucker",
+                   "conv": "tt", "embed": "svd", "mlp/0": "tt",
+                   "mlp/1": "tt"}
+  assert report.left_alone == ("head (Linear)", "mix (Einsum)")
+  assert report.factorization == ("Conv: tt, Embed: svd, LinearGeneral: "
+                                  "tucker, mlp/*: tt")
+  assert report.params_after <= 0.6 * report.params_before
+  assert isinstance(small.conv, cj.layers.TTConv)
+  assert isinstance(small.mlp[0], cj.layers.TTDense)
+  assert (small.mlp[0].in_shape, small.mlp[0].out_shape) == (
+      compression.tt_shapes(32, 64))
+  # The planted conv (Tucker-2 ranks 6, 6) is a train of ranks 6 exactly.
+  assert report.ranks()["conv"] >= 6
+  assert next(r.error for r in report.layers if r.path == "conv") < 1e-5
+  # No layer keeps more weights than it had.
+  assert all(r.params_after <= r.params_before for r in report.layers)
+  # Each error is the weight's the new layer represents.
+  for layer in report.layers:
+    if layer.path.startswith("mlp"):
+      old = net.mlp[int(layer.path[-1])].kernel[...]
+      new = small.mlp[int(layer.path[-1])].weight_tensor().reshape(old.shape)
+      assert layer.error == pytest.approx(
+          float(jnp.linalg.norm(old - new) / jnp.linalg.norm(old)), rel=1e-3)
+  # At every layer's largest rank but the TT-matrices', the outputs stay.
+  exact = {**MIXED, "mlp/*": "svd"}
+  small, _ = cj.compress(net, 1.0, exact)
+  np.testing.assert_allclose(small(ids), net(ids), atol=1e-3)
+
+
+def test_rank_multiple_rounds_every_rank_of_the_allocation():
+  net = _planted_attention()
+  ranks = cj.compression.allocate(net, 0.5, "svd", rank_multiple=4)
+  assert ranks["head"] in (4, 8, 10)  # 10: its whole rank
+  assert all(r % 4 == 0 for p, r in ranks.items() if p != "head")
+  ranks = cj.compression.allocate(net, 0.5, "tucker", rank_multiple=8)
+  for path, node in compression.compressible(net, "tucker"):
+    rank = ranks[path]  # on the kernel's last modes (a conv's channels)
+    whole = node.kernel.shape[-len(rank):]
+    assert all(r % 8 == 0 or r == n for r, n in zip(rank, whole)), path
+  with pytest.raises(ValueError, match="Conv at 'blocks/0/conv' has no 'cp' "
+                     "rank that is a multiple of rank_multiple 1000"):
+    cj.compression.allocate(Net(nnx.Rngs(0)), 0.5, "cp", rank_multiple=1000)
+  for bad in (0, 2.5, True):
+    with pytest.raises(ValueError, match="rank_multiple must be an int"):
+      cj.compression.allocate(net, 0.5, "svd", rank_multiple=bad)
+
+
+@pytest.mark.slow
+def test_a_budget_of_multiply_adds_counts_them_on_the_inputs():
+  net = Net(nnx.Rngs(0))
+  x = jnp.ones((2, 9, 9, 3))
+  small, report = cj.compress(net, 0.3, "tucker", budget_of="macs",
+                              inputs=x)
+  assert report.budget_of == "macs" and report.left_alone == ()
+  counts = {layer.path: (layer.macs_before, layer.macs_after)
+            for layer in report.layers}
+  assert counts["stem"][0] == 2 * 9 * 9 * (3 * 3 * 3) * 8  # SAME, stride 1
+  assert counts["blocks/1"][0] == 2 * 5 * 5 * (3 * 3 * 12) * 16  # stride 2
+  assert counts["head"][0] == 2 * 16 * 10
+  flops = small.stem.flops(x.shape)
+  assert counts["stem"][1] == min(flops["factorized"], flops["reconstructed"])
+  assert sum(after for _, after in counts.values()) <= 0.3 * sum(
+      before for before, _ in counts.values())
+  assert "multiply-adds before" in report.table()
+  # A weight of the strided conv costs a third of the others' multiply-adds:
+  # a budget of them gives it more rank than a budget of weights does.
+  by_weights = cj.compression.allocate(net, 0.3, "tucker")
+  by_macs = report.ranks()
+  assert by_macs["blocks/1"][1] > by_weights["blocks/1"][1]
+  with pytest.raises(ValueError, match="budget_of 'macs' counts "
+                     "multiply-adds on the layers' inputs; give inputs="):
+    cj.compress(net, 0.3, "tucker", budget_of="macs")
+  with pytest.raises(ValueError, match="budget_of must be one of"):
+    cj.compress(net, 0.3, "tucker", budget_of="flops", inputs=x)
+
+
+def test_tt_tensorizes_both_sides_into_as_many_balanced_modes():
+  tt_shapes = compression.tt_shapes
+  assert tt_shapes(784, 625) == ((7, 7, 4, 4), (5, 5, 5, 5))
+  assert tt_shapes(32, 64) == ((4, 2, 2, 2), (4, 4, 2, 2))
+  assert tt_shapes(784, 10) == ((28, 28), (5, 2))
+  assert tt_shapes(13, 64) == ((13,), (64,))  # a prime: one mode, dense
+
+
 @pytest.mark.slow
 def test_a_compressed_model_saves_and_loads_without_decomposing(tmp_path):
   net = _planted_attention()
   ids = jax.random.randint(jax.random.key(0), (2, 7), 0, 50)
-  small, report = cj.compress(net, 0.5, "tucker")
+  small, report = cj.compress(net, 0.6, MIXED)
   cj.compression.save(tmp_path / "small", small, report)
   other = nnx.eval_shape(lambda: Attention(nnx.Rngs(3)))  # shapes alone
   back = cj.compression.load(tmp_path / "small", other)
   assert isinstance(back.attn.key, cj.layers.TuckerDense)
+  assert isinstance(back.mlp[1], cj.layers.TTDense)
   np.testing.assert_array_equal(back(ids), small(ids))
   with pytest.raises(FileExistsError, match="holds a saved model already"):
     cj.compression.save(tmp_path / "small", small, report)
@@ -257,6 +354,18 @@ def test_compress_refuses_what_it_cant_compute_by_name():
   with pytest.raises(ValueError, match="Conv at 'conv' can't take "
                      "factorization 'svd'"):
     cj.compress(net, 0.5, "svd", include=(nnx.Conv,))
+  with pytest.raises(ValueError, match="LinearGeneral at 'attn/out' can't "
+                     "take factorization 'tt'.*one input and one output"):
+    cj.compress(net, 0.5, "tt", include=("attn/out",))
+  with pytest.raises(ValueError, match="Linear at 'head' is included, but no "
+                     "filter of factorization"):
+    cj.compress(net, 0.5, {nnx.Conv: "cp"}, include=("head", "conv"))
+  with pytest.raises(ValueError, match=r"factorization\['mlp/\*'\] must be "
+                     "one of"):
+    cj.compress(net, 0.5, {nnx.Conv: "cp", "mlp/*": "svdd"})
+  with pytest.raises(ValueError, match="factorization filter 'nope' matches "
+                     "no layer"):
+    cj.compress(net, 0.5, {"nope": "cp"})
   net.head = nnx.LinearGeneral(16, 10, axis=0, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match=r"LinearGeneral at 'head'.*contracts "
                      r"axis \(0,\)"):
@@ -313,7 +422,7 @@ def test_compress_config_errors(mnist_dir):
   config = _cnn(mnist_dir, **{"compress.factorization": "tucker"})
   validate(config)
   for field, value, message in (
-      ("compress.factorization", "tt", "unknown compress.factorization"),
+      ("compress.factorization", "tr", "unknown compress.factorization"),
       ("compress.allocation", "even", "unknown compress.allocation"),
       ("compress.budget", 2.0, "budget must be a float"),
       ("teacher", "model.name=ttl_mlp", "changes the model block")):

@@ -7,7 +7,11 @@ from cpac_jax.functional import (
   patches_conv,
   winograd_conv,
 )
-from cpac_jax.layers._conv import effective_kernel, from_conv_kwargs
+from cpac_jax.layers._conv import (
+  conv_geometry,
+  effective_kernel,
+  from_conv_kwargs,
+)
 from cpac_jax.layers._dense import linear_features
 from cpac_jax.layers.cp_conv import CPConv
 from cpac_jax.layers.low_rank_dense import LowRankDense
@@ -20,5 +24,6 @@ from cpac_jax.layers.tucker_dense import TuckerDense
 
 __all__ = ["CPConv", "LowRankDense", "LowRankEmbed", "TTConv", "TTDense",
            "TuckerConv", "TuckerDense", "auto_conv_general_dilated",
-           "count_params", "effective_kernel", "from_conv_kwargs",
-           "linear_features", "patches_conv", "winograd_conv"]
+           "conv_geometry", "count_params", "effective_kernel",
+           "from_conv_kwargs", "linear_features", "patches_conv",
+           "winograd_conv"]

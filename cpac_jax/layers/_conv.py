@@ -1,6 +1,7 @@
 """Argument checks and plumbing the factorized conv layers share. Private to
 `cpac_jax.layers`; the computation is in `cpac_jax.functional`."""
 
+import types
 from collections.abc import Sequence
 
 import jax
@@ -80,6 +81,17 @@ def configure(layer, name: str, in_features: int, out_features: int,
 def geometry(layer) -> ConvGeometry:
   return ConvGeometry(layer.kernel_size, layer.strides, layer.padding,
                       layer.kernel_dilation)
+
+
+def conv_geometry(conv: nnx.Conv) -> ConvGeometry:
+  """Where an `nnx.Conv`'s kernel goes, its sizes, strides, padding and
+  dilation each given per spatial axis (as the factorized convs hold
+  them)."""
+  probe = types.SimpleNamespace()
+  configure(probe, "conv_geometry", conv.in_features, conv.out_features,
+            conv.kernel_size, conv.strides, conv.padding,
+            conv.kernel_dilation)
+  return geometry(probe)
 
 
 def from_conv_kwargs(conv, caller: str) -> dict:

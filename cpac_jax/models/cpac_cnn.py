@@ -35,10 +35,10 @@ class CPACNet(nnx.Module):
   Built for batch size 1, where these tiny layers cost more in dispatch
   and memory layout than in arithmetic: the convs (the factorized kernel
   rebuilt, or the dense one) run on the CPU as `patches_conv`, one matmul
-  over the taps (XLA's conv on an accelerator), and the pooling as a max over a reshape, whose gradient is an
-  elementwise select rather than XLA's scatter; both compute what
-  `nnx.Conv` and `nnx.max_pool` do (the pooling's gradient differs only
-  at tied maxima).
+  over the taps (XLA's conv on an accelerator), and the pooling as a max
+  over a reshape, whose gradient is an elementwise select rather than
+  XLA's scatter; both compute what `nnx.Conv` and `nnx.max_pool` do (the
+  pooling's gradient differs only at tied maxima).
 
   Args:
     num_layers: 1 or 2 conv layers.
