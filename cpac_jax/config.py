@@ -45,7 +45,8 @@ OPTIONAL_FIELDS = {"optimizer.schedule": optimizers.DEFAULT_SCHEDULE,
                    "dataset.validation_examples": 0,
                    "teacher": "", "distill_weight": 0.0,
                    "distill_temperature": 4.0,
-                   "dtype": models.DEFAULT_DTYPE}
+                   "dtype": models.DEFAULT_DTYPE,
+                   "compress.calibration_examples": 0}
 # Fields that don't change what a run computes.
 _NOT_IN_KEY = ("sweep", "paper", "paper_loss", "dataset.data_dir",
                "steps_per_call", "unroll", "xla_cpu_ynn_fusions",
@@ -156,6 +157,10 @@ def compress_config() -> ml_collections.ConfigDict:
   block.allocation = "global"           # global | uniform
   block.init = "decomposed"             # decomposed | random
   block.exclude = ()                    # paths or globs left dense
+  # The first N training images, decomposed for the layers' outputs on
+  # (cpac_jax.compress's calibration, in batches of 64); unset: 0, the
+  # weights alone.
+  block.calibration_examples = config_dict.placeholder(int)
   return block
 
 
@@ -238,6 +243,15 @@ def _check_compress(block: ml_collections.ConfigDict) -> None:
   _choose(block.allocation, compression.ALLOCATIONS, "compress.allocation")
   _choose(block.init, compression.INITS, "compress.init")
   compression.check_budget(block.budget)
+  examples = block.get("calibration_examples") or 0
+  if isinstance(examples, bool) or not isinstance(examples, int) or (
+      examples < 0):
+    raise ValueError("compress.calibration_examples must be an int >= 0 "
+                     f"(0: no calibration), got {examples!r}")
+  if examples and block.init != "decomposed":
+    raise ValueError(f"compress.calibration_examples {examples} decomposes "
+                     f"for the outputs, but compress.init {block.init!r} "
+                     "decomposes nothing; give init 'decomposed' or 0")
   if not all(isinstance(f, str) for f in block.exclude):
     raise ValueError("compress.exclude must be a tuple of layer paths or "
                      f"globs, got {block.exclude!r}")

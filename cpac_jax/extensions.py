@@ -96,27 +96,37 @@ class FromTeacher(Extension):
 
 class CompressTeacher(Extension):
   """The run's model is its teacher compressed (`config.compress`): the
-  teacher's layers decomposed under the budget, or (compress.init
-  "random") the same architecture drawn afresh from the run's own initial
-  model. Writes the report to the workdir (compression.json, which
-  `train.restore` rebuilds the architecture from, and compression.md)."""
+  teacher's layers decomposed under the budget (for their outputs on the
+  first compress.calibration_examples training images, if set), or
+  (compress.init "random") the same architecture drawn afresh from the
+  run's own initial model. Writes the report to the workdir
+  (compression.json, which `train.restore` rebuilds the architecture from,
+  and compression.md)."""
 
-  def __init__(self, teacher: nnx.Module, key: jax.Array):
+  def __init__(self, teacher: nnx.Module, key: jax.Array,
+               images: np.ndarray | None = None, dataset=None):
     self.teacher, self.key = teacher, key
+    self.images, self.dataset = images, dataset
 
   def init_model(self, model, run):
     config, workdir = run
     block = config.compress
+    examples = setting(config, "compress.calibration_examples")
+    calibration = [data.normalize(self.images[i:min(i + 64, examples)],
+                                  self.dataset.mean, self.dataset.std)
+                   for i in range(0, examples, 64)] if examples else None
     ranks = compression.allocate(self.teacher, block.budget,
                                  block.factorization,
                                  exclude=tuple(block.exclude),
-                                 allocation=block.allocation)
+                                 allocation=block.allocation,
+                                 calibration=calibration)
     if block.init == "random":
       model, report = compression.compress(
           model, init="random", rngs=nnx.Rngs(params=self.key),
           **compress_kwargs(config, ranks))
     else:
       model, report = compression.compress(self.teacher, key=self.key,
+                                           calibration=calibration,
                                            **compress_kwargs(config, ranks))
     if distributed.writes_files():
       (workdir / "compression.json").write_text(
@@ -234,7 +244,7 @@ def for_run(config: ml_collections.ConfigDict, teacher, teacher_config,
   initialisation key."""
   chosen = []
   if compressing(config):
-    chosen.append(CompressTeacher(teacher, key))
+    chosen.append(CompressTeacher(teacher, key, images, config.dataset))
   elif setting(config, "model.init") == "teacher":
     chosen.append(FromTeacher(teacher))
   if setting(config, "distill_weight") > 0:

@@ -388,7 +388,11 @@ def test_compress_and_fine_tune_in_a_sweep(mnist_dir, tmp_path):
   config.sweep = (
       {"seed": [0]},
       {"compress.factorization": ["tucker"], "compress.budget": [0.3],
-       "compress.allocation": ["global", "uniform"], "num_epochs": [1],
+       "compress.allocation": ["global"], "num_epochs": [1],
+       "teacher": ["num_epochs=3"], "seed": [0]},
+      {"compress.factorization": ["tucker"], "compress.budget": [0.3],
+       "compress.allocation": ["uniform"], "num_epochs": [1],
+       "compress.calibration_examples": [100],
        "teacher": ["num_epochs=3"], "seed": [0]},
       {"compress.factorization": ["cp"], "compress.budget": [0.3],
        "compress.init": ["random"], "teacher": [""], "seed": [0]},
@@ -405,6 +409,10 @@ def test_compress_and_fine_tune_in_a_sweep(mnist_dir, tmp_path):
   report = json.loads((runs[1] / "compression.json").read_text())
   assert [layer["path"] for layer in report["layers"]] == ["convs/1",
                                                            "convs/2"]
+  assert report["layers"][0]["output_error"] is None
+  # Calibrated on the first 100 training images: the output errors are in.
+  report = json.loads((runs[2] / "compression.json").read_text())
+  assert all(0 < layer["output_error"] < 1 for layer in report["layers"])
   # A run restores into its compressed architecture, with its accuracy.
   model, restored = train.restore(runs[1])
   assert isinstance(model.convs[1], cj.layers.TuckerConv)
@@ -425,6 +433,8 @@ def test_compress_config_errors(mnist_dir):
       ("compress.factorization", "tr", "unknown compress.factorization"),
       ("compress.allocation", "even", "unknown compress.allocation"),
       ("compress.budget", 2.0, "budget must be a float"),
+      ("compress.calibration_examples", -1,
+       "calibration_examples must be an int >= 0"),
       ("teacher", "model.name=ttl_mlp", "changes the model block")):
     bad = config.copy_and_resolve_references()
     with bad.ignore_type():

@@ -159,7 +159,8 @@ VARIANTS = [(name, factorization)
             for factorization in factorizations]
 _SHAPES = {"vgg16": (32, 32, 3)}  # five 2x2 pools; the rest take (12, 12, 1)
 _KWARGS = {"cnn": {"widths": (4, "M", 4, 8)},
-           "ttl_mlp": {"hidden_shape": (6, 5)}}  # TT: as many modes as 12x12
+           "ttl_mlp": {"hidden_shape": (6, 5)},  # TT: as many modes as 12x12
+           "vit": {"depth": 1, "width": 8, "heads": 2, "patch": 4}}
 
 
 def _captured(name, factorization, dtype):

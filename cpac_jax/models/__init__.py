@@ -14,9 +14,10 @@ from cpac_jax.models.cpac_cnn import CPACNet
 from cpac_jax.models.params import count_factorized, parameter_counts
 from cpac_jax.models.ttl_mlp import TTLMLP
 from cpac_jax.models.vgg import VGG16
+from cpac_jax.models.vit import ViT
 
 __all__ = ["CNN", "CPACNet", "DEFAULT_DTYPE", "DEFAULT_INIT", "DTYPES", "INITS",
-           "MODELS", "TTLMLP", "VGG16", "build", "count_factorized",
+           "MODELS", "TTLMLP", "VGG16", "ViT", "build", "count_factorized",
            "from_teacher", "parameter_counts"]
 
 # name -> (constructor, the factorizations it takes, fixed keyword arguments)
@@ -28,6 +29,7 @@ MODELS = {
     "ttl_mlp": (TTLMLP, ("tucker", "tt", "dense"), {}),
     "vgg16": (VGG16, ("dense", "tucker", "cp"), {}),
     "cnn": (CNN, ("dense", "cp", "tucker", "tt"), {}),
+    "vit": (ViT, ("dense",), {}),  # compressed by config.compress
 }
 DEFAULT_INIT = "default"  # model.init unset: the layers' own init
 # name -> the initialisations (`model.init`) it offers, "default" first;

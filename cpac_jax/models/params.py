@@ -18,11 +18,15 @@ def count_factorized(model: nnx.Module) -> tuple[int, int]:
     if isinstance(node, (layers.CPConv, layers.TuckerConv, layers.TTConv)):
       dense += (math.prod(node.kernel_size) * node.in_features
                 * node.out_features)
-    elif isinstance(node, (layers.TuckerDense, layers.TTDense)):
+    elif isinstance(node, (layers.TuckerDense, layers.TTDense,
+                           layers.LowRankDense)):
       dense += node.in_features * node.out_features
+    elif isinstance(node, layers.LowRankEmbed):
+      dense += node.num_embeddings * node.features
     else:
       continue
-    bias = math.prod(node.bias.shape) if node.bias is not None else 0
+    bias = getattr(node, "bias", None)  # an embedding table has none
+    bias = math.prod(bias.shape) if bias is not None else 0
     ours += layers.count_params(node) - bias
   return ours, dense
 
