@@ -9,7 +9,8 @@ outputs on the calibration inputs X is
   ||X W - X W'||_F^2 = ||L^T (W - W')||_F^2,  L L^T = X^T X,
 
 so decomposing the whitened weight L^T W and mapping the input side back by
-L^{-T} minimises the output error (exactly, for a truncated SVD). A conv's
+L^{-T} minimises the output error (for a truncated SVD: exactly, but for
+the small ridge `whitening` adds). A conv's
 input mode is its input channels: X^T X sums over every position, which is
 exact for a 1x1 conv and the per-channel statistics of a larger one.
 

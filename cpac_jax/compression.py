@@ -52,14 +52,16 @@ one pass of the model over them collects each chosen layer's input
 covariance (`cpac_jax.calibration`), and each layer is decomposed to keep
 its outputs on that data, not its weights: the weight's input side is
 whitened by the covariance's Cholesky factor L (L^T W), decomposed, and
-mapped back by L^{-T}. For "svd" that minimises the output error exactly
-(SVD-LLM); "tucker" and "cp" whiten the input mode(s) of their weight (a
-conv's input channels; each input axis of a LinearGeneral, by its own
-covariance), "tt" a conv's input channels (its first core); a TT-matrix
-dense layer and an embedding table are decomposed from their weights
-alone. The global allocation then uses the whitened spectra, so it shares
-the budget by output error, and the report gives each layer's output
-error on the calibration data, measured in a second pass.
+mapped back by L^{-T}. For "svd" that minimises the output error
+(SVD-LLM), up to a 1% ridge (`cpac_jax.calibration.DAMPING`); "tucker"
+and "cp" whiten the input mode(s) of their weight (a conv's input
+channels; each input axis of a LinearGeneral, by its own covariance),
+"tt" a conv's input channels (its first core); a TT-matrix dense layer
+and an embedding table are decomposed from their weights alone. The
+model runs in eval mode (a copy: the model is left as it was). The
+global allocation then uses the whitened spectra, so it shares the budget
+by output error, and the report gives each layer's output error on the
+calibration data, measured in a second pass.
 
 The rule that shares the budget (`allocation`):
   "uniform": every layer keeps the same fraction `budget` of its own
@@ -422,8 +424,9 @@ def compress(model: nnx.Module, budget: float | int | None = None,
     model: any Flax NNX model; the layers may sit anywhere in it
       (attributes, nested modules, lists, tuples and dicts, `nnx.List`,
       `nnx.Dict`, containers wrapped in `nnx.data`).
-    budget: the replaced layers' weights to keep: a float in (0, 1], the
-      fraction (0.1 ~ 10x fewer), or an int, their count; None: 0.1. With
+    budget: the replaced layers' weights (or, budget_of "macs", their
+      multiply-adds) to keep: a float in (0, 1], the fraction (0.1 ~ 10x
+      fewer), or an int, their count; None: 0.1. With
       `ranks`, None (the ranks decide) or a bound the ranks must keep
       within: ranks that keep more are refused, naming both.
     factorization: "cp", "tucker", "svd" or "tt", or a mapping from
@@ -478,8 +481,8 @@ def compress(model: nnx.Module, budget: float | int | None = None,
           f"chosen are {paths}")
     ranks = {path: tuple(rank) if isinstance(rank, list) else rank
              for path, rank in ranks.items()}
-    if budget is not None and budget_of == "params":
-      _check_ranks_within(chosen, ranks, budget, implementation)
+    if budget is not None:
+      _check_ranks_within(chosen, ranks, budget, implementation, probe)
 
   refs = references(model)
   new = nnx.clone(model)
@@ -501,7 +504,7 @@ def compress(model: nnx.Module, budget: float | int | None = None,
       weight = np.asarray(_weight(node), np.float64)
       rebuilt = np.asarray(_rebuilt(layer), np.float64).reshape(weight.shape)
       error = float(np.linalg.norm(weight - rebuilt) / np.linalg.norm(weight))
-    macs = probe.macs(path, node, kind, ranks[path])
+    macs = probe.layer_macs(path, layer)
     reports.append(LayerReport(
         path=path, layer=_describe(node), factorization=kind,
         rank=ranks[path], params_before=_dense_params(node),
@@ -532,12 +535,12 @@ def _check_calibration(calibration, init: str) -> None:
 
 
 class _Probe:
-  """What `compress` learns by running the model (a copy of it, so the
-  model's own state, batch statistics and random streams, stays as it
-  was): the chosen layers' input whitenings from the calibration batches
-  (`whitenings`, {path: [(axes, L)]}, `_calibrate`), their input shapes
-  on one batch (for multiply-adds), and the output errors of their
-  replacements."""
+  """What `compress` learns by running the model (a copy of it in eval
+  mode, so the model's own state, batch statistics and random streams,
+  stays as it was): the chosen layers' input whitenings from the
+  calibration batches (`whitenings`, {path: [(axes, L)]}, `_calibrate`),
+  their input shapes on one batch (for multiply-adds), and the output
+  errors of their replacements."""
 
   def __init__(self, model, chosen, calibration, init: str, budget_of: str,
                inputs):
@@ -547,6 +550,10 @@ class _Probe:
     self.budget_of, self.calibration = budget_of, calibration
     if inputs is None and calibration is not None:
       inputs = next(iter(calibration), None)
+      if inputs is None:
+        raise ValueError("compress: calibration holds no batch; give a list "
+                         "of the model's inputs (arrays, or tuples of its "
+                         "arguments)")
     if inputs is None and budget_of == "macs":
       raise ValueError("compress: budget_of 'macs' counts multiply-adds on "
                        "the layers' inputs; give inputs= (one batch of the "
@@ -555,6 +562,7 @@ class _Probe:
     if inputs is None and calibration is None:
       return
     self.model = nnx.clone(model)
+    self.model.eval()  # running statistics, no dropout: the model in use
     at = {"/".join(map(str, paths[0])): node
           for node, paths in _layers(self.model).values()}
     self.layers = {path: at[path] for path, _, _ in chosen}
@@ -574,6 +582,19 @@ class _Probe:
       return None
     return sum(_macs(node, kind, rank, shape, self.geometries.get(path))
                for shape in self.shapes[path])
+
+  def layer_macs(self, path, layer) -> int | None:
+    """The multiply-adds of a built (or abstract) replacement `layer` over
+    its calls: the cheaper of its factorized and reconstructed paths (its
+    `flops`); a LowRankEmbed's lookup of R then its R x features product.
+    None without inputs."""
+    if path not in self.shapes:
+      return None
+    if isinstance(layer, cj_layers.LowRankEmbed):
+      return sum(math.prod(shape) * layer.rank * layer.features
+                 for shape in self.shapes[path])
+    return sum(min(flops["factorized"], flops["reconstructed"])
+               for flops in map(layer.flops, self.shapes[path]))
 
   def dense_macs(self, path, node) -> int | None:
     if path not in self.shapes:
@@ -769,16 +790,16 @@ def _allocate(chosen: list[tuple[str, nnx.Module, str]], budget,
   dense = {path: probe.dense_macs(path, node) if macs else _dense_params(node)
            for path, node, _ in chosen}
   total = sum(dense.values())
+  if not total:
+    raise ValueError(
+        f"compress: the layers chosen, {list(dense)}, do no multiply-adds "
+        "(embedding lookups); give budget_of='params' or choose others")
   target = _target(budget, total, "multiply-adds" if macs else "weights")
   options = []
   for path, node, kind in chosen:
     weight = _whiten(np.asarray(_weight(node), np.float64),
                      probe.whitenings.get(path, ()))
     candidates = _options(node, kind, weight, rank_multiple)
-    if macs:  # the cost is multiply-adds: those no other option beats
-      candidates = _front([dataclasses.replace(
-          o, params=probe.macs(path, node, kind, o.rank))
-          for o in candidates])
     allowed = [o for o in candidates if all(
         r % rank_multiple == 0 or r == whole
         for r, whole in zip(_components(o.rank), o.whole))]
@@ -788,9 +809,13 @@ def _allocate(chosen: list[tuple[str, nnx.Module, str]], budget,
           f"{kind!r} rank that is a multiple of rank_multiple "
           f"{rank_multiple} (its ranks go up to {candidates[-1].rank}); "
           "give a smaller rank_multiple or exclude it")
-    # no rank that costs more than the dense layer is worth it
-    options.append([o for o in allowed if o.params <= dense[path]]
-                   or allowed[:1])
+    if macs:  # the cost is multiply-adds: those no other option beats
+      allowed = _front([dataclasses.replace(
+          o, params=probe.macs(path, node, kind, o.rank)) for o in allowed])
+    # no rank that costs more than the dense layer is worth it (an
+    # embedding's lookup costs no multiply-adds: every rank costs more)
+    cheaper = [o for o in allowed if o.params <= dense[path]]
+    options.append(cheaper or (allowed if dense[path] == 0 else allowed[:1]))
   if allocation == "uniform":
     picks = [_largest_within(o, target * dense[path] / total)
              for o, (path, _, _) in zip(options, chosen)]
@@ -1040,20 +1065,25 @@ def check_budget(budget) -> None:
                      f">= 1, got {budget!r}")
 
 
-def _check_ranks_within(chosen, ranks: dict, budget,
-                        implementation: str) -> None:
-  """Refuse `ranks` that keep more weights than `budget`, before any
-  decomposition (the layers' shapes alone, by `nnx.eval_shape`)."""
-  total = sum(_dense_params(node) for _, node, _ in chosen)
-  target = _target(budget, total)
+def _check_ranks_within(chosen, ranks: dict, budget, implementation: str,
+                        probe: "_Probe") -> None:
+  """Refuse `ranks` that keep more weights (or multiply-adds, as the
+  probe's budget counts) than `budget`, before any decomposition (the
+  layers' shapes alone, by `nnx.eval_shape`)."""
+  macs = probe.budget_of == "macs"
+  unit = "multiply-adds" if macs else "weights"
+  total = sum(probe.dense_macs(path, node) if macs else _dense_params(node)
+              for path, node, _ in chosen)
+  target = _target(budget, total, unit)
   kept = 0
   for path, node, kind in chosen:
     layer = nnx.eval_shape(lambda n=node, p=path, k=kind: _replace(
         n, k, ranks[p], "random", implementation, None, nnx.Rngs(0), p))
-    kept += cj_layers.count_params(layer) - _bias_params(layer)
+    kept += (probe.layer_macs(path, layer) if macs else
+             cj_layers.count_params(layer) - _bias_params(layer))
   if kept > target:
     raise ValueError(
-        f"compress: the ranks given keep {kept} of the {total} weights, "
+        f"compress: the ranks given keep {kept} of the {total} {unit}, "
         f"more than budget {budget!r} allows ({target:.0f}); give budget="
         "None to keep these ranks, or smaller ranks")
 

@@ -112,6 +112,10 @@ class CompressTeacher(Extension):
     config, workdir = run
     block = config.compress
     examples = setting(config, "compress.calibration_examples")
+    if examples > len(self.images):
+      raise ValueError(
+          f"compress.calibration_examples {examples} is more than the "
+          f"{len(self.images)} training images; give at most that")
     calibration = [data.normalize(self.images[i:min(i + 64, examples)],
                                   self.dataset.mean, self.dataset.std)
                    for i in range(0, examples, 64)] if examples else None

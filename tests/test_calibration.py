@@ -133,3 +133,24 @@ def test_bad_calibration_gets_one_clear_error():
   with pytest.raises(ValueError, match="must run eagerly"):
     cj.calibration.input_covariances(jax.jit(lambda x: net(x)),
                                      {"wide": net.wide}, _batches(0, 1))
+
+
+@pytest.mark.slow
+def test_data_aware_attention_output_projection():
+  """attn/out contracts two input axes (heads, head_dim): "svd" whitens
+  them together, "tucker" each by its own covariance (the mode's)."""
+  from tests.test_compress import Attention
+
+  net = Attention(nnx.Rngs(0))
+  net.embed.embedding[...] = net.embed.embedding[...] * jnp.logspace(0, -2,
+                                                                     32)
+  batches = [jax.random.randint(jax.random.key(i), (4, 7), 0, 50)
+             for i in range(3)]
+  for factorization, rank in (("svd", 6), ("tucker", (3, 6, 12))):
+    kwargs = dict(include=("attn/out",), ranks={"attn/out": rank})
+    plain, _ = cj.compress(net, None, factorization, **kwargs)
+    aware, report = cj.compress(net, None, factorization,
+                                calibration=batches, **kwargs)
+    plain_error = cj.calibration.output_errors(
+        net, {"out": (net.attn.out, plain.attn.out)}, batches)["out"]
+    assert report.layers[0].output_error < 0.8 * plain_error, factorization

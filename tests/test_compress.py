@@ -315,6 +315,26 @@ def test_a_budget_of_multiply_adds_counts_them_on_the_inputs():
   by_weights = cj.compression.allocate(net, 0.3, "tucker")
   by_macs = report.ranks()
   assert by_macs["blocks/1"][1] > by_weights["blocks/1"][1]
+  # Ranks given are held to a budget of multiply-adds too, each counted as
+  # the layer it builds (an int rank of a Tucker conv, a fraction).
+  with pytest.raises(ValueError, match="the ranks given keep .* "
+                     "multiply-adds, more than budget 0.3"):
+    cj.compress(net, 0.3, "tucker", budget_of="macs", inputs=x,
+                ranks={p: 1.0 for p in counts})
+  _, given = cj.compress(net, None, "tucker", inputs=x,
+                         ranks={p: 2 for p in counts})
+  assert given.layers[0].macs_after < given.layers[0].macs_before
+  # An embedding's lookup costs none, so every rank of it costs more: it
+  # takes its ranks on their merits, and alone it can't be budgeted.
+  attention = _planted_attention()
+  ids = jax.random.randint(jax.random.key(0), (2, 7), 0, 50)
+  _, report = cj.compress(attention, 0.5, "svd", budget_of="macs",
+                          inputs=ids)
+  embed = next(r for r in report.layers if r.path == "embed")
+  assert embed.macs_before == 0 and embed.rank >= 4  # its planted rank
+  with pytest.raises(ValueError, match="do no multiply-adds"):
+    cj.compress(attention, 0.5, "svd", include=("embed",),
+                budget_of="macs", inputs=ids)
   with pytest.raises(ValueError, match="budget_of 'macs' counts "
                      "multiply-adds on the layers' inputs; give inputs="):
     cj.compress(net, 0.3, "tucker", budget_of="macs")
@@ -388,7 +408,7 @@ def test_compress_and_fine_tune_in_a_sweep(mnist_dir, tmp_path):
   config.sweep = (
       {"seed": [0]},
       {"compress.factorization": ["tucker"], "compress.budget": [0.3],
-       "compress.allocation": ["global"], "num_epochs": [1],
+       "compress.allocation": ["global", "uniform"], "num_epochs": [1],
        "teacher": ["num_epochs=3"], "seed": [0]},
       {"compress.factorization": ["tucker"], "compress.budget": [0.3],
        "compress.allocation": ["uniform"], "num_epochs": [1],
@@ -398,8 +418,8 @@ def test_compress_and_fine_tune_in_a_sweep(mnist_dir, tmp_path):
        "compress.init": ["random"], "teacher": [""], "seed": [0]},
   )
   rows = sweep.run_sweep(config, tmp_path / "sweep")
-  assert [r["status"] for r in rows] == ["ok"] * 4
-  dense, tuned, uniform, scratch = rows
+  assert [r["status"] for r in rows] == ["ok"] * 5
+  dense, tuned, uniform, calibrated, scratch = rows
   assert (tuned["factorization"], tuned["rank"], tuned["init"]) == (
       "tucker", '"global 0.3"', "compressed")
   assert scratch["init"] == "scratch" and scratch["factorization"] == "cp"
@@ -410,14 +430,18 @@ def test_compress_and_fine_tune_in_a_sweep(mnist_dir, tmp_path):
   assert [layer["path"] for layer in report["layers"]] == ["convs/1",
                                                            "convs/2"]
   assert report["layers"][0]["output_error"] is None
-  # Calibrated on the first 100 training images: the output errors are in.
-  report = json.loads((runs[2] / "compression.json").read_text())
+  # Calibrated on the first 100 training images: the output errors are in,
+  # at the uniform run's ranks.
+  plain = json.loads((runs[2] / "compression.json").read_text())
+  report = json.loads((runs[3] / "compression.json").read_text())
+  assert [layer["rank"] for layer in report["layers"]] == [
+      layer["rank"] for layer in plain["layers"]]
   assert all(0 < layer["output_error"] < 1 for layer in report["layers"])
   # A run restores into its compressed architecture, with its accuracy.
   model, restored = train.restore(runs[1])
   assert isinstance(model.convs[1], cj.layers.TuckerConv)
   assert cj.count_params(model) == int(tuned["params"])
-  scratch_model, _ = train.restore(runs[3])
+  scratch_model, _ = train.restore(runs[4])
   assert isinstance(scratch_model.convs[2], cj.layers.CPConv)
   # The fine-tuning's teacher is the dense run, found by its key.
   assert run_key(teacher_config(restored)) == dense["key"]

@@ -15,13 +15,13 @@ INITS = ("default", "official")
 _LAYERS = {"cp": CPConv, "tucker": TuckerConv, "tt": TTConv, "dense": None}
 
 
-
 def _batch1_conv(*args, **kwargs) -> jax.Array:
   """`patches_conv` on the CPU, XLA's conv on an accelerator (its
   lowerings are tuned for the CPU), chosen when the conv is traced."""
   conv = (patches_conv if jax.default_backend() == "cpu"
           else jax.lax.conv_general_dilated)
   return conv(*args, **kwargs)
+
 
 class CPACNet(nnx.Module):
   """One or two CP (or dense) 3x3 convs, then one or two dense layers.
