@@ -1,12 +1,16 @@
-"""Argument checks the factorized dense layers share. Private to
+"""Argument checks and the call the factorized dense layers share. Private to
 `cpac_jax.layers`."""
 
 import math
+from collections.abc import Callable, Sequence
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn import dtypes
 
 from cpac_jax import functional
+from cpac_jax.layers import _empty
 
 
 def shape(value, what: str, name: str) -> tuple[int, ...]:
@@ -26,6 +30,29 @@ def batch_shape(layer, input_shape):
   except ValueError as error:
     raise ValueError(f"{type(layer).__name__}({layer.in_shape}->"
                      f"{layer.out_shape}): {error}") from None
+
+
+def apply(layer, x: jax.Array, params: Sequence[jax.Array],
+          compute: Callable[..., jax.Array], out_sharding=None) -> jax.Array:
+  """A factorized dense layer's call: `x`, (N, prod(in_shape)) or (N,
+  *in_shape) under any leading batch axes, as (rows, in_features);
+  `params` and the bias promoted with it to the layer's dtype; y =
+  compute(x, *params) + bias, in the form `x` came in ((N,
+  prod(out_shape)) or (N, *out_shape)), with `out_sharding` if given."""
+  batch, tensorized = batch_shape(layer, x.shape)
+  if not math.prod(batch):
+    return _empty.empty_batch(layer, x, len(batch))
+  x = jnp.reshape(x, (math.prod(batch), layer.in_features))
+  bias = layer.bias[...] if layer.bias is not None else None
+  x, bias, *params = dtypes.promote_dtype((x, bias, *params),
+                                          dtype=layer.dtype)
+  y = compute(x, *params)
+  if bias is not None:
+    y = y + bias
+  out_shape = layer.out_shape if tensorized else (layer.out_features,)
+  y = jnp.reshape(y, batch + out_shape)
+  return (y if out_sharding is None
+          else jax.lax.with_sharding_constraint(y, out_sharding))
 
 
 def linear_features(linear, where: str) -> tuple[tuple[int, ...],

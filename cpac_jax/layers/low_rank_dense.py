@@ -8,10 +8,9 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from flax.nnx.nn import dtypes
 
 from cpac_jax import functional
-from cpac_jax.layers import _dense, _empty, _init
+from cpac_jax.layers import _dense, _init
 
 __all__ = ["LowRankDense"]
 
@@ -95,22 +94,11 @@ class LowRankDense(nnx.Module):
     (N, *out_shape); extra leading batch axes are kept.
     `out_sharding`, as `nnx.Linear` and `nnx.LinearGeneral` take it (attention
     passes it to its projections): the output's sharding, if given."""
-    batch_shape, tensorized = _dense.batch_shape(self, x.shape)
-    if not math.prod(batch_shape):
-      return _empty.empty_batch(self, x, len(batch_shape))
-    x = jnp.reshape(x, (math.prod(batch_shape), self.in_features))
-    bias = self.bias[...] if self.bias is not None else None
-    x, bias, left, right = dtypes.promote_dtype(
-        (x, bias, self.left[...], self.right[...]), dtype=self.dtype)
-    y = functional.low_rank_dense(x, left, right,
-                                  implementation=self.implementation,
-                                  precision=self.precision)
-    if bias is not None:
-      y = y + bias
-    out_shape = self.out_shape if tensorized else (self.out_features,)
-    y = jnp.reshape(y, batch_shape + out_shape)
-    return (y if out_sharding is None
-            else jax.lax.with_sharding_constraint(y, out_sharding))
+    return _dense.apply(
+        self, x, (self.left[...], self.right[...]),
+        lambda x, left, right: functional.low_rank_dense(
+            x, left, right, implementation=self.implementation,
+            precision=self.precision), out_sharding)
 
   @classmethod
   def from_linear(cls, linear: nnx.Linear | nnx.LinearGeneral, *, rank: int,

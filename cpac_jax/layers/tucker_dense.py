@@ -7,10 +7,9 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from flax.nnx.nn import dtypes
 
 from cpac_jax import functional, tensor
-from cpac_jax.layers import _dense, _empty, _init
+from cpac_jax.layers import _dense, _init
 
 __all__ = ["TuckerDense"]
 
@@ -106,23 +105,12 @@ class TuckerDense(nnx.Module):
     (N, *out_shape); extra leading batch axes are kept.
     `out_sharding`, as `nnx.Linear` and `nnx.LinearGeneral` take it (attention
     passes it to its projections): the output's sharding, if given."""
-    batch_shape, tensorized = _dense.batch_shape(self, x.shape)
-    if not math.prod(batch_shape):
-      return _empty.empty_batch(self, x, len(batch_shape))
-    x = jnp.reshape(x, (math.prod(batch_shape), self.in_features))
-    bias = self.bias[...] if self.bias is not None else None
-    x, bias, core, *factors = dtypes.promote_dtype(
-        (x, bias, self.core[...], *[f[...] for f in self.factors]),
-        dtype=self.dtype)
-    y = functional.tucker_dense(x, core, factors, self.in_shape,
-                                implementation=self.implementation,
-                                precision=self.precision)
-    if bias is not None:
-      y = y + bias
-    out_shape = self.out_shape if tensorized else (self.out_features,)
-    y = jnp.reshape(y, batch_shape + out_shape)
-    return (y if out_sharding is None
-            else jax.lax.with_sharding_constraint(y, out_sharding))
+    return _dense.apply(
+        self, x, [self.core[...], *[f[...] for f in self.factors]],
+        lambda x, core, *factors: functional.tucker_dense(
+            x, core, factors, self.in_shape,
+            implementation=self.implementation, precision=self.precision),
+        out_sharding)
 
   @classmethod
   def from_linear(cls, linear: nnx.Linear | nnx.LinearGeneral, *,
