@@ -116,22 +116,21 @@ class CompressTeacher(Extension):
       raise ValueError(
           f"compress.calibration_examples {examples} is more than the "
           f"{len(self.images)} training images; give at most that")
-    calibration = [data.normalize(self.images[i:min(i + 64, examples)],
-                                  self.dataset.mean, self.dataset.std)
-                   for i in range(0, examples, 64)] if examples else None
-    ranks = compression.allocate(self.teacher, block.budget,
-                                 block.factorization,
-                                 exclude=tuple(block.exclude),
-                                 allocation=block.allocation,
-                                 calibration=calibration)
-    if block.init == "random":
+    if block.init == "random":  # the ranks the teacher's weights get
+      ranks = compression.allocate(self.teacher, block.budget,
+                                   block.factorization,
+                                   exclude=tuple(block.exclude),
+                                   allocation=block.allocation)
       model, report = compression.compress(
           model, init="random", rngs=nnx.Rngs(params=self.key),
           **compress_kwargs(config, ranks))
-    else:
+    else:  # allocated and decomposed in one call, one calibration pass
+      calibration = [data.normalize(self.images[i:min(i + 64, examples)],
+                                    self.dataset.mean, self.dataset.std)
+                     for i in range(0, examples, 64)] if examples else None
       model, report = compression.compress(self.teacher, key=self.key,
                                            calibration=calibration,
-                                           **compress_kwargs(config, ranks))
+                                           **compress_kwargs(config, None))
     if distributed.writes_files():
       (workdir / "compression.json").write_text(
           json.dumps(report.to_dict(), indent=2))
@@ -139,8 +138,10 @@ class CompressTeacher(Extension):
     return model
 
 
-def compress_kwargs(config: ml_collections.ConfigDict, ranks: dict) -> dict:
-  """`compression.compress`'s arguments for `config.compress` at `ranks`."""
+def compress_kwargs(config: ml_collections.ConfigDict,
+                    ranks: dict | None) -> dict:
+  """`compression.compress`'s arguments for `config.compress` at `ranks`
+  (None: allocated under its budget)."""
   block = config.compress
   return dict(budget=block.budget, factorization=block.factorization,
               exclude=tuple(block.exclude), allocation=block.allocation,
