@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from cpac_jax import compression, data, distributed, models
+from cpac_jax import compression, data, distributed, models, rundir
 from cpac_jax.config import compressing, has_teacher, setting
 
 __all__ = ["CompressTeacher", "Distillation", "Extension", "FromTeacher",
@@ -101,12 +101,18 @@ class CompressTeacher(Extension):
   (compress.init "random") the same architecture drawn afresh from the
   run's own initial model. Writes the report to the workdir
   (compression.json, which `train.restore` rebuilds the architecture from,
-  and compression.md)."""
+  and compression.md). Given the run's evaluation split (`evaluation`, as
+  its epochs are evaluated on: the test set or the held-out validation
+  images), a decomposed student is evaluated there before any training,
+  and compression.json gains "before_fine_tuning": its accuracy, mean
+  cross-entropy, the split's name and size."""
 
   def __init__(self, teacher: nnx.Module, key: jax.Array,
-               images: np.ndarray | None = None, dataset=None):
+               images: np.ndarray | None = None, dataset=None,
+               evaluation=None):
     self.teacher, self.key = teacher, key
     self.images, self.dataset = images, dataset
+    self.evaluation = evaluation
 
   def init_model(self, model, run):
     config, workdir = run
@@ -131,11 +137,26 @@ class CompressTeacher(Extension):
       model, report = compression.compress(self.teacher, key=self.key,
                                            calibration=calibration,
                                            **compress_kwargs(config, None))
+    written = report.to_dict()
+    if block.init != "random" and self.evaluation is not None:
+      written["before_fine_tuning"] = self._evaluate(model, config)
     if distributed.writes_files():
       (workdir / "compression.json").write_text(
-          json.dumps(report.to_dict(), indent=2))
+          json.dumps(written, indent=2))
       (workdir / "compression.md").write_text(report.table() + "\n")
     return model
+
+  def _evaluate(self, model: nnx.Module, config) -> dict:
+    """The compressed student's accuracy and mean cross-entropy on the
+    run's evaluation split, in eval mode."""
+    student = nnx.clone(model)
+    student.eval()
+    logits = _logits(student, self.evaluation.images, self.dataset)
+    labels = np.asarray(self.evaluation.labels)
+    return {"accuracy": float(np.mean(np.argmax(logits, -1) == labels)),
+            "loss": float(np.mean(cross_entropy(logits, labels))),
+            "evaluated_on": rundir.evaluated_on(config),
+            "examples": int(len(labels))}
 
 
 def compress_kwargs(config: ml_collections.ConfigDict,
@@ -241,15 +262,18 @@ def check(configs: Sequence[ml_collections.ConfigDict], *, together: bool,
 
 
 def for_run(config: ml_collections.ConfigDict, teacher, teacher_config,
-            images: np.ndarray, key: jax.Array, tap=None) -> list[Extension]:
+            images: np.ndarray, key: jax.Array, tap=None,
+            evaluation=None) -> list[Extension]:
   """The extensions `config` asks for, in the order they apply: the
   student from its teacher, distillation, the gradient tap. `teacher` and
   `teacher_config` are the restored teacher's model and config (None
   without one), `images` the training images, `key` the run's
-  initialisation key."""
+  initialisation key, `evaluation` the split its epochs are evaluated on
+  (with .images and .labels)."""
   chosen = []
   if compressing(config):
-    chosen.append(CompressTeacher(teacher, key, images, config.dataset))
+    chosen.append(CompressTeacher(teacher, key, images, config.dataset,
+                                  evaluation))
   elif setting(config, "model.init") == "teacher":
     chosen.append(FromTeacher(teacher))
   if setting(config, "distill_weight") > 0:

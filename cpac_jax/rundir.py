@@ -24,9 +24,9 @@ from cpac_jax.config import (compressing, describe_differences,
                              differing_fields, run_key, setting)
 
 __all__ = ["COLUMNS", "MetricWriter", "append_row", "append_rows",
-           "check_config", "check_rows", "failed_row", "history", "lock",
-           "read_config", "read_csv", "read_results", "result_row",
-           "write_config", "write_result", "write_rows"]
+           "check_config", "check_rows", "evaluated_on", "failed_row",
+           "history", "lock", "read_config", "read_csv", "read_results",
+           "result_row", "write_config", "write_result", "write_rows"]
 
 COLUMNS = ("experiment", "dataset", "model", "factorization", "rank", "init",
            "params", "compression", "layer_params", "layer_compression",
@@ -136,10 +136,12 @@ def failed_row(config: ml_collections.ConfigDict) -> dict:
           "factorization": config.model.factorization,
           "init": setting(config, "model.init"), "seed": config.seed,
           "epochs": config.num_epochs,
-          "evaluated_on": _evaluated_on(config), "status": "diverged"}
+          "evaluated_on": evaluated_on(config), "status": "diverged"}
 
 
-def _evaluated_on(config: ml_collections.ConfigDict) -> str:
+def evaluated_on(config: ml_collections.ConfigDict) -> str:
+  """The split a run's epochs are evaluated on: "validation" (held out of
+  the training set) or "test"."""
   return ("validation" if setting(config, "dataset.validation_examples")
           else "test")
 
@@ -172,7 +174,7 @@ def result_row(config: ml_collections.ConfigDict, counts: dict,
       **counts,
       "seed": config.seed,
       "epochs": config.num_epochs,
-      "evaluated_on": _evaluated_on(config),
+      "evaluated_on": evaluated_on(config),
       "test_accuracy": epochs[-1]["test_accuracy"],
       "best_test_accuracy": best["test_accuracy"],
       "best_epoch": best["epoch"],

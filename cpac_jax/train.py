@@ -433,7 +433,8 @@ class _Training:
     self.keys = {seed: jax.random.split(jax.random.key(seed))
                  for seed in self.seeds}
     self.chain = extensions.for_run(first, *teacher, train_split.images,
-                                    self.keys[first.seed][0], tap)
+                                    self.keys[first.seed][0], tap,
+                                    evaluation=test_split)
     self.carrier = _carrier(self.chain)
     self.groups = self._initial_groups(info)
     self.column = np.argsort(np.concatenate([g.indices

@@ -1,6 +1,8 @@
 """Each extension of the training loop: the loop with it ends where the
 same training written out by hand, step by step, ends."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -148,6 +150,16 @@ def test_compress_teacher_starts_from_the_compressed_teacher(mnist_dir,
   train.train_and_evaluate(config, tmp_path / "runs" / "student")
   _assert_same_params(train.restore(tmp_path / "runs" / "student")[0],
                       params, nnx.state(student, nnx.Param))
+  # compression.json: the student before fine-tuning, on the test set
+  _, test_split = data.load_splits(config.dataset)
+  predicted = np.argmax(student(data.normalize(
+      test_split.images, config.dataset.mean, config.dataset.std)), -1)
+  before = json.loads((tmp_path / "runs" / "student" / "compression.json"
+                       ).read_text())["before_fine_tuning"]
+  assert before["evaluated_on"] == "test"
+  assert before["examples"] == len(test_split.labels)
+  assert abs(before["accuracy"] - np.mean(predicted == test_split.labels)
+             ) <= 1 / len(test_split.labels)  # one image on a rounding tie
 
 
 def test_combinations_are_refused_in_one_place(mnist_dir, tmp_path):
