@@ -28,10 +28,10 @@ from ml_collections import config_dict
 
 from cpac_jax import compression, data, models, optimizers
 
-__all__ = ["base_config", "build_model", "compress_config", "compressing",
-           "computed_fields", "describe_differences", "differing_fields",
-           "expand", "has_teacher", "override", "parse_value", "run_key",
-           "setting", "teacher_config", "validate"]
+__all__ = ["base_config", "build_model", "compress_budget", "compress_config",
+           "compressing", "computed_fields", "describe_differences",
+           "differing_fields", "expand", "has_teacher", "override",
+           "parse_value", "run_key", "setting", "teacher_config", "validate"]
 
 # Fields added to the schema after results were made with it: in the base
 # as placeholders (None: unset), each read through `setting` as its default
@@ -153,7 +153,10 @@ def compress_config() -> ml_collections.ConfigDict:
   """
   block = ml_collections.ConfigDict()
   block.factorization = ""              # "" (off) | cp | tucker | svd | tt
-  block.budget = 0.1                    # fraction (or count) of weights kept
+  # The fraction of weights kept, in (0, 1]; or their count, a whole
+  # number > 1 (the field is a float: 14960 reads back as 14960.0,
+  # `compress_budget` makes it an int again).
+  block.budget = 0.1
   block.allocation = "global"           # global | uniform
   block.init = "decomposed"             # decomposed | random
   block.exclude = ()                    # paths or globs left dense
@@ -162,6 +165,16 @@ def compress_config() -> ml_collections.ConfigDict:
   # weights alone.
   block.calibration_examples = config_dict.placeholder(int)
   return block
+
+
+def compress_budget(block: ml_collections.ConfigDict) -> float | int:
+  """`block.budget` (`compress_config`) as `cpac_jax.compress` takes it: a
+  fraction in (0, 1], or a whole number above 1 as the int count of
+  weights it stands for."""
+  budget = block.budget
+  if isinstance(budget, float) and budget > 1 and budget.is_integer():
+    return int(budget)
+  return budget
 
 
 def compressing(config: ml_collections.ConfigDict) -> bool:
@@ -242,7 +255,7 @@ def _check_compress(block: ml_collections.ConfigDict) -> None:
           "compress.factorization")
   _choose(block.allocation, compression.ALLOCATIONS, "compress.allocation")
   _choose(block.init, compression.INITS, "compress.init")
-  compression.check_budget(block.budget)
+  compression.check_budget(compress_budget(block))
   examples = block.get("calibration_examples") or 0
   if isinstance(examples, bool) or not isinstance(examples, int) or (
       examples < 0):

@@ -31,7 +31,8 @@ import optax
 from flax import nnx
 
 from cpac_jax import compression, data, distributed, models, rundir
-from cpac_jax.config import compressing, has_teacher, setting
+from cpac_jax.config import (compress_budget, compressing, has_teacher,
+                             setting)
 
 __all__ = ["CompressTeacher", "Distillation", "Extension", "FromTeacher",
            "GradientTap", "check", "compress_kwargs", "cross_entropy",
@@ -123,7 +124,7 @@ class CompressTeacher(Extension):
           f"compress.calibration_examples {examples} is more than the "
           f"{len(self.images)} training images; give at most that")
     if block.init == "random":  # the ranks the teacher's weights get
-      ranks = compression.allocate(self.teacher, block.budget,
+      ranks = compression.allocate(self.teacher, compress_budget(block),
                                    block.factorization,
                                    exclude=tuple(block.exclude),
                                    allocation=block.allocation)
@@ -164,7 +165,8 @@ def compress_kwargs(config: ml_collections.ConfigDict,
   """`compression.compress`'s arguments for `config.compress` at `ranks`
   (None: allocated under its budget)."""
   block = config.compress
-  return dict(budget=block.budget, factorization=block.factorization,
+  return dict(budget=compress_budget(block),
+              factorization=block.factorization,
               exclude=tuple(block.exclude), allocation=block.allocation,
               ranks=ranks,
               implementation=config.model.get("implementation", "auto"))

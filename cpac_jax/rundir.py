@@ -20,8 +20,9 @@ from pathlib import Path
 import ml_collections
 
 from cpac_jax import distributed
-from cpac_jax.config import (compressing, describe_differences,
-                             differing_fields, run_key, setting)
+from cpac_jax.config import (compress_budget, compressing,
+                             describe_differences, differing_fields, run_key,
+                             setting)
 
 __all__ = ["COLUMNS", "MetricWriter", "append_row", "append_rows",
            "check_config", "check_rows", "evaluated_on", "failed_row",
@@ -163,7 +164,8 @@ def result_row(config: ml_collections.ConfigDict, counts: dict,
     # A compressed teacher: the rank column says how the budget was shared.
     block = config.compress
     what = {"factorization": block.factorization,
-            "rank": json.dumps(f"{block.allocation} {block.budget}"),
+            "rank": json.dumps(f"{block.allocation} "
+                               f"{compress_budget(block)}"),
             "init": ("compressed" if block.init == "decomposed"
                      else "scratch")}
   return {

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 import cpac_jax as cj
-from cpac_jax import compression, models, sweep, train
+from cpac_jax import compression, extensions, models, sweep, train
 from cpac_jax.config import (build_model, expand, run_key, teacher_config,
                              validate)
 
@@ -456,7 +456,7 @@ def test_compress_config_errors(mnist_dir):
   for field, value, message in (
       ("compress.factorization", "tr", "unknown compress.factorization"),
       ("compress.allocation", "even", "unknown compress.allocation"),
-      ("compress.budget", 2.0, "budget must be a float"),
+      ("compress.budget", 1.5, "budget must be a float"),
       ("compress.calibration_examples", -1,
        "calibration_examples must be an int >= 0"),
       ("teacher", "model.name=ttl_mlp", "changes the model block")):
@@ -469,6 +469,13 @@ def test_compress_config_errors(mnist_dir):
       bad_field[leaf] = value
     with pytest.raises(ValueError, match=message):
       validate(bad)
+  # A whole number over 1 in the float field is a count of weights.
+  counted = config.copy_and_resolve_references()
+  counted.compress.budget = 14960
+  validate(counted)
+  assert counted.compress.budget == 14960.0
+  assert extensions.compress_kwargs(counted, None)["budget"] == 14960
+  assert type(extensions.compress_kwargs(counted, None)["budget"]) is int
   # Off, the block is left out of the run key.
   off = config.copy_and_resolve_references()
   off.compress.factorization = ""
