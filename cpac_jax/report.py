@@ -20,25 +20,55 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 from absl import app, flags
-from matplotlib.figure import Figure  # no pyplot: files only, no display
 from ml_collections import config_flags
 
 from cpac_jax import cli, rundir
-from cpac_jax.stats import (
-    chance_best_of,
-    interval95,
-    joint_predictive,
-    mean_std,
-    percentile,
-    predictive_t,
-    seed_correlation,
-)
 from cpac_jax.config import expand, run_key
+from cpac_jax.stats import (
+  chance_best_of,
+  interval95,
+  joint_predictive,
+  mean_std,
+  percentile,
+  predictive_t,
+  seed_correlation,
+)
 
-__all__ = ["block", "chance_best_of", "cpu_name", "interval95",
+__all__ = ["BEFORE_FINE_TUNING", "block", "chance_best_of",
+           "collect_before_fine_tuning", "cpu_name", "interval95",
            "joint_predictive", "mixed_training_note", "percentile",
            "predictive_t", "seed_correlation", "splice", "summarize",
            "write_blocks", "write_report"]
+
+# A sweep's record of its compressed runs' students before fine-tuning,
+# beside results.csv: the run folders it is read from are not kept.
+BEFORE_FINE_TUNING = "before_fine_tuning.csv"
+_BEFORE_COLUMNS = ("key", "accuracy", "loss", "evaluated_on", "examples")
+
+
+def collect_before_fine_tuning(workdir: str | Path, write: bool = True
+                               ) -> dict[str, dict]:
+  """{run key: {"accuracy", "loss", ...}}: each decomposed student of the
+  sweep in `workdir` before its first step (its compression.json's
+  "before_fine_tuning", `cpac_jax.extensions.CompressTeacher`), numbers as
+  floats. Read from the run folders (`runs/<name>-<key>/`) where they are,
+  from `workdir`/before_fine_tuning.csv where they are not (the folders
+  are not committed); with `write`, that file is rewritten with both, in
+  key order, if they add to it."""
+  workdir = Path(workdir)
+  path = workdir / BEFORE_FINE_TUNING
+  found = {row["key"]: row for row in rundir.read_csv(path)}
+  kept = len(found)
+  for report in sorted(workdir.glob("runs/*/compression.json")):
+    before = json.loads(report.read_text()).get("before_fine_tuning")
+    if before is not None:
+      key = report.parent.name.rsplit("-", 1)[1]
+      found[key] = {"key": key, **before}
+  if write and len(found) > kept:
+    rundir.write_rows(path, [found[k] for k in sorted(found)],
+                      _BEFORE_COLUMNS)
+  return {key: {**row, "accuracy": float(row["accuracy"]),
+                "loss": float(row["loss"])} for key, row in found.items()}
 
 
 
@@ -53,6 +83,14 @@ def cpu_name() -> str:
   except OSError:
     pass
   return platform.processor() or platform.machine()
+
+
+def _figure():
+  """A 6.4 x 4.4 inch matplotlib Figure (no pyplot: files only, no
+  display); matplotlib imported on first use, not by every process that
+  imports this module."""
+  from matplotlib.figure import Figure  # pylint: disable=C0415
+  return Figure(figsize=(6.4, 4.4))
 
 
 def _markers(name: str) -> tuple[str, str]:
@@ -282,7 +320,7 @@ def _plots(summary: list[dict], paper: dict, out: Path, title: str,
   names = []  # of the files written
   width = 0.6 / (2 * len(series) + 1)  # each series' two points, the paper
 
-  fig = Figure(figsize=(6.4, 4.4))
+  fig = _figure()
   ax = fig.subplots()
   for color, (name, entries) in enumerate(series):
     label = f" {name}" if len(series) > 1 else ""
@@ -316,7 +354,7 @@ def _plots(summary: list[dict], paper: dict, out: Path, title: str,
   ax.set_ylabel(f"{split} accuracy")
   names.append(_save(fig, ax, title, out / "accuracy_vs_rank.png", many))
 
-  fig = Figure(figsize=(6.4, 4.4))
+  fig = _figure()
   ax = fig.subplots()
   for color, (name, entries) in enumerate(series):
     label = f"ours, {name}" if len(series) > 1 else "ours"

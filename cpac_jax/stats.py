@@ -4,14 +4,21 @@ seed, where a value falls among others, the predictive test of a single
 run against a seed distribution and its combination over settings; and
 the few ways tables write them."""
 
+import functools
 import math
 import statistics
-
-from scipy import stats
 
 __all__ = ["chance_best_of", "gap_text", "interval95", "joint_predictive",
            "mean_std", "mean_std_text", "paired_gaps", "percentile",
            "predictive_t", "seed_correlation"]
+
+
+@functools.cache
+def _scipy():
+  """scipy.stats, imported on first use: seconds a process that never
+  tests anything (a training run, a worker) doesn't spend."""
+  from scipy import stats  # pylint: disable=C0415
+  return stats
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -26,7 +33,7 @@ def interval95(values: list[float]) -> tuple[float, float] | None:
   if len(values) < 2:
     return None
   mean, std = mean_std(values)
-  half = stats.t.ppf(0.975, len(values) - 1) * std / math.sqrt(len(values))
+  half = _scipy().t.ppf(0.975, len(values) - 1) * std / math.sqrt(len(values))
   return mean - half, mean + half
 
 
@@ -56,7 +63,7 @@ def predictive_t(values: list[float], value: float
   if std == 0:
     return None
   t = (value - mean) / (std * math.sqrt(1 + 1 / len(values)))
-  return t, float(2 * stats.t.sf(abs(t), len(values) - 1))
+  return t, float(2 * _scipy().t.sf(abs(t), len(values) - 1))
 
 
 def joint_predictive(pairs: list[tuple[list[float], float]], rho: float = 0.0
@@ -72,12 +79,12 @@ def joint_predictive(pairs: list[tuple[list[float], float]], rho: float = 0.0
   for values, value in pairs:
     found = predictive_t(values, value)
     if found is not None:
-      zs.append(stats.norm.ppf(stats.t.cdf(found[0], len(values) - 1)))
+      zs.append(_scipy().norm.ppf(_scipy().t.cdf(found[0], len(values) - 1)))
   if not zs:
     return None
   k = len(zs)
   z = float(sum(zs) / math.sqrt(k + k * (k - 1) * rho))
-  return z, float(2 * stats.norm.sf(abs(z))), k
+  return z, float(2 * _scipy().norm.sf(abs(z))), k
 
 
 def seed_correlation(by_seed: list[dict[int, float]]) -> float | None:
@@ -90,7 +97,7 @@ def seed_correlation(by_seed: list[dict[int, float]]) -> float | None:
   if len(by_seed) < 2 or len(seeds) < 3:
     return None
   rows = [[setting[s] for s in seeds] for setting in by_seed]
-  rhos = [stats.pearsonr(a, b)[0] for i, a in enumerate(rows)
+  rhos = [_scipy().pearsonr(a, b)[0] for i, a in enumerate(rows)
           for b in rows[i + 1:] if min(statistics.stdev(a),
                                        statistics.stdev(b)) > 0]
   return float(statistics.fmean(rhos)) if rhos else None
@@ -109,7 +116,7 @@ def chance_best_of(values: list[float], value: float, k: int) -> float | None:
   found = predictive_t(values, value)
   if found is None:
     return None
-  q = float(stats.t.sf(found[0], len(values) - 1))
+  q = float(_scipy().t.sf(found[0], len(values) - 1))
   return 1 - (1 - q) ** k
 
 
