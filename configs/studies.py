@@ -74,6 +74,9 @@ STUDIES = {study.name: study for study in (
         _sweep("compress_fashion_mnist.py", "compress_fashion_mnist")),
           (("python", "scripts/compress_table.py",
             "experiments/compress_fashion_mnist"),)),
+    Study("compress_t3f_mnist", ("mnist",),
+          (_sweep("compress_t3f_mnist.py", "compress_t3f_mnist"),),
+          (("python", "scripts/t3f_table.py"),)),
     # after the CPAC sweeps, whose models it reads
     Study("interpret", ("mnist", "fashion_mnist"), (
         (*_INTERPRET, "--validate", "--seeds=5", "--dataset_seeds=3",

@@ -150,6 +150,18 @@ def _compress(compress_table) -> str:
           f"(n = {n} seeds, paired)")
 
 
+def _t3f(t3f_table) -> str:
+  after, before = t3f_table.collect()
+  tt = ("tt", 0)
+  cells = [f"{label} {statistics.fmean(by_seed.values()):.4f} ± "
+           f"{statistics.stdev(by_seed.values()):.4f}"
+           for label, by_seed in (("before fine-tuning", before[tt]),
+                                  ("after", after[tt]))]
+  share = sum(v < t3f_table.t3f.T3F["tt_after"] for v in after[tt].values())
+  return (f"TT rank 16 by `cj.compress`: {', '.join(cells)} (n = "
+          f"{len(after[tt])} seeds); t3f's 0.9765 is above {share} of them")
+
+
 def table() -> str:
   gap_table, compress_table = _script("ttl_gap_table"), _script(
       "compress_table")
@@ -170,6 +182,9 @@ def table() -> str:
        "each feature map", _significance()),
       ("compress_fashion_mnist", "- (ours: `cj.compress` on a trained CNN)",
        _compress(compress_table)),
+      ("compress_t3f_mnist", "t3f's tutorial: an MNIST MLP's 784x625 layer "
+       "as a TT-matrix of rank 16, 0.6443 before fine-tuning, 0.9765 after "
+       "2 epochs (one run)", _t3f(_script("t3f_table"))),
   ]
   lines = ["| experiment | the paper's claim | ours |", "|---|---|---|"]
   lines += [f"| {_link(folder)} | {claim} | {ours} |"

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Scripts with a `blocks()` returning {(README path, block name): text}.
 GENERATORS = ("scripts/cpac_gap.py", "scripts/headline.py",
               "scripts/compress_table.py",
-              "scripts/shootout_table.py", "scripts/ttl_gap_table.py")
+              "scripts/shootout_table.py", "scripts/t3f_table.py",
+              "scripts/ttl_gap_table.py")
 
 
 def _blocks():
