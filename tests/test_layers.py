@@ -370,6 +370,149 @@ def test_tt_dense_paths_agree_with_dense_matmul(rank):
                                rtol=1e-4, atol=1e-5)
 
 
+TT_PLAN_CASES = [  # in_shape, out_shape, TT ranks (boundary 1s included)
+    ((5,), (3,), (1, 1)),
+    ((4, 3), (5, 2), (1, 2, 1)),
+    ((2, 3, 2), (2, 2, 3), (1, 2, 3, 1)),
+    ((2, 3, 2, 2), (3, 2, 1, 2), (1, 3, 2, 4, 1)),
+]
+
+
+def _tt_cores(in_shape, out_shape, ranks, seed=0):
+  """Random float32 cores (r_k, in_k, out_k, r_{k+1})."""
+  rng = np.random.default_rng(seed)
+  return [jnp.asarray(rng.standard_normal((ranks[k], i, o, ranks[k + 1])),
+                      jnp.float32)
+          for k, (i, o) in enumerate(zip(in_shape, out_shape))]
+
+
+@pytest.mark.parametrize("in_shape, out_shape, ranks", TT_PLAN_CASES)
+def test_tt_dense_every_plan_computes_the_rebuilt_matmul(in_shape, out_shape,
+                                                         ranks):
+  cores = _tt_cores(in_shape, out_shape, ranks)
+  x = jnp.asarray(np.random.default_rng(1).standard_normal(
+      (3, int(np.prod(in_shape)))), jnp.float32)
+  weight = np.reshape(tensor.tt_matrix_to_tensor(cores),
+                      (x.shape[1], int(np.prod(out_shape))))
+  expected = np.asarray(x) @ weight
+  plans = cj.functional.tt_dense_plans(x.shape, in_shape, out_shape, ranks)
+  assert len(plans) == 2 ** len(in_shape)
+  assert len({(plan.groups, plan.direction) for plan in plans}) == len(plans)
+  # one compilation for all the plans: eager, each einsum compiles alone
+  outputs = jax.jit(lambda x, cores: [cj.functional.tt_dense_by_plan(
+      x, cores, plan.groups, plan.direction,
+      precision=jax.lax.Precision.HIGHEST) for plan in plans])(x, cores)
+  for plan, y in zip(plans, outputs):
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5,
+                               err_msg=str(plan))
+
+
+@pytest.mark.parametrize("in_shape, out_shape, ranks", TT_PLAN_CASES)
+@pytest.mark.parametrize("batch", [1, 64, 4096])
+def test_tt_dense_runs_the_cheapest_plan(in_shape, out_shape, ranks, batch,
+                                         monkeypatch):
+  """"auto" runs the plan of least cost of all, "factorized" the one of
+  least cost of two groups or more (one core: its one group); the flops
+  "auto" weighs name those plans."""
+  functional = cj.functional
+  shape = (batch, int(np.prod(in_shape)))
+  plans = functional.tt_dense_plans(shape, in_shape, out_shape, ranks)
+  fewest = min(2, len(in_shape))
+  cheapest = min(plan.cost for plan in plans)
+  cheapest_factorized = min(plan.cost for plan in plans
+                            if len(plan.groups) >= fewest)
+  ran = []
+  monkeypatch.setattr(
+      cj.functional.tt, "tt_dense_by_plan",
+      lambda x, cores, groups, direction, precision: ran.append(
+          (groups, direction)))
+  cores = _tt_cores(in_shape, out_shape, ranks)
+  for implementation in ("auto", "factorized", "reconstructed"):
+    plan = functional.tt_dense_plan(shape, in_shape, out_shape, ranks,
+                                    implementation)
+    functional.tt_dense(jnp.zeros(shape), cores,
+                        implementation=implementation)
+    assert ran.pop() == (plan.groups, plan.direction)
+    if implementation == "auto":
+      assert plan.cost == cheapest
+    elif implementation == "factorized":
+      assert len(plan.groups) >= fewest and plan.cost == cheapest_factorized
+    else:
+      assert plan.groups == (tuple(range(len(in_shape))),)
+  flops = functional.tt_dense_flops(shape, in_shape, out_shape, ranks)
+  auto = functional.tt_dense_plan(shape, in_shape, out_shape, ranks)
+  assert (choose("auto", flops) == "reconstructed") == (len(auto.groups) == 1)
+  merged = [i * o for i, o in zip(in_shape, out_shape)]
+  assert flops["reconstructed"] == (
+      flops["dense"] + functional.tt.tt_rebuild_flops(merged, ranks))
+
+
+def test_tt_dense_plan_counts_match_a_hand_count():
+  plans = {(plan.groups, plan.direction): plan
+           for plan in cj.functional.tt_dense_plans((8, 12), (4, 3), (5, 2),
+                                                    (1, 2, 1))}
+  # one core a group, left to right: 8 * 3 * (1*4*5*2) + 8 * 5 * (2*3*2*1);
+  # written between them: 8 * 5 * 2 * 3
+  left = plans[((0,), (1,)), "left_to_right"]
+  assert (left.merge, left.contraction, left.intermediates) == (0, 1440, 240)
+  # right to left: 8 * 4 * (2*3*2*1) + 8 * 2 * (1*4*5*2); written 8 * 4*2*2
+  right = plans[((0,), (1,)), "right_to_left"]
+  assert (right.merge, right.contraction, right.intermediates) == (
+      0, 1024, 128)
+  # one group: the rebuild 1 * 20 * 2 * 6 * 1, then 8 * 12 * 10
+  rebuilt = plans[((0, 1),), "left_to_right"]
+  assert (rebuilt.merge, rebuilt.contraction, rebuilt.intermediates) == (
+      240, 960, 0)
+  # cores 1 and 2 merged (left rank 2): 2 * (3*2) * 3 * (2*3) * 1; then
+  # 3 * 6 * (1*2*2*2) + 3 * 2 * (2*6*6*1), written 3 * 2*2*6
+  plan = next(plan for plan in cj.functional.tt_dense_plans(
+      (3, 12), (2, 3, 2), (2, 2, 3), (1, 2, 3, 1))
+      if plan.groups == ((0,), (1, 2)) and plan.direction == "left_to_right")
+  assert (plan.merge, plan.contraction, plan.intermediates) == (216, 576, 72)
+  assert plan.macs == 792
+  assert plan.cost == 792 + cj.functional.INTERMEDIATE_COST * 72
+
+
+def _largest_value(function, *args) -> int:
+  """The most elements of any value the traced `function` computes."""
+  jaxpr = jax.make_jaxpr(function)(*args)
+  return max(int(np.prod(var.aval.shape)) for eqn in jaxpr.eqns
+             for var in eqn.outvars)
+
+
+@pytest.mark.parametrize("batch", [1, 512])
+def test_tt_dense_factorized_never_forms_the_weight(batch):
+  """Even where the rebuilt weight is the cheapest plan, "factorized" runs
+  two groups or more, and no value it computes is as large as the weight;
+  "reconstructed" forms it."""
+  in_shape, out_shape, ranks = (4, 4, 4), (4, 4, 4), (1, 2, 2, 1)
+  cores = _tt_cores(in_shape, out_shape, ranks)
+  x = jnp.ones((batch, 64))
+  plan = cj.functional.tt_dense_plan(x.shape, in_shape, out_shape, ranks,
+                                     "factorized")
+  assert len(plan.groups) >= 2
+  if batch == 512:
+    assert len(cj.functional.tt_dense_plan(x.shape, in_shape, out_shape,
+                                           ranks).groups) == 1
+  factorized = _largest_value(lambda x, *cores: cj.functional.tt_dense(
+      x, cores, implementation="factorized"), x[:1], *cores)
+  reconstructed = _largest_value(lambda x, *cores: cj.functional.tt_dense(
+      x, cores, implementation="reconstructed"), x[:1], *cores)
+  assert factorized < 64 * 64 <= reconstructed
+
+
+def test_tt_dense_by_plan_rejects_a_plan_that_is_no_cut():
+  cores = _tt_cores((2, 3, 2), (2, 2, 3), (1, 2, 3, 1))
+  x = jnp.ones((1, 12))
+  for groups in ([(0,), (2,), (1,)], [(0, 1)], [(0,), (), (1, 2)]):
+    with pytest.raises(ValueError, match="contiguous groups"):
+      cj.functional.tt_dense_by_plan(x, cores, groups, "left_to_right")
+  with pytest.raises(ValueError, match="direction 'up'"):
+    cj.functional.tt_dense_by_plan(x, cores, [(0, 1, 2)], "up")
+  with pytest.raises(ValueError, match="implementation 'fastest'"):
+    cj.functional.tt_dense_plan((1, 12), (2, 3, 2), (2, 2, 3),
+                                (1, 2, 3, 1), "fastest")
+
 @pytest.mark.slow
 def test_layers_keep_extra_batch_axes_and_accept_unbatched_channels():
   conv = CPConv(3, 5, (3, 3), rank=2, rngs=nnx.Rngs(0))

@@ -17,11 +17,15 @@ from cpac_jax.functional.implementation import (
 )
 from cpac_jax.functional.low_rank import low_rank_dense, low_rank_dense_flops
 from cpac_jax.functional.tt import (
+    TTDensePlan,
     tt_conv,
     tt_conv_flops,
     tt_conv_kernel,
     tt_dense,
+    tt_dense_by_plan,
     tt_dense_flops,
+    tt_dense_plan,
+    tt_dense_plans,
 )
 from cpac_jax.functional.tucker_conv import (
     tucker_conv,
@@ -38,6 +42,7 @@ __all__ = [
     "IMPLEMENTATIONS",
     "INTERMEDIATE_COST",
     "ConvGeometry",
+    "TTDensePlan",
     "auto_conv_general_dilated",
     "batch_shape",
     "check_implementation",
@@ -51,7 +56,10 @@ __all__ = [
     "tt_conv_flops",
     "tt_conv_kernel",
     "tt_dense",
+    "tt_dense_by_plan",
     "tt_dense_flops",
+    "tt_dense_plan",
+    "tt_dense_plans",
     "tucker_conv",
     "tucker_conv_flops",
     "tucker_conv_modes",

@@ -22,11 +22,16 @@ class TTDense(nnx.Module):
   (prod(in_shape), prod(out_shape)) is the TT-matrix they hold, as
   TensorLy-Torch's TT-matrix ("blocktt") linear layer holds it.
 
-  The factorized forward contracts the tensorized input with one core at a
-  time, each turning input mode k into output mode k; no dense weight is
-  formed. `"reconstructed"` rebuilds the weight and does one matmul;
-  `"auto"` (the default) picks the cheaper, as `TuckerDense` does. The
-  computation is `cpac_jax.functional.tt_dense`.
+  The forward runs one plan (`cpac_jax.functional.TTDensePlan`): the cores
+  cut into contiguous groups, each group's cores merged into one, then the
+  tensorized input contracted with one merged core at a time, left to
+  right or right to left, each turning its input modes into its output
+  modes. `"factorized"` runs the cheapest plan of two groups or more, so
+  no dense weight is formed; `"reconstructed"` the one group: it rebuilds
+  the weight and does one matmul; `"auto"` (the default) the cheapest plan
+  of all, priced as `TuckerDense` prices its paths
+  (`cpac_jax.functional.choose`). The computation is
+  `cpac_jax.functional.tt_dense`; `plan(input_shape)` names the plan.
 
   Initialisation: every core a random direction of fixed mean square, so
   the weight entries have mean square v = 1 / prod(in_shape), the variance
@@ -53,6 +58,8 @@ class TTDense(nnx.Module):
     (1, 4, 4, 4, 1)
     >>> tt(jnp.ones((3, 784))).shape
     (3, 300)
+    >>> tt.plan((3, 784)).groups, tt.plan((3, 784)).direction
+    (((0, 1), (2, 3)), 'left_to_right')
   """
 
   def __init__(self, in_shape: int | Sequence[int],
@@ -96,10 +103,21 @@ class TTDense(nnx.Module):
   def flops(self, input_shape: Sequence[int]) -> dict[str, int]:
     """Multiply-adds of each implementation for an input (N, prod(in_shape))
     or (N, *in_shape), and the entries of the factorized path's
-    intermediates (`cpac_jax.functional.tt_dense_flops`)."""
+    intermediates (`cpac_jax.functional.tt_dense_flops`): "factorized" is
+    the cheapest plan of two groups or more."""
     _dense.batch_shape(self, input_shape)  # a clear error for a wrong shape
     return functional.tt_dense_flops(input_shape, self.in_shape,
                                      self.out_shape, self.rank)
+
+  def plan(self, input_shape: Sequence[int]) -> functional.TTDensePlan:
+    """The plan the forward runs on an input (N, prod(in_shape)) or (N,
+    *in_shape) for the layer's `implementation`
+    (`cpac_jax.functional.tt_dense_plan`): its groups of cores, direction
+    and counts."""
+    _dense.batch_shape(self, input_shape)  # a clear error for a wrong shape
+    return functional.tt_dense_plan(input_shape, self.in_shape,
+                                    self.out_shape, self.rank,
+                                    self.implementation)
 
   def __call__(self, x: jax.Array, *, out_sharding=None) -> jax.Array:
     """(N, prod(in_shape)) -> (N, prod(out_shape)), or (N, *in_shape) ->
