@@ -23,6 +23,7 @@ _CHECK = flags.DEFINE_bool("check", False, "write nothing; exit 1 where the "
 RECORDS = {"vgg16": ["vgg16_train_step"], "peers": ["peers"],
            "host_memory": ["host_memory"], "lowering": ["lowering"],
            "layers": ["layers"], "macs_2x": ["macs_2x"],
+           "tt_plans": ["tt_plans"],
            "sweep": ["sweep", "sweep_3seeds"],
            "shootout": ["shootout_steps"],
            "decompositions": ["decompositions"],
