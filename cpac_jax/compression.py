@@ -53,7 +53,8 @@ covariance (`cpac_jax.calibration`), and each layer is decomposed to keep
 its outputs on that data, not its weights: the weight's input side is
 whitened by the covariance's Cholesky factor L (L^T W), decomposed, and
 mapped back by L^{-T}. For "svd" that minimises the output error
-(SVD-LLM), up to a 1% ridge (`cpac_jax.calibration.DAMPING`); "tucker"
+(SVD-LLM), up to a 1% ridge (`cpac_jax.calibration.DAMPING`), and the
+product is split evenly between the two factors (`_balance`); "tucker"
 and "cp" whiten the input mode(s) of their weight (a conv's input
 channels; each input axis of a LinearGeneral, by its own covariance),
 "tt" a conv's input channels (its first core); a TT-matrix dense layer
@@ -1162,12 +1163,17 @@ def _replace(node, factorization, rank, init, implementation, key, rngs,
 def _unwhiten(layer, whitenings) -> None:
   """Map a layer decomposed from a whitened weight back: its input-side
   factor times L^{-T} for each whitening (axes, L) (`_whitened_axes` says
-  which factor that is)."""
+  which factor that is). A LowRankDense's two factors are then split
+  afresh, each side taking the square root of the product's singular
+  values, as `LowRankDense.from_linear` splits a plain SVD (`_balance`)."""
   for axes, lower in whitenings:
     back = np.linalg.inv(lower).T
     if isinstance(layer, cj_layers.LowRankDense):
-      param = layer.left
-    elif isinstance(layer, cj_layers.TuckerDense):
+      layer.left[...] = jnp.asarray(
+          back @ np.asarray(layer.left[...], np.float64), layer.left.dtype)
+      _balance(layer)
+      continue
+    if isinstance(layer, cj_layers.TuckerDense):
       param = layer.factors[axes[0]]
     elif isinstance(layer, cj_layers.TTConv):
       param = layer.cores[0]  # (1, Cin, r_1)
@@ -1179,6 +1185,23 @@ def _unwhiten(layer, whitenings) -> None:
       param = layer.in_factor
     param[...] = jnp.asarray(back @ np.asarray(param[...], np.float64),
                              param[...].dtype)
+
+
+def _balance(layer: "cj_layers.LowRankDense") -> None:
+  """Split `layer`'s product left @ right afresh as U S^(1/2), S^(1/2) V^T
+  (its SVD, through the QR factors of each side: no dense matrix formed).
+  Unwhitened, the input side holds L^{-T} and the other side most of the
+  scale, and such a split fine-tunes worse
+  (experiments/compress_t3f_mnist/README.md)."""
+  left = np.asarray(layer.left[...], np.float64)
+  right = np.asarray(layer.right[...], np.float64)
+  q_left, r_left = np.linalg.qr(left)
+  q_right, r_right = np.linalg.qr(right.T)
+  u, s, vt = np.linalg.svd(r_left @ r_right.T)
+  root = np.sqrt(s)
+  layer.left[...] = jnp.asarray(q_left @ (u * root), layer.left.dtype)
+  layer.right[...] = jnp.asarray((root[:, None] * vt) @ q_right.T,
+                                 layer.right.dtype)
 
 
 def set_at(model: nnx.Module, path: str, layer) -> None:

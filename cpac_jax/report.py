@@ -54,19 +54,19 @@ def collect_before_fine_tuning(workdir: str | Path, write: bool = True
   floats. Read from the run folders (`runs/<name>-<key>/`) where they are,
   from `workdir`/before_fine_tuning.csv where they are not (the folders
   are not committed); with `write`, that file is rewritten with both, in
-  key order, if they add to it."""
+  key order, if they change it."""
   workdir = Path(workdir)
   path = workdir / BEFORE_FINE_TUNING
-  found = {row["key"]: row for row in rundir.read_csv(path)}
-  kept = len(found)
+  kept = rundir.read_csv(path)
+  found = {row["key"]: row for row in kept}
   for report in sorted(workdir.glob("runs/*/compression.json")):
     before = json.loads(report.read_text()).get("before_fine_tuning")
     if before is not None:
       key = report.parent.name.rsplit("-", 1)[1]
-      found[key] = {"key": key, **before}
-  if write and len(found) > kept:
-    rundir.write_rows(path, [found[k] for k in sorted(found)],
-                      _BEFORE_COLUMNS)
+      found[key] = {"key": key, **{k: str(v) for k, v in before.items()}}
+  rows = [found[k] for k in sorted(found)]
+  if write and rows != kept:
+    rundir.write_rows(path, rows, _BEFORE_COLUMNS)
   return {key: {**row, "accuracy": float(row["accuracy"]),
                 "loss": float(row["loss"])} for key, row in found.items()}
 

@@ -103,6 +103,25 @@ def test_data_aware_svd_is_the_best_rank_r_layer_on_the_data():
     assert _output_error(net.wide, trial, inputs) >= best * (1 - 1e-3)
 
 
+def test_data_aware_svd_factors_split_the_scale_evenly():
+  """Unwhitened, the input side holds L^{-T}: the two factors are split
+  afresh as U S^(1/2), S^(1/2) V^T of their product, the product kept."""
+  net = Two(nnx.Rngs(0))
+  aware, _ = cj.compress(net, None, "svd", include=("thin",),
+                         ranks={"thin": 3}, calibration=_batches(0))
+  left = np.asarray(aware.thin.left[...], np.float64)
+  right = np.asarray(aware.thin.right[...], np.float64)
+  _, s, _ = np.linalg.svd(left @ right)
+  np.testing.assert_allclose(left.T @ left, np.diag(s[:3]), atol=1e-4)
+  np.testing.assert_allclose(right @ right.T, np.diag(s[:3]), atol=1e-4)
+  # the product is the whitened truncation's: best on the data at rank 3
+  plain, _ = cj.compress(net, None, "svd", include=("thin",),
+                         ranks={"thin": 3})
+  inputs = [_inputs(x, "thin") for x in _batches(0)]
+  assert (_output_error(net.thin, aware.thin, inputs)
+          < 0.8 * _output_error(net.thin, plain.thin, inputs))
+
+
 def test_calibrated_allocation_shares_the_budget_by_output_error():
   """`thin`'s inputs nearly lie in a plane, so a small rank keeps its
   outputs whatever its weight's spectrum: with calibration it gives
