@@ -1163,9 +1163,11 @@ def _replace(node, factorization, rank, init, implementation, key, rngs,
 def _unwhiten(layer, whitenings) -> None:
   """Map a layer decomposed from a whitened weight back: its input-side
   factor times L^{-T} for each whitening (axes, L) (`_whitened_axes` says
-  which factor that is). A LowRankDense's two factors are then split
-  afresh, each side taking the square root of the product's singular
-  values, as `LowRankDense.from_linear` splits a plain SVD (`_balance`)."""
+  which factor that is). The result takes the plain decomposition's form:
+  a LowRankDense's two factors are split afresh, each side taking the
+  square root of the product's singular values (`_balance`); a Tucker
+  layer's factor is made orthonormal again, the core taking the rest
+  (`_orthonormalize`)."""
   for axes, lower in whitenings:
     back = np.linalg.inv(lower).T
     if isinstance(layer, cj_layers.LowRankDense):
@@ -1173,16 +1175,19 @@ def _unwhiten(layer, whitenings) -> None:
           back @ np.asarray(layer.left[...], np.float64), layer.left.dtype)
       _balance(layer)
       continue
-    if isinstance(layer, cj_layers.TuckerDense):
-      param = layer.factors[axes[0]]
-    elif isinstance(layer, cj_layers.TTConv):
+    if isinstance(layer, (cj_layers.TuckerDense, cj_layers.TuckerConv)):
+      dense = isinstance(layer, cj_layers.TuckerDense)
+      param = layer.factors[axes[0]] if dense else layer.in_factor
+      _orthonormalize(layer, param, back,
+                      axes[0] if dense else layer.modes[-2])
+      continue
+    if isinstance(layer, cj_layers.TTConv):
       param = layer.cores[0]  # (1, Cin, r_1)
       param[...] = jnp.asarray(np.einsum(
           "ab,xbr->xar", back, np.asarray(param[...], np.float64)),
           param[...].dtype)
       continue
-    else:  # CPConv, TuckerConv: (Cin, R)
-      param = layer.in_factor
+    param = layer.in_factor  # CPConv: (Cin, R)
     param[...] = jnp.asarray(back @ np.asarray(param[...], np.float64),
                              param[...].dtype)
 
@@ -1202,6 +1207,17 @@ def _balance(layer: "cj_layers.LowRankDense") -> None:
   layer.left[...] = jnp.asarray(q_left @ (u * root), layer.left.dtype)
   layer.right[...] = jnp.asarray((root[:, None] * vt) @ q_right.T,
                                  layer.right.dtype)
+
+
+def _orthonormalize(layer, param, back: np.ndarray, axis: int) -> None:
+  """Set a Tucker layer's factor `param` to the orthonormal Q of
+  back @ factor = Q R and multiply its `core` along `axis` by R: the
+  same weight, in the form a plain Tucker decomposition has."""
+  q, r = np.linalg.qr(back @ np.asarray(param[...], np.float64))
+  core = np.moveaxis(np.asarray(layer.core[...], np.float64), axis, 0)
+  core = np.moveaxis(np.tensordot(r, core, axes=(1, 0)), 0, axis)
+  param[...] = jnp.asarray(q, param[...].dtype)
+  layer.core[...] = jnp.asarray(core, layer.core[...].dtype)
 
 
 def set_at(model: nnx.Module, path: str, layer) -> None:

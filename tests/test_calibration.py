@@ -122,6 +122,19 @@ def test_data_aware_svd_factors_split_the_scale_evenly():
           < 0.8 * _output_error(net.thin, plain.thin, inputs))
 
 
+def test_data_aware_tucker_factors_stay_orthonormal():
+  """A Tucker layer's whitened input factor, mapped back, is made
+  orthonormal again, the core taking the rest: the plain form."""
+  net = Two(nnx.Rngs(0))
+  aware, _ = cj.compress(net, None, "tucker", include=("conv", "thin"),
+                         ranks={"conv": (3, 6), "thin": (3, 4)},
+                         calibration=_batches(0))
+  for factor in (aware.conv.in_factor, aware.thin.factors[0]):
+    factor = np.asarray(factor[...], np.float64)
+    np.testing.assert_allclose(factor.T @ factor, np.eye(factor.shape[1]),
+                               atol=1e-5)
+
+
 def test_calibrated_allocation_shares_the_budget_by_output_error():
   """`thin`'s inputs nearly lie in a plane, so a small rank keeps its
   outputs whatever its weight's spectrum: with calibration it gives
