@@ -70,12 +70,14 @@ def conv_case(cin, cout, kernel, size, batch, rngs, fractions=FRACTIONS,
 
 
 def dense_case(in_shape, out_shape, batch, ranks, tt_shapes, rngs,
-               fractions=FRACTIONS, implementations=IMPLEMENTATIONS):
+               fractions=FRACTIONS, implementations=IMPLEMENTATIONS,
+               low_rank=False):
   """TuckerDense at the rank `fractions` ({label: fraction}) and at each
   of `ranks`, and TTDense on `tt_shapes` (in, out: as many modes each) at
-  the rank fractions, each in `implementations`:
-  (shape name, [("dense", nnx.Linear)], input (batch, prod(in_shape)),
-  [(variant, layer), ...])."""
+  the rank fractions, and with `low_rank` LowRankDense at them too (the
+  rank whose two factors hold that fraction of the weights), each in
+  `implementations`: (shape name, [("dense", nnx.Linear)], input (batch,
+  prod(in_shape)), [(variant, layer), ...])."""
   n_in, n_out = math.prod(in_shape), math.prod(out_shape)
   x = jax.random.normal(jax.random.key(0), (batch, n_in))
   denses = [("dense", nnx.Linear(n_in, n_out, rngs=rngs))]
@@ -89,25 +91,42 @@ def dense_case(in_shape, out_shape, batch, ranks, tt_shapes, rngs,
       *tt_shapes, rank=rank, implementation=implementation, rngs=rngs))
       for label, rank in fractions.items() for implementation in
       implementations]
+  if low_rank:
+    variants += [(f"LowRankDense {label} {implementation}",
+                  cj.layers.LowRankDense(
+                      in_shape, out_shape, rank=cj.tensor.cp_rank(
+                          (n_in, n_out), fraction),
+                      implementation=implementation, rngs=rngs))
+                 for label, fraction in fractions.items()
+                 for implementation in implementations]
   return f"dense {n_in}->{n_out}, batch {batch}", denses, x, variants
 
 
-def cases(fitted_only: bool = False):
+def cases(fitted_only: bool = False, batch: int | None = None,
+          low_rank: bool = False):
   """(shape name, [(dense variant, layer), ...], input, [(variant,
   layer), ...], whether INTERMEDIATE_COST was fitted on this shape) of
   each shape; with `fitted_only`, of the shapes it was fitted on alone
-  (the other shapes' layers are not built)."""
+  (the other shapes' layers are not built). `batch`: every shape's batch
+  size (None: each its own, as above); `low_rank`: LowRankDense beside
+  the dense shapes' TuckerDense and TTDense (`dense_case`)."""
   rngs = nnx.Rngs(0)
-  yield *conv_case(64, 64, 3, 32, 32, rngs), True
-  yield *conv_case(256, 256, 3, 16, 32, rngs), True
-  yield *dense_case((28, 28), (300,), 128, [(5, 5, 10)],
-                    ((4, 7, 4, 7), (3, 4, 5, 5)), rngs), True
+
+  def size(own: int) -> int:
+    return own if batch is None else batch
+
+  yield *conv_case(64, 64, 3, 32, size(32), rngs), True
+  yield *conv_case(256, 256, 3, 16, size(32), rngs), True
+  yield *dense_case((28, 28), (300,), size(128), [(5, 5, 10)],
+                    ((4, 7, 4, 7), (3, 4, 5, 5)), rngs,
+                    low_rank=low_rank), True
   if fitted_only:
     return
-  yield *conv_case(32, 128, 3, 28, 16, rngs), False
-  yield *conv_case(96, 96, 5, 12, 32, rngs), False
-  yield *dense_case((32, 32), (16, 32), 64, [],
-                    ((4, 8, 4, 8), (4, 4, 4, 8)), rngs), False
+  yield *conv_case(32, 128, 3, 28, size(16), rngs), False
+  yield *conv_case(96, 96, 5, 12, size(32), rngs), False
+  yield *dense_case((32, 32), (16, 32), size(64), [],
+                    ((4, 8, 4, 8), (4, 4, 4, 8)), rngs,
+                    low_rank=low_rank), False
 
 
 def _autos(rows, fitted: bool) -> list[tuple[dict, dict, str]]:

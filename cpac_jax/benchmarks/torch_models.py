@@ -3,7 +3,7 @@ against PyTorch (they need the bench extra: pip install -e ".[bench]")."""
 
 import torch
 
-__all__ = ["CPACNet", "OfficialCPConv", "vgg16"]
+__all__ = ["CNN", "CPACNet", "OfficialCPConv", "ViT", "vgg16"]
 
 
 class CPACNet(torch.nn.Module):
@@ -66,3 +66,56 @@ def vgg16(conv) -> torch.nn.Sequential:
              torch.nn.Linear(512, 512), torch.nn.ReLU(),
              torch.nn.Linear(512, 10)]
   return torch.nn.Sequential(*layers)
+
+
+class CNN(torch.nn.Module):
+  """`cpac_jax.models.CNN` (dense): 3x3 convs with bias, padding 1, each
+  then batch norm and ReLU, 2x2 max-pools where `widths` says "M"; the
+  mean over the image and one linear classifier."""
+
+  def __init__(self, widths=(32, "M", 32, 64, "M", 64, 128), channels=1,
+               num_classes=10):
+    super().__init__()
+    layers = []
+    for width in widths:
+      if width == "M":
+        layers.append(torch.nn.MaxPool2d(2))
+        continue
+      layers += [torch.nn.Conv2d(channels, width, 3, padding=1),
+                 torch.nn.BatchNorm2d(width), torch.nn.ReLU()]
+      channels = width
+    self.features = torch.nn.Sequential(*layers)
+    self.out = torch.nn.Linear(channels, num_classes)
+
+  def forward(self, x):
+    return self.out(self.features(x).mean(dim=(2, 3)))
+
+
+class ViT(torch.nn.Module):
+  """`cpac_jax.models.ViT`: patches embedded by a conv of their size and
+  stride plus a learned position embedding, `depth` pre-norm
+  `torch.nn.TransformerEncoderLayer`s (multi-head attention, an MLP of
+  `mlp_ratio` x `width` hidden units, no dropout), a layer norm, the mean
+  over the patches and a linear classifier; the same parameters. Its GELU
+  is PyTorch's default, exact one where nnx.gelu is the tanh
+  approximation: an elementwise op either way."""
+
+  def __init__(self, input_shape=(28, 28, 1), num_classes=10, depth=4,
+               width=128, heads=4, patch=7, mlp_ratio=2):
+    super().__init__()
+    height, width_px, channels = input_shape
+    self.patches = torch.nn.Conv2d(channels, width, patch, stride=patch)
+    count = (height // patch) * (width_px // patch)
+    self.position = torch.nn.Parameter(0.02 * torch.randn(count, width))
+    self.blocks = torch.nn.ModuleList([torch.nn.TransformerEncoderLayer(
+        width, heads, mlp_ratio * width, dropout=0.0, activation="gelu",
+        layer_norm_eps=1e-6, batch_first=True, norm_first=True)
+        for _ in range(depth)])
+    self.norm = torch.nn.LayerNorm(width, eps=1e-6)
+    self.head = torch.nn.Linear(width, num_classes)
+
+  def forward(self, x):
+    x = self.patches(x).flatten(2).transpose(1, 2) + self.position
+    for block in self.blocks:
+      x = block(x)
+    return self.head(self.norm(x).mean(dim=1))
