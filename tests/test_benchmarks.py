@@ -1,16 +1,27 @@
 """The benchmark harness: its timing protocol, its records, and that every
-committed benchmark file is what its record renders to."""
+committed benchmark file is what its record renders to; the inference
+benchmark's models, counts and quick run."""
 
 import importlib
 import json
+import subprocess
+import sys
 import types
 from pathlib import Path
 
+import ml_collections
 import pytest
 from absl import app, flags
+from flax import nnx
 
+import cpac_jax as cj
+from configs import (
+  compress_fashion_mnist,
+  compress_vit_fashion_mnist,
+  cpac_mnist,
+)
 from cpac_jax import report
-from cpac_jax.benchmarks import harness
+from cpac_jax.benchmarks import harness, inference
 from cpac_jax.benchmarks.__main__ import RECORDS, block
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,3 +164,164 @@ def test_every_benchmark_is_listed():
   modules = {p.stem for p in (ROOT / "cpac_jax" / "benchmarks").glob("*.py")}
   assert modules - {"__init__", "__main__", "harness", "torch_models"} == (
       set(RECORDS))
+
+
+# -- the inference benchmark -------------------------------------------------
+
+def test_inference_times_the_models_the_configs_build():
+  def swept(config, compression):
+    return any(compression["factorization"] in group.get(
+        "compress.factorization", []) and compression["budget"] in group.get(
+        "compress.budget", []) for group in config.sweep)
+
+  cpac = cpac_mnist.get_config().model
+  assert (inference.CPAC_RANK, inference.CPAC_IMPLEMENTATION) == (
+      cpac.rank, cpac.implementation)
+  cnn = compress_fashion_mnist.get_config()
+  assert cnn.model.name == "cnn" and not cnn.model.get("kwargs")
+  assert inference.CNN_COMPRESSION["exclude"] == tuple(cnn.compress.exclude)
+  assert swept(cnn, inference.CNN_COMPRESSION)
+  vit = compress_vit_fashion_mnist.get_config("select")
+  assert inference.VIT_KWARGS == dict(vit.model.kwargs)
+  assert inference.VIT_COMPRESSION["exclude"] == tuple(vit.compress.exclude)
+  assert swept(vit, inference.VIT_COMPRESSION)
+
+
+@pytest.mark.parametrize("name, kwargs", [("cnn", {}),
+                                          ("vit", inference.VIT_KWARGS)])
+def test_torch_twin_holds_the_parameters_of_our_dense_model(name, kwargs):
+  pytest.importorskip("torch")
+  from cpac_jax.benchmarks import torch_models
+  config = ml_collections.ConfigDict({"name": name, "factorization": "dense",
+                                      "rank": 0, "kwargs": kwargs})
+  ours = cj.models.build(config, (28, 28, 1), 10, nnx.Rngs(0))
+  twin = {"cnn": torch_models.CNN, "vit": torch_models.ViT}[name](**kwargs)
+  assert sum(p.numel() for p in twin.parameters()) == cj.count_params(ours)
+
+
+def _inference_run():
+  """An inference record by hand: one layer shape at two batch sizes, one
+  model whose torch.compile failed."""
+  def layer(batch, variant, ms, path=None, library="cpac_jax"):
+    return {"section": "layers", "batch": batch, "shape": f"s, batch {batch}",
+            "fitted": True, "library": library, "variant": variant,
+            "forward_ms": ms, "forward_iqr_ms": 0.0, "forward_vs_dense": ms,
+            "dense_reference": "dense", "params": 10, "compression": 2.0,
+            "rank": [2, 2], "flops_vs_dense": {"factorized": 0.5,
+                                               "reconstructed": 1.0},
+            "auto_path": path}
+
+  rows = []
+  for batch, times in ((1, {"L": (1.5, 1.0, 1.4), "M": (1.05, 1.0, 2.0)}),
+                       (64, {"L": (1.0, 1.0, 0.95)})):
+    rows.append({**layer(batch, "dense", 1.0, library="Flax"),
+                 "flops_vs_dense": {}, "rank": None})
+    for name, (auto, factorized, reconstructed) in times.items():
+      rows += [layer(batch, f"{name} auto", auto, "reconstructed" if name
+                     == "L" else "factorized"),
+               layer(batch, f"{name} factorized", factorized),
+               layer(batch, f"{name} reconstructed", reconstructed)]
+    rows.append({**layer(batch, "dense", 0.5, library="PyTorch"),
+                 "flops_vs_dense": {}, "rank": None})
+  model = {"section": "models", "batch": 1, "model": "net",
+           "forward_iqr_ms": 0.0}
+  rows += [{**model, "library": "Flax", "variant": "dense", "params": 8,
+            "compression": 1.0, "forward_ms": 2.0, "forward_vs_dense": 1.0},
+           {**model, "library": "PyTorch", "variant": inference.COMPILED,
+            "params": 8, "compression": 1.0,
+            "error": "BackendCompilerFailed: no compiler"}]
+  meta = {"command": "python -m cpac_jax.benchmarks.inference",
+          "device": "cpu", "cpu": "cpu", "machine": "x86_64",
+          "cpu_count": 2, "versions": {"jax": "0"}, "protocol": "p"}
+  return {"meta": meta, "rows": rows}
+
+
+def test_inference_counts_autos_misses_per_batch():
+  run = _inference_run()
+  found = inference.autos(run["rows"])
+  assert [(a["batch"], a["layer"], a["faster"], a["miss"]) for a in found] == [
+      (1, "L", "factorized", True), (1, "M", "factorized", False),
+      (64, "L", "reconstructed", False)]
+  assert [a["vs_faster"] for a in found] == pytest.approx(
+      [1.5, 1.05, 1 / 0.95])
+  text = inference.render(run)
+  assert ("- Batch 1: `auto` missed in 1 of 2 layers (1 of 2 on the shapes "
+          "its cost was fitted to); it took the faster path in 1.") in text
+  assert "- Batch 64: `auto` missed in 0 of 1 layers" in text
+  assert ("| 1 | s, batch 1 | L | reconstructed | factorized | 1.50x |"
+          in text)
+  assert "failed: BackendCompilerFailed: no compiler" in text
+  summary = inference.summary(run)
+  assert ("- Layers at batch 1: `auto` over 1.1x its faster path's forward "
+          "time in 1 of 2 layers (median 1.27x); PyTorch's dense layer "
+          "0.50x-0.50x the fastest dense Flax layer's forward time over 1 "
+          "shapes.") in summary
+  assert "net, batch 1" in summary and "failed: BackendCompilerFailed" in (
+      summary)
+
+
+def test_inference_quick_refuses_the_records_folder(parsed_flags):
+  pytest.importorskip("torch")
+  parsed_flags.quick = True
+  parsed_flags.out = inference.DEFAULT_OUT
+  with pytest.raises(app.UsageError, match="--quick writes no record"):
+    inference.prepare()
+
+
+@pytest.mark.slow  # a process of its own: JAX, PyTorch and some 40 compiles
+def test_inference_quick_times_every_section_into_its_out_folder(tmp_path):
+  pytest.importorskip("torch")
+  result = subprocess.run(
+      [sys.executable, "-m", "cpac_jax.benchmarks.inference", "--quick",
+       f"--out={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
+      timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  run = json.loads((tmp_path / "inference.json").read_text())
+  assert run["meta"]["quick"] is True
+  assert run["meta"]["repeats"] == inference.QUICK_REPEATS
+  rows = run["rows"]
+  assert not [r for r in rows if "error" in r]
+  paths = ("auto", "factorized", "reconstructed")
+  for batch in inference.BATCHES:
+    conv = {(r["library"], r["variant"]) for r in rows
+            if r.get("shape") == f"conv 3x3 8->8 on 8x8, batch {batch}"}
+    assert {("Flax", "dense"), ("PyTorch", "dense"),
+            *(("cpac_jax", f"{layer} f=0.5 auto")
+              for layer in ("CPConv", "TuckerConv", "TTConv"))} <= conv
+    dense = {(r["library"], r["variant"]) for r in rows
+             if r.get("shape") == f"dense 16->8, batch {batch}"}
+    assert dense == {("Flax", "dense"), ("PyTorch", "dense"), *(
+        ("cpac_jax", f"{layer} f=0.5 {path}") for path in paths
+        for layer in ("TuckerDense", "TTDense", "LowRankDense"))}
+    models = [(r["library"], r["variant"]) for r in rows
+              if r["section"] == "models" and r["batch"] == batch]
+    assert models == [("Flax", "dense"), *(
+        ("cpac_jax", f"CP rank 5, {path}"
+         + (" (the config's)" if path == "reconstructed" else ""))
+        for path in paths), ("PyTorch", "dense, eager")]
+  # each ratio against the fastest dense Flax layer of its group (or the
+  # dense Flax net), and PyTorch's twins hold the same parameters
+  groups = {}
+  for r in rows:
+    groups.setdefault((r["batch"], r.get("shape", r.get("model"))),
+                      []).append(r)
+  for group in groups.values():
+    flax = [r for r in group if r["library"] == "Flax"]
+    reference = min(r["forward_ms"] for r in flax)
+    for r in group:
+      assert r["forward_vs_dense"] == pytest.approx(
+          r["forward_ms"] / reference)
+      if r["library"] == "PyTorch":
+        assert r["params"] == flax[0]["params"]
+  # the table is the record rendered, its misses counted from the times
+  text = (tmp_path / "inference.md").read_text()
+  assert text == inference.render(run) and "**Quick run**" in text
+  for batch in inference.BATCHES:
+    timed = {r["variant"]: r["forward_ms"] for r in rows
+             if r.get("shape") == f"dense 16->8, batch {batch}"
+             and r["library"] == "cpac_jax"}
+    misses = sum(timed[f"{layer} auto"] > 1.1 * min(
+        timed[f"{layer} factorized"], timed[f"{layer} reconstructed"])
+        for layer in ("TuckerDense f=0.5", "TTDense f=0.5",
+                      "LowRankDense f=0.5"))
+    assert f"- Batch {batch}: `auto` missed in {misses} of 3 layers" in text
