@@ -5,6 +5,12 @@ far their accuracies differ from each other and from a committed table;
 beside them, the official code's batch-1 PyTorch loop on the same machine.
 Mode `sharded_ynn` is `sharded` with XLA's YNNPACK fusions on, as jaxlib
 compiles by default (`config.xla_cpu_ynn_fusions`; cpac_jax turns them off).
+Mode `bfloat16` is `vectorized` with every model computing in bfloat16
+(`config.dtype`; parameters and Adam state stay float32): mixed precision's
+speed and accuracy against `vectorized`, in the same run:
+
+  python -m cpac_jax.benchmarks.sweep --config=configs/cpac_mnist.py:quick \
+      --modes=vectorized,bfloat16 --reference= --name=precision
 
   python -m cpac_jax.benchmarks.sweep
       [--config=configs/cpac_mnist.py:default_seed0]
@@ -52,6 +58,9 @@ MODES = {"separate": "one model at a time",
          "sharded_ynn": "the same, XLA's YNNPACK fusions on "
                         "(`--config.xla_cpu_ynn_fusions=True`, jaxlib's own "
                         "default; off is cpac_jax's)",
+         "bfloat16": "`--vectorize`, every model computing in bfloat16 "
+                     "(`--config.dtype=bfloat16`; parameters and Adam "
+                     "state float32)",
          "official": "the official batch-1 PyTorch loop, its CP conv (rank 5)"
                      " and dense: steps only, {steps:,} of them at the step "
                      "times measured in this run"}
@@ -109,6 +118,8 @@ def _sweep(mode: str, workdir: Path) -> dict:
   shards = _PROCESSES.value if mode.startswith("sharded") else 1
   if mode == "sharded_ynn":
     command.append("--config.xla_cpu_ynn_fusions=True")
+  if mode == "bfloat16":
+    command.append("--config.dtype=bfloat16")
   cores = sorted(os.sched_getaffinity(0))
 
   def pin(i):  # shard i to core i (mod the cores): one process per core
@@ -183,8 +194,9 @@ def render(run: dict) -> str:
             else f"{r['seconds']:.0f} s")
     lines.append(f"| {text} | {len(keys)} | {wall} | "
                  f"{r['seconds'] / timed[0]['seconds']:.2f}x |")
-  gaps = {r["mode"]: max(abs(a - b) for key in keys if key in r["runs"]
-                         for a, b in zip(r["runs"][key]["accuracy"],
+  runs = {r["mode"]: _aligned(first["runs"], r["runs"]) for r in trained}
+  gaps = {r["mode"]: max(abs(a - b) for key in keys if key in runs[r["mode"]]
+                         for a, b in zip(runs[r["mode"]][key]["accuracy"],
                                          first["runs"][key]["accuracy"]))
           for r in trained[1:]}
   lines += [
@@ -199,9 +211,20 @@ def render(run: dict) -> str:
       "|---|" + "---|" * len(trained)]
   for key in keys:
     lines.append(f"| {first['runs'][key]['run']} | " + " | ".join(
-        "{:.4f} / {:.4f}".format(*r["runs"][key]["accuracy"])
-        if key in r["runs"] else "-" for r in trained) + " |")
+        "{:.4f} / {:.4f}".format(*runs[r["mode"]][key]["accuracy"])
+        if key in runs[r["mode"]] else "-" for r in trained) + " |")
   return "\n".join(lines) + "\n"
+
+
+def _aligned(first: dict, runs: dict) -> dict:
+  """`runs` ({run key: entry}) keyed as `first` is: by run key, or, for a
+  mode whose overrides change every key (`--config.dtype`), by the run's
+  name, which the sweep's fields alone make."""
+  if set(first) & set(runs):
+    return runs
+  by_name = {entry["run"]: entry for entry in runs.values()}
+  return {key: by_name[entry["run"]] for key, entry in first.items()
+          if entry["run"] in by_name}
 
 
 def summary(run: dict) -> str:
