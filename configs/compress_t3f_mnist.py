@@ -3,8 +3,8 @@ of Bihaqo/t3f at abd4f77d, its last version): a trained MNIST MLP's 784x625
 hidden layer made a TT-matrix of TT rank 16, before and after fine-tuning
 (published, one run: the dense net 0.9714 after 5 epochs, the TT net 0.6443
 before fine-tuning and 0.9765 after 2 epochs, `T3F` below); here by
-`cpac_jax.compress(..., factorization="tt")`, beside the low-rank "svd" at
-the same weights, plain and data-aware.
+`cpac_jax.compress(..., factorization="tt")`, plain and data-aware, beside
+the low-rank "svd" at the same weights, plain and data-aware.
 
 t3f's protocol, kept: Flatten -> Dense(625, ReLU) -> Dense(10) (the
 `ttl_mlp` model, dense); pixels x / 127.5 - 1; Adam at 1e-3, constant, in
@@ -64,6 +64,9 @@ def get_config(preset: str = ""):
         {"seed": [seed]},
         {"compress.factorization": ["tt"], "num_epochs": [tune_epochs],
          "teacher": [teacher], "seed": [seed]},
+        {"compress.factorization": ["tt"],
+         "compress.calibration_examples": [CALIBRATION_EXAMPLES],
+         "num_epochs": [tune_epochs], "teacher": [teacher], "seed": [seed]},
         {"compress.factorization": ["svd"],
          "compress.calibration_examples": [0, CALIBRATION_EXAMPLES],
          "num_epochs": [tune_epochs], "teacher": [teacher], "seed": [seed]},

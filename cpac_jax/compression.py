@@ -57,8 +57,11 @@ mapped back by L^{-T}. For "svd" that minimises the output error
 product is split evenly between the two factors (`_balance`); "tucker"
 and "cp" whiten the input mode(s) of their weight (a conv's input
 channels; each input axis of a LinearGeneral, by its own covariance),
-"tt" a conv's input channels (its first core); a TT-matrix dense layer
-and an embedding table are decomposed from their weights alone. The
+"tt" a conv's input channels (its first core) and each input mode of a
+TT-matrix dense layer by that mode's own covariance (a Kronecker-factored
+whitening, mapped back core by core, the cores then made left-orthonormal
+as TT-SVD leaves them); an embedding table is decomposed from its weights
+alone. The
 model runs in eval mode (a copy: the model is left as it was). The
 global allocation then uses the whitened spectra, so it shares the budget
 by output error, and the report gives each layer's output error on the
@@ -675,22 +678,23 @@ def _calibrate(model, chosen, calibration, layers) -> dict:
       groups, covariance = _whitened_axes(node, kind), covariances[path]
       found[path] = [(axes, cj_calibration.whitening(
           covariance if len(groups) == 1 else cj_calibration.mode_covariance(
-              covariance, cj_layers.linear_features(node, "compress")[0],
-              axes[0])))
+              covariance, _whitened_shape(node, kind)[:-1], axes[0])))
           for axes in groups]
   return found
 
 
 def _whitened_axes(node, kind: str) -> tuple[tuple[int, ...], ...]:
-  """The weight axes a calibrated decomposition whitens, as groups
-  flattened together: a conv's input channels; a dense layer's input axes
-  all together for "svd" and a single input axis, or each alone (a
-  LinearGeneral's, for "tucker"); none for an embedding or a TT-matrix."""
-  if isinstance(node, nnx.Embed) or (kind == "tt" and not isinstance(
-      node, nnx.Conv)):
+  """The axes of `_whitened_shape`'s weight a calibrated decomposition
+  whitens, as groups flattened together: a conv's input channels; a dense
+  layer's input axes all together for "svd" and a single input axis, or
+  each alone (a LinearGeneral's, for "tucker"); each input mode of a
+  TT-matrix alone; none for an embedding."""
+  if isinstance(node, nnx.Embed):
     return ()
   if isinstance(node, nnx.Conv):
     return ((node.kernel.ndim - 2,),)
+  if kind == "tt":
+    return tuple((k,) for k in range(len(_whitened_shape(node, kind)) - 1))
   in_shape = cj_layers.linear_features(node, "compress")[0]
   if kind == "svd" or len(in_shape) == 1:
     return (tuple(range(len(in_shape))),)
@@ -798,8 +802,9 @@ def _allocate(chosen: list[tuple[str, nnx.Module, str]], budget,
   target = _target(budget, total, "multiply-adds" if macs else "weights")
   options = []
   for path, node, kind in chosen:
-    weight = _whiten(np.asarray(_weight(node), np.float64),
-                     probe.whitenings.get(path, ()))
+    weight = _whiten(_whitened_weight(node, kind),
+                     probe.whitenings.get(path, ())).reshape(
+                         np.shape(_weight(node)))
     candidates = _options(node, kind, weight, rank_multiple)
     allowed = [o for o in candidates if all(
         r % rank_multiple == 0 or r == whole
@@ -839,6 +844,26 @@ def _front(options: list["_Option"]) -> list["_Option"]:
 
 def _components(rank) -> tuple:
   return tuple(rank) if isinstance(rank, tuple) else (rank,)
+
+
+def _whitened_shape(node, kind: str) -> tuple[int, ...]:
+  """The shape a dense layer's weight is whitened in: its input axes then
+  its outputs flattened; for a TT-matrix ("tt"), the input as the
+  TT-matrix's input modes (`tt_shapes`), each whitened by its own
+  covariance, so the whitening maps back core by core."""
+  in_shape, out_shape = cj_layers.linear_features(node, "compress")
+  if kind == "tt":
+    in_shape = tt_shapes(math.prod(in_shape), math.prod(out_shape))[0]
+  return (*in_shape, math.prod(out_shape))
+
+
+def _whitened_weight(node, kind: str) -> np.ndarray:
+  """`node`'s weight (`_weight`) in float64, a dense layer's in
+  `_whitened_shape`."""
+  weight = np.asarray(_weight(node), np.float64)
+  if isinstance(node, (nnx.Conv, nnx.Embed)):
+    return weight
+  return weight.reshape(_whitened_shape(node, kind))
 
 
 def _whiten(weight: np.ndarray, whitenings) -> np.ndarray:
@@ -1112,8 +1137,9 @@ def _replace(node, factorization, rank, init, implementation, key, rngs,
   its input side mapped back (module docstring)."""
   if whitenings and init == "decomposed":
     source = nnx.clone(node)
-    weight = _whiten(np.asarray(_weight(node), np.float64), whitenings)
-    source.kernel[...] = jnp.asarray(weight, node.kernel.dtype)
+    weight = _whiten(_whitened_weight(node, factorization), whitenings)
+    source.kernel[...] = jnp.asarray(weight.reshape(node.kernel.shape),
+                                     node.kernel.dtype)
     if isinstance(node, nnx.Conv):
       source.mask = None  # the weight whitened is the masked one
     layer = _replace(source, factorization, rank, init, implementation, key,
@@ -1167,7 +1193,8 @@ def _unwhiten(layer, whitenings) -> None:
   a LowRankDense's two factors are split afresh, each side taking the
   square root of the product's singular values (`_balance`); a Tucker
   layer's factor is made orthonormal again, the core taking the rest
-  (`_orthonormalize`)."""
+  (`_orthonormalize`); a TTDense's cores left-orthonormal again
+  (`_left_orthonormalize`)."""
   for axes, lower in whitenings:
     back = np.linalg.inv(lower).T
     if isinstance(layer, cj_layers.LowRankDense):
@@ -1180,6 +1207,14 @@ def _unwhiten(layer, whitenings) -> None:
       param = layer.factors[axes[0]] if dense else layer.in_factor
       _orthonormalize(layer, param, back,
                       axes[0] if dense else layer.modes[-2])
+      continue
+    if isinstance(layer, cj_layers.TTDense):
+      param = layer.cores[axes[0]]  # (r_k, in_k, out_k, r_k+1)
+      param[...] = jnp.asarray(np.einsum(
+          "ab,rbos->raos", back, np.asarray(param[...], np.float64)),
+          param[...].dtype)
+      if axes[0] == len(layer.cores) - 1:  # every mode mapped back
+        _left_orthonormalize(layer.cores)
       continue
     if isinstance(layer, cj_layers.TTConv):
       param = layer.cores[0]  # (1, Cin, r_1)
@@ -1207,6 +1242,21 @@ def _balance(layer: "cj_layers.LowRankDense") -> None:
   layer.left[...] = jnp.asarray(q_left @ (u * root), layer.left.dtype)
   layer.right[...] = jnp.asarray((root[:, None] * vt) @ q_right.T,
                                  layer.right.dtype)
+
+
+def _left_orthonormalize(cores) -> None:
+  """Make a tensor train's cores (r_k, ..., r_k+1) left-orthonormal, as
+  TT-SVD leaves them, by QR from the first core on, each R carried into
+  the next core: the same tensor, its scale in the last core."""
+  carry = None
+  for k, param in enumerate(cores):
+    core = np.asarray(param[...], np.float64)
+    if carry is not None:
+      core = np.tensordot(carry, core, axes=(1, 0))
+    if k < len(cores) - 1:
+      q, carry = np.linalg.qr(core.reshape(-1, core.shape[-1]))
+      core = q.reshape(core.shape[:-1] + (q.shape[1],))
+    param[...] = jnp.asarray(core, param[...].dtype)
 
 
 def _orthonormalize(layer, param, back: np.ndarray, axis: int) -> None:

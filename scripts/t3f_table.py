@@ -4,7 +4,7 @@ t3f tutorial's published single run.
   python scripts/t3f_table.py [--check]
 
 For the dense MLP, its 784x625 layer as a TT-matrix of rank 16 and as the
-low-rank "svd" of the same weights (plain, and data-aware on 1,024
+low-rank "svd" of the same weights, each plain and data-aware (on 1,024
 training images): test accuracy before fine-tuning (the compressed run's
 compression.json, kept in before_fine_tuning.csv) and after it, over seeds
 (mean ± sample std, n, the 95% Student-t interval of the mean), where
@@ -27,16 +27,27 @@ FOLDER = ROOT / "experiments" / "compress_t3f_mnist"
 LAYER = 784 * 625
 LABELS = {("dense", 0): "dense MLP (t3f: 0.9714)",
           ("tt", 0): "TT-matrix, rank 16 (t3f: 0.6443 before, 0.9765 after)",
+          ("tt", t3f.CALIBRATION_EXAMPLES): "TT-matrix, rank 16, data-aware "
+                                            f"({t3f.CALIBRATION_EXAMPLES:,} "
+                                            "images)",
           ("svd", 0): "low-rank svd, plain",
           ("svd", t3f.CALIBRATION_EXAMPLES): "low-rank svd, data-aware "
                                              f"({t3f.CALIBRATION_EXAMPLES:,} "
                                              "images)"}
-# The data-aware svd runs of commit 61f69e8, whose factors were split
-# unevenly (fixed since: `cpac_jax.compression._balance`), kept for the
-# comparison: the same product, so the same accuracy before fine-tuning.
-UNBALANCED = ("svd-unbalanced", t3f.CALIBRATION_EXAMPLES)
-LABELS[UNBALANCED] = ("low-rank svd, data-aware, factors as split before "
-                      "the fix (commit 61f69e8)")
+# Data-aware runs whose factors were left as the whitening mapped them
+# back, kept for the comparison (unbalanced/results.csv): the same weight
+# as the row above them, so the same accuracy before fine-tuning. svd's
+# (commit 61f69e8) had all the scale on one side, fixed by
+# `cpac_jax.compression._balance`; TT's, the cores not orthonormal, fixed
+# by `_left_orthonormalize`.
+UNBALANCED = {f: (f"{f}-unbalanced", t3f.CALIBRATION_EXAMPLES)
+              for f in ("tt", "svd")}
+LABELS = {**{k: v for k, v in LABELS.items() if k[0] != "svd"},
+          UNBALANCED["tt"]: "TT-matrix, data-aware, cores as mapped back "
+                            "(before the fix)",
+          **{k: v for k, v in LABELS.items() if k[0] == "svd"},
+          UNBALANCED["svd"]: "low-rank svd, data-aware, factors as split "
+                             "before the fix (commit 61f69e8)"}
 PUBLISHED = {("dense", 0): (None, t3f.T3F["dense"]),
              ("tt", 0): (t3f.T3F["tt_before"], t3f.T3F["tt_after"])}
 
@@ -62,7 +73,7 @@ def collect(write: bool = False) -> tuple[dict, dict]:
       after.setdefault(method, {})[run.seed] = float(
           results[key]["test_accuracy"])
     if key in unbalanced:
-      after.setdefault(UNBALANCED, {})[run.seed] = float(
+      after.setdefault(UNBALANCED[method[0]], {})[run.seed] = float(
           unbalanced[key]["test_accuracy"])
     if key in before:
       first.setdefault(method, {})[run.seed] = before[key]["accuracy"]
@@ -91,7 +102,7 @@ def table(write: bool = False) -> str:
     weights = LAYER if method[0] == "dense" else t3f.TT_RANK16_WEIGHTS
     published_before, published_after = PUBLISHED.get(method, (None, None))
     first = ("-" if method[0] == "dense" else "as above"
-             if method == UNBALANCED
+             if method in UNBALANCED.values()
              else _cell(before.get(method, {}), published_before))
     lines.append(
         f"| {label} | {weights:,} | {LAYER / weights:.1f}x | {first} | "
@@ -108,11 +119,18 @@ def table(write: bool = False) -> str:
            after.get(("svd", t3f.CALIBRATION_EXAMPLES), {}),
            after.get(("svd", 0), {})),
           ("data-aware, factors split before the fix, minus plain svd, "
-           "after fine-tuning", after.get(UNBALANCED, {}),
+           "after fine-tuning", after.get(UNBALANCED["svd"], {}),
            after.get(("svd", 0), {})),
-          ("data-aware: the fix's split minus the split before it, after "
-           "fine-tuning", after.get(("svd", t3f.CALIBRATION_EXAMPLES), {}),
-           after.get(UNBALANCED, {})),
+          ("data-aware svd: the fix's split minus the split before it, "
+           "after fine-tuning",
+           after.get(("svd", t3f.CALIBRATION_EXAMPLES), {}),
+           after.get(UNBALANCED["svd"], {})),
+          ("data-aware minus plain TT, before fine-tuning",
+           before.get(("tt", t3f.CALIBRATION_EXAMPLES), {}),
+           before.get(("tt", 0), {})),
+          ("data-aware minus plain TT, after fine-tuning",
+           after.get(("tt", t3f.CALIBRATION_EXAMPLES), {}),
+           after.get(("tt", 0), {})),
           ("TT minus plain svd, before fine-tuning",
            before.get(("tt", 0), {}), before.get(("svd", 0), {})),
           ("TT minus plain svd, after fine-tuning", after.get(("tt", 0), {}),

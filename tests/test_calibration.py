@@ -59,7 +59,7 @@ def _output_error(layer, small_layer, batches):
 
 @pytest.mark.parametrize("factorization, path, rank", [
     ("svd", "thin", 2), ("tucker", "conv", (3, 6)), ("cp", "conv", 6),
-    ("tt", "conv", 3)])
+    ("tt", "conv", 3), ("tt", "thin", 2)])
 def test_data_aware_keeps_the_outputs_better_than_plain(factorization, path,
                                                         rank):
   net = Two(nnx.Rngs(0))
@@ -122,16 +122,23 @@ def test_data_aware_svd_factors_split_the_scale_evenly():
           < 0.8 * _output_error(net.thin, plain.thin, inputs))
 
 
-def test_data_aware_tucker_factors_stay_orthonormal():
+def test_data_aware_tucker_and_tt_keep_the_plain_form():
   """A Tucker layer's whitened input factor, mapped back, is made
-  orthonormal again, the core taking the rest: the plain form."""
+  orthonormal again, the core taking the rest; a TT-matrix's cores, mapped
+  back mode by mode, left-orthonormal again, the last taking the scale:
+  the forms TT-SVD and HOOI leave."""
   net = Two(nnx.Rngs(0))
   aware, _ = cj.compress(net, None, "tucker", include=("conv", "thin"),
                          ranks={"conv": (3, 6), "thin": (3, 4)},
                          calibration=_batches(0))
-  for factor in (aware.conv.in_factor, aware.thin.factors[0]):
-    factor = np.asarray(factor[...], np.float64)
-    np.testing.assert_allclose(factor.T @ factor, np.eye(factor.shape[1]),
+  matrices = [aware.conv.in_factor[...], aware.thin.factors[0][...]]
+  train, _ = cj.compress(net, None, "tt", include=("thin",),
+                         ranks={"thin": 2}, calibration=_batches(0))
+  matrices += [core[...].reshape(-1, core.shape[-1])
+               for core in train.thin.cores[:-1]]
+  for matrix in matrices:
+    matrix = np.asarray(matrix, np.float64)
+    np.testing.assert_allclose(matrix.T @ matrix, np.eye(matrix.shape[1]),
                                atol=1e-5)
 
 
