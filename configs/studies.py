@@ -53,8 +53,9 @@ def _shootout(name: str, data: str, *flags: str) -> Study:
 
 
 _INTERPRET = ("python", "-m", "cpac_jax.interpret")
-_BENCHMARKS = ("lowering", "layers", "peers", "macs_2x", "host_memory",
-               "vgg16", "shootout", "sweep", "decompositions")
+_BENCHMARKS = ("lowering", "layers", "peers", "macs_2x", "tt_plans",
+               "host_memory", "vgg16", "shootout", "sweep", "inference",
+               "decompositions")
 
 STUDIES = {study.name: study for study in (
     _cpac("cpac_mnist", "mnist"),
@@ -90,15 +91,21 @@ STUDIES = {study.name: study for study in (
                               ("cpac_mnist_1layer", 5)))),
           ((*_INTERPRET, "--redraw", "--out=experiments/interpret"),)),
     # times, not accuracies: run them on an idle machine
-    Study("benchmarks", ("mnist",), tuple(
+    Study("benchmarks", ("mnist",), (*(
         ("python", "-m", f"cpac_jax.benchmarks.{name}") for name in
         _BENCHMARKS), (
+            "python", "-m", "cpac_jax.benchmarks.sweep",
+            "--config=configs/cpac_mnist.py:quick",
+            "--modes=vectorized,bfloat16", "--reference=",
+            "--name=precision")), (
             *(("python", "-m", f"cpac_jax.benchmarks.{name}",
                "--render_only") for name in _BENCHMARKS if name != "sweep"),
             ("python", "-m", "cpac_jax.benchmarks.sweep", "--render_only",
              "--name=sweep"),
             ("python", "-m", "cpac_jax.benchmarks.sweep", "--render_only",
              "--name=sweep_3seeds"),
+            ("python", "-m", "cpac_jax.benchmarks.sweep", "--render_only",
+             "--name=precision"),
             ("python", "-m", "cpac_jax.benchmarks"))),
 )}
 # What `study.py run` runs by default: the tables the papers are cited for,

@@ -23,8 +23,8 @@ _CHECK = flags.DEFINE_bool("check", False, "write nothing; exit 1 where the "
 RECORDS = {"vgg16": ["vgg16_train_step"], "peers": ["peers"],
            "host_memory": ["host_memory"], "lowering": ["lowering"],
            "layers": ["layers"], "macs_2x": ["macs_2x"],
-           "tt_plans": ["tt_plans"],
-           "sweep": ["sweep", "sweep_3seeds"],
+           "tt_plans": ["tt_plans"], "inference": ["inference"],
+           "sweep": ["sweep", "sweep_3seeds", "precision"],
            "shootout": ["shootout_steps"],
            "decompositions": ["decompositions"],
            # accelerator_<device> records, once a device has made one

@@ -205,8 +205,8 @@ def render(run: dict) -> str:
          "run of the same key)" if "reference" in modes else "")
       + f". The largest difference from the {first['mode']} mode: "
       + "; ".join(f"{mode} {gap:.4f}" for mode, gap in gaps.items())
-      + " (floating-point sums in another order, amplified over the "
-      "training).", "",
+      + " (floating-point sums in another order, or in another precision,"
+      " amplified over the training).", "",
       "| run | " + " | ".join(r["mode"] for r in trained) + " |",
       "|---|" + "---|" * len(trained)]
   for key in keys:
