@@ -25,29 +25,24 @@ from cpac_jax.config import expand, run_key, setting
 ROOT = Path(__file__).resolve().parents[1]
 FOLDER = ROOT / "experiments" / "compress_t3f_mnist"
 LAYER = 784 * 625
-LABELS = {("dense", 0): "dense MLP (t3f: 0.9714)",
-          ("tt", 0): "TT-matrix, rank 16 (t3f: 0.6443 before, 0.9765 after)",
-          ("tt", t3f.CALIBRATION_EXAMPLES): "TT-matrix, rank 16, data-aware "
-                                            f"({t3f.CALIBRATION_EXAMPLES:,} "
-                                            "images)",
-          ("svd", 0): "low-rank svd, plain",
-          ("svd", t3f.CALIBRATION_EXAMPLES): "low-rank svd, data-aware "
-                                             f"({t3f.CALIBRATION_EXAMPLES:,} "
-                                             "images)"}
+AWARE = t3f.CALIBRATION_EXAMPLES
 # Data-aware runs whose factors were left as the whitening mapped them
 # back, kept for the comparison (unbalanced/results.csv): the same weight
-# as the row above them, so the same accuracy before fine-tuning. svd's
-# (commit 61f69e8) had all the scale on one side, fixed by
-# `cpac_jax.compression._balance`; TT's, the cores not orthonormal, fixed
+# as the data-aware row above them, so the same accuracy before
+# fine-tuning. svd's (commit 61f69e8) had the scale on one side, fixed by
+# `cpac_jax.compression._balance`; TT's cores were not orthonormal, fixed
 # by `_left_orthonormalize`.
-UNBALANCED = {f: (f"{f}-unbalanced", t3f.CALIBRATION_EXAMPLES)
-              for f in ("tt", "svd")}
-LABELS = {**{k: v for k, v in LABELS.items() if k[0] != "svd"},
-          UNBALANCED["tt"]: "TT-matrix, data-aware, cores as mapped back "
-                            "(before the fix)",
-          **{k: v for k, v in LABELS.items() if k[0] == "svd"},
-          UNBALANCED["svd"]: "low-rank svd, data-aware, factors as split "
-                             "before the fix (commit 61f69e8)"}
+UNBALANCED = {f: (f"{f}-unbalanced", AWARE) for f in ("tt", "svd")}
+LABELS = {
+    ("dense", 0): "dense MLP (t3f: 0.9714)",
+    ("tt", 0): "TT-matrix, rank 16 (t3f: 0.6443 before, 0.9765 after)",
+    ("tt", AWARE): f"TT-matrix, rank 16, data-aware ({AWARE:,} images)",
+    UNBALANCED["tt"]: "TT-matrix, data-aware, cores as mapped back (before "
+                      "the fix)",
+    ("svd", 0): "low-rank svd, plain",
+    ("svd", AWARE): f"low-rank svd, data-aware ({AWARE:,} images)",
+    UNBALANCED["svd"]: "low-rank svd, data-aware, factors as split before "
+                       "the fix (commit 61f69e8)"}
 PUBLISHED = {("dense", 0): (None, t3f.T3F["dense"]),
              ("tt", 0): (t3f.T3F["tt_before"], t3f.T3F["tt_after"])}
 
@@ -113,23 +108,23 @@ def table(write: bool = False) -> str:
           ("svd after fine-tuning minus the dense net",
            after.get(("svd", 0), {}), dense),
           ("data-aware minus plain svd, before fine-tuning",
-           before.get(("svd", t3f.CALIBRATION_EXAMPLES), {}),
+           before.get(("svd", AWARE), {}),
            before.get(("svd", 0), {})),
           ("data-aware minus plain svd, after fine-tuning",
-           after.get(("svd", t3f.CALIBRATION_EXAMPLES), {}),
+           after.get(("svd", AWARE), {}),
            after.get(("svd", 0), {})),
           ("data-aware, factors split before the fix, minus plain svd, "
            "after fine-tuning", after.get(UNBALANCED["svd"], {}),
            after.get(("svd", 0), {})),
           ("data-aware svd: the fix's split minus the split before it, "
            "after fine-tuning",
-           after.get(("svd", t3f.CALIBRATION_EXAMPLES), {}),
+           after.get(("svd", AWARE), {}),
            after.get(UNBALANCED["svd"], {})),
           ("data-aware minus plain TT, before fine-tuning",
-           before.get(("tt", t3f.CALIBRATION_EXAMPLES), {}),
+           before.get(("tt", AWARE), {}),
            before.get(("tt", 0), {})),
           ("data-aware minus plain TT, after fine-tuning",
-           after.get(("tt", t3f.CALIBRATION_EXAMPLES), {}),
+           after.get(("tt", AWARE), {}),
            after.get(("tt", 0), {})),
           ("TT minus plain svd, before fine-tuning",
            before.get(("tt", 0), {}), before.get(("svd", 0), {})),
