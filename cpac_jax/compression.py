@@ -1213,8 +1213,6 @@ def _unwhiten(layer, whitenings) -> None:
       param[...] = jnp.asarray(np.einsum(
           "ab,rbos->raos", back, np.asarray(param[...], np.float64)),
           param[...].dtype)
-      if axes[0] == len(layer.cores) - 1:  # every mode mapped back
-        _left_orthonormalize(layer.cores)
       continue
     if isinstance(layer, cj_layers.TTConv):
       param = layer.cores[0]  # (1, Cin, r_1)
@@ -1225,6 +1223,8 @@ def _unwhiten(layer, whitenings) -> None:
     param = layer.in_factor  # CPConv: (Cin, R)
     param[...] = jnp.asarray(back @ np.asarray(param[...], np.float64),
                              param[...].dtype)
+  if isinstance(layer, cj_layers.TTDense):  # every mode mapped back
+    _left_orthonormalize(layer.cores)
 
 
 def _balance(layer: "cj_layers.LowRankDense") -> None:
