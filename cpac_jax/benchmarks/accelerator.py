@@ -513,15 +513,7 @@ def main(argv) -> None:
   # device's memory is shared, not taken whole by the first process.
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   if _DRY_RUN.value:
-    if not flags.FLAGS["out"].present:
-      flags.FLAGS.out = tempfile.mkdtemp(prefix="accelerator_dry_run_")
-    if not flags.FLAGS["repeats"].present:
-      flags.FLAGS.repeats = DRY_REPEATS
-    if "--xla_backend_optimization_level" not in os.environ.get(
-        "XLA_FLAGS", ""):
-      os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                                 + " --xla_backend_optimization_level=1"
-                                 ).strip()
+    harness.small_run("accelerator_dry_run_", DRY_REPEATS)
   harness.run(sys.modules[__name__])
 
 

@@ -48,7 +48,6 @@ experiments/benchmarks).
 import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import jax
@@ -509,17 +508,7 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; flags only")
   if _QUICK.value:
-    if not flags.FLAGS["out"].present:
-      flags.FLAGS.out = tempfile.mkdtemp(prefix="inference_quick_")
-    if not flags.FLAGS["repeats"].present:
-      flags.FLAGS.repeats = QUICK_REPEATS
-    # Before JAX starts its backend: its compiles, most of a quick run's
-    # CPU time, take about 40% less (as the accelerator check's dry run).
-    if "--xla_backend_optimization_level" not in os.environ.get(
-        "XLA_FLAGS", ""):
-      os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                                 + " --xla_backend_optimization_level=1"
-                                 ).strip()
+    harness.small_run("inference_quick_", QUICK_REPEATS)
   harness.run(sys.modules[__name__])
 
 
