@@ -147,12 +147,14 @@ def table(write: bool = False) -> str:
   return "\n".join(lines)
 
 
-def blocks() -> dict[tuple[Path, str], str]:
-  """The README block this script writes: (README, block name) -> text."""
-  return {(FOLDER / "README.md", "t3f"): table()}
+def blocks(write: bool = False) -> dict[tuple[Path, str], str]:
+  """The README block this script writes: (README, block name) -> text
+  (`write`: as `collect`)."""
+  return {(FOLDER / "README.md", "t3f"): table(write)}
 
 
 if __name__ == "__main__":
-  print(table(write="--check" not in sys.argv))
-  sys.exit(report.write_blocks(blocks(), sys.argv[1:],
+  found = blocks(write="--check" not in sys.argv)
+  print(*found.values())
+  sys.exit(report.write_blocks(found, sys.argv[1:],
                                "python scripts/t3f_table.py"))
