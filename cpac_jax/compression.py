@@ -1,6 +1,6 @@
 """Whole-model compression: a trained model's `nnx.Conv`, `nnx.Linear`,
-`nnx.LinearGeneral` (attention's projections) and `nnx.Embed` layers
-swapped for CP, Tucker, low-rank or TT layers decomposed from their weights
+`nnx.LinearGeneral` (attention's projections), `nnx.Einsum` (where it is a
+LinearGeneral's product) and `nnx.Embed` layers swapped for CP, Tucker, low-rank or TT layers decomposed from their weights
 (or, given calibration data, for their outputs on it), the ranks shared out
 among the layers under one parameter budget.
 
@@ -37,9 +37,13 @@ What replaces what:
     TT_MODES; `tt_shapes`); the rank R is every bond's, capped at what the
     bond can hold.
   A LinearGeneral must contract the input's last axes, with no batch axes
-  (`cpac_jax.layers.linear_features`). Layers the factorization doesn't
-  take (`nnx.Einsum` by any) are left as they are, and the report names
-  them (`CompressionReport.left_alone`).
+  (`cpac_jax.layers.linear_features`). An `nnx.Einsum` is taken as the
+  LinearGeneral it computes where it computes one: its kernel's axes
+  contract the input's last axes or are appended to the output after the
+  input's others ("btd,ndh->btnh", "btnh,nhd->btd", "...d,df->...f"; not
+  "bnd,ndh->bnh", whose kernel has a batch axis). Layers the factorization
+  doesn't take are left as they are, and the report names them
+  (`CompressionReport.left_alone`).
 
   `factorization` is one of these names for every layer, or a mapping
   from filters (a layer type or a glob on the path, as `include` takes) to
@@ -134,10 +138,11 @@ BUDGETS_OF = ("params", "macs")
 # "decomposed": the new layers from the trained weights; "random": the same
 # architecture freshly initialised (to train it from scratch).
 INITS = ("decomposed", "random")
+# (an nnx.Einsum where it computes what a LinearGeneral does: `_as_linear`)
 _TAKES = {"cp": (nnx.Conv,),
-          "tucker": (nnx.Conv, nnx.Linear, nnx.LinearGeneral),
-          "svd": (nnx.Linear, nnx.LinearGeneral, nnx.Embed),
-          "tt": (nnx.Conv, nnx.Linear, nnx.LinearGeneral)}
+          "tucker": (nnx.Conv, nnx.Linear, nnx.LinearGeneral, nnx.Einsum),
+          "svd": (nnx.Linear, nnx.LinearGeneral, nnx.Einsum, nnx.Embed),
+          "tt": (nnx.Conv, nnx.Linear, nnx.LinearGeneral, nnx.Einsum)}
 # The most modes "tt" factors a dense layer's input and output sizes into.
 TT_MODES = 4
 # Every layer with a weight `compress` looks at; those of no factorization's
@@ -259,7 +264,8 @@ def compressible(model: nnx.Module,
   them. `include` None: every layer that can take its factorization
   (`nnx.Conv` for "cp"; also `nnx.Linear` and `nnx.LinearGeneral` for
   "tucker"; those two and `nnx.Embed` for "svd"; Conv, Linear and a
-  LinearGeneral of one input and one output axis for "tt"). With a
+  LinearGeneral of one input and one output axis for "tt"; an `nnx.Einsum`
+  as the LinearGeneral it computes, where it computes one). With a
   mapping for `factorization`, only the layers one of its filters matches.
 
   Raises:
@@ -314,8 +320,8 @@ def _choose(model, factorization, include, exclude):
       if not _takes(kind, node):
         raise ValueError(
             f"compress: the {type(node).__name__} at {path!r} can't take "
-            f"factorization {kind!r} ({_what_takes(kind)}); exclude it or "
-            "choose another")
+            f"factorization {kind!r} ({_what_takes(kind, node)}); exclude it "
+            "or choose another")
       chosen.append((path, node, kind))
     elif include is None and kind is not None and _takes(kind, node):
       chosen.append((path, node, kind))
@@ -329,28 +335,110 @@ def _choose(model, factorization, include, exclude):
     where = f"compress: the {type(node).__name__} at {path!r}"
     if isinstance(node, nnx.Conv):
       cj_layers.from_conv_kwargs(node, where)
-    elif not isinstance(node, nnx.Embed):
+    elif not isinstance(node, (nnx.Embed, nnx.Einsum)):
       cj_layers.linear_features(node, where)
   return chosen, tuple(left_alone)
+
+
+def _einsum_axes(einsum: nnx.Einsum) -> tuple | None:
+  """(the kernel's axes in a LinearGeneral's order, its in_features, its
+  out_features) where `einsum` computes what an `nnx.LinearGeneral` does;
+  None where none does. One does where the einsum is a product with a
+  grouped matrix: its kernel's axes either contract the input's last axes
+  or are appended, after the input's other axes in their order, to the
+  output ("btd,dh->bth", attention's "btd,ndh->btnh" and "btnh,nhd->btd";
+  not "bnd,ndh->bnh", whose kernel has a batch axis)."""
+  spec = (einsum.einsum_str or "").replace(" ", "")
+  if spec.count(",") != 1 or spec.count("->") != 1:
+    return None  # its string given at the call: not known here
+  operands, out = spec.split("->")
+  x, k = operands.split(",")
+  if x.startswith("...") and out.startswith("..."):  # leading batch axes
+    x, out = x[3:], out[3:]
+  if not (x + k + out).isalpha() or any(len(set(t)) != len(t)
+                                        for t in (x, k, out)):
+    return None
+  n = sum(c in k for c in x)
+  kept, contracted = x[:len(x) - n], x[len(x) - n:]
+  new = out[len(kept):]
+  if (n == 0 or set(kept) & set(k) or out != kept + new
+      or sorted(k) != sorted(contracted + new)):
+    return None
+  shape = dict(zip(k, einsum.kernel.shape))
+  out_features = tuple(shape[c] for c in new)
+  if (einsum.bias is not None
+      and math.prod(einsum.bias.shape) != math.prod(out_features)):
+    return None
+  return ([k.index(c) for c in contracted + new],
+          tuple(shape[c] for c in contracted), out_features)
+
+
+def _as_linear(einsum: nnx.Einsum, weights: bool) -> nnx.LinearGeneral:
+  """The `nnx.LinearGeneral` computing what `einsum` does (`_einsum_axes`),
+  with its kernel and bias (`weights`) or fresh ones."""
+  order, in_features, out_features = _einsum_axes(einsum)
+  twin = nnx.LinearGeneral(
+      in_features, out_features, axis=tuple(range(-len(in_features), 0)),
+      use_bias=einsum.bias is not None, dtype=einsum.dtype,
+      param_dtype=einsum.param_dtype, precision=einsum.precision,
+      rngs=nnx.Rngs(0))
+  if weights:
+    twin.kernel[...] = jnp.transpose(einsum.kernel[...], order)
+    if einsum.bias is not None:
+      twin.bias[...] = einsum.bias[...].reshape(out_features)
+  return twin
+
+
+def _with_linears(model, chosen, weights: bool):
+  """`model` and `chosen` with each chosen `nnx.Einsum` replaced by its
+  LinearGeneral (`_as_linear`: with its `weights`, or fresh), at all of
+  its places, in a copy of the model; as they were where none is
+  chosen."""
+  if not any(isinstance(node, nnx.Einsum) for _, node, _ in chosen):
+    return model, chosen
+  if isinstance(model, nnx.Einsum):
+    twin = _as_linear(model, weights)
+    return twin, [("", twin, chosen[0][2])]
+  refs, copy = references(model), nnx.clone(model)
+  for _, node, _ in chosen:
+    if isinstance(node, nnx.Einsum):
+      twin = _as_linear(node, weights)
+      for where in refs[id(node)]:
+        set_at(copy, where, twin)
+  at = {"/".join(map(str, paths[0])): node
+        for node, paths in _layers(copy).values()}
+  return copy, [(path, at[path], kind) for path, _, kind in chosen]
 
 
 def _takes(factorization: str, node) -> bool:
   """Whether `factorization` can replace `node` ("tt" a LinearGeneral of
   one input and one output axis only: a TT-matrix's modes tensorize one
-  axis each side)."""
+  axis each side; an Einsum where it computes a LinearGeneral's product,
+  `_einsum_axes`, as that LinearGeneral)."""
   if not isinstance(node, _TAKES[factorization]):
     return False
-  if factorization == "tt" and isinstance(node, nnx.LinearGeneral):
+  if isinstance(node, nnx.Einsum):
+    axes = _einsum_axes(node)
+    if axes is None:
+      return False
+    in_shape, out_shape = axes[1:]
+  elif factorization == "tt" and isinstance(node, nnx.LinearGeneral):
     in_shape, out_shape = cj_layers.linear_features(node, "compress")
-    return len(in_shape) == len(out_shape) == 1
-  return True
+  else:
+    return True
+  return factorization != "tt" or len(in_shape) == len(out_shape) == 1
 
 
-def _what_takes(factorization: str) -> str:
+def _what_takes(factorization: str, node=None) -> str:
   takes = " and ".join(t.__name__ for t in _TAKES[factorization])
-  if factorization == "tt":
-    return f"it replaces {takes} of one input and one output axis"
-  return f"it replaces {takes}"
+  text = (f"it replaces {takes} of one input and one output axis"
+          if factorization == "tt" else f"it replaces {takes}")
+  if isinstance(node, nnx.Einsum):
+    text += (f"; an Einsum where it computes a LinearGeneral's product (the "
+             "kernel's axes contracting the input's last axes or appended "
+             "to the output after the input's others, in order), which "
+             f"{node.einsum_str!r} does not")
+  return text
 
 
 def _check_factorization(factorization) -> None:
@@ -421,8 +509,8 @@ def compress(model: nnx.Module, budget: float | int | None = None,
              rngs: nnx.Rngs | None = None
              ) -> tuple[nnx.Module, CompressionReport]:
   """A copy of `model` (left untouched) with its Conv, Linear,
-  LinearGeneral and Embed layers (`compressible`) replaced by CP, Tucker,
-  low-rank or TT layers, and the report.
+  LinearGeneral, Einsum and Embed layers (`compressible`) replaced by CP,
+  Tucker, low-rank or TT layers, and the report.
 
   Args:
     model: any Flax NNX model; the layers may sit anywhere in it
@@ -471,6 +559,8 @@ def compress(model: nnx.Module, budget: float | int | None = None,
   _check_choice(init, INITS, "init")
   budget = _plain(budget)
   chosen, left_alone = _choose(model, factorization, include, exclude)
+  described = {path: _describe(node) for path, node, _ in chosen}
+  model, chosen = _with_linears(model, chosen, init == "decomposed")
   paths = [path for path, _, _ in chosen]
   probe = _Probe(model, chosen, calibration, init, budget_of, inputs)
   given = ranks is not None
@@ -510,7 +600,7 @@ def compress(model: nnx.Module, budget: float | int | None = None,
       error = float(np.linalg.norm(weight - rebuilt) / np.linalg.norm(weight))
     macs = probe.layer_macs(path, layer)
     reports.append(LayerReport(
-        path=path, layer=_describe(node), factorization=kind,
+        path=path, layer=described[path], factorization=kind,
         rank=ranks[path], params_before=_dense_params(node),
         params_after=cj_layers.count_params(layer) - _bias_params(layer),
         error=error,
@@ -1361,6 +1451,8 @@ def _describe(node) -> str:
     return f"LinearGeneral({node.in_features}->{node.out_features})"
   if isinstance(node, nnx.Embed):
     return f"Embed({node.num_embeddings}, {node.features})"
+  if isinstance(node, nnx.Einsum):
+    return f"Einsum({node.einsum_str!r}, {tuple(node.kernel.shape)})"
   size = "x".join(map(str, node.kernel_size))
   return f"Conv({node.in_features}->{node.out_features}, {size})"
 

@@ -199,7 +199,7 @@ def _planted_attention():
   net = Attention(nnx.Rngs(0))
   for path, node in compression.compressible(net, "svd"):
     weight = node.embedding if path == "embed" else node.kernel
-    rows = (50 if path == "embed" else
+    rows = (50 if path == "embed" else 32 if path == "mix" else
             np.prod(cj.layers.linear_features(node, path)[0]))
     matrix = np.asarray(weight[...]).reshape(rows, -1)
     u, s, vt = np.linalg.svd(matrix, full_matrices=False)
@@ -217,21 +217,75 @@ def test_compress_replaces_attention_projections_and_names_what_it_leaves():
   small, report = cj.compress(net, 0.5, "svd")
   assert sorted(layer.path for layer in report.layers) == [
       "attn/key", "attn/out", "attn/query", "attn/value", "embed", "head",
-      "mlp/0", "mlp/1"]
+      "mix", "mlp/0", "mlp/1"]
   assert isinstance(small.attn.query, cj.layers.LowRankDense)
   assert isinstance(small.embed, cj.layers.LowRankEmbed)
+  assert isinstance(small.mix, cj.layers.LowRankDense)
   assert small.attn.out.in_shape == (4, 8)
-  assert report.left_alone == ("conv (Conv)", "mix (Einsum)")
-  assert "Left as they were: conv (Conv), mix (Einsum)." in report.table()
+  assert report.left_alone == ("conv (Conv)",)
+  assert "Left as they were: conv (Conv)." in report.table()
   assert report.params_after <= 0.5 * report.params_before
   np.testing.assert_allclose(small(ids), before, atol=1e-3)
   # Tucker takes the conv too, and each projection's three modes.
   small, report = cj.compress(net, 0.5, "tucker")
-  assert report.left_alone == ("embed (Embed)", "mix (Einsum)")
+  assert report.left_alone == ("embed (Embed)",)
   assert isinstance(small.attn.key, cj.layers.TuckerDense)
   assert len(report.ranks()["attn/key"]) == 3
   np.testing.assert_allclose(small(ids), before, atol=1e-3)
 
+
+
+class EinsumBlock(nnx.Module):
+  """Attention and an MLP written as `nnx.Einsum`s, as Gemma writes them,
+  and one einsum no LinearGeneral computes (a kernel per position)."""
+
+  def __init__(self, rngs):
+    self.query = nnx.Einsum("btd,ndh->btnh", (4, 16, 8), rngs=rngs)
+    self.out = nnx.Einsum("btnh,nhd->btd", (4, 8, 16), rngs=rngs)
+    self.mlp = nnx.Einsum("...d,df->...f", (16, 24), (24,), rngs=rngs)
+    self.per_position = nnx.Einsum("btf,tfo->bto", (5, 24, 6), rngs=rngs)
+
+  def __call__(self, x):
+    x = x + self.out(self.query(x))
+    return self.per_position(nnx.gelu(self.mlp(x)))
+
+
+@pytest.mark.slow
+def test_compress_takes_an_einsum_as_the_linear_general_it_computes(
+    tmp_path):
+  net = EinsumBlock(nnx.Rngs(0))
+  net.mlp.bias[...] = jnp.linspace(-1.0, 1.0, 24)
+  x = jax.random.normal(jax.random.key(1), (2, 5, 16))
+  before = net(x)
+  # At full ranks every factorization computes what the einsums did.
+  full = {"svd": {"query": 16, "out": 16, "mlp": 16},
+          "tucker": {"query": (16, 4, 8), "out": (4, 8, 16),
+                     "mlp": (16, 24)}}
+  for kind, ranks in full.items():
+    small, report = cj.compress(net, None, kind, ranks=ranks)
+    assert report.left_alone == ("per_position (Einsum)",)
+    assert {layer.path: layer.layer for layer in report.layers}["query"] == (
+        "Einsum('btd,ndh->btnh', (4, 16, 8))")
+    np.testing.assert_allclose(small(x), before, atol=1e-5)
+  assert isinstance(small.query, cj.layers.TuckerDense)
+  assert small.query.out_shape == (4, 8)
+  small, report = cj.compress(net, None, "tt", include=("mlp",),
+                              ranks={"mlp": 64})
+  assert isinstance(small.mlp, cj.layers.TTDense)
+  np.testing.assert_allclose(small(x), before, atol=1e-5)
+  # Data-aware, saved and rebuilt from the einsums' shapes alone.
+  small, report = cj.compress(net, 0.5, "svd", calibration=[x])
+  assert all(layer.output_error is not None for layer in report.layers)
+  cj.compression.save(tmp_path / "small", small, report)
+  back = cj.compression.load(tmp_path / "small",
+                             nnx.eval_shape(lambda: EinsumBlock(nnx.Rngs(3))))
+  np.testing.assert_array_equal(back(x), small(x))
+  with pytest.raises(ValueError, match="Einsum at 'per_position' can't take "
+                     "factorization 'tucker'.*'btf,tfo->bto' does not"):
+    cj.compress(net, 0.5, "tucker", include=("per_position",))
+  with pytest.raises(ValueError, match="Einsum at 'out' can't take "
+                     "factorization 'tt'.*'btnh,nhd->btd' does not"):
+    cj.compress(net, 0.5, "tt", include=("out",))
 
 
 # A factorization per layer: the first filter that matches chooses.
@@ -368,8 +422,9 @@ def test_a_compressed_model_saves_and_loads_without_decomposing(tmp_path):
 
 def test_compress_refuses_what_it_cant_compute_by_name():
   net = Attention(nnx.Rngs(0))
+  net.mix = nnx.Einsum("btd,tdh->bth", (7, 32, 16), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="Einsum at 'mix' can't take "
-                     "factorization 'svd'"):
+                     "factorization 'svd'.*'btd,tdh->bth' does not"):
     cj.compress(net, 0.5, "svd", include=("mix",))
   with pytest.raises(ValueError, match="Conv at 'conv' can't take "
                      "factorization 'svd'"):
