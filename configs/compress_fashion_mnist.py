@@ -10,17 +10,24 @@ and the global allocation's architecture trained from scratch for the
 dense net's 4 epochs plus the fine-tuning's 3. Beside them, CP in place of
 Tucker-2: its global compression fine-tuned at both budgets, and its
 architecture from scratch at 0.1, for 7 epochs and for the fine-tuning's 3.
+The "data_aware" preset, in its own workdir with its own dense nets: the
+global Tucker-2 and CP compressions at both budgets, plain against
+data-aware (decomposed for the convs' outputs on the first 1,024 training
+images, compress.calibration_examples), each fine-tuned as above.
 
   python -m cpac_jax.sweep --config=configs/compress_fashion_mnist.py:select \
       --workdir=experiments/compress_fashion_mnist/selection
   python -m cpac_jax.sweep --config=configs/compress_fashion_mnist.py \
       --workdir=experiments/compress_fashion_mnist
+  python -m cpac_jax.sweep --config=configs/compress_fashion_mnist.py:data_aware \
+      --workdir=experiments/compress_fashion_mnist/data_aware
 
 The fine-tuning's peak rate and distillation weight, and the scratch
 runs' peak rate, are those the "select" preset scored best on 6,000
 training images held out of training (seed 0; `FINE_TUNE`, `SCRATCH`,
 `CP_FINE_TUNE`, `CP_SHORT_SCRATCH`),
-never on the test set. Adam, cosine decay; the dense net at 1e-3, fixed.
+never on the test set; the data-aware runs take the plain runs' rates,
+unselected for them. Adam, cosine decay; the dense net at 1e-3, fixed.
 """
 
 from cpac_jax.config import base_config, compress_config
@@ -35,12 +42,14 @@ SCRATCH = {"optimizer.learning_rate": [3e-3]}
 CP_FINE_TUNE = {"optimizer.learning_rate": [3e-3], "distill_weight": [0.0]}
 # CP from scratch for the fine-tuning's epochs alone: chosen by "select".
 CP_SHORT_SCRATCH = {"optimizer.learning_rate": [3e-3]}
+CALIBRATION_EXAMPLES = 1024
 
 
 def get_config(preset: str = ""):
   """`preset` "select": seed 0, budget 0.1, global ranks, on 6,000 held-out
   training images, over the fine-tuning's rate and distillation weight and
-  the scratch runs' rate; "quick": 1 epoch each on 1024 examples, budget
+  the scratch runs' rate; "data_aware": plain against data-aware global
+  compressions, fine-tuned; "quick": 1 epoch each on 1024 examples, budget
   0.1, 1 seed."""
   config = base_config()
   config.name = "compress_fashion_mnist"
@@ -63,6 +72,7 @@ def get_config(preset: str = ""):
   fine_tune, scratch, cp_tune = FINE_TUNE, SCRATCH, CP_FINE_TUNE
   cp_short = CP_SHORT_SCRATCH
   allocations = ["global", "uniform"]
+  aware = {}                            # plain decompositions alone
   if preset == "select":
     config.dataset.validation_examples = 6000
     seeds, budgets, allocations = [0], [0.1], ["global"]
@@ -72,12 +82,16 @@ def get_config(preset: str = ""):
     cp_tune = {"optimizer.learning_rate": [1e-3, 3e-3],
                "distill_weight": [0.0]}
     cp_short = {"optimizer.learning_rate": [1e-3, 3e-3]}
+  elif preset == "data_aware":
+    allocations = ["global"]
+    aware = {"compress.calibration_examples": [0, CALIBRATION_EXAMPLES]}
   elif preset == "quick":
     config.num_train_examples = 1024
     config.num_test_examples = 1000
     seeds, budgets, dense_epochs, tune_epochs = [0], [0.1], 1, 1
   elif preset:
-    raise ValueError(f"unknown preset {preset!r}; valid: 'select', 'quick'")
+    raise ValueError(f"unknown preset {preset!r}; valid: 'select', "
+                     "'data_aware', 'quick'")
   config.num_epochs = dense_epochs
   teacher = f"num_epochs={dense_epochs}, optimizer.learning_rate=0.001"
   sweep = []
@@ -85,13 +99,17 @@ def get_config(preset: str = ""):
     sweep += [
         {"seed": [seed]},
         {"compress.factorization": ["tucker"], "compress.budget": budgets,
-         "compress.allocation": allocations,
+         "compress.allocation": allocations, **aware,
          "num_epochs": [tune_epochs], **fine_tune,
          "teacher": [teacher], "seed": [seed]},
         {"compress.factorization": ["cp"], "compress.budget": budgets,
-         "compress.allocation": ["global"],
+         "compress.allocation": ["global"], **aware,
          "num_epochs": [tune_epochs], **cp_tune,
          "teacher": [teacher], "seed": [seed]},
+    ]
+    if aware:  # compressions alone, no architectures from scratch
+      continue
+    sweep += [
         {"compress.factorization": ["tucker"], "compress.budget": budgets,
          "compress.init": ["random"],
          "num_epochs": [dense_epochs + tune_epochs], **scratch,

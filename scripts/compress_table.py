@@ -18,6 +18,12 @@ Student-t interval of the mean gap. Written into the folder's README.md
 between `<!-- compress:begin -->` and `<!-- compress:end -->`, as
 comparison.png beside it, and printed; each compressed run's ranks into
 allocations.md, from its run folder or, that gone, from the file before.
+
+From the "data_aware" preset's folder (data_aware/, its own dense nets):
+each global compression plain and data-aware, test accuracy before
+fine-tuning (before_fine_tuning.csv, brought up to date from the run
+folders) and after it, and the data-aware minus plain gaps paired by
+seed, between `<!-- data_aware:begin -->` and `<!-- data_aware:end -->`.
 """
 
 import json
@@ -30,9 +36,12 @@ from matplotlib.figure import Figure
 
 from configs import compress_fashion_mnist
 from cpac_jax import report, rundir, stats
+from cpac_jax.config import expand, run_key, setting
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDER = ROOT / "experiments" / "compress_fashion_mnist"
+DATA_AWARE = FOLDER / "data_aware"
+AWARE = compress_fashion_mnist.CALIBRATION_EXAMPLES
 TUNE = compress_fashion_mnist.TUNE_EPOCHS
 LONG = compress_fashion_mnist.DENSE_EPOCHS + TUNE
 # (factorization, init, allocation, epochs)
@@ -201,10 +210,63 @@ def allocations(folder: Path, rows: list[dict], kept: str = "") -> str:
   return "\n".join(lines)
 
 
-def blocks() -> dict[tuple[Path, str], str]:
-  """The README block this script writes: (README, block name) -> text."""
-  return {(FOLDER / "README.md", "compress"): table(
+NAMES = {"tucker": "Tucker-2", "cp": "CP"}
+
+
+def collect_data_aware(write: bool = False) -> dict:
+  """{(factorization, budget, calibration examples): {"before": by seed,
+  "after": by seed, "weights": [...]}} of the "data_aware" preset's
+  finished runs (`write`: before_fine_tuning.csv brought up to date)."""
+  results = {r["key"]: r for r in rundir.read_results(DATA_AWARE)
+             if r["status"] == "ok"}
+  before = report.collect_before_fine_tuning(DATA_AWARE, write)
+  found = defaultdict(lambda: {"before": {}, "after": {}, "weights": []})
+  for _, run in expand(compress_fashion_mnist.get_config("data_aware")):
+    key = run_key(run)
+    if not run.compress.factorization or key not in results:
+      continue
+    group = found[(run.compress.factorization, run.compress.budget,
+                   setting(run, "compress.calibration_examples"))]
+    group["after"][run.seed] = float(results[key]["test_accuracy"])
+    group["weights"].append(int(results[key]["layer_params"]))
+    if key in before:
+      group["before"][run.seed] = before[key]["accuracy"]
+  return found
+
+
+def data_aware_table(write: bool = False) -> str:
+  groups = collect_data_aware(write)
+  lines = ["| budget | factorization | decomposed for | compressed convs' "
+           "weights | test acc before fine-tuning, mean ± std (n) | after "
+           f"{TUNE} epochs of it | data-aware minus plain, before, points "
+           "[95%] | after, points [95%] |", "|---|---|---|---:|---|---|---|"
+           "---|"]
+  for factorization, budget, examples in sorted(
+      groups, key=lambda g: (g[0] != "tucker", -g[1], g[2])):
+    group = groups[(factorization, budget, examples)]
+    plain = groups.get((factorization, budget, 0))
+    gaps = ("", "") if examples == 0 or plain is None else (
+        _gap(group["before"], plain["before"]),
+        _gap(group["after"], plain["after"]))
+    lines.append(
+        f"| {budget} | {NAMES[factorization]} | "
+        f"{f'outputs on {examples:,} images' if examples else 'weights'}"
+        f" | {_weights(group['weights'])} | {_cell(group['before'])} | "
+        f"{_cell(group['after'])} | {gaps[0]} | {gaps[1]} |")
+  dense = [float(r["test_accuracy"]) for r in rundir.read_results(DATA_AWARE)
+           if r["factorization"] == "dense" and r["status"] == "ok"]
+  lines.append(f"\nTheir dense nets: {stats.mean_std_text(dense)}.")
+  return "\n".join(lines)
+
+
+def blocks(write: bool = False) -> dict[tuple[Path, str], str]:
+  """The README blocks this script writes: (README, block name) -> text;
+  the data-aware block once its folder's runs have begun."""
+  found = {(FOLDER / "README.md", "compress"): table(
       rundir.read_results(FOLDER))}
+  if (DATA_AWARE / "results.csv").exists():
+    found[(FOLDER / "README.md", "data_aware")] = data_aware_table(write)
+  return found
 
 
 def main(folder: str = str(FOLDER)) -> None:
@@ -221,6 +283,10 @@ def main(folder: str = str(FOLDER)) -> None:
   if (folder / "README.md").exists():
     report.splice(folder / "README.md", "compress", text)
   print(text)
+  if folder == FOLDER and (DATA_AWARE / "results.csv").exists():
+    text = data_aware_table(write=True)
+    report.splice(FOLDER / "README.md", "data_aware", text)
+    print(f"\n{text}")
 
 
 if __name__ == "__main__":
