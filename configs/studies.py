@@ -72,7 +72,9 @@ STUDIES = {study.name: study for study in (
     Study("compress_fashion_mnist", ("fashion_mnist",), (
         _sweep("compress_fashion_mnist.py:select",
                "compress_fashion_mnist/selection"),
-        _sweep("compress_fashion_mnist.py", "compress_fashion_mnist")),
+        _sweep("compress_fashion_mnist.py", "compress_fashion_mnist"),
+        _sweep("compress_fashion_mnist.py:data_aware",
+               "compress_fashion_mnist/data_aware")),
           (("python", "scripts/compress_table.py",
             "experiments/compress_fashion_mnist"),)),
     Study("compress_t3f_mnist", ("mnist",),
