@@ -229,6 +229,13 @@ def validate(config: ml_collections.ConfigDict,
   _check_teacher(config)
   if "compress" in config:
     _check_compress(config.compress)
+    examples = config.compress.get("calibration_examples") or 0
+    limit = config.get("num_train_examples") or 0
+    if limit and examples > limit:
+      raise ValueError(
+          f"compress.calibration_examples {examples} is more than "
+          f"num_train_examples {limit}, the training images it is drawn "
+          "from; give at most that")
   devices = jax.device_count()
   if config.batch_size % devices:
     raise ValueError(

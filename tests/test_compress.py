@@ -524,6 +524,13 @@ def test_compress_config_errors(mnist_dir):
       bad_field[leaf] = value
     with pytest.raises(ValueError, match=message):
       validate(bad)
+  # More calibration images than training images: refused before any run.
+  few = config.copy_and_resolve_references()
+  few.num_train_examples = 512
+  few.compress.calibration_examples = 1024
+  with pytest.raises(ValueError, match="calibration_examples 1024 is more "
+                     "than num_train_examples 512"):
+    validate(few)
   # A whole number over 1 in the float field is a count of weights.
   counted = config.copy_and_resolve_references()
   counted.compress.budget = 14960
