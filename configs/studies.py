@@ -54,7 +54,7 @@ def _shootout(name: str, data: str, *flags: str) -> Study:
 
 _INTERPRET = ("python", "-m", "cpac_jax.interpret")
 _BENCHMARKS = ("lowering", "layers", "peers", "macs_2x", "tt_plans",
-               "host_memory", "vgg16", "shootout", "sweep", "inference",
+               "tt_dense", "host_memory", "vgg16", "shootout", "sweep", "inference",
                "decompositions")
 
 STUDIES = {study.name: study for study in (

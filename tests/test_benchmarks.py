@@ -21,7 +21,7 @@ from configs import (
   cpac_mnist,
 )
 from cpac_jax import report
-from cpac_jax.benchmarks import harness, inference
+from cpac_jax.benchmarks import harness, inference, tt_dense
 from cpac_jax.benchmarks.__main__ import RECORDS, block
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,6 +164,32 @@ def test_every_benchmark_is_listed():
   modules = {p.stem for p in (ROOT / "cpac_jax" / "benchmarks").glob("*.py")}
   assert modules - {"__init__", "__main__", "harness", "torch_models"} == (
       set(RECORDS))
+
+
+def test_tt_dense_holds_auto_to_the_fewest_plans_multiply_adds():
+  """Faster than dense where the fewest plan needs fewer multiply-adds
+  (a tie is a miss), else within SLACK times that plan's ratio."""
+  def auto(macs, forward, backward):
+    return {"source": "s", "shape": "a->b", "batch": 1,
+            "variant": "TTDense auto", "fewest_plan": "(0)(1) L->R",
+            "fewest_vs_dense_macs": macs, "auto_plan": "(0)(1) L->R",
+            "auto_vs_dense_macs": macs, "forward_vs_dense": forward,
+            "backward_vs_dense": backward}
+
+  rows = [auto(0.5, 0.9, 1.0), auto(2.0, 2.4, 2.5),
+          {**auto(2.0, 0, 0), "error": "Slow: too slow"}]
+  del rows[2]["forward_vs_dense"], rows[2]["backward_vs_dense"]
+  assert [tt_dense.target(r) for r in rows] == pytest.approx([1.0, 2.4, 2.4])
+  assert [(tt_dense.met(r, "forward"), tt_dense.met(r, "backward"))
+          for r in rows] == [(True, False), (True, False), (False, False)]
+  run = {"meta": {"command": "c", "device": "cpu", "cpu": "x", "machine": "m",
+                  "cpu_count": 2, "versions": {}, "protocol": "p"},
+         "rows": rows}
+  assert "| 2.40x | yes, no |" in tt_dense.render(run)
+  assert "failed: Slow: too slow" in tt_dense.render(run)
+  assert ("faster in 1 of 1 forward and 0 of 1 fwd+bwd; elsewhere within "
+          "1.2x the dense time times that plan's multiply-add ratio in 1 of "
+          "2 forward and 0 of 2 fwd+bwd") in tt_dense.summary(run)
 
 
 # -- the inference benchmark -------------------------------------------------

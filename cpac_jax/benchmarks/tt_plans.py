@@ -52,7 +52,9 @@ def _plan(plan: cj.functional.TTDensePlan) -> dict:
           "merge": plan.merge, "intermediates": plan.intermediates}
 
 
-def _row(source, in_shape, out_shape, rank, batch) -> dict:
+def count(source, in_shape, out_shape, rank, batch) -> dict:
+  """A shape's counts at `batch`: the dense matmul's multiply-adds, the
+  old plan's, and the fewest, fewest factorized and auto plans."""
   ranks = cj.tensor.tt_rank([i * o for i, o in zip(in_shape, out_shape)],
                             rank)
   shape = (batch, math.prod(in_shape))
@@ -73,10 +75,10 @@ def _row(source, in_shape, out_shape, rank, batch) -> dict:
 
 def rows(repeats: int) -> list[dict]:
   del repeats  # nothing is timed
-  return [_row(*spec, batch) for spec in SHAPES for batch in BATCHES]
+  return [count(*spec, batch) for spec in SHAPES for batch in BATCHES]
 
 
-def _name(plan: dict) -> str:
+def plan_name(plan: dict) -> str:
   """A plan's groups of cores and direction, e.g. `(0 1)(2 3) R->L`."""
   groups = "".join(f"({' '.join(map(str, group))})"
                    for group in plan["groups"])
@@ -86,7 +88,7 @@ def _name(plan: dict) -> str:
   return f"{groups} {arrow}"
 
 
-def _shape(r: dict) -> str:
+def shape_name(r: dict) -> str:
   dims = "x".join(map(str, r["in_shape"])), "x".join(map(str, r["out_shape"]))
   inner = r["ranks"][1:-1]
   ranks = (f"rank {inner[0]}" if len(set(inner)) == 1
@@ -133,11 +135,11 @@ def render(run: dict) -> str:
     for r in (r for r in run["rows"] if r["source"] == source):
       fewest, factorized = r["fewest"], r["fewest_factorized"]
       lines.append(
-          f"| {_shape(r)} | {r['batch']} | {r['dense'] / 1e6:,.3g} | "
-          f"{r['left_to_right'] / r['dense']:.3f}x | {_name(fewest)} | "
-          f"{fewest['macs'] / r['dense']:.3f}x | {_name(factorized)} | "
+          f"| {shape_name(r)} | {r['batch']} | {r['dense'] / 1e6:,.3g} | "
+          f"{r['left_to_right'] / r['dense']:.3f}x | {plan_name(fewest)} | "
+          f"{fewest['macs'] / r['dense']:.3f}x | {plan_name(factorized)} | "
           f"{factorized['macs'] / r['dense']:.3f}x | {_gain(r):.2f}x | "
-          f"{_name(r['auto'])} | {r['auto']['macs'] / r['dense']:.3f}x |")
+          f"{plan_name(r['auto'])} | {r['auto']['macs'] / r['dense']:.3f}x |")
   return "\n".join(lines) + "\n"
 
 
@@ -150,8 +152,8 @@ def summary(run: dict) -> str:
 
   def largest(rows) -> str:
     return "; ".join(
-        f"{_shape(r)}, batch {r['batch']}: {_gain(r):.2f}x "
-        f"({_name(r['fewest_factorized'])})"
+        f"{shape_name(r)}, batch {r['batch']}: {_gain(r):.2f}x "
+        f"({plan_name(r['fewest_factorized'])})"
         for r in sorted(rows, key=_gain, reverse=True)[:3])
 
   return (f"- Of {len(rows_)} shapes and batches, the plan of fewest "
