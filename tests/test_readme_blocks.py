@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GENERATORS = ("scripts/cpac_gap.py", "scripts/headline.py",
               "scripts/compress_table.py",
               "scripts/shootout_table.py", "scripts/t3f_table.py",
-              "scripts/ttl_gap_table.py")
+              "scripts/ttl_gap_table.py", "scripts/vit_table.py")
 
 
 def _blocks():
