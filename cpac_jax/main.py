@@ -13,6 +13,7 @@ from cpac_jax import cli, data, process, train
 
 
 def _main():
+  process.restart_with_huge_pages()  # before anything: glibc reads it at start
   config = config_flags.DEFINE_config_file("config", None, "experiment config")
   workdir = flags.DEFINE_string("workdir", None, "where the run writes")
 

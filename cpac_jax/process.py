@@ -9,10 +9,15 @@ time steps call `reuse_host_memory` first and compile with
 
 import ctypes
 import os
+import platform
+import sys
+from collections.abc import Mapping
+from pathlib import Path
 
 import jax
 
-__all__ = ["compiler_options", "reuse_host_memory"]
+__all__ = ["compiler_options", "huge_pages_env", "no_huge_pages_env",
+           "restart_with_huge_pages", "reuse_host_memory"]
 
 
 def compiler_options(ynn_fusions: bool = False) -> dict | None:
@@ -61,6 +66,52 @@ def reuse_host_memory() -> bool:
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's malloc.h
+HUGE_PAGES = "glibc.malloc.hugetlb=1"
+_THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def huge_pages_env(env: Mapping[str, str]) -> dict[str, str] | None:
+  """`env` with GLIBC_TUNABLES asking glibc's malloc to back what it maps
+  with transparent huge pages (HUGE_PAGES); None where it asks already,
+  the C library is not glibc or the system's transparent huge pages are
+  off ("never").
+
+  A block over the 64 MiB heap of one of glibc's thread arenas is mapped
+  afresh each time whatever `reuse_host_memory` set (glibc falls back to
+  mmap there); XLA's CPU runtime allocates a step's temporaries as one
+  block from its worker threads, so a step needing more (a VGG-16 step:
+  108 MiB) faults every page of them in on every call, 4 KiB at a time.
+  With huge pages, 2 MiB at a time. See
+  experiments/benchmarks/huge_pages.md for what it changes."""
+  if (HUGE_PAGES in env.get("GLIBC_TUNABLES", "")
+      or platform.libc_ver()[0] != "glibc"
+      or (_THP.exists() and "[never]" in _THP.read_text())):
+    return None
+  tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
+  return {**env, "GLIBC_TUNABLES": ":".join([*tunables, HUGE_PAGES])}
+
+
+def no_huge_pages_env(env: Mapping[str, str]) -> dict[str, str]:
+  """`env` without HUGE_PAGES in its GLIBC_TUNABLES (its other tunables
+  kept): for a process that must run on glibc's defaults."""
+  env = dict(env)
+  tunables = [t for t in env.pop("GLIBC_TUNABLES", "").split(":")
+              if t and t != HUGE_PAGES]
+  if tunables:
+    env["GLIBC_TUNABLES"] = ":".join(tunables)
+  return env
+
+
+def restart_with_huge_pages() -> None:
+  """Run this process's command line again, in place, with
+  `huge_pages_env` (glibc reads its tunables only at start); nothing where
+  that is None. For a command line's entry, before its work starts: what
+  the process did before is lost."""
+  env = huge_pages_env(os.environ)
+  if env is not None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, sys.orig_argv, env)
 
 
 def _usable_cores() -> int:

@@ -141,6 +141,7 @@ def _run_pending(workdir: Path, results: Path, mine: list, vectorize: bool
 
 
 def _main():
+  process.restart_with_huge_pages()  # before anything: glibc reads it at start
   config = config_flags.DEFINE_config_file("config", None, "experiment config")
   workdir = flags.DEFINE_string("workdir", None, "where results.csv goes")
   shard = flags.DEFINE_string(

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import pytest
 
+from cpac_jax import process
 from cpac_jax.config import override
 
 # Many tests compile the same small programs again (each run, each
@@ -38,6 +39,10 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + " --xla_backend_optimization_level=1").strip()
+# The command lines restart themselves with glibc's malloc asked for huge
+# pages (`process.restart_with_huge_pages`) unless it is asked already:
+# asked here, so a test's subprocess does not import everything twice.
+os.environ.update(process.huge_pages_env(os.environ) or {})
 jax.config.update("jax_compilation_cache_dir",
                   os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -87,7 +87,60 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
   faults = {mode: int(subprocess.run(
       [sys.executable, "-c", script, mode], capture_output=True, text=True,
-      check=True).stdout) for mode in ("default", "reuse")}
+      check=True, env=process.no_huge_pages_env(os.environ)).stdout)
+      for mode in ("default", "reuse")}
   pages = 5 * (1 << 26) // os.sysconf("SC_PAGE_SIZE")
   assert faults["default"] > pages // 2, faults
   assert faults["reuse"] < pages // 20, faults
+
+
+def test_huge_pages_env_asks_once_and_keeps_other_tunables():
+  if process.huge_pages_env({}) is None:
+    pytest.skip("no glibc, or transparent huge pages off")
+  other = "glibc.malloc.arena_max=2"
+  assert process.huge_pages_env({"GLIBC_TUNABLES": other, "A": "1"}) == {
+      "GLIBC_TUNABLES": f"{other}:{process.HUGE_PAGES}", "A": "1"}
+  assert process.huge_pages_env(
+      {"GLIBC_TUNABLES": f"{process.HUGE_PAGES}:{other}"}) is None
+
+
+@pytest.mark.slow
+def test_restart_with_huge_pages_stops_a_thread_arenas_big_block_faulting():
+  # A 96 MiB block, over a thread arena's 64 MiB heap, allocated and freed
+  # by a thread five times: glibc maps it afresh each time even after
+  # reuse_host_memory, 4 KiB pages faulted in; after the restart, 2 MiB.
+  if process.huge_pages_env({}) is None:
+    pytest.skip("no glibc, or transparent huge pages off")
+  script = """
+import ctypes, os, resource, sys, threading
+from cpac_jax import process
+print("start", flush=True)
+if sys.argv[1] == "huge":
+  process.restart_with_huge_pages()
+assert process.reuse_host_memory()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def block():
+  pointer = libc.malloc(96 << 20)
+  ctypes.memset(pointer, 1, 96 << 20)
+  libc.free(pointer)
+def blocks():
+  block()
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  for _ in range(5):
+    block()
+  print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+worker = threading.Thread(target=blocks)
+worker.start()
+worker.join()
+"""
+  out = {mode: subprocess.run(
+      [sys.executable, "-c", script, mode], capture_output=True, text=True,
+      check=True, env=process.no_huge_pages_env(os.environ)).stdout.split()
+      for mode in ("reuse", "huge")}
+  assert out["reuse"][0] == "start" and out["huge"][:2] == ["start"] * 2
+  faults = {mode: int(lines[-1]) for mode, lines in out.items()}
+  pages = 5 * (96 << 20) // os.sysconf("SC_PAGE_SIZE")
+  assert faults["reuse"] > pages // 2, faults
+  assert faults["huge"] < faults["reuse"] // 4, faults
