@@ -54,8 +54,8 @@ def _shootout(name: str, data: str, *flags: str) -> Study:
 
 _INTERPRET = ("python", "-m", "cpac_jax.interpret")
 _BENCHMARKS = ("lowering", "layers", "peers", "macs_2x", "tt_plans",
-               "tt_dense", "host_memory", "vgg16", "shootout", "sweep", "inference",
-               "decompositions")
+               "tt_dense", "host_memory", "huge_pages", "vgg16", "shootout",
+               "sweep", "inference", "decompositions")
 
 STUDIES = {study.name: study for study in (
     _cpac("cpac_mnist", "mnist"),

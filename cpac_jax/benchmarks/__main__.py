@@ -21,7 +21,8 @@ _CHECK = flags.DEFINE_bool("check", False, "write nothing; exit 1 where the "
                            "block is stale")
 # module -> the records it writes, in the README's order
 RECORDS = {"vgg16": ["vgg16_train_step"], "peers": ["peers"],
-           "host_memory": ["host_memory"], "lowering": ["lowering"],
+           "host_memory": ["host_memory"], "huge_pages": ["huge_pages"],
+           "lowering": ["lowering"],
            "layers": ["layers"], "macs_2x": ["macs_2x"],
            "tt_plans": ["tt_plans"], "tt_dense": ["tt_dense"],
            "inference": ["inference"],

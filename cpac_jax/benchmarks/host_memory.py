@@ -19,6 +19,7 @@ experiments/benchmarks/host_memory.{md,json}.
 """
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from absl import flags
 
+import cpac_jax as cj
 from cpac_jax.benchmarks import harness, peers  # noqa: F401 (--sections)
 
 NAME, REPEATS, PACKAGES = "host_memory", 10, ("torch", "tensorly-torch")
@@ -44,29 +46,42 @@ def prepare() -> None:
 
 
 def _run(mode: str, repeats: int, scratch: Path) -> dict:
+  """The peer benchmark's record, run in a process of its own with
+  --host_memory=`mode` (its environment without huge pages asked of glibc
+  unless `mode` asks for them: `process.restart_with_huge_pages`)."""
   out = scratch / mode
   subprocess.run(
       [sys.executable, "-m", "cpac_jax.benchmarks.peers",
        f"--repeats={repeats}", f"--sections={','.join(flags.FLAGS.sections)}",
        f"--host_memory={mode}", f"--out={out}"], check=True,
-      stdout=subprocess.DEVNULL)
+      stdout=subprocess.DEVNULL,
+      env=cj.process.no_huge_pages_env(os.environ))
   return json.loads((out / "peers.json").read_text())
 
 
-def rows(repeats: int) -> list[dict]:
+def compare(modes: tuple[str, ...], repeats: int) -> list[dict]:
+  """The peer benchmark's rows run under each of `modes` (peers'
+  --host_memory), one process each, one after the other: per row its key,
+  "kind" (step or backward) and "{mode}_ms", "{mode}_faults" of each
+  mode; rows a mode failed to time are left out."""
   with tempfile.TemporaryDirectory() as scratch:
-    runs = {mode: _run(mode, repeats, Path(scratch)) for mode in MODES}
+    runs = [_run(mode, repeats, Path(scratch))["rows"] for mode in modes]
   rows = []
-  for default, reuse in zip(runs["default"]["rows"], runs["reuse"]["rows"]):
-    assert [default[k] for k in KEY] == [reuse[k] for k in KEY]
-    kind = "step" if "step_ms" in default else "backward"
-    if f"{kind}_ms" not in default or f"{kind}_ms" not in reuse:
+  for same in zip(*runs):
+    assert all([r[k] for k in KEY] == [same[0][k] for k in KEY]
+               for r in same)
+    kind = "step" if "step_ms" in same[0] else "backward"
+    if any(f"{kind}_ms" not in r for r in same):
       continue  # a peer path that failed or was too slow to time
-    rows.append({**{k: default[k] for k in KEY}, "kind": kind,
-                 **{f"{mode}_{field}": run[f"{kind}_{field}"]
-                    for mode, run in (("default", default), ("reuse", reuse))
+    rows.append({**{k: same[0][k] for k in KEY}, "kind": kind,
+                 **{f"{mode}_{field}": r[f"{kind}_{field}"]
+                    for mode, r in zip(modes, same)
                     for field in ("ms", "faults")}})
   return rows
+
+
+def rows(repeats: int) -> list[dict]:
+  return compare(MODES, repeats)
 
 
 def _spread(rows) -> str:

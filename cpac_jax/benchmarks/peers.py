@@ -70,10 +70,11 @@ _THREADS = flags.DEFINE_integer("threads", os.cpu_count(),
 _SLOW = flags.DEFINE_float("slow_s", 5.0, "a second warm-up call slower "
                            "than this is reported, not timed")
 _HOST_MEMORY = flags.DEFINE_enum(
-    "host_memory", "reuse", ["reuse", "default"],
+    "host_memory", "reuse", ["reuse", "huge_pages", "default"],
     "reuse: glibc's malloc keeps freed blocks for the next call "
-    "(`process.reuse_host_memory`, as cpac_jax's command lines run); "
-    "default: glibc's defaults")
+    "(`process.reuse_host_memory`); huge_pages: that, and what it maps "
+    "backed by transparent huge pages (`process.restart_with_huge_pages`; "
+    "both as cpac_jax's command lines run); default: glibc's defaults")
 FRACTIONS = {"2x": 0.5, "10x": 0.1, "66x": 0.015}
 OURS = {"CP": cj.layers.CPConv, "Tucker": cj.layers.TuckerConv,
         "TT": cj.layers.TTConv}
@@ -476,10 +477,12 @@ def prepare() -> None:
   if unknown:
     raise app.UsageError(f"--sections: unknown {sorted(unknown)}; valid: "
                          f"{', '.join(SECTIONS)}")
-  if (_HOST_MEMORY.value == "reuse"
+  if _HOST_MEMORY.value == "huge_pages":
+    cj.process.restart_with_huge_pages()
+  if (_HOST_MEMORY.value != "default"
       and not cj.process.reuse_host_memory()):
-    raise app.UsageError("--host_memory=reuse needs glibc's malloc; rerun "
-                         "with --host_memory=default")
+    raise app.UsageError(f"--host_memory={_HOST_MEMORY.value} needs glibc's "
+                         "malloc; rerun with --host_memory=default")
   torch.set_num_threads(_THREADS.value)
   torch.manual_seed(0)
 
