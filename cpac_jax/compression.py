@@ -867,6 +867,7 @@ def allocate(model: nnx.Module, budget: float | int = 0.1,
   alone (no decomposition; whitened by `calibration`'s statistics if
   given). Raises ValueError as `compress` does."""
   chosen, _ = _choose(model, factorization, include, exclude)
+  model, chosen = _with_linears(model, chosen, weights=True)
   probe = _Probe(model, chosen, calibration, "decomposed", budget_of, inputs)
   return _allocate(chosen, budget, allocation, probe, rank_multiple)
 

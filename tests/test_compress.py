@@ -273,6 +273,8 @@ def test_compress_takes_an_einsum_as_the_linear_general_it_computes(
                               ranks={"mlp": 64})
   assert isinstance(small.mlp, cj.layers.TTDense)
   np.testing.assert_allclose(small(x), before, atol=1e-5)
+  assert sorted(cj.compression.allocate(net, 0.5, "svd")) == [
+      "mlp", "out", "query"]
   # Data-aware, saved and rebuilt from the einsums' shapes alone.
   small, report = cj.compress(net, 0.5, "svd", calibration=[x])
   assert all(layer.output_error is not None for layer in report.layers)
