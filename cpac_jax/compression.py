@@ -1,8 +1,9 @@
 """Whole-model compression: a trained model's `nnx.Conv`, `nnx.Linear`,
 `nnx.LinearGeneral` (attention's projections), `nnx.Einsum` (where it is a
-LinearGeneral's product) and `nnx.Embed` layers swapped for CP, Tucker, low-rank or TT layers decomposed from their weights
-(or, given calibration data, for their outputs on it), the ranks shared out
-among the layers under one parameter budget.
+LinearGeneral's product) and `nnx.Embed` layers swapped for CP, Tucker,
+low-rank or TT layers decomposed from their weights (or, given calibration
+data, for their outputs on it), the ranks shared out among the layers under
+one parameter budget.
 
   small, report = cj.compress(model, budget=0.1, factorization="tucker",
                               exclude=("convs/0", "out"))
@@ -375,13 +376,13 @@ def _einsum_axes(einsum: nnx.Einsum) -> tuple | None:
 
 def _as_linear(einsum: nnx.Einsum, weights: bool) -> nnx.LinearGeneral:
   """The `nnx.LinearGeneral` computing what `einsum` does (`_einsum_axes`),
-  with its kernel and bias (`weights`) or fresh ones."""
+  with its kernel and bias (`weights`) or zeros."""
   order, in_features, out_features = _einsum_axes(einsum)
   twin = nnx.LinearGeneral(
       in_features, out_features, axis=tuple(range(-len(in_features), 0)),
       use_bias=einsum.bias is not None, dtype=einsum.dtype,
       param_dtype=einsum.param_dtype, precision=einsum.precision,
-      rngs=nnx.Rngs(0))
+      kernel_init=nnx.initializers.zeros, rngs=nnx.Rngs(0))
   if weights:
     twin.kernel[...] = jnp.transpose(einsum.kernel[...], order)
     if einsum.bias is not None:
@@ -433,11 +434,12 @@ def _what_takes(factorization: str, node=None) -> str:
   takes = " and ".join(t.__name__ for t in _TAKES[factorization])
   text = (f"it replaces {takes} of one input and one output axis"
           if factorization == "tt" else f"it replaces {takes}")
-  if isinstance(node, nnx.Einsum):
+  if isinstance(node, nnx.Einsum) and _einsum_axes(node) is None:
     text += (f"; an Einsum where it computes a LinearGeneral's product (the "
              "kernel's axes contracting the input's last axes or appended "
              "to the output after the input's others, in order), which "
-             f"{node.einsum_str!r} does not")
+             + (f"{node.einsum_str!r} does not" if node.einsum_str else
+                "an einsum given its string at the call can't be known to"))
   return text
 
 
@@ -560,7 +562,9 @@ def compress(model: nnx.Module, budget: float | int | None = None,
   budget = _plain(budget)
   chosen, left_alone = _choose(model, factorization, include, exclude)
   described = {path: _describe(node) for path, node, _ in chosen}
-  model, chosen = _with_linears(model, chosen, init == "decomposed")
+  # their weights where they are decomposed, or size the allocation
+  model, chosen = _with_linears(model, chosen,
+                                init == "decomposed" or ranks is None)
   paths = [path for path, _, _ in chosen]
   probe = _Probe(model, chosen, calibration, init, budget_of, inputs)
   given = ranks is not None

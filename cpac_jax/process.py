@@ -9,15 +9,15 @@ time steps call `reuse_host_memory` first and compile with
 
 import ctypes
 import os
-import platform
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 import jax
 
-__all__ = ["compiler_options", "huge_pages_env", "no_huge_pages_env",
-           "restart_with_huge_pages", "reuse_host_memory"]
+__all__ = ["compiler_options", "huge_pages", "huge_pages_env",
+           "no_huge_pages_env", "restart_with_huge_pages",
+           "reuse_host_memory"]
 
 
 def compiler_options(ynn_fusions: bool = False) -> dict | None:
@@ -67,14 +67,15 @@ def reuse_host_memory() -> bool:
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's malloc.h
 HUGE_PAGES = "glibc.malloc.hugetlb=1"
+_RESTARTED = "CPAC_JAX_RESTARTED"  # set by the restart: never twice
 _THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
 def huge_pages_env(env: Mapping[str, str]) -> dict[str, str] | None:
   """`env` with GLIBC_TUNABLES asking glibc's malloc to back what it maps
-  with transparent huge pages (HUGE_PAGES); None where it asks already,
-  the C library is not glibc or the system's transparent huge pages are
-  off ("never").
+  with transparent huge pages (HUGE_PAGES); None where `huge_pages` says
+  they can't be had or `env` already sets glibc.malloc.hugetlb (to any
+  value: a user's 0 stays 0).
 
   A block over the 64 MiB heap of one of glibc's thread arenas is mapped
   afresh each time whatever `reuse_host_memory` set (glibc falls back to
@@ -83,12 +84,24 @@ def huge_pages_env(env: Mapping[str, str]) -> dict[str, str] | None:
   108 MiB) faults every page of them in on every call, 4 KiB at a time.
   With huge pages, 2 MiB at a time. See
   experiments/benchmarks/huge_pages.md for what it changes."""
-  if (HUGE_PAGES in env.get("GLIBC_TUNABLES", "")
-      or platform.libc_ver()[0] != "glibc"
-      or (_THP.exists() and "[never]" in _THP.read_text())):
-    return None
   tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
+  if (not huge_pages()
+      or any(t.startswith("glibc.malloc.hugetlb=") for t in tunables)):
+    return None
   return {**env, "GLIBC_TUNABLES": ":".join([*tunables, HUGE_PAGES])}
+
+
+def huge_pages() -> bool:
+  """Whether glibc's malloc can be asked for transparent huge pages here:
+  glibc 2.35 or later (its glibc.malloc.hugetlb tunable) on a system
+  whose transparent huge pages are not "never"."""
+  try:
+    name, version = os.confstr("CS_GNU_LIBC_VERSION").split()
+  except (AttributeError, OSError, ValueError):
+    return False
+  if name != "glibc" or tuple(map(int, version.split(".")[:2])) < (2, 35):
+    return False
+  return not (_THP.exists() and "[never]" in _THP.read_text())
 
 
 def no_huge_pages_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -105,13 +118,17 @@ def no_huge_pages_env(env: Mapping[str, str]) -> dict[str, str]:
 def restart_with_huge_pages() -> None:
   """Run this process's command line again, in place, with
   `huge_pages_env` (glibc reads its tunables only at start); nothing where
-  that is None. For a command line's entry, before its work starts: what
-  the process did before is lost."""
+  that is None, where this process is such a restart already, or where
+  its command line can't be run again (a script read from stdin, an
+  interactive session, a notebook's kernel). For a command line's entry,
+  before its work starts: what the process did before is lost."""
   env = huge_pages_env(os.environ)
-  if env is not None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, sys.orig_argv, env)
+  if (env is None or _RESTARTED in os.environ
+      or sys.argv[0] in ("", "-") or "ipykernel" in sys.modules):
+    return
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execve(sys.executable, sys.orig_argv, {**env, _RESTARTED: "1"})
 
 
 def _usable_cores() -> int:

@@ -286,8 +286,12 @@ def test_compress_takes_an_einsum_as_the_linear_general_it_computes(
                      "factorization 'tucker'.*'btf,tfo->bto' does not"):
     cj.compress(net, 0.5, "tucker", include=("per_position",))
   with pytest.raises(ValueError, match="Einsum at 'out' can't take "
-                     "factorization 'tt'.*'btnh,nhd->btd' does not"):
+                     "factorization 'tt'.*one input and one output axis\\); "
+                     "exclude"):
     cj.compress(net, 0.5, "tt", include=("out",))
+  # Sized from the trained einsums, to train from scratch too.
+  assert cj.compress(net, 0.3, "tucker", init="random")[1].ranks() == (
+      cj.compression.allocate(net, 0.3, "tucker"))
 
 
 # A factorization per layer: the first filter that matches chooses.

@@ -95,13 +95,16 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def test_huge_pages_env_asks_once_and_keeps_other_tunables():
-  if process.huge_pages_env({}) is None:
-    pytest.skip("no glibc, or transparent huge pages off")
+  if not process.huge_pages():
+    pytest.skip("no glibc 2.35 or later, or transparent huge pages off")
   other = "glibc.malloc.arena_max=2"
   assert process.huge_pages_env({"GLIBC_TUNABLES": other, "A": "1"}) == {
       "GLIBC_TUNABLES": f"{other}:{process.HUGE_PAGES}", "A": "1"}
   assert process.huge_pages_env(
       {"GLIBC_TUNABLES": f"{process.HUGE_PAGES}:{other}"}) is None
+  # A user's own choice, huge pages off, is kept.
+  assert process.huge_pages_env(
+      {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) is None
 
 
 @pytest.mark.slow
@@ -109,8 +112,8 @@ def test_restart_with_huge_pages_stops_a_thread_arenas_big_block_faulting():
   # A 96 MiB block, over a thread arena's 64 MiB heap, allocated and freed
   # by a thread five times: glibc maps it afresh each time even after
   # reuse_host_memory, 4 KiB pages faulted in; after the restart, 2 MiB.
-  if process.huge_pages_env({}) is None:
-    pytest.skip("no glibc, or transparent huge pages off")
+  if not process.huge_pages():
+    pytest.skip("no glibc 2.35 or later, or transparent huge pages off")
   script = """
 import ctypes, os, resource, sys, threading
 from cpac_jax import process

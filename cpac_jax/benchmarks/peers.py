@@ -478,6 +478,10 @@ def prepare() -> None:
     raise app.UsageError(f"--sections: unknown {sorted(unknown)}; valid: "
                          f"{', '.join(SECTIONS)}")
   if _HOST_MEMORY.value == "huge_pages":
+    if not cj.process.huge_pages():
+      raise app.UsageError("--host_memory=huge_pages needs glibc 2.35 or "
+                           "later and transparent huge pages on; rerun with "
+                           "--host_memory=reuse")
     cj.process.restart_with_huge_pages()
   if (_HOST_MEMORY.value != "default"
       and not cj.process.reuse_host_memory()):
