@@ -20,16 +20,15 @@ the attention dense. Adam, cosine decay; the dense net 10 epochs at 1e-3.
 
 The fine-tuning's and the scratch runs' peak rates are what the "select"
 preset (seed 0, budget 0.25, on 6,000 training images held out) scores
-best, never the test set; until it has run, FINE_TUNE and SCRATCH are
-None and the study refuses to build.
+best, never the test set (selection/README.md): FINE_TUNE and SCRATCH.
 """
 
 from cpac_jax.config import base_config, compress_config
 
 DENSE_EPOCHS, TUNE_EPOCHS = 10, 2
-# Chosen by the "select" preset on validation; not run yet.
-FINE_TUNE = None
-SCRATCH = None
+# Chosen by the "select" preset on validation (selection/README.md).
+FINE_TUNE = {"optimizer.learning_rate": [1e-3]}
+SCRATCH = {"optimizer.learning_rate": [1e-3]}
 CALIBRATION_EXAMPLES = 1024
 FACTORIZATIONS = ["svd", "tucker"]
 

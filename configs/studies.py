@@ -77,6 +77,11 @@ STUDIES = {study.name: study for study in (
                "compress_fashion_mnist/data_aware")),
           (("python", "scripts/compress_table.py",
             "experiments/compress_fashion_mnist"),)),
+    Study("compress_vit_fashion_mnist", ("fashion_mnist",), (
+        _sweep("compress_vit_fashion_mnist.py:select",
+               "compress_vit_fashion_mnist/selection"),
+        _sweep("compress_vit_fashion_mnist.py", "compress_vit_fashion_mnist")),
+          (("python", "scripts/vit_table.py"),)),
     Study("compress_t3f_mnist", ("mnist",),
           (_sweep("compress_t3f_mnist.py", "compress_t3f_mnist"),),
           (("python", "scripts/t3f_table.py"),)),
