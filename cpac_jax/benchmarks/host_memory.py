@@ -84,8 +84,11 @@ def rows(repeats: int) -> list[dict]:
   return compare(MODES, repeats)
 
 
-def _spread(rows) -> str:
-  ratios = sorted(r["reuse_ms"] / r["default_ms"] for r in rows)
+def spread(rows, modes: tuple[str, str] = MODES) -> str:
+  """The count, median and range of the rows' time under `modes[1]` over
+  that under `modes[0]` (`compare`'s rows); "none" for no rows."""
+  baseline, other = modes
+  ratios = sorted(r[f"{other}_ms"] / r[f"{baseline}_ms"] for r in rows)
   if not ratios:
     return "none"
   return (f"{len(ratios)} rows, median {statistics.median(ratios):.2f}x, "
@@ -106,11 +109,11 @@ def render(run: dict) -> str:
       "(`process.reuse_host_memory`), in two processes one after the other. "
       "Faults: the process's minor page faults a timed call.", "",
       f"Reuse / default, rows with over {FAULTING} faults a call by default:"
-      f" {_spread(faulting)}; of them, still over {FAULTING} with reuse: "
+      f" {spread(faulting)}; of them, still over {FAULTING} with reuse: "
       f"{sum(r['reuse_faults'] > FAULTING for r in faulting)}. The other "
       f"rows, where the two runs compute alike and the ratio is this "
       f"machine's noise between two processes: "
-      f"{_spread([r for r in rows if r not in faulting])}.", "",
+      f"{spread([r for r in rows if r not in faulting])}.", "",
       "| shape | layer | budget | library | path | default ms | faults | "
       "reuse ms | faults | reuse / default |",
       "|---|---|---|---|---|---|---|---|---|---|"]
@@ -128,11 +131,11 @@ def summary(run: dict) -> str:
   rows = run["rows"]
   faulting = [r for r in rows if r["default_faults"] > FAULTING]
   return (f"- Reuse against glibc's defaults, rows that fault over "
-          f"{FAULTING} pages a call by default: {_spread(faulting)}; "
+          f"{FAULTING} pages a call by default: {spread(faulting)}; "
           f"still faulting with reuse: "
           f"{sum(r['reuse_faults'] > FAULTING for r in faulting)}. Other "
           f"rows (noise between two processes): "
-          f"{_spread([r for r in rows if r not in faulting])}.")
+          f"{spread([r for r in rows if r not in faulting])}.")
 
 if __name__ == "__main__":
   harness.main(sys.modules[__name__])

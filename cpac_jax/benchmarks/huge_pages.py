@@ -19,7 +19,6 @@ PyTorch's rows run in the same processes under the same settings. Writes
 experiments/benchmarks/huge_pages.{md,json}.
 """
 
-import statistics
 import sys
 
 from absl import flags
@@ -44,11 +43,7 @@ def rows(repeats: int) -> list[dict]:
 
 
 def _spread(rows_) -> str:
-  ratios = sorted(r["huge_pages_ms"] / r["reuse_ms"] for r in rows_)
-  if not ratios:
-    return "none"
-  return (f"{len(ratios)} rows, median {statistics.median(ratios):.2f}x, "
-          f"{ratios[0]:.2f}x to {ratios[-1]:.2f}x")
+  return host_memory.spread(rows_, MODES)
 
 
 def _faulting(rows_) -> list[dict]:
