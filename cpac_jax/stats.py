@@ -136,6 +136,16 @@ def mean_std_text(values: list[float], places: int = 4) -> str:
   return f"{mean:.{places}f} ± {std:.{places}f} (n={len(values)})"
 
 
+def mean_std_interval_text(values: list[float], places: int = 4) -> str:
+  """`mean_std_text` and the 95% interval of the mean (`interval95`):
+  '0.9843 ± 0.0010 (n=3) [0.9818, 0.9868]'; the interval left out for one
+  value, '-' for none."""
+  interval = interval95(values)
+  return mean_std_text(values, places) + (
+      f" [{interval[0]:.{places}f}, {interval[1]:.{places}f}]" if interval
+      else "")
+
+
 def gap_text(gaps: list[float]) -> str:
   """'+0.30 [+0.12, +0.48]': the mean gap and its 95% interval (the
   interval left out for one gap); '-' for none."""

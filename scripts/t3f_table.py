@@ -79,9 +79,7 @@ def _cell(by_seed: dict, published: float | None) -> str:
   values = [by_seed[s] for s in sorted(by_seed)]
   if not values:
     return "-"
-  interval = stats.interval95(values)
-  text = stats.mean_std_text(values) + (
-      f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")
+  text = stats.mean_std_interval_text(values)
   if published is not None:
     text += f"; t3f at {stats.percentile(values, published):.0f}%"
   return text

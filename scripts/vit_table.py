@@ -67,12 +67,7 @@ def collect(folder: Path = FOLDER, preset: str = "", write: bool = False
 
 
 def _cell(by_seed: dict) -> str:
-  values = [by_seed[s] for s in sorted(by_seed)]
-  if not values:
-    return "-"
-  interval = stats.interval95(values)
-  return stats.mean_std_text(values) + (
-      f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")
+  return stats.mean_std_interval_text([by_seed[s] for s in sorted(by_seed)])
 
 
 def _gap(ours: dict | None, theirs: dict | None) -> str:
