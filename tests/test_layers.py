@@ -937,3 +937,81 @@ def test_low_rank_embed_is_the_truncated_svd_of_an_embedding_table():
     cj.layers.LowRankEmbed(20, 6, rank=7, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="ids must be integers"):
     full(jnp.ones((2,)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_batch_norm_computes_and_differentiates_as_nnx_batch_norm(dtype):
+  # every output of a training step: y, the running statistics, and the
+  # gradients
+  x = 3 * jax.random.normal(jax.random.key(0), (4, 5, 5, 6)) + 1
+  cotangent = jax.random.normal(jax.random.key(1), x.shape)
+  results = []
+  for layer in (nnx.BatchNorm, cj.layers.BatchNorm):
+    norm = layer(6, dtype=dtype, rngs=nnx.Rngs(0))
+    norm.scale[...] = jnp.linspace(0.5, 2.0, 6)
+    norm.bias[...] = jnp.linspace(-1.0, 1.0, 6)
+    graphdef, params, stats = nnx.split(norm, nnx.Param, nnx.BatchStat)
+
+    def loss(params, x, stats, graphdef=graphdef):
+      norm = nnx.merge(graphdef, params, stats, copy=True)
+      y = norm(x)
+      return (jnp.sum(jnp.sin(y.astype(jnp.float32)) * cotangent),
+              (y, nnx.state(norm, nnx.BatchStat)))
+
+    (_, (y, new_stats)), grads = jax.jit(jax.value_and_grad(
+        loss, (0, 1), has_aux=True))(params, x, stats)
+    results.append((y, new_stats, grads))
+  (y, stats, grads), (our_y, our_stats, our_grads) = results
+  assert our_y.dtype == y.dtype == dtype
+  tolerance = 1e-5 if dtype == jnp.float32 else 2e-2
+  for ours, theirs in zip(jax.tree.leaves((our_y, our_stats, our_grads)),
+                          jax.tree.leaves((y, stats, grads))):
+    np.testing.assert_allclose(np.asarray(ours, np.float32),
+                               np.asarray(theirs, np.float32),
+                               rtol=tolerance, atol=tolerance)
+
+
+def test_batch_norm_differentiates_through_its_statistics():
+  def reference(x, scale, bias):
+    mean = jnp.mean(x, (0, 1))
+    var = jnp.maximum(0.0, jnp.mean(x * x, (0, 1)) - mean ** 2)
+    return (x - mean) * jax.lax.rsqrt(var + 1e-5) * scale + bias, mean, var
+
+  def loss(norm, *args):
+    y, mean, var = norm(*args)
+    return jnp.sum(jnp.sin(y)) + jnp.sum(jnp.cos(mean)) + jnp.sum(var ** 2)
+
+  args = (2 * jax.random.normal(jax.random.key(0), (3, 4, 5)) + 1,
+          jnp.linspace(0.5, 2.0, 5), jnp.linspace(-1.0, 1.0, 5))
+  ours = jax.grad(lambda *a: loss(cj.functional.batch_norm, *a), (0, 1, 2))
+  theirs = jax.grad(lambda *a: loss(reference, *a), (0, 1, 2))
+  for got, want in zip(ours(*args), theirs(*args)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_keeps_nnx_batch_norm_state_and_its_other_calls():
+  ours = cj.layers.BatchNorm(3, rngs=nnx.Rngs(0))
+  theirs = nnx.BatchNorm(3, rngs=nnx.Rngs(0))
+  assert (jax.tree.structure(nnx.state(ours))
+          == jax.tree.structure(nnx.state(theirs)))
+  x = jnp.arange(24.0).reshape(8, 3)
+  ours(x), theirs(x)  # a training call moves the running statistics
+  for mode in ({"use_running_average": True}, {"mask": x > 4}):
+    np.testing.assert_allclose(ours(x, **mode), theirs(x, **mode),
+                               rtol=1e-6)
+
+
+def test_batch_norm_leaves_nnx_batch_norm_alone_off_the_cpu(monkeypatch):
+  # the matrix-vector reductions are a CPU lowering: elsewhere, nnx's call
+  called = []
+  monkeypatch.setattr(cj.layers.batch_norm, "batch_norm",
+                      lambda *args: called.append(args))
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  norm = cj.layers.BatchNorm(3, rngs=nnx.Rngs(0))
+  y = norm(jnp.arange(24.0).reshape(8, 3))
+  assert not called and abs(float(y.mean())) < 1e-6
+
+
+def test_batch_norm_names_channels_that_do_not_match():
+  with pytest.raises(ValueError, match=r"scale \(4,\).*\(3,\)"):
+    cj.functional.batch_norm(jnp.ones((2, 3)), jnp.ones(4), jnp.ones(3))

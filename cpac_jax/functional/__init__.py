@@ -2,6 +2,7 @@
 y, and their multiply-add counts: what the layers in `cpac_jax.layers` call.
 No Flax, no state."""
 
+from cpac_jax.functional.batch_norm import batch_norm
 from cpac_jax.functional.conv import (
     ConvGeometry,
     auto_conv_general_dilated,
@@ -44,6 +45,7 @@ __all__ = [
     "ConvGeometry",
     "TTDensePlan",
     "auto_conv_general_dilated",
+    "batch_norm",
     "batch_shape",
     "check_implementation",
     "choose",

@@ -13,6 +13,7 @@ from cpac_jax.layers._conv import (
   from_conv_kwargs,
 )
 from cpac_jax.layers._dense import linear_features
+from cpac_jax.layers.batch_norm import BatchNorm
 from cpac_jax.layers.cp_conv import CPConv
 from cpac_jax.layers.low_rank_dense import LowRankDense
 from cpac_jax.layers.low_rank_embed import LowRankEmbed
@@ -22,8 +23,8 @@ from cpac_jax.layers.tt_dense import TTDense
 from cpac_jax.layers.tucker_conv import TuckerConv
 from cpac_jax.layers.tucker_dense import TuckerDense
 
-__all__ = ["CPConv", "LowRankDense", "LowRankEmbed", "TTConv", "TTDense",
-           "TuckerConv", "TuckerDense", "auto_conv_general_dilated",
+__all__ = ["BatchNorm", "CPConv", "LowRankDense", "LowRankEmbed", "TTConv",
+           "TTDense", "TuckerConv", "TuckerDense", "auto_conv_general_dilated",
            "conv_geometry", "count_params", "effective_kernel",
            "from_conv_kwargs", "linear_features", "patches_conv",
            "winograd_conv"]

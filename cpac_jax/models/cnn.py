@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cpac_jax.layers import CPConv, TTConv, TuckerConv
+from cpac_jax.layers import BatchNorm, CPConv, TTConv, TuckerConv
 from cpac_jax.tensor import RankSpec
 
 __all__ = ["CNN", "apply_stages", "conv_stages", "max_pool_2x2"]
@@ -18,13 +18,14 @@ def conv_stages(widths, channels: int, make_conv, rngs: nnx.Rngs,
                 dtype=None) -> tuple[nnx.List, nnx.List]:
   """(convs, norms): the 3x3 convs `widths` names ("M" a 2x2 max-pool),
   the i-th `make_conv(in_channels, width, i)`, each with its batch norm
-  computing in `dtype` (its statistics in float32 whatever it is)."""
+  (`layers.BatchNorm`) computing in `dtype` (its statistics in float32
+  whatever it is)."""
   convs, norms = [], []
   for width in widths:
     if width == "M":
       continue
     convs.append(make_conv(channels, width, len(convs)))
-    norms.append(nnx.BatchNorm(width, dtype=dtype, rngs=rngs))
+    norms.append(BatchNorm(width, dtype=dtype, rngs=rngs))
     channels = width
   return nnx.List(convs), nnx.List(norms)
 
