@@ -741,6 +741,30 @@ def test_auto_picks_the_cheaper_path():
   assert flops == tt.flops((128, 4, 7, 4, 7))
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU rule")
+def test_auto_prices_each_conv_at_the_lowering_that_runs_it():
+  # TTConv 256->256 on 16x16 at 2x, batch 32: its factorized path does half
+  # the dense multiply-adds, but the rebuilt kernel's conv runs as
+  # winograd_conv, at WINOGRAD_COST of them; through XLA's conv it would not
+  shape = (32, 16, 16, 256)
+  winograd = TTConv(256, 256, (3, 3), rank=0.5, rngs=nnx.Rngs(0))
+  xla = TTConv(256, 256, (3, 3), rank=0.5, rngs=nnx.Rngs(0),
+               conv_general_dilated=jax.lax.conv_general_dilated)
+  flops, xla_flops = winograd.flops(shape), xla.flops(shape)
+  assert flops["reconstructed_saved"] == round(
+      flops["dense"] * (1 - cj.functional.conv.WINOGRAD_COST))
+  assert xla_flops["reconstructed_saved"] == 0
+  assert flops["factorized"] < flops["reconstructed"] / 2
+  assert choose("auto", flops) == "reconstructed"
+  assert choose("auto", xla_flops) == "factorized"
+  assert winograd(jnp.ones(shape)).shape == shape  # and runs it
+  # a Tucker-2 conv's core conv of 64 -> 64 channels runs as winograd too;
+  # one of 32 -> 32 (below WINOGRAD_FROM_CHANNELS) does not
+  for ranks, saved in (((64, 64), True), ((32, 32), False)):
+    tucker = TuckerConv(256, 256, (3, 3), rank=ranks, rngs=nnx.Rngs(0))
+    assert (tucker.flops(shape)["factorized_saved"] > 0) == saved
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda: CPConv(3, 4, (3, 3), rank=0, rngs=nnx.Rngs(0)), "CP rank 0"),
     (lambda: CPConv(3, 4, (3, 3), rank=2, padding="CIRCULAR",

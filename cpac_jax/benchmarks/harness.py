@@ -9,7 +9,9 @@ A benchmark is a module with
   render(run) -> str             NAME.md from a run, {"meta", "rows"};
 
 and, optionally, `settings() -> dict`, its own flags' values for the
-record; `prepare()`, run first instead of `process.reuse_host_memory`;
+record (and its command); `record() -> dict`, what else its record's meta
+must hold to render (constants the code it timed ran by); `prepare()`,
+run first instead of `process.reuse_host_memory`;
 `PROTOCOL`, how it times where that is not `measure`'s; `name()`, the
 stem where a flag sets it. `main(module)` is its command line:
 
@@ -244,7 +246,8 @@ def run(benchmark) -> None:
           "command": _command(benchmark, repeats),
           "protocol": getattr(benchmark, "PROTOCOL", PROTOCOL).format(
               repeats=repeats),
-          **getattr(benchmark, "settings", dict)()}
+          **getattr(benchmark, "settings", dict)(),
+          **getattr(benchmark, "record", dict)()}
   run_ = {"meta": meta, "rows": rows}
   text = benchmark.render(run_)  # before any file: a failing render writes none
   write(json_path, json.dumps(run_, indent=1, default=str))

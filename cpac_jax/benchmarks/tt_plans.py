@@ -73,6 +73,12 @@ def count(source, in_shape, out_shape, rank, batch) -> dict:
                                                     out_shape, ranks))}
 
 
+def record() -> dict:
+  """The price `auto` chose by, for the record (older records lack it:
+  275)."""
+  return {"intermediate_cost": cj.functional.INTERMEDIATE_COST}
+
+
 def rows(repeats: int) -> list[dict]:
   del repeats  # nothing is timed
   return [count(*spec, batch) for spec in SHAPES for batch in BATCHES]
@@ -122,7 +128,7 @@ def render(run: dict) -> str:
            "groups or more (no dense weight formed). *auto*: the plan "
            "`implementation=\"auto\"` runs, the cheapest by `choose`'s "
            "price (multiply-adds plus INTERMEDIATE_COST = "
-           f"{cj.functional.INTERMEDIATE_COST} per element of the "
+           f"{run['meta'].get('intermediate_cost', 275)} per element of the "
            "activations written between groups). Ranks: the inner TT ranks, "
            "and the fraction of the dense weights they resolve from "
            "(`cj.tensor.tt_rank`), where one was given."]

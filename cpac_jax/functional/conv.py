@@ -13,12 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["PATCHES_BELOW_CHANNELS", "WINOGRAD_FROM_CHANNELS",
-           "WINOGRAD_FROM_TILES", "ConvGeometry",
+__all__ = ["PATCHES_BELOW_CHANNELS", "WINOGRAD_COST",
+           "WINOGRAD_FROM_CHANNELS", "WINOGRAD_FROM_TILES", "ConvGeometry",
            "auto_conv_general_dilated", "channels_last", "conv",
            "conv_lowering", "dense_conv_flops", "depthwise_along",
-           "explicit_padding", "output_size", "output_shape", "patches_conv",
-           "pointwise", "winograd_conv"]
+           "explicit_padding", "lowering_discount", "output_size",
+           "output_shape", "patches_conv", "pointwise", "winograd_conv"]
 
 Padding = str | Sequence[tuple[int, int]]
 
@@ -49,6 +49,11 @@ PATCHES_BELOW_CHANNELS = 8
 # compute (their reconstructed 32-channel convs on 14x14).
 WINOGRAD_FROM_CHANNELS = 64
 WINOGRAD_FROM_TILES = 128
+
+# What a dense conv's multiply-add costs where `winograd_conv` runs it, as
+# a fraction of XLA's conv's: the median of the 9 rows above (0.57x).
+# `choose` prices the dense convs of a factorized layer's paths with it.
+WINOGRAD_COST = 0.57
 
 
 class ConvGeometry(NamedTuple):
@@ -596,3 +601,29 @@ def dense_conv_flops(batch: int, out_spatial: Sequence[int],
   """Multiply-adds of a dense conv."""
   return (batch * math.prod(out_spatial) * math.prod(kernel_size)
           * in_features * out_features)
+
+
+def lowering_discount(input_shape: Sequence[int], in_features: int,
+                      geometry: ConvGeometry, conv_general_dilated=None
+                      ) -> float:
+  """The share of a dense conv's multiply-adds that `conv` saves at the
+  lowering it runs (`conv_general_dilated`; None or
+  `auto_conv_general_dilated`: `conv_lowering`'s pick)
+  on an input (N, *spatial, C) of `in_features` channels: 1 -
+  WINOGRAD_COST for `winograd_conv`, else 0. What `choose` takes off a
+  path's multiply-adds is this times its conv's `dense_conv_flops`.
+
+  Example:
+    >>> geometry = ConvGeometry((3, 3), (1, 1), "SAME", (1, 1))
+    >>> lowering_discount((32, 16, 16, 256), 256, geometry,
+    ...                   winograd_conv) == 1 - WINOGRAD_COST
+    True
+    >>> lowering_discount((32, 16, 16, 256), 256, geometry, patches_conv)
+    0.0
+  """
+  if conv_general_dilated in (None, auto_conv_general_dilated):
+    conv_general_dilated = conv_lowering(
+        in_features, input_shape[1:-1], geometry.kernel_size,
+        strides=geometry.strides, dilation=geometry.dilation,
+        batch=input_shape[0])
+  return 1 - WINOGRAD_COST if conv_general_dilated is winograd_conv else 0.0

@@ -12,6 +12,7 @@ from cpac_jax.functional.conv import (
   conv,
   dense_conv_flops,
   depthwise_along,
+  lowering_discount,
   output_shape,
   pointwise,
 )
@@ -21,11 +22,15 @@ __all__ = ["cp_conv", "cp_conv_flops"]
 
 
 def cp_conv_flops(input_shape: Sequence[int], out_features: int, rank: int,
-                  geometry: ConvGeometry) -> dict[str, int]:
+                  geometry: ConvGeometry, conv_general_dilated=None
+                  ) -> dict[str, int]:
   """Multiply-adds of each path of a rank-`rank` CP conv on an input
   (*batch, *spatial, Cin): "factorized", "reconstructed" (rebuilding the
-  kernel included), "dense" (the conv alone), and the entries of the
-  factorized path's intermediates ("intermediates")."""
+  kernel included), "dense" (the conv alone), the entries of the
+  factorized path's intermediates ("intermediates"), and the multiply-adds
+  the reconstructed path's conv saves at the lowering it runs
+  (`conv_general_dilated`; None: `conv_lowering`'s pick) as `choose`
+  prices it ("reconstructed_saved": `lowering_discount` of "dense")."""
   in_features = input_shape[-1]
   batch, spatial, _, out = output_shape(input_shape, geometry)
   factorized = batch * math.prod(spatial) * in_features * rank
@@ -40,8 +45,12 @@ def cp_conv_flops(input_shape: Sequence[int], out_features: int, rank: int,
                            out_features)
   rebuild = (math.prod(geometry.kernel_size) * in_features * out_features
              * rank)
+  saved = round(dense * lowering_discount(
+      (batch, *spatial, in_features), in_features, geometry,
+      conv_general_dilated))
   return {"factorized": factorized, "reconstructed": dense + rebuild,
-          "dense": dense, "intermediates": intermediates}
+          "dense": dense, "intermediates": intermediates,
+          "reconstructed_saved": saved}
 
 
 def cp_conv(x: jax.Array, factors: Sequence[jax.Array],
@@ -68,7 +77,7 @@ def cp_conv(x: jax.Array, factors: Sequence[jax.Array],
   """
   *spatial, in_factor, out_factor = factors
   flops = cp_conv_flops(x.shape, out_factor.shape[0], in_factor.shape[1],
-                        geometry)
+                        geometry, conv_general_dilated)
   _, _, pads, _ = output_shape(x.shape, geometry)
   if choose(implementation, flops) == "reconstructed":
     return conv(x, tensor.cp_to_tensor(factors), geometry.strides, pads,

@@ -9,13 +9,18 @@ IMPLEMENTATIONS = ("auto", "factorized", "reconstructed")
 # What writing (and later reading back) one element of an intermediate
 # activation of the factorized path costs, in multiply-adds: a chain of thin
 # products moves more memory per multiply-add than one dense op. Fit on the
-# 2-core CPU to the layers of three shapes; experiments/benchmarks/layers.md
-# (cpac_jax.benchmarks.layers) checks it in its last two tables: it picks the
-# faster path (forward+backward) for 24 of the 25 layers of those shapes
-# and 22 of the 24 of three others, both on an AVX2 CPU against XLA's dense
-# (the file's git history) and on the AVX-512 CPU against the fastest dense
-# (the misses at rank fraction 0.5).
-INTERMEDIATE_COST = 275
+# 2-core CPU to experiments/benchmarks/layers.md (cpac_jax.benchmarks.layers;
+# the faster of each layer's two paths, forward+backward), with each path's
+# convs priced at the lowering that runs them (`conv.lowering_discount`):
+# on the 18 conv layers of the shapes it is fit to, every value from 125 to
+# 200 picks the faster path for all 18; 175 is the middle. On the 18 of the
+# shapes it never saw it picks 17 (the miss 1.02x). 275, the value fit
+# before convs were priced by lowering, picks 17 and 16 with it (a miss of
+# 1.74x).
+# Of the TT-matrix plans of experiments/benchmarks/tt_plans.md, one changes
+# between 275 and 175 (1024 -> 1024 at rank 4, batch 128: from the rebuilt
+# weight to three groups). The benchmark's last two tables check it.
+INTERMEDIATE_COST = 175
 
 
 def check_implementation(implementation: str, layer: str) -> str:
@@ -32,7 +37,8 @@ def choose(implementation: str, flops: dict[str, int]) -> str:
   """`implementation`, with "auto" resolved to the cheaper path for a
   layer's `flops(input_shape)`: the factorized path costs its multiply-adds
   plus `INTERMEDIATE_COST` per element of its intermediates, the
-  reconstructed one its multiply-adds.
+  reconstructed one its multiply-adds; each less what its convs save at
+  the lowering they run ("PATH_saved", `conv.lowering_discount`).
 
   Example:
     >>> choose("auto", {"factorized": 10, "intermediates": 1,
@@ -43,7 +49,8 @@ def choose(implementation: str, flops: dict[str, int]) -> str:
   """
   if implementation != "auto":
     return implementation
-  factorized = (flops["factorized"]
+  factorized = (flops["factorized"] - flops.get("factorized_saved", 0)
                 + INTERMEDIATE_COST * flops.get("intermediates", 0))
-  return ("factorized" if factorized < flops["reconstructed"]
-          else "reconstructed")
+  reconstructed = (flops["reconstructed"]
+                   - flops.get("reconstructed_saved", 0))
+  return "factorized" if factorized < reconstructed else "reconstructed"

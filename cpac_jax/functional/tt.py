@@ -15,6 +15,7 @@ from cpac_jax.functional.conv import (
   ConvGeometry,
   conv,
   dense_conv_flops,
+  lowering_discount,
   output_shape,
   pointwise,
 )
@@ -46,8 +47,8 @@ def tt_conv_kernel(cores: Sequence[jax.Array]) -> jax.Array:
 
 
 def tt_conv_flops(input_shape: Sequence[int], out_features: int,
-                  ranks: Sequence[int], geometry: ConvGeometry
-                  ) -> dict[str, int]:
+                  ranks: Sequence[int], geometry: ConvGeometry,
+                  conv_general_dilated=None) -> dict[str, int]:
   """Multiply-adds of each path of a TT conv with cores over (Cin,
   *kernel_size, Cout) and TT ranks `ranks` (boundary 1s included) on an
   input (*batch, *spatial, Cin), as `cp_conv_flops` counts them."""
@@ -66,9 +67,13 @@ def tt_conv_flops(input_shape: Sequence[int], out_features: int,
   dense = dense_conv_flops(batch, out, geometry.kernel_size, in_features,
                            out_features)
   shape = (in_features, *geometry.kernel_size, out_features)
+  saved = round(dense * lowering_discount(
+      (batch, *spatial, in_features), in_features, geometry,
+      conv_general_dilated))
   return {"factorized": factorized,
           "reconstructed": dense + tt_rebuild_flops(shape, ranks),
-          "dense": dense, "intermediates": intermediates}
+          "dense": dense, "intermediates": intermediates,
+          "reconstructed_saved": saved}
 
 
 def tt_conv(x: jax.Array, cores: Sequence[jax.Array], geometry: ConvGeometry,
@@ -95,7 +100,8 @@ def tt_conv(x: jax.Array, cores: Sequence[jax.Array], geometry: ConvGeometry,
     (1, 6, 6, 5)
   """
   ranks = [core.shape[0] for core in cores] + [1]
-  flops = tt_conv_flops(x.shape, cores[-1].shape[1], ranks, geometry)
+  flops = tt_conv_flops(x.shape, cores[-1].shape[1], ranks, geometry,
+                        conv_general_dilated)
   _, _, pads, _ = output_shape(x.shape, geometry)
   if choose(implementation, flops) == "reconstructed":
     return conv(x, tt_conv_kernel(cores), geometry.strides, pads,

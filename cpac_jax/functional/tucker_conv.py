@@ -11,6 +11,7 @@ from cpac_jax.functional.conv import (
   ConvGeometry,
   conv,
   dense_conv_flops,
+  lowering_discount,
   output_shape,
   pointwise,
 )
@@ -29,18 +30,18 @@ def tucker_conv_modes(num_spatial: int, factorize_spatial: bool
 
 
 def tucker_conv_flops(input_shape: Sequence[int], out_features: int,
-                      rank: Sequence[int], geometry: ConvGeometry
-                      ) -> dict[str, int]:
+                      rank: Sequence[int], geometry: ConvGeometry,
+                      conv_general_dilated=None) -> dict[str, int]:
   """Multiply-adds of each path of a Tucker conv with ranks `rank` (one per
   factorized mode, the channel ranks last) on an input (*batch, *spatial,
-  Cin), as `cp_conv_flops` counts them."""
+  Cin), as `cp_conv_flops` counts them; "factorized_saved" is what its
+  core conv saves at its lowering."""
   in_features = input_shape[-1]
   batch, spatial, _, out = output_shape(input_shape, geometry)
   r_in, r_out = rank[-2:]
   intermediates = batch * (math.prod(spatial) * r_in + math.prod(out) * r_out)
-  factorized = (batch * math.prod(spatial) * in_features * r_in
-                + dense_conv_flops(batch, out, geometry.kernel_size, r_in,
-                                   r_out)
+  core = dense_conv_flops(batch, out, geometry.kernel_size, r_in, r_out)
+  factorized = (batch * math.prod(spatial) * in_features * r_in + core
                 + batch * math.prod(out) * r_out * out_features)
   dense = dense_conv_flops(batch, out, geometry.kernel_size, in_features,
                            out_features)
@@ -48,7 +49,12 @@ def tucker_conv_flops(input_shape: Sequence[int], out_features: int,
   rebuild = (math.prod(geometry.kernel_size) * in_features * out_features
              * max(rank))
   return {"factorized": factorized, "reconstructed": dense + rebuild,
-          "dense": dense, "intermediates": intermediates}
+          "dense": dense, "intermediates": intermediates,
+          "factorized_saved": round(core * lowering_discount(
+              (batch, *spatial, r_in), r_in, geometry, conv_general_dilated)),
+          "reconstructed_saved": round(dense * lowering_discount(
+              (batch, *spatial, in_features), in_features, geometry,
+              conv_general_dilated))}
 
 
 def tucker_conv(x: jax.Array, core: jax.Array, factors: Sequence[jax.Array],
@@ -71,7 +77,8 @@ def tucker_conv(x: jax.Array, core: jax.Array, factors: Sequence[jax.Array],
   modes = tucker_conv_modes(num_spatial, len(factors) > 2)
   *spatial, in_factor, out_factor = factors
   rank = [f.shape[1] for f in factors]
-  flops = tucker_conv_flops(x.shape, out_factor.shape[0], rank, geometry)
+  flops = tucker_conv_flops(x.shape, out_factor.shape[0], rank, geometry,
+                            conv_general_dilated)
   _, _, pads, _ = output_shape(x.shape, geometry)
   if choose(implementation, flops) == "reconstructed":
     kernel = tensor.multi_mode_dot(core, factors, modes)

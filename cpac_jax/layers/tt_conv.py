@@ -93,7 +93,8 @@ class TTConv(nnx.Module):
     and the entries of the factorized path's intermediates
     (`cpac_jax.functional.tt_conv_flops`)."""
     return functional.tt_conv_flops(input_shape, self.out_features,
-                                    self.rank, _conv.geometry(self))
+                                    self.rank, _conv.geometry(self),
+                                    self.conv_general_dilated)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, *spatial, Cin) -> (N, *spatial', Cout); extra leading batch axes

@@ -103,7 +103,8 @@ class TuckerConv(nnx.Module):
     and the entries of the factorized path's intermediates
     (`cpac_jax.functional.tucker_conv_flops`)."""
     return functional.tucker_conv_flops(input_shape, self.out_features,
-                                        self.rank, _conv.geometry(self))
+                                        self.rank, _conv.geometry(self),
+                                        self.conv_general_dilated)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, *spatial, Cin) -> (N, *spatial', Cout); extra leading batch axes
