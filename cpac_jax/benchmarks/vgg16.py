@@ -15,7 +15,9 @@ the dense net with every conv through XLA's conv ("dense, XLA convs"), as
 its convs ran before they took the per-conv lowering
 (`auto_conv_general_dilated`; its pooling is the dense net's), and the
 dense net with the per-conv lowering but XLA's conv where it picks
-`winograd_conv` ("dense, no winograd_conv"). Writes
+`winograd_conv` ("dense, no winograd_conv"), and the dense and CP nets
+with `nnx.BatchNorm` in place of `layers.BatchNorm` (XLA's reductions
+for the batch statistics and their gradient). Writes
 experiments/benchmarks/vgg16_train_step.{md,json}.
 """
 
@@ -35,9 +37,10 @@ NAME, REPEATS, PACKAGES = "vgg16_train_step", 20, ()
 _BATCH = flags.DEFINE_integer("batch_size", 32, "examples per step")
 XLA_CONVS = "dense, XLA convs"
 NO_WINOGRAD = "dense, no winograd_conv"
-DENSE = ("dense", XLA_CONVS, NO_WINOGRAD)
-VARIANTS = {"dense": 4, XLA_CONVS: 4, NO_WINOGRAD: 4, "tucker": 4,
-            "cp": 0.1}  # -> rank
+NNX_NORM = ", nnx.BatchNorm"
+DENSE = ("dense", XLA_CONVS, NO_WINOGRAD, "dense" + NNX_NORM)
+VARIANTS = {"dense": 4, XLA_CONVS: 4, NO_WINOGRAD: 4, "dense" + NNX_NORM: 4,
+            "tucker": 4, "cp": 0.1, "cp" + NNX_NORM: 0.1}  # -> rank
 
 
 def settings() -> dict:
@@ -56,13 +59,17 @@ def _variant(name, rank, batch_size) -> harness.Variant:
 
   def build():
     config = ml_collections.ConfigDict({
-        "name": "vgg16", "factorization": "dense" if name in DENSE else name,
+        "name": "vgg16",
+        "factorization": "dense" if name in DENSE else name.split(",")[0],
         "rank": rank, "implementation": "auto"})
     model = cj.models.build(config, (32, 32, 3), 10, nnx.Rngs(0))
     if name in (XLA_CONVS, NO_WINOGRAD):
       for conv in model.convs:
         conv.conv_general_dilated = (jax.lax.conv_general_dilated
                                      if name == XLA_CONVS else _no_winograd)
+    if name.endswith(NNX_NORM):
+      for i, norm in enumerate(model.norms):
+        model.norms[i] = nnx.BatchNorm(norm.num_features, rngs=nnx.Rngs(0))
     row["params"] = cj.count_params(model)
     (row["factorized_layer_params"],
      row["dense_layer_params"]) = cj.models.count_factorized(model)
@@ -106,7 +113,8 @@ def render(run: dict) -> str:
       "convs lowered per conv) measured in the same run. "
       f"\"{XLA_CONVS}\": the dense net with every conv through XLA's conv; "
       f"\"{NO_WINOGRAD}\": with XLA's conv where the per-conv lowering "
-      "picks winograd_conv.", "",
+      "picks winograd_conv; \", nnx.BatchNorm\": with Flax's batch norm "
+      "in place of `layers.BatchNorm` (XLA's reductions).", "",
       "| variant | rank | params | factorized layers (ours / dense) "
       "| step time vs dense | median step (ms) | IQR (ms) |",
       "|---|---|---|---|---|---|---|"]
@@ -142,7 +150,9 @@ def summary(run: dict) -> str:
       f"{tucker['factorized_layer_params']:,} weights in place of "
       f"{tucker['dense_layer_params']:,}): {against('tucker')}. The paper's "
       "claim is 10% faster (0.9x); the convs are nearly all of this step.",
-      f"- CP convs (rank fraction {rows['cp']['rank']}): {against('cp')}."])
+      f"- CP convs (rank fraction {rows['cp']['rank']}): {against('cp')}.",
+      f"- With `nnx.BatchNorm` in place of `layers.BatchNorm`: dense "
+      f"{against('dense' + NNX_NORM)}; CP {against('cp' + NNX_NORM)}."])
 
 if __name__ == "__main__":
   harness.main(sys.modules[__name__])
