@@ -581,6 +581,15 @@ def summary(run: dict) -> str:
                 + _ratio(r, base, "step") for r in group if r is not base]
       lines.append(f"- {name}, {shape}, against PyTorch's dense step: "
                    + "; ".join(others) + ".")
+      peer = min((r for r in group if r["library"] == "tltorch"),
+                 key=lambda r: r["step_ms"], default=None)
+      ours = next((r for r in group if r["library"] == "cpac_jax"
+                   and r["variant"] == "auto" and r["factorization"] == "CP"),
+                  None)
+      if peer and ours:
+        lines.append(f"  Our CP step (auto) against tltorch's fastest "
+                     f"({peer['variant']}): " + _ratio(ours, peer, "step")
+                     + ".")
   return "\n".join(lines)
 
 
