@@ -435,7 +435,7 @@ def _what_takes(factorization: str, node=None) -> str:
   text = (f"it replaces {takes} of one input and one output axis"
           if factorization == "tt" else f"it replaces {takes}")
   if isinstance(node, nnx.Einsum) and _einsum_axes(node) is None:
-    text += (f"; an Einsum where it computes a LinearGeneral's product (the "
+    text += ("; an Einsum where it computes a LinearGeneral's product (the "
              "kernel's axes contracting the input's last axes or appended "
              "to the output after the input's others, in order), which "
              + (f"{node.einsum_str!r} does not" if node.einsum_str else

@@ -31,8 +31,7 @@ import optax
 from flax import nnx
 
 from cpac_jax import compression, data, distributed, models, rundir
-from cpac_jax.config import (compress_budget, compressing, has_teacher,
-                             setting)
+from cpac_jax.config import compress_budget, compressing, has_teacher, setting
 
 __all__ = ["CompressTeacher", "Distillation", "Extension", "FromTeacher",
            "GradientTap", "check", "compress_kwargs", "cross_entropy",

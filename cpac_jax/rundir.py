@@ -20,9 +20,14 @@ from pathlib import Path
 import ml_collections
 
 from cpac_jax import distributed
-from cpac_jax.config import (compress_budget, compressing,
-                             describe_differences, differing_fields, run_key,
-                             setting)
+from cpac_jax.config import (
+  compress_budget,
+  compressing,
+  describe_differences,
+  differing_fields,
+  run_key,
+  setting,
+)
 
 __all__ = ["COLUMNS", "MetricWriter", "append_row", "append_rows",
            "check_config", "check_rows", "evaluated_on", "failed_row",

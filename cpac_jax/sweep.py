@@ -20,10 +20,23 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cpac_jax import (cli, data, distributed, extensions, process, report,
-                      rundir, train)
-from cpac_jax.config import (expand, has_teacher, run_key, teacher_config,
-                             validate)
+from cpac_jax import (
+  cli,
+  data,
+  distributed,
+  extensions,
+  process,
+  report,
+  rundir,
+  train,
+)
+from cpac_jax.config import (
+  expand,
+  has_teacher,
+  run_key,
+  teacher_config,
+  validate,
+)
 
 __all__ = ["run_sweep", "shard_of"]
 

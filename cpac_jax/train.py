@@ -31,14 +31,26 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from cpac_jax import (checkpoint, compression, data, distributed,
-                      extensions, optimizers, rundir)
-from cpac_jax.config import (build_model, compressing, has_teacher, run_key,
-                             teacher_config, validate)
+from cpac_jax import (
+  checkpoint,
+  compression,
+  data,
+  distributed,
+  extensions,
+  optimizers,
+  rundir,
+)
+from cpac_jax.config import (
+  build_model,
+  compressing,
+  has_teacher,
+  run_key,
+  teacher_config,
+  validate,
+)
 from cpac_jax.extensions import distillation_loss
 from cpac_jax.process import compiler_options, reuse_host_memory
-from cpac_jax.vectorized import (Group, check_together, make_groups,
-                                 split_modes)
+from cpac_jax.vectorized import Group, check_together, make_groups, split_modes
 
 __all__ = ["Diverged", "Outcome", "Preempted", "compiler_options",
            "distillation_loss", "epoch_metrics", "epoch_order",

@@ -13,9 +13,13 @@ from flax import nnx
 
 import cpac_jax as cj
 from cpac_jax import compression, extensions, models, sweep, train
-from cpac_jax.config import (build_model, expand, run_key, teacher_config,
-                             validate)
-
+from cpac_jax.config import (
+  build_model,
+  expand,
+  run_key,
+  teacher_config,
+  validate,
+)
 from tests.conftest import load_config, tiny
 
 

@@ -10,7 +10,6 @@ from flax import nnx
 
 from cpac_jax import data, models, report, rundir, sweep, train
 from cpac_jax.config import expand, run_key, teacher_config, validate
-
 from tests.conftest import load_config, tiny
 
 

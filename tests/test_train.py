@@ -7,32 +7,13 @@ file format, and the train step."""
 
 
 import json
-
-
 import subprocess
-
-
 import sys
-
-
 from pathlib import Path
-
 
 import jax
 
-
-
-
-
-
-
-
-
-
 from cpac_jax import train
-
-
-
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,15 +25,15 @@ from scipy import stats
 
 from cpac_jax import data, layers, rundir, train
 from cpac_jax.config import base_config, build_model, setting
-from cpac_jax.stats import interval95
 from cpac_jax.interpret.importance import (
-    factor_gradients,
-    importance_from_gradients,
+  factor_gradients,
+  importance_from_gradients,
 )
 from cpac_jax.interpret.significance import (
-    cp_feature_significance,
-    feature_selection,
+  cp_feature_significance,
+  feature_selection,
 )
+from cpac_jax.stats import interval95
 
 __all__ = ["cpac_feature_selection", "importance_during_training",
            "redraw", "run", "synthetic_config", "synthetic_ttl"]

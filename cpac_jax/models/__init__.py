@@ -7,7 +7,6 @@ import ml_collections
 from flax import nnx
 
 from cpac_jax.layers import CPConv, TuckerDense
-
 from cpac_jax.models import cpac_cnn
 from cpac_jax.models.cnn import CNN
 from cpac_jax.models.cpac_cnn import CPACNet
