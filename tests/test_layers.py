@@ -1011,6 +1011,22 @@ def test_batch_norm_differentiates_through_its_statistics():
   theirs = jax.grad(lambda *a: loss(reference, *a), (0, 1, 2))
   for got, want in zip(ours(*args), theirs(*args)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  # channels of 1000 +- 0.01: in float32 E[x^2] - E[x]^2 comes out below 0
+  # or at 0 for some, clipped; no gradient through the clipped variance
+  # (half at 0, as jnp.maximum's). The reference sums as batch_norm does.
+  def summed_alike(x, scale, bias):
+    rows = x.reshape(-1, x.shape[-1])
+    weights = jnp.full((rows.shape[0],), 1 / rows.shape[0])
+    mean = weights @ rows
+    var = jnp.maximum(0.0, weights @ jnp.square(rows) - mean ** 2)
+    return (x - mean) * jax.lax.rsqrt(var + 1e-5) * scale + bias, mean, var
+
+  x = 1000 + 0.01 * jax.random.normal(jax.random.key(0), (2, 4, 4))
+  args = (x, jnp.ones(4), jnp.zeros(4))
+  theirs = jax.grad(lambda *a: loss(summed_alike, *a))(*args)
+  got = ours(*args)[0]
+  assert float(jnp.max(jnp.abs(got - theirs))) <= 0.02 * float(
+      jnp.max(jnp.abs(theirs)))
 
 
 def test_batch_norm_keeps_nnx_batch_norm_state_and_its_other_calls():
@@ -1023,6 +1039,10 @@ def test_batch_norm_keeps_nnx_batch_norm_state_and_its_other_calls():
   for mode in ({"use_running_average": True}, {"mask": x > 4}):
     np.testing.assert_allclose(ours(x, **mode), theirs(x, **mode),
                                rtol=1e-6)
+  # bfloat16 parameters, float32 statistics: both promote to float32
+  ours, theirs = (layer(3, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+                  for layer in (cj.layers.BatchNorm, nnx.BatchNorm))
+  assert ours(x).dtype == theirs(x).dtype == jnp.float32
 
 
 def test_batch_norm_leaves_nnx_batch_norm_alone_off_the_cpu(monkeypatch):

@@ -7,7 +7,8 @@ factorized paths also through `patches_conv`; the reconstructed path runs
 
   pip install -e ".[bench]"
   python -m cpac_jax.benchmarks.peers [--repeats=10]
-      [--sections=layers,cpac,vgg16] [--host_memory=reuse|default]
+      [--sections=layers,cpac,vgg16]
+      [--host_memory=reuse|huge_pages|default]
 
 Sections:
   layers: forward and forward+backward (the gradient of sum(y^2) with

@@ -2,6 +2,7 @@
 run as matrix-vector products on the CPU (`functional.batch_norm`)."""
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from cpac_jax.functional import batch_norm
@@ -13,10 +14,13 @@ class BatchNorm(nnx.BatchNorm):
   """`nnx.BatchNorm`, the same arguments, parameters and statistics (a
   checkpoint of one loads into the other), whose training-mode call with
   the defaults that matter here (channels last, scale and bias, the fast
-  variance, no mask, no `axis_name`) runs on the CPU through
+  variance, no mask, no `axis_name`, a float32, bfloat16 or float16
+  computation) runs on the CPU through
   `functional.batch_norm`: XLA's CPU sums over (N, H, W) are slow loops,
   and on the CPU they become matrix-vector products, forward and backward.
   Every other call, and every call off the CPU, is `nnx.BatchNorm`'s.
+  Reverse-mode differentiation only: `jax.jvp` through a training call
+  on the CPU raises.
 
   Example:
     >>> import jax.numpy as jnp
@@ -37,8 +41,11 @@ class BatchNorm(nnx.BatchNorm):
         or not self.use_fast_variance or self.scale is None
         or self.bias is None or jax.default_backend() != "cpu"):
       return super().__call__(x, use_running_average, mask=mask)
-    x, scale, bias = self.promote_dtype(
-        (x, self.scale[...], self.bias[...]), dtype=self.dtype)
+    x, _, _, scale, bias = self.promote_dtype(
+        (x, self.mean[...], self.var[...], self.scale[...], self.bias[...]),
+        dtype=self.dtype)
+    if x.dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
+      return super().__call__(x, use_running_average, mask=mask)
     y, mean, var = batch_norm(x, scale, bias, self.epsilon)
     # as nnx.BatchNorm updates them
     stop = (jax.lax.stop_gradient
