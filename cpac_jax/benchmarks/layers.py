@@ -37,6 +37,8 @@ from cpac_jax.functional import INTERMEDIATE_COST, choose
 from cpac_jax.functional.conv import WINOGRAD_COST, conv_lowering
 
 NAME, REPEATS, PACKAGES = "layers", 30, ()
+# The INTERMEDIATE_COST of the records made before they stated theirs.
+UNRECORDED_INTERMEDIATE_COST = 275
 # Rank fractions (their labels); the compression each gives is in the table.
 FRACTIONS = {"f=0.5": 0.5, "f=0.1": 0.1, "f=0.015": 0.015}
 IMPLEMENTATIONS = ("auto", "factorized", "reconstructed")
@@ -159,7 +161,8 @@ def _auto_summary(meta, rows, fitted: bool) -> list[str]:
   lines = [f"## `auto` against the fastest dense layer, {title}", "",
            "`auto` picks by `cpac_jax.functional.choose`: "
            "multiply-adds, plus `INTERMEDIATE_COST` = "
-           f"{meta.get('intermediate_cost', 275)} per entry of the "
+           f"{meta.get('intermediate_cost', UNRECORDED_INTERMEDIATE_COST)} "
+           "per entry of the "
            "factorized path's intermediates"
            + (f", less {1 - meta['winograd_cost']:.2f} of the multiply-adds "
               "of a conv `winograd_conv` runs" if "winograd_cost" in meta
@@ -204,7 +207,7 @@ def _auto_summary(meta, rows, fitted: bool) -> list[str]:
 
 def record() -> dict:
   """The prices `auto` chose by, for the record (older records lack them:
-  275 a factorized intermediate, no conv priced by its lowering)."""
+  UNRECORDED_INTERMEDIATE_COST, no conv priced by its lowering)."""
   return {"intermediate_cost": INTERMEDIATE_COST,
           "winograd_cost": WINOGRAD_COST}
 

@@ -75,7 +75,7 @@ def count(source, in_shape, out_shape, rank, batch) -> dict:
 
 def record() -> dict:
   """The price `auto` chose by, for the record (older records lack it:
-  275)."""
+  layers.UNRECORDED_INTERMEDIATE_COST)."""
   return {"intermediate_cost": cj.functional.INTERMEDIATE_COST}
 
 
@@ -112,6 +112,8 @@ def _gain(r: dict) -> float:
 
 def render(run: dict) -> str:
   """tt_plans.md from a run (as tt_plans.json holds it)."""
+  cost = run["meta"].get("intermediate_cost",
+                         layers.UNRECORDED_INTERMEDIATE_COST)
   lines = ["# TTDense contraction plans: multiply-adds against dense", "",
            f"{harness.describe(run['meta'])} Forward multiply-adds of a "
            "TT-matrix dense layer (`cj.functional.tt_dense_plans`; merges of "
@@ -128,7 +130,7 @@ def render(run: dict) -> str:
            "groups or more (no dense weight formed). *auto*: the plan "
            "`implementation=\"auto\"` runs, the cheapest by `choose`'s "
            "price (multiply-adds plus INTERMEDIATE_COST = "
-           f"{run['meta'].get('intermediate_cost', 275)} per element of the "
+           f"{cost} per element of the "
            "activations written between groups). Ranks: the inner TT ranks, "
            "and the fraction of the dense weights they resolve from "
            "(`cj.tensor.tt_rank`), where one was given."]

@@ -17,7 +17,7 @@ __all__ = ["PATCHES_BELOW_CHANNELS", "WINOGRAD_COST",
            "WINOGRAD_FROM_CHANNELS", "WINOGRAD_FROM_TILES", "ConvGeometry",
            "auto_conv_general_dilated", "channels_last", "conv",
            "conv_lowering", "dense_conv_flops", "depthwise_along",
-           "explicit_padding", "lowering_discount", "output_size",
+           "explicit_padding", "lowering_saving", "output_size",
            "output_shape", "patches_conv", "pointwise", "winograd_conv"]
 
 Padding = str | Sequence[tuple[int, int]]
@@ -603,27 +603,25 @@ def dense_conv_flops(batch: int, out_spatial: Sequence[int],
           * in_features * out_features)
 
 
-def lowering_discount(input_shape: Sequence[int], in_features: int,
-                      geometry: ConvGeometry, conv_general_dilated=None
-                      ) -> float:
-  """The share of a dense conv's multiply-adds that `conv` saves at the
-  lowering it runs (`conv_general_dilated`; None or
-  `auto_conv_general_dilated`: `conv_lowering`'s pick)
-  on an input (N, *spatial, C) of `in_features` channels: 1 -
-  WINOGRAD_COST for `winograd_conv`, else 0. What `choose` takes off a
-  path's multiply-adds is this times its conv's `dense_conv_flops`.
+def lowering_saving(macs: int, input_shape: Sequence[int],
+                    geometry: ConvGeometry, conv_general_dilated=None) -> int:
+  """Of a dense conv's `macs` multiply-adds on an input (N, *spatial, C),
+  what `conv` saves at the lowering it runs (`conv_general_dilated`; None
+  or `auto_conv_general_dilated`: `conv_lowering`'s pick), as `choose`
+  prices it: (1 - WINOGRAD_COST) of them for `winograd_conv`, else none.
 
   Example:
     >>> geometry = ConvGeometry((3, 3), (1, 1), "SAME", (1, 1))
-    >>> lowering_discount((32, 16, 16, 256), 256, geometry,
-    ...                   winograd_conv) == 1 - WINOGRAD_COST
-    True
-    >>> lowering_discount((32, 16, 16, 256), 256, geometry, patches_conv)
-    0.0
+    >>> lowering_saving(1000, (32, 16, 16, 256), geometry, winograd_conv)
+    430
+    >>> lowering_saving(1000, (32, 16, 16, 256), geometry, patches_conv)
+    0
   """
   if conv_general_dilated in (None, auto_conv_general_dilated):
     conv_general_dilated = conv_lowering(
-        in_features, input_shape[1:-1], geometry.kernel_size,
+        input_shape[-1], input_shape[1:-1], geometry.kernel_size,
         strides=geometry.strides, dilation=geometry.dilation,
         batch=input_shape[0])
-  return 1 - WINOGRAD_COST if conv_general_dilated is winograd_conv else 0.0
+  if conv_general_dilated is not winograd_conv:
+    return 0
+  return round(macs * (1 - WINOGRAD_COST))

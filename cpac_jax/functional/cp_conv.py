@@ -12,7 +12,7 @@ from cpac_jax.functional.conv import (
   conv,
   dense_conv_flops,
   depthwise_along,
-  lowering_discount,
+  lowering_saving,
   output_shape,
   pointwise,
 )
@@ -30,7 +30,7 @@ def cp_conv_flops(input_shape: Sequence[int], out_features: int, rank: int,
   factorized path's intermediates ("intermediates"), and the multiply-adds
   the reconstructed path's conv saves at the lowering it runs
   (`conv_general_dilated`; None: `conv_lowering`'s pick) as `choose`
-  prices it ("reconstructed_saved": `lowering_discount` of "dense")."""
+  prices it ("reconstructed_saved": `lowering_saving` of "dense")."""
   in_features = input_shape[-1]
   batch, spatial, _, out = output_shape(input_shape, geometry)
   factorized = batch * math.prod(spatial) * in_features * rank
@@ -45,12 +45,11 @@ def cp_conv_flops(input_shape: Sequence[int], out_features: int, rank: int,
                            out_features)
   rebuild = (math.prod(geometry.kernel_size) * in_features * out_features
              * rank)
-  saved = round(dense * lowering_discount(
-      (batch, *spatial, in_features), in_features, geometry,
-      conv_general_dilated))
   return {"factorized": factorized, "reconstructed": dense + rebuild,
           "dense": dense, "intermediates": intermediates,
-          "reconstructed_saved": saved}
+          "reconstructed_saved": lowering_saving(
+              dense, (batch, *spatial, in_features), geometry,
+              conv_general_dilated)}
 
 
 def cp_conv(x: jax.Array, factors: Sequence[jax.Array],

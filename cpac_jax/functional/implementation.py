@@ -11,7 +11,7 @@ IMPLEMENTATIONS = ("auto", "factorized", "reconstructed")
 # products moves more memory per multiply-add than one dense op. Fit on the
 # 2-core CPU to experiments/benchmarks/layers.md (cpac_jax.benchmarks.layers;
 # the faster of each layer's two paths, forward+backward), with each path's
-# convs priced at the lowering that runs them (`conv.lowering_discount`):
+# convs priced at the lowering that runs them (`conv.lowering_saving`):
 # on the 18 conv layers of the shapes it is fit to, every value from 125 to
 # 200 picks the faster path for all 18; 175 is the middle. On the 18 of the
 # shapes it never saw it picks 17 (the miss 1.02x). 275, the value fit
@@ -38,7 +38,7 @@ def choose(implementation: str, flops: dict[str, int]) -> str:
   layer's `flops(input_shape)`: the factorized path costs its multiply-adds
   plus `INTERMEDIATE_COST` per element of its intermediates, the
   reconstructed one its multiply-adds; each less what its convs save at
-  the lowering they run ("PATH_saved", `conv.lowering_discount`).
+  the lowering they run ("PATH_saved", `conv.lowering_saving`).
 
   Example:
     >>> choose("auto", {"factorized": 10, "intermediates": 1,

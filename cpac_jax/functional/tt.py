@@ -15,7 +15,7 @@ from cpac_jax.functional.conv import (
   ConvGeometry,
   conv,
   dense_conv_flops,
-  lowering_discount,
+  lowering_saving,
   output_shape,
   pointwise,
 )
@@ -67,13 +67,12 @@ def tt_conv_flops(input_shape: Sequence[int], out_features: int,
   dense = dense_conv_flops(batch, out, geometry.kernel_size, in_features,
                            out_features)
   shape = (in_features, *geometry.kernel_size, out_features)
-  saved = round(dense * lowering_discount(
-      (batch, *spatial, in_features), in_features, geometry,
-      conv_general_dilated))
   return {"factorized": factorized,
           "reconstructed": dense + tt_rebuild_flops(shape, ranks),
           "dense": dense, "intermediates": intermediates,
-          "reconstructed_saved": saved}
+          "reconstructed_saved": lowering_saving(
+              dense, (batch, *spatial, in_features), geometry,
+              conv_general_dilated)}
 
 
 def tt_conv(x: jax.Array, cores: Sequence[jax.Array], geometry: ConvGeometry,

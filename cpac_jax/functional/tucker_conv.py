@@ -11,7 +11,7 @@ from cpac_jax.functional.conv import (
   ConvGeometry,
   conv,
   dense_conv_flops,
-  lowering_discount,
+  lowering_saving,
   output_shape,
   pointwise,
 )
@@ -50,11 +50,11 @@ def tucker_conv_flops(input_shape: Sequence[int], out_features: int,
              * max(rank))
   return {"factorized": factorized, "reconstructed": dense + rebuild,
           "dense": dense, "intermediates": intermediates,
-          "factorized_saved": round(core * lowering_discount(
-              (batch, *spatial, r_in), r_in, geometry, conv_general_dilated)),
-          "reconstructed_saved": round(dense * lowering_discount(
-              (batch, *spatial, in_features), in_features, geometry,
-              conv_general_dilated))}
+          "factorized_saved": lowering_saving(
+              core, (batch, *spatial, r_in), geometry, conv_general_dilated),
+          "reconstructed_saved": lowering_saving(
+              dense, (batch, *spatial, in_features), geometry,
+              conv_general_dilated)}
 
 
 def tucker_conv(x: jax.Array, core: jax.Array, factors: Sequence[jax.Array],
